@@ -1,0 +1,137 @@
+//! The TOML file as written by an operator. These types mirror the file
+//! one-to-one; nothing here is trusted until `validate` turns it into
+//! [`crate::config::Config`].
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+pub struct File {
+    pub issuer: String,
+    pub listen: Listen,
+    pub store: Store,
+    #[serde(default)]
+    pub tokens: Tokens,
+    #[serde(default)]
+    pub gateway: Gateway,
+    #[serde(default)]
+    pub clients: Vec<Client>,
+    #[serde(default)]
+    pub trusted_issuers: Vec<TrustedIssuer>,
+    #[serde(default)]
+    pub authorities: Vec<Authority>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Listen {
+    pub proxy: Option<String>,
+    pub token_service: String,
+    pub metrics: Option<String>,
+    pub tls: Option<ListenTls>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListenTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Store {
+    pub url: String,
+    pub data_key: Option<String>,
+    pub data_key_env: Option<String>,
+    /// A file holding the base64 key; created with a fresh key when missing.
+    pub data_key_file: Option<String>,
+    /// Upper bound of the store's connection pool.
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Tokens {
+    pub access_token_ttl: Option<String>,
+    pub refresh_token_ttl: Option<String>,
+    pub refresh_grace: Option<String>,
+    pub custom_data_max: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Gateway {
+    pub refresh_skew: Option<String>,
+    pub cache_capacity: Option<i64>,
+    pub cache_max_ttl: Option<String>,
+    pub negative_cache_ttl: Option<String>,
+    /// Extra CA certificates trusted for every upstream.
+    pub ca_file: Option<String>,
+    /// Timeout of one call to a downstream authority.
+    pub authority_timeout: Option<String>,
+    /// Timeout to connect to an upstream.
+    pub upstream_connect_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Client {
+    pub id: String,
+    pub secret_hash: String,
+    #[serde(default)]
+    pub grant_types: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub introspect: bool,
+    #[serde(default)]
+    pub reveal_custom: bool,
+    #[serde(default)]
+    pub mutate: bool,
+    #[serde(default)]
+    pub allowed_issuers: Vec<String>,
+    /// When set, the only `audience` values this client may request.
+    pub audiences: Option<Vec<String>>,
+    pub access_token_ttl: Option<String>,
+    pub refresh_token_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TrustedIssuer {
+    pub issuer: String,
+    pub jwks_uri: Option<String>,
+    pub jwks_file: Option<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Authority {
+    pub name: String,
+    pub token_endpoint: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub auth_method: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Route {
+    pub name: String,
+    pub path_prefix: String,
+    pub host: Option<String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    pub credential: Option<String>,
+    pub ca_file: Option<String>,
+    pub auth: Option<String>,
+    pub exchange: Option<RouteExchange>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RouteExchange {
+    pub client: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub audience: Option<String>,
+}

@@ -1,0 +1,434 @@
+//! Configuration: the TOML file (`file`), its validation into the internal
+//! [`Config`] (`validate`), and problem reporting with file, line and key.
+//! Only the validated [`Config`] is ever seen by the request path.
+
+mod file;
+mod locate;
+mod validate;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::crypto::{DataKey, SecretHash};
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// The token service's public base URL, without a trailing slash.
+    pub issuer: String,
+    pub listen: Listen,
+    pub store: StoreConfig,
+    pub tokens: TokenSettings,
+    pub gateway: GatewaySettings,
+    pub clients: HashMap<String, Arc<Client>>,
+    pub trusted_issuers: Vec<Arc<TrustedIssuer>>,
+    pub authorities: HashMap<String, Arc<Authority>>,
+    pub routes: Vec<Arc<Route>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub proxy: Option<SocketAddr>,
+    pub token_service: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub tls: Option<ProxyTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// An SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (kept whole; may hold a password).
+    Postgres(Secret),
+}
+
+#[derive(Debug)]
+pub struct StoreConfig {
+    pub url: StoreUrl,
+    pub data_key: Arc<DataKey>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub refresh_grace: Duration,
+    pub custom_data_max: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub refresh_skew: Duration,
+    pub cache_capacity: u64,
+    pub cache_max_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub authority_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+}
+
+/// The grant types refgate implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantType {
+    ClientCredentials,
+    RefreshToken,
+    TokenExchange,
+    TokenExchangeMutate,
+    ArbitraryToken,
+}
+
+impl GrantType {
+    pub const ALL: [GrantType; 5] = [
+        GrantType::ClientCredentials,
+        GrantType::RefreshToken,
+        GrantType::TokenExchange,
+        GrantType::TokenExchangeMutate,
+        GrantType::ArbitraryToken,
+    ];
+
+    /// The `grant_type` value on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::ClientCredentials => "client_credentials",
+            GrantType::RefreshToken => "refresh_token",
+            GrantType::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
+            GrantType::TokenExchangeMutate => {
+                "urn:ietf:params:oauth:grant-type:token-exchange-mutate"
+            }
+            GrantType::ArbitraryToken => "arbitrary_token",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        GrantType::ALL.into_iter().find(|g| g.as_str() == text)
+    }
+}
+
+/// A registered OAuth client of the token service.
+#[derive(Debug)]
+pub struct Client {
+    pub id: String,
+    pub secret: SecretHash,
+    pub grant_types: HashSet<GrantType>,
+    pub scopes: Vec<String>,
+    pub introspect: bool,
+    pub reveal_custom: bool,
+    pub mutate: bool,
+    pub allowed_issuers: Vec<String>,
+    pub audiences: Option<Vec<String>>,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+}
+
+impl Client {
+    pub fn may_use(&self, grant: GrantType) -> bool {
+        self.grant_types.contains(&grant)
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+/// An issuer whose id_tokens are accepted as token-exchange subjects.
+#[derive(Debug)]
+pub struct TrustedIssuer {
+    pub issuer: String,
+    pub jwks: JwksSource,
+    pub audiences: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    Uri(String),
+    File(PathBuf),
+}
+
+/// A downstream OAuth server the gateway refreshes credentials against.
+#[derive(Debug)]
+pub struct Authority {
+    pub name: String,
+    pub token_endpoint: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub auth_method: AuthMethod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+/// A gateway route.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub path_prefix: String,
+    pub host: Option<HostPattern>,
+    pub upstream: Upstream,
+    pub strip_prefix: bool,
+    pub required_scopes: Vec<String>,
+    pub access: RouteAccess,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What a route does with the inbound token.
+#[derive(Debug, Clone)]
+pub enum RouteAccess {
+    /// A public route: no token checked, none forwarded.
+    Public,
+    /// Swap in `custom.credentials.<name>`.
+    Credential(String),
+    /// Transparent on-behalf-of: exchange the inbound token (SPEC 4.4).
+    Exchange(RouteExchange),
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteExchange {
+    pub client: String,
+    pub scopes: Vec<String>,
+    pub audience: Option<String>,
+}
+
+/// A host a route matches: exact, or every subdomain of a suffix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// `*.example.com` is stored as `.example.com`.
+    Subdomains(String),
+}
+
+impl HostPattern {
+    /// Whether a request host (port already removed, lower case) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Subdomains(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
+        }
+    }
+}
+
+/// A resolved upstream.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub addr: SocketAddr,
+}
+
+/// A secret value: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError(pub Vec<Problem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether loading may create files (the data key file, when missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// `refgate serve`: a missing `data_key_file` is created with a fresh key.
+    Serve,
+    /// `refgate check`: nothing is written.
+    Check,
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path, mode: LoadMode) -> Result<Config, ConfigError> {
+    let problem = |message: String| {
+        ConfigError(vec![Problem {
+            file: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            message,
+        }])
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| problem(format!("cannot read the file: {e}")))?;
+    parse(path, &text, mode)
+}
+
+/// Parses and validates configuration text; `path` names it in problems and
+/// anchors relative paths.
+pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Config, ConfigError> {
+    let at_offset = |offset: Option<usize>, key: String, message: String| Problem {
+        file: path.to_path_buf(),
+        line: offset.map(|o| locate::line_at(text, o)),
+        key,
+        message,
+    };
+    let table = toml::de::DeTable::parse(text).map_err(|e| {
+        ConfigError(vec![at_offset(
+            e.span().map(|s| s.start),
+            String::new(),
+            first_line(e.message()),
+        )])
+    })?;
+    let mut unknown = Vec::new();
+    let deserializer = toml::de::Deserializer::from(table.clone());
+    let parsed: Result<file::File, _> = serde_ignored::deserialize(deserializer, |p| {
+        unknown.push(locate::display_path(&p.to_string()))
+    });
+    let mut problems: Vec<Problem> = unknown
+        .into_iter()
+        .map(|key| Problem {
+            file: path.to_path_buf(),
+            line: locate::line_of(text, &table, &key),
+            message: "unknown key".to_string(),
+            key,
+        })
+        .collect();
+    let file = match parsed {
+        Ok(file) => file,
+        Err(e) => {
+            problems.push(at_offset(
+                e.span().map(|s| s.start),
+                String::new(),
+                first_line(e.message()),
+            ));
+            return Err(ConfigError(problems));
+        }
+    };
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let validated = validate::validate(file, &base, path, mode);
+    match validated {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigError(problems)),
+        Err(found) => {
+            problems.extend(found.into_iter().map(|(key, message)| Problem {
+                file: path.to_path_buf(),
+                line: locate::line_of(text, &table, &key),
+                key,
+                message,
+            }));
+            Err(ConfigError(problems))
+        }
+    }
+}
+
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or(message).trim().to_string()
+}
+
+/// Parses a duration written as `"90s"`, `"15m"`, `"1h"` or `"30d"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as \"90s\", \"15m\", \"1h\" or \"30d\""))?;
+    let seconds = match unit {
+        "s" => Some(value),
+        "m" => value.checked_mul(60),
+        "h" => value.checked_mul(3600),
+        "d" => value.checked_mul(86_400),
+        "ms" => return Ok(Duration::from_millis(value)),
+        _ => {
+            return Err(format!(
+                "`{text}` needs a unit: s, m, h or d (\"90s\", \"15m\", \"1h\", \"30d\")"
+            ))
+        }
+    };
+    seconds
+        .filter(|s| *s <= 10 * 365 * 86_400)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is longer than ten years"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(2_592_000));
+        assert!(parse_duration("90").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("99999999999d").is_err());
+    }
+
+    #[test]
+    fn host_patterns() {
+        let sub = HostPattern::Subdomains(".example.com".into());
+        assert!(sub.matches("api.example.com"));
+        assert!(!sub.matches("example.com"));
+        assert!(!sub.matches("badexample.com"));
+        assert!(HostPattern::Exact("a.b".into()).matches("a.b"));
+    }
+}

@@ -1,0 +1,655 @@
+//! Turns the parsed file into a [`Config`]: parses durations, resolves
+//! addresses and paths, reads secrets from the environment, and collects
+//! every problem with the key it belongs to.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::file;
+use super::*;
+use crate::crypto::{DataKey, Random, SecretHash};
+
+/// Problems found, as (key path, message).
+type Problems = Vec<(String, String)>;
+
+struct Checker<'a> {
+    base: &'a Path,
+    mode: LoadMode,
+    problems: Problems,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push((key.into(), message.into()));
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&String>, default: Duration) -> Duration {
+        match value.map(|v| parse_duration(v)) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.report(key, e);
+                default
+            }
+        }
+    }
+
+    fn address(&mut self, key: &str, value: &str) -> Option<SocketAddr> {
+        match value.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => Some(addr),
+            _ => {
+                self.report(
+                    key,
+                    format!("`{value}` is not an address such as \"127.0.0.1:8080\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(&self, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn existing_file(&mut self, key: &str, value: &str) -> PathBuf {
+        let path = self.path(value);
+        if !path.is_file() {
+            self.report(key, format!("file `{}` does not exist", path.display()));
+        }
+        path
+    }
+
+    fn env_secret(&mut self, key: &str, name: &str) -> Option<String> {
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => Some(v),
+            _ => {
+                self.report(key, format!("environment variable `{name}` is not set"));
+                None
+            }
+        }
+    }
+
+    fn http_url(&mut self, key: &str, value: &str) -> Option<url::Url> {
+        match url::Url::parse(value) {
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {
+                Some(u)
+            }
+            _ => {
+                self.report(key, format!("`{value}` is not an http:// or https:// URL"));
+                None
+            }
+        }
+    }
+}
+
+pub(super) fn validate(
+    file: file::File,
+    base: &Path,
+    source: &Path,
+    mode: LoadMode,
+) -> Result<Config, Problems> {
+    let mut c = Checker {
+        base,
+        mode,
+        problems: Vec::new(),
+    };
+
+    let issuer = file.issuer.trim_end_matches('/').to_string();
+    c.http_url("issuer", &issuer);
+
+    let listen = Listen {
+        proxy: file
+            .listen
+            .proxy
+            .as_deref()
+            .and_then(|a| c.address("listen.proxy", a)),
+        token_service: c
+            .address("listen.token_service", &file.listen.token_service)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        metrics: file
+            .listen
+            .metrics
+            .as_deref()
+            .and_then(|a| c.address("listen.metrics", a)),
+        tls: file.listen.tls.as_ref().map(|t| ProxyTls {
+            cert: c.existing_file("listen.tls.cert", &t.cert),
+            key: c.existing_file("listen.tls.key", &t.key),
+        }),
+    };
+
+    let store = store_config(&mut c, &file.store);
+    let tokens = token_settings(&mut c, &file.tokens);
+    let gateway = gateway_settings(&mut c, &file.gateway);
+    let clients = clients(&mut c, &file.clients, &tokens);
+    let trusted_issuers = trusted_issuers(&mut c, &file.trusted_issuers);
+    let authorities = authorities(&mut c, &file.authorities);
+    let routes = routes(&mut c, &file.routes, &clients, &authorities);
+
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    Ok(Config {
+        source: source.to_path_buf(),
+        issuer,
+        listen,
+        store: store.expect("no problems means the store section was valid"),
+        tokens,
+        gateway,
+        clients,
+        trusted_issuers,
+        authorities,
+        routes,
+    })
+}
+
+fn store_config(c: &mut Checker<'_>, s: &file::Store) -> Option<StoreConfig> {
+    let url = if let Some(rest) = s.url.strip_prefix("sqlite://") {
+        if rest.is_empty() {
+            c.report("store.url", "the SQLite URL names no file");
+            None
+        } else {
+            Some(StoreUrl::Sqlite(c.path(rest)))
+        }
+    } else if s.url.starts_with("postgres://") || s.url.starts_with("postgresql://") {
+        Some(StoreUrl::Postgres(Secret::new(s.url.clone())))
+    } else {
+        c.report(
+            "store.url",
+            "must start with sqlite:// or postgres://",
+        );
+        None
+    };
+
+    let given = [
+        s.data_key.is_some(),
+        s.data_key_env.is_some(),
+        s.data_key_file.is_some(),
+    ]
+    .iter()
+    .filter(|g| **g)
+    .count();
+    if given != 1 {
+        c.report(
+            "store",
+            "set exactly one of data_key, data_key_env or data_key_file",
+        );
+        return None;
+    }
+    let (key_name, encoded) = if let Some(inline) = &s.data_key {
+        ("store.data_key", Some(inline.clone()))
+    } else if let Some(name) = &s.data_key_env {
+        ("store.data_key_env", c.env_secret("store.data_key_env", name))
+    } else {
+        let path = c.path(s.data_key_file.as_deref().unwrap_or_default());
+        ("store.data_key_file", data_key_file(c, &path))
+    };
+    let key = match encoded {
+        Some(text) => match DataKey::from_base64(&text) {
+            Some(k) => Some(Arc::new(k)),
+            None => {
+                c.report(
+                    key_name,
+                    "the data key must be standard base64 of exactly 32 bytes (see `refgate key generate`)",
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let max_connections = match s.max_connections {
+        Some(0) => {
+            c.report("store.max_connections", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => 16,
+    };
+    Some(StoreConfig {
+        url: url?,
+        data_key: key?,
+        max_connections,
+    })
+}
+
+/// Reads the key file; when serving and it is missing, writes a fresh key
+/// readable by the owner only.
+fn data_key_file(c: &mut Checker<'_>, path: &Path) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && c.mode == LoadMode::Check => {
+            // `serve` creates it; a valid key is what it will hold.
+            Some(Random::default().data_key_base64())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Random::default().data_key_base64();
+            match write_private(path, &key) {
+                Ok(()) => Some(key),
+                Err(e) => {
+                    c.report(
+                        "store.data_key_file",
+                        format!("cannot create `{}`: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            c.report(
+                "store.data_key_file",
+                format!("cannot read `{}`: {e}", path.display()),
+            );
+            None
+        }
+    }
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+fn token_settings(c: &mut Checker<'_>, t: &file::Tokens) -> TokenSettings {
+    let access_token_ttl = c.duration(
+        "tokens.access_token_ttl",
+        t.access_token_ttl.as_ref(),
+        Duration::from_secs(3600),
+    );
+    let refresh_token_ttl = c.duration(
+        "tokens.refresh_token_ttl",
+        t.refresh_token_ttl.as_ref(),
+        Duration::from_secs(30 * 86_400),
+    );
+    let refresh_grace = c.duration(
+        "tokens.refresh_grace",
+        t.refresh_grace.as_ref(),
+        Duration::ZERO,
+    );
+    if access_token_ttl.is_zero() {
+        c.report("tokens.access_token_ttl", "must be longer than 0s");
+    }
+    if refresh_token_ttl.is_zero() {
+        c.report("tokens.refresh_token_ttl", "must be longer than 0s");
+    }
+    let custom_data_max = match t.custom_data_max {
+        None => 16_384,
+        Some(n) if (2..=1_048_576).contains(&n) => n as usize,
+        Some(_) => {
+            c.report(
+                "tokens.custom_data_max",
+                "must be between 2 and 1048576 bytes",
+            );
+            16_384
+        }
+    };
+    TokenSettings {
+        access_token_ttl,
+        refresh_token_ttl,
+        refresh_grace,
+        custom_data_max,
+    }
+}
+
+fn gateway_settings(c: &mut Checker<'_>, g: &file::Gateway) -> GatewaySettings {
+    let cache_capacity = match g.cache_capacity {
+        None => 100_000,
+        Some(n) if n >= 0 => n as u64,
+        Some(_) => {
+            c.report("gateway.cache_capacity", "must not be negative");
+            0
+        }
+    };
+    GatewaySettings {
+        refresh_skew: c.duration(
+            "gateway.refresh_skew",
+            g.refresh_skew.as_ref(),
+            Duration::from_secs(60),
+        ),
+        cache_capacity,
+        cache_max_ttl: c.duration(
+            "gateway.cache_max_ttl",
+            g.cache_max_ttl.as_ref(),
+            Duration::from_secs(300),
+        ),
+        negative_cache_ttl: c.duration(
+            "gateway.negative_cache_ttl",
+            g.negative_cache_ttl.as_ref(),
+            Duration::from_secs(5),
+        ),
+        ca_file: g
+            .ca_file
+            .as_deref()
+            .map(|f| c.existing_file("gateway.ca_file", f)),
+        authority_timeout: c.duration(
+            "gateway.authority_timeout",
+            g.authority_timeout.as_ref(),
+            Duration::from_secs(10),
+        ),
+        upstream_connect_timeout: c.duration(
+            "gateway.upstream_connect_timeout",
+            g.upstream_connect_timeout.as_ref(),
+            Duration::from_secs(5),
+        ),
+    }
+}
+
+/// A scope token as RFC 6749 §3.3 allows it.
+fn valid_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+fn clients(
+    c: &mut Checker<'_>,
+    list: &[file::Client],
+    tokens: &TokenSettings,
+) -> HashMap<String, Arc<Client>> {
+    let mut out = HashMap::new();
+    for (i, f) in list.iter().enumerate() {
+        let key = |k: &str| format!("clients[{i}].{k}");
+        if f.id.is_empty() || f.id.contains(':') || f.id.chars().any(char::is_control) {
+            c.report(key("id"), "must be non-empty, without ':' or control characters");
+        }
+        let secret = SecretHash::parse(&f.secret_hash).unwrap_or_else(|| {
+            c.report(
+                key("secret_hash"),
+                "must be \"sha256:\" followed by 64 hex digits (see `refgate secret hash`)",
+            );
+            SecretHash::unmatchable()
+        });
+        let mut grant_types = HashSet::new();
+        for (j, g) in f.grant_types.iter().enumerate() {
+            match GrantType::parse(g) {
+                Some(g) => {
+                    grant_types.insert(g);
+                }
+                None => c.report(
+                    format!("clients[{i}].grant_types[{j}]"),
+                    format!("unknown grant type `{g}`"),
+                ),
+            }
+        }
+        for (j, s) in f.scopes.iter().enumerate() {
+            if !valid_scope_token(s) {
+                c.report(
+                    format!("clients[{i}].scopes[{j}]"),
+                    format!("`{s}` is not a valid scope"),
+                );
+            }
+        }
+        if !f.allowed_issuers.is_empty() && !grant_types.contains(&GrantType::ArbitraryToken) {
+            c.report(
+                key("allowed_issuers"),
+                "only matters with the arbitrary_token grant type",
+            );
+        }
+        let access_token_ttl = c.duration(
+            &key("access_token_ttl"),
+            f.access_token_ttl.as_ref(),
+            tokens.access_token_ttl,
+        );
+        let refresh_token_ttl = c.duration(
+            &key("refresh_token_ttl"),
+            f.refresh_token_ttl.as_ref(),
+            tokens.refresh_token_ttl,
+        );
+        let client = Client {
+            id: f.id.clone(),
+            secret,
+            grant_types,
+            scopes: f.scopes.clone(),
+            introspect: f.introspect,
+            reveal_custom: f.reveal_custom,
+            mutate: f.mutate,
+            allowed_issuers: f.allowed_issuers.clone(),
+            audiences: f.audiences.clone(),
+            access_token_ttl,
+            refresh_token_ttl,
+        };
+        if out.insert(f.id.clone(), Arc::new(client)).is_some() {
+            c.report(key("id"), format!("client `{}` is defined twice", f.id));
+        }
+    }
+    out
+}
+
+fn trusted_issuers(c: &mut Checker<'_>, list: &[file::TrustedIssuer]) -> Vec<Arc<TrustedIssuer>> {
+    let mut out = Vec::new();
+    for (i, f) in list.iter().enumerate() {
+        let key = |k: &str| format!("trusted_issuers[{i}].{k}");
+        let jwks = match (&f.jwks_uri, &f.jwks_file) {
+            (Some(uri), None) => {
+                if let Some(u) = c.http_url(&key("jwks_uri"), uri) {
+                    warn_plain_http(&u, &key("jwks_uri"));
+                }
+                JwksSource::Uri(uri.clone())
+            }
+            (None, Some(file)) => JwksSource::File(c.existing_file(&key("jwks_file"), file)),
+            _ => {
+                c.report(
+                    format!("trusted_issuers[{i}]"),
+                    "set exactly one of jwks_uri or jwks_file",
+                );
+                continue;
+            }
+        };
+        if f.audiences.is_empty() {
+            c.report(key("audiences"), "list at least one accepted audience");
+        }
+        if f.issuer.is_empty() {
+            c.report(key("issuer"), "must not be empty");
+        }
+        out.push(Arc::new(TrustedIssuer {
+            issuer: f.issuer.clone(),
+            jwks,
+            audiences: f.audiences.clone(),
+        }));
+    }
+    out
+}
+
+fn warn_plain_http(url: &url::Url, key: &str) {
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    if url.scheme() == "http" && !loopback {
+        tracing::warn!(key, host = %url.host_str().unwrap_or(""), "plain http:// to a host that is not loopback");
+    }
+}
+
+fn authorities(c: &mut Checker<'_>, list: &[file::Authority]) -> HashMap<String, Arc<Authority>> {
+    let mut out = HashMap::new();
+    for (i, f) in list.iter().enumerate() {
+        let key = |k: &str| format!("authorities[{i}].{k}");
+        if f.name == "self" {
+            c.report(key("name"), "`self` is reserved for refgate's own token service");
+        }
+        if let Some(u) = c.http_url(&key("token_endpoint"), &f.token_endpoint) {
+            warn_plain_http(&u, &key("token_endpoint"));
+        }
+        let secret = match (&f.client_secret, &f.client_secret_env) {
+            (Some(s), None) => Some(s.clone()),
+            (None, Some(name)) => c.env_secret(&key("client_secret_env"), name),
+            _ => {
+                c.report(
+                    format!("authorities[{i}]"),
+                    "set exactly one of client_secret or client_secret_env",
+                );
+                None
+            }
+        };
+        let auth_method = match f.auth_method.as_deref() {
+            None | Some("client_secret_basic") => AuthMethod::ClientSecretBasic,
+            Some("client_secret_post") => AuthMethod::ClientSecretPost,
+            Some(other) => {
+                c.report(
+                    key("auth_method"),
+                    format!("`{other}` is neither client_secret_basic nor client_secret_post"),
+                );
+                AuthMethod::ClientSecretBasic
+            }
+        };
+        let authority = Authority {
+            name: f.name.clone(),
+            token_endpoint: f.token_endpoint.clone(),
+            client_id: f.client_id.clone(),
+            client_secret: Secret::new(secret.unwrap_or_default()),
+            auth_method,
+        };
+        if out.insert(f.name.clone(), Arc::new(authority)).is_some() {
+            c.report(key("name"), format!("authority `{}` is defined twice", f.name));
+        }
+    }
+    out
+}
+
+fn routes(
+    c: &mut Checker<'_>,
+    list: &[file::Route],
+    clients: &HashMap<String, Arc<Client>>,
+    _authorities: &HashMap<String, Arc<Authority>>,
+) -> Vec<Arc<Route>> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    for (i, f) in list.iter().enumerate() {
+        let key = |k: &str| format!("routes[{i}].{k}");
+        if f.name.is_empty() || !names.insert(f.name.clone()) {
+            c.report(key("name"), format!("route name `{}` is empty or used twice", f.name));
+        }
+        if !f.path_prefix.starts_with('/') {
+            c.report(key("path_prefix"), "must start with '/'");
+        }
+        let host = f.host.as_deref().map(|h| {
+            let h = h.to_ascii_lowercase();
+            match h.strip_prefix("*.") {
+                Some(rest) if !rest.is_empty() && !rest.contains('*') => {
+                    HostPattern::Subdomains(format!(".{rest}"))
+                }
+                _ if h.contains('*') || h.is_empty() => {
+                    c.report(key("host"), "must be a host name or \"*.domain\"");
+                    HostPattern::Exact(h)
+                }
+                _ => HostPattern::Exact(h),
+            }
+        });
+        let upstream = upstream(c, &key("upstream"), &f.upstream);
+        let public = match f.auth.as_deref() {
+            None | Some("token") => false,
+            Some("none") => true,
+            Some(other) => {
+                c.report(key("auth"), format!("`{other}` must be \"none\" or \"token\""));
+                false
+            }
+        };
+        let access = match (public, &f.credential, &f.exchange) {
+            (true, None, None) => RouteAccess::Public,
+            (true, _, _) => {
+                c.report(
+                    key("auth"),
+                    "a public route (auth = \"none\") takes no credential or exchange",
+                );
+                RouteAccess::Public
+            }
+            (false, Some(name), None) => {
+                if name.is_empty() {
+                    c.report(key("credential"), "must not be empty");
+                }
+                RouteAccess::Credential(name.clone())
+            }
+            (false, None, Some(x)) => {
+                match clients.get(&x.client) {
+                    Some(cl) if cl.may_use(GrantType::TokenExchange) => {
+                        for (j, s) in x.scopes.iter().enumerate() {
+                            if !cl.has_scope(s) {
+                                c.report(
+                                    format!("routes[{i}].exchange.scopes[{j}]"),
+                                    format!("client `{}` may not obtain scope `{s}`", x.client),
+                                );
+                            }
+                        }
+                    }
+                    Some(_) => c.report(
+                        key("exchange.client"),
+                        format!("client `{}` lacks the token-exchange grant type", x.client),
+                    ),
+                    None => c.report(
+                        key("exchange.client"),
+                        format!("no [[clients]] entry `{}`", x.client),
+                    ),
+                }
+                RouteAccess::Exchange(RouteExchange {
+                    client: x.client.clone(),
+                    scopes: x.scopes.clone(),
+                    audience: x.audience.clone(),
+                })
+            }
+            (false, _, _) => {
+                c.report(
+                    format!("routes[{i}]"),
+                    "set exactly one of credential or [routes.exchange] (or auth = \"none\")",
+                );
+                RouteAccess::Public
+            }
+        };
+        let ca_file = f.ca_file.as_deref().map(|p| c.existing_file(&key("ca_file"), p));
+        if let Some(upstream) = upstream {
+            out.push(Arc::new(Route {
+                name: f.name.clone(),
+                path_prefix: f.path_prefix.clone(),
+                host,
+                upstream,
+                strip_prefix: f.strip_prefix,
+                required_scopes: f.required_scopes.clone(),
+                access,
+                ca_file,
+            }));
+        }
+    }
+    out
+}
+
+fn upstream(c: &mut Checker<'_>, key: &str, value: &str) -> Option<Upstream> {
+    let url = c.http_url(key, value)?;
+    if url.path() != "/" || url.query().is_some() {
+        c.report(key, "an upstream is scheme://host[:port] with no path");
+        return None;
+    }
+    warn_plain_http(&url, key);
+    let host = url.host_str()?.trim_matches(['[', ']']).to_string();
+    let port = url.port_or_known_default()?;
+    // Resolved once here: the proxy must never block on DNS per request.
+    let addr = match (host.as_str(), port).to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => addr,
+        _ => {
+            c.report(key, format!("cannot resolve `{host}`"));
+            return None;
+        }
+    };
+    Some(Upstream {
+        tls: url.scheme() == "https",
+        host,
+        port,
+        addr,
+    })
+}

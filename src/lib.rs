@@ -1,0 +1,30 @@
+//! refgate: a reverse-proxy gateway with an integrated OAuth 2.0 token
+//! service for opaque *reference* tokens.
+//!
+//! Apps hold an opaque access token (`rgat_…`). A middle tier stores, inside
+//! that token's grant ("custom mutate"), the credentials it obtained for
+//! downstream services. The gateway takes the inbound token, looks it up,
+//! swaps in the downstream credential and forwards the request, refreshing
+//! the credential when it is about to expire.
+//!
+//! The request path and the module map:
+//!
+//! - [`config`]: the TOML file, validated into [`config::Config`];
+//! - [`store`]: the [`store::Store`] trait and its SQLite implementation —
+//!   grants and token hashes, custom data sealed;
+//! - [`crypto`]: token generation and hashing, secret checks, sealing;
+//! - [`lookup`]: token → grant lookups through the moka cache, shared by
+//!   introspection and the gateway;
+//! - [`token`]: the token service endpoints, one file per endpoint and grant;
+//! - [`server`]: wiring: open the store, bind listeners, run until shutdown;
+//! - [`telemetry`]: logging.
+
+pub mod config;
+pub mod crypto;
+pub mod lookup;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod token;
+
+pub use server::serve;

@@ -1,0 +1,333 @@
+//! Token lookup through an in-process cache (moka), shared by introspection
+//! and the gateway. Keys are token hashes, never token strings.
+//!
+//! Two caches: token hash → token state, and grant id → decoded grant. A
+//! token entry never outlives the token's `exp` nor `cache_max_ttl`; unknown
+//! or inactive tokens are remembered for `negative_cache_ttl`. Changes made
+//! through this process invalidate the affected entries at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::Expiry;
+
+use crate::crypto::{hash_token, token_kind, DataKey, TokenHash, TokenKind};
+use crate::store::{GrantRecord, Store, StoreError, TokenRecord, UnixTime};
+
+/// A grant with its custom data opened.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub id: String,
+    pub client_id: String,
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub audience: Vec<String>,
+    pub actor: Option<serde_json::Value>,
+    pub issuer: Option<String>,
+    pub claims: Option<serde_json::Value>,
+    /// The custom data: a JSON object, empty when none was stored.
+    pub custom: serde_json::Map<String, serde_json::Value>,
+    pub version: i64,
+    pub created_at: UnixTime,
+}
+
+/// The per-token part of a lookup.
+#[derive(Debug, Clone)]
+pub struct TokenState {
+    pub grant_id: String,
+    pub kind: TokenKind,
+    pub scopes: Option<Vec<String>>,
+    pub issued_at: UnixTime,
+    pub expires_at: UnixTime,
+}
+
+/// An active token with its grant.
+#[derive(Debug, Clone)]
+pub struct ActiveToken {
+    pub hash: TokenHash,
+    pub token: Arc<TokenState>,
+    pub grant: Arc<Grant>,
+}
+
+impl ActiveToken {
+    /// The scopes this token carries: the grant's, narrowed if the token was
+    /// issued for fewer.
+    pub fn scopes(&self) -> Vec<String> {
+        match &self.token.scopes {
+            None => self.grant.scopes.clone(),
+            Some(narrow) => narrow
+                .iter()
+                .filter(|s| self.grant.scopes.contains(s))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.grant.scopes.iter().any(|s| s == scope)
+            && self
+                .token
+                .scopes
+                .as_ref()
+                .is_none_or(|narrow| narrow.iter().any(|s| s == scope))
+    }
+}
+
+/// Cache sizes and lifetimes.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub capacity: u64,
+    pub max_ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
+type TokenEntry = Option<Arc<TokenState>>;
+type GrantEntry = Option<Arc<Grant>>;
+
+struct TokenExpiry {
+    max_ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl TokenExpiry {
+    fn ttl(&self, value: &TokenEntry) -> Duration {
+        match value {
+            None => self.negative_ttl,
+            Some(t) => {
+                let left = (t.expires_at - now()).max(0) as u64;
+                self.max_ttl.min(Duration::from_secs(left))
+            }
+        }
+    }
+}
+
+impl Expiry<TokenHash, TokenEntry> for TokenExpiry {
+    fn expire_after_create(&self, _: &TokenHash, v: &TokenEntry, _: Instant) -> Option<Duration> {
+        Some(self.ttl(v))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &TokenHash,
+        v: &TokenEntry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.ttl(v))
+    }
+}
+
+struct GrantExpiry {
+    max_ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl Expiry<String, GrantEntry> for GrantExpiry {
+    fn expire_after_create(&self, _: &String, v: &GrantEntry, _: Instant) -> Option<Duration> {
+        Some(if v.is_some() {
+            self.max_ttl
+        } else {
+            self.negative_ttl
+        })
+    }
+
+    fn expire_after_update(
+        &self,
+        k: &String,
+        v: &GrantEntry,
+        at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(k, v, at)
+    }
+}
+
+/// Why a lookup could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error("a grant's custom data could not be opened")]
+    Sealed,
+}
+
+impl From<StoreError> for LookupError {
+    fn from(e: StoreError) -> Self {
+        LookupError::Store(Arc::new(e))
+    }
+}
+
+/// Current Unix time in seconds.
+pub fn now() -> UnixTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Looks tokens up, through the caches.
+pub struct TokenLookup {
+    store: Arc<dyn Store>,
+    data_key: Arc<DataKey>,
+    tokens: Cache<TokenHash, TokenEntry>,
+    grants: Cache<String, GrantEntry>,
+}
+
+impl TokenLookup {
+    pub fn new(store: Arc<dyn Store>, data_key: Arc<DataKey>, settings: &CacheSettings) -> Self {
+        let tokens = Cache::builder()
+            .max_capacity(settings.capacity)
+            .expire_after(TokenExpiry {
+                max_ttl: settings.max_ttl,
+                negative_ttl: settings.negative_ttl,
+            })
+            .build();
+        let grants = Cache::builder()
+            .max_capacity(settings.capacity)
+            .expire_after(GrantExpiry {
+                max_ttl: settings.max_ttl,
+                negative_ttl: settings.negative_ttl,
+            })
+            .build();
+        TokenLookup {
+            store,
+            data_key,
+            tokens,
+            grants,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn data_key(&self) -> &Arc<DataKey> {
+        &self.data_key
+    }
+
+    /// Opens a stored grant.
+    pub fn open_grant(&self, record: GrantRecord) -> Result<Grant, LookupError> {
+        let custom = match &record.custom_sealed {
+            None => serde_json::Map::new(),
+            Some(sealed) => {
+                let plain = self
+                    .data_key
+                    .open(&record.id, sealed)
+                    .map_err(|_| LookupError::Sealed)?;
+                match serde_json::from_slice(&plain) {
+                    Ok(serde_json::Value::Object(map)) => map,
+                    _ => return Err(LookupError::Sealed),
+                }
+            }
+        };
+        Ok(Grant {
+            id: record.id,
+            client_id: record.client_id,
+            subject: record.subject,
+            scopes: record.scopes,
+            audience: record.audience,
+            actor: record.actor,
+            issuer: record.issuer,
+            claims: record.claims,
+            custom,
+            version: record.version,
+            created_at: record.created_at,
+        })
+    }
+
+    /// Seals custom data for storage; `None` for an empty object.
+    pub fn seal_custom(
+        &self,
+        grant_id: &str,
+        custom: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<Vec<u8>> {
+        if custom.is_empty() {
+            return None;
+        }
+        let plain = serde_json::to_vec(custom).expect("a JSON map always serializes");
+        Some(self.data_key.seal(grant_id, &plain))
+    }
+
+    /// Finds an active token of any kind. `Ok(None)` means inactive: unknown,
+    /// malformed, expired, revoked, consumed or its grant revoked.
+    pub async fn find_active(&self, token: &str) -> Result<Option<ActiveToken>, LookupError> {
+        if token_kind(token).is_none() {
+            return Ok(None);
+        }
+        self.find_active_hash(hash_token(token)).await
+    }
+
+    /// As [`TokenLookup::find_active`], by hash.
+    pub async fn find_active_hash(
+        &self,
+        hash: TokenHash,
+    ) -> Result<Option<ActiveToken>, LookupError> {
+        let state = self
+            .tokens
+            .try_get_with(hash, self.load_token(hash))
+            .await
+            .map_err(|e: Arc<LookupError>| (*e).clone())?;
+        let Some(state) = state else { return Ok(None) };
+        if state.expires_at <= now() {
+            return Ok(None);
+        }
+        let grant_id = state.grant_id.clone();
+        let grant = self
+            .grants
+            .try_get_with(grant_id.clone(), self.load_grant(grant_id))
+            .await
+            .map_err(|e: Arc<LookupError>| (*e).clone())?;
+        Ok(grant.map(|grant| ActiveToken {
+            hash,
+            token: state,
+            grant,
+        }))
+    }
+
+    async fn load_token(&self, hash: TokenHash) -> Result<TokenEntry, LookupError> {
+        let Some((token, grant)) = self.store.find_token(&hash).await? else {
+            return Ok(None);
+        };
+        if !is_active(&token, &grant) {
+            return Ok(None);
+        }
+        let grant_id = grant.id.clone();
+        let opened = Arc::new(self.open_grant(grant)?);
+        self.grants.insert(grant_id, Some(opened)).await;
+        Ok(Some(Arc::new(TokenState {
+            grant_id: token.grant_id,
+            kind: token.kind,
+            scopes: token.scopes,
+            issued_at: token.issued_at,
+            expires_at: token.expires_at,
+        })))
+    }
+
+    async fn load_grant(&self, id: String) -> Result<GrantEntry, LookupError> {
+        match self.store.find_grant(&id).await? {
+            Some(g) if !g.revoked => Ok(Some(Arc::new(self.open_grant(g)?))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Forgets a token (after it was revoked or consumed).
+    pub async fn invalidate_token(&self, hash: &TokenHash) {
+        self.tokens.invalidate(hash).await;
+    }
+
+    /// Forgets a grant (after it was revoked, mutated or re-scoped).
+    pub async fn invalidate_grant(&self, id: &str) {
+        self.grants.invalidate(id).await;
+    }
+
+    /// Forgets everything (e.g. after losing the invalidation feed).
+    pub fn invalidate_all(&self) {
+        self.tokens.invalidate_all();
+        self.grants.invalidate_all();
+    }
+}
+
+fn is_active(token: &TokenRecord, grant: &GrantRecord) -> bool {
+    !token.revoked && token.consumed_at.is_none() && !grant.revoked && token.expires_at > now()
+}

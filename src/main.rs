@@ -1,0 +1,150 @@
+//! The `refgate` command line: parses arguments, loads the configuration
+//! and hands over to [`refgate::serve`].
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use refgate::config::{self, LoadMode};
+use refgate::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "refgate", version, about = "Reverse-proxy gateway and OAuth 2.0 reference-token service")]
+struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway and the token service.
+    Serve {
+        /// Configuration file.
+        #[arg(long, default_value = "config/refgate.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file; print every problem.
+    Check {
+        /// Configuration file.
+        #[arg(long, default_value = "config/refgate.toml")]
+        config: PathBuf,
+    },
+    /// Client secrets.
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
+    /// Data-encryption keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Read a client secret on stdin and print its `sha256:<hex>` form.
+    Hash,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print a fresh 256-bit data-encryption key (standard base64).
+    Generate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(&config, cli.log_format),
+        Command::Check { config } => check(&config),
+        Command::Secret {
+            command: SecretCommand::Hash,
+        } => secret_hash(),
+        Command::Key {
+            command: KeyCommand::Generate,
+        } => {
+            println!("{}", refgate::crypto::Random::default().data_key_base64());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn serve(path: &std::path::Path, format: LogFormat) -> ExitCode {
+    telemetry::init(format);
+    let config = match config::load(path, LoadMode::Serve) {
+        Ok(c) => c,
+        Err(e) => {
+            for problem in &e.0 {
+                tracing::error!("{problem}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    match refgate::serve(config, shutdown_signal()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path, LoadMode::Check) {
+        Ok(c) => {
+            println!(
+                "{}: valid ({} clients, {} routes, {} authorities)",
+                path.display(),
+                c.clients.len(),
+                c.routes.len(),
+                c.authorities.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for problem in &e.0 {
+                eprintln!("{problem}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn secret_hash() -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("cannot read the secret from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let secret = input
+        .strip_suffix("\r\n")
+        .or_else(|| input.strip_suffix('\n'))
+        .unwrap_or(&input);
+    if secret.is_empty() {
+        eprintln!("the secret is empty");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", refgate::crypto::secret_hash_text(secret));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,187 @@
+//! Persistence of grants and token handles behind the [`Store`] trait.
+//!
+//! A store keeps grants (one authorization each: client, subject, scopes,
+//! audience, actor, sealed custom data, version, revoked flag) and token
+//! handles pointing at them. It stores only SHA-256 hashes of token strings
+//! and only sealed custom data: sealing happens before a record reaches the
+//! store, so a store never sees plaintext custom data or a token string.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::StoreUrl;
+use crate::crypto::{TokenHash, TokenKind};
+
+pub use sqlite::SqliteStore;
+
+/// Seconds since the Unix epoch.
+pub type UnixTime = i64;
+
+/// A grant as stored.
+#[derive(Debug, Clone)]
+pub struct GrantRecord {
+    pub id: String,
+    pub client_id: String,
+    pub subject: String,
+    pub scopes: Vec<String>,
+    /// `aud`: empty when unset.
+    pub audience: Vec<String>,
+    /// `act` (RFC 8693 §4.1), as JSON.
+    pub actor: Option<serde_json::Value>,
+    /// `iss` asserted by an arbitrary_token caller; `None` means refgate itself.
+    pub issuer: Option<String>,
+    /// Extra top-level introspection claims (a JSON object).
+    pub claims: Option<serde_json::Value>,
+    /// Custom data sealed with the data key; `None` when empty.
+    pub custom_sealed: Option<Vec<u8>>,
+    pub version: i64,
+    pub created_at: UnixTime,
+    pub revoked: bool,
+}
+
+/// A token handle as stored.
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    pub hash: TokenHash,
+    pub grant_id: String,
+    pub kind: TokenKind,
+    /// A narrower scope set than the grant's (a refresh asked for less).
+    pub scopes: Option<Vec<String>>,
+    pub issued_at: UnixTime,
+    pub expires_at: UnixTime,
+    pub revoked: bool,
+    /// When a refresh token was used up by rotation.
+    pub consumed_at: Option<UnixTime>,
+}
+
+/// A token to insert.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub hash: TokenHash,
+    pub kind: TokenKind,
+    pub scopes: Option<Vec<String>>,
+    pub issued_at: UnixTime,
+    pub expires_at: UnixTime,
+}
+
+/// The outcome of presenting a refresh token for rotation.
+#[derive(Debug)]
+pub enum Rotation {
+    /// The token was consumed and the new tokens stored.
+    Rotated,
+    /// The token was consumed before, outside the grace window: the whole
+    /// grant has been revoked.
+    Replayed,
+    /// Unknown, expired, revoked, or its grant is revoked.
+    Inactive,
+}
+
+/// The outcome of a compare-and-set on a grant.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GrantUpdate {
+    /// Written; the grant now has this version.
+    Updated(i64),
+    /// The grant's version was not the expected one; it is now this one.
+    Conflict(i64),
+    /// The grant does not exist or is revoked.
+    Gone,
+}
+
+/// New values for a grant; `None` leaves a field alone.
+#[derive(Debug, Default, Clone)]
+pub struct GrantChange {
+    pub scopes: Option<Vec<String>>,
+    /// `Some(None)` clears the custom data.
+    pub custom_sealed: Option<Option<Vec<u8>>>,
+    /// Revoke every refresh token of the grant in the same write.
+    pub revoke_refresh_tokens: bool,
+    /// Clear the narrowed scope of this token in the same write.
+    pub reset_token_scopes: Option<TokenHash>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// The persistence interface the token service and the gateway share.
+/// Every method is atomic on its own.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts a new grant with its first tokens.
+    async fn create_grant(
+        &self,
+        grant: &GrantRecord,
+        tokens: &[NewToken],
+    ) -> Result<(), StoreError>;
+
+    /// Looks a token up with its grant.
+    async fn find_token(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<(TokenRecord, GrantRecord)>, StoreError>;
+
+    /// Loads a grant by id.
+    async fn find_grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError>;
+
+    /// Atomically consumes a refresh token and stores its successors. Of
+    /// concurrent calls with one token exactly one gets `Rotated`, unless the
+    /// token was consumed less than `grace` seconds ago.
+    async fn rotate_refresh(
+        &self,
+        old: &TokenHash,
+        now: UnixTime,
+        grace: i64,
+        new_tokens: &[NewToken],
+    ) -> Result<Rotation, StoreError>;
+
+    /// Revokes one token; returns whether it existed.
+    async fn revoke_token(&self, hash: &TokenHash) -> Result<bool, StoreError>;
+
+    /// Revokes a grant and so every token pointing at it.
+    async fn revoke_grant(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Applies `change` if the grant is at `expected_version`, bumping it.
+    async fn update_grant(
+        &self,
+        id: &str,
+        expected_version: i64,
+        change: &GrantChange,
+    ) -> Result<GrantUpdate, StoreError>;
+
+    /// Deletes tokens that expired before `before` and grants left without
+    /// tokens; returns how many tokens went.
+    async fn purge_expired(&self, before: UnixTime) -> Result<u64, StoreError>;
+}
+
+/// Opens the store a URL names, running migrations.
+pub async fn open(url: &StoreUrl, max_connections: u32) -> Result<Arc<dyn Store>, StoreError> {
+    match url {
+        StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, max_connections).await?)),
+        StoreUrl::Postgres(_) => Err(StoreError::Unavailable(
+            "the PostgreSQL store is not available in this build".into(),
+        )),
+    }
+}
+
+/// Joins scopes for storage.
+pub(crate) fn join_scopes(scopes: &[String]) -> String {
+    scopes.join(" ")
+}
+
+/// Splits stored scopes.
+pub(crate) fn split_scopes(text: &str) -> Vec<String> {
+    text.split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}

@@ -1,0 +1,434 @@
+//! The embedded store: one SQLite file in WAL mode. Writes go through a
+//! single writer connection (SQLite allows one writer at a time anyway);
+//! reads use a small pool of reader connections. Blocking calls run on
+//! tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use super::*;
+use crate::crypto::TokenHash;
+
+/// Migrations in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_grants_and_tokens.sql")];
+
+/// SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    max_readers: usize,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // WAL lets readers run beside the writer; NORMAL sync is durable across
+    // process crashes and only risks the last commits on power loss.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let done: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done.max(0) as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database file and its directory.
+    pub async fn open(path: &Path, max_connections: u32) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    unavailable(format!("cannot create `{}`: {e}", parent.display()))
+                })?;
+            }
+            let mut writer = open_connection(&path)
+                .map_err(|e| unavailable(format!("cannot open `{}`: {e}", path.display())))?;
+            migrate(&mut writer).map_err(|e| unavailable(format!("migration failed: {e}")))?;
+            Ok(SqliteStore {
+                inner: Arc::new(Inner {
+                    path,
+                    writer: Mutex::new(writer),
+                    readers: Mutex::new(Vec::new()),
+                    max_readers: max_connections.max(1) as usize,
+                }),
+            })
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| unavailable("writer connection poisoned"))?;
+            f(&mut conn).map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().ok().and_then(|mut r| r.pop());
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&inner.path).map_err(unavailable)?,
+            };
+            let result = f(&conn).map_err(unavailable);
+            if let Ok(mut readers) = inner.readers.lock() {
+                if readers.len() < inner.max_readers {
+                    readers.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+const GRANT_COLUMNS: &str = "g.id, g.client_id, g.subject, g.scopes, g.audience, g.actor, \
+     g.issuer, g.claims, g.custom, g.version, g.created_at, g.revoked";
+
+fn json_column(text: Option<String>) -> rusqlite::Result<Option<serde_json::Value>> {
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+    })
+    .transpose()
+}
+
+/// Reads a grant from columns starting at `at`.
+fn grant_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<GrantRecord> {
+    let audience: Option<String> = row.get(at + 4)?;
+    let audience = match json_column(audience)? {
+        Some(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(GrantRecord {
+        id: row.get(at)?,
+        client_id: row.get(at + 1)?,
+        subject: row.get(at + 2)?,
+        scopes: split_scopes(&row.get::<_, String>(at + 3)?),
+        audience,
+        actor: json_column(row.get(at + 5)?)?,
+        issuer: row.get(at + 6)?,
+        claims: json_column(row.get(at + 7)?)?,
+        custom_sealed: row.get(at + 8)?,
+        version: row.get(at + 9)?,
+        created_at: row.get(at + 10)?,
+        revoked: row.get::<_, i64>(at + 11)? != 0,
+    })
+}
+
+fn hash_from_blob(blob: Vec<u8>) -> rusqlite::Result<TokenHash> {
+    let bytes: [u8; 32] = blob.try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            "token hash is not 32 bytes".into(),
+        )
+    })?;
+    Ok(TokenHash(bytes))
+}
+
+fn insert_tokens(conn: &Connection, grant_id: &str, tokens: &[NewToken]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO tokens (hash, grant_id, kind, scopes, issued_at, expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for t in tokens {
+        stmt.execute(params![
+            &t.hash.0[..],
+            grant_id,
+            t.kind.code(),
+            t.scopes.as_deref().map(join_scopes),
+            t.issued_at,
+            t.expires_at
+        ])?;
+    }
+    Ok(())
+}
+
+fn to_json_text(value: &Option<serde_json::Value>) -> Option<String> {
+    value.as_ref().map(|v| v.to_string())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ()))
+            .await
+    }
+
+    async fn create_grant(
+        &self,
+        grant: &GrantRecord,
+        tokens: &[NewToken],
+    ) -> Result<(), StoreError> {
+        let grant = grant.clone();
+        let tokens = tokens.to_vec();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let audience = (!grant.audience.is_empty())
+                .then(|| serde_json::Value::from(grant.audience.clone()).to_string());
+            tx.prepare_cached(
+                "INSERT INTO grants (id, client_id, subject, scopes, audience, actor, issuer, \
+                 claims, custom, version, created_at, revoked) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0)",
+            )?
+            .execute(params![
+                grant.id,
+                grant.client_id,
+                grant.subject,
+                join_scopes(&grant.scopes),
+                audience,
+                to_json_text(&grant.actor),
+                grant.issuer,
+                to_json_text(&grant.claims),
+                grant.custom_sealed,
+                grant.version,
+                grant.created_at
+            ])?;
+            insert_tokens(&tx, &grant.id, &tokens)?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn find_token(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<(TokenRecord, GrantRecord)>, StoreError> {
+        let hash = *hash;
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT t.hash, t.grant_id, t.kind, t.scopes, t.issued_at, t.expires_at, \
+                 t.revoked, t.consumed_at, {GRANT_COLUMNS} \
+                 FROM tokens t JOIN grants g ON g.id = t.grant_id WHERE t.hash = ?1"
+            );
+            conn.prepare_cached(&sql)?
+                .query_row(params![&hash.0[..]], |row| {
+                    let kind = TokenKind::from_code(row.get(2)?).ok_or_else(|| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            2,
+                            rusqlite::types::Type::Integer,
+                            "unknown token kind".into(),
+                        )
+                    })?;
+                    let token = TokenRecord {
+                        hash: hash_from_blob(row.get(0)?)?,
+                        grant_id: row.get(1)?,
+                        kind,
+                        scopes: row.get::<_, Option<String>>(3)?.map(|s| split_scopes(&s)),
+                        issued_at: row.get(4)?,
+                        expires_at: row.get(5)?,
+                        revoked: row.get::<_, i64>(6)? != 0,
+                        consumed_at: row.get(7)?,
+                    };
+                    Ok((token, grant_from_row(row, 8)?))
+                })
+                .optional()
+        })
+        .await
+    }
+
+    async fn find_grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let sql = format!("SELECT {GRANT_COLUMNS} FROM grants g WHERE g.id = ?1");
+            conn.prepare_cached(&sql)?
+                .query_row(params![id], |row| grant_from_row(row, 0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn rotate_refresh(
+        &self,
+        old: &TokenHash,
+        now: UnixTime,
+        grace: i64,
+        new_tokens: &[NewToken],
+    ) -> Result<Rotation, StoreError> {
+        let old = *old;
+        let new_tokens = new_tokens.to_vec();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let found = tx
+                .prepare_cached(
+                    "SELECT t.grant_id, t.kind, t.expires_at, t.revoked, t.consumed_at, g.revoked \
+                     FROM tokens t JOIN grants g ON g.id = t.grant_id WHERE t.hash = ?1",
+                )?
+                .query_row(params![&old.0[..]], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)? != 0,
+                        r.get::<_, Option<i64>>(4)?,
+                        r.get::<_, i64>(5)? != 0,
+                    ))
+                })
+                .optional()?;
+            let Some((grant_id, kind, expires_at, revoked, consumed_at, grant_revoked)) = found
+            else {
+                return Ok(Rotation::Inactive);
+            };
+            if kind != TokenKind::Refresh.code() || revoked || grant_revoked || expires_at <= now {
+                return Ok(Rotation::Inactive);
+            }
+            match consumed_at {
+                Some(at) if now - at < grace => {}
+                Some(_) => {
+                    tx.execute("UPDATE grants SET revoked = 1 WHERE id = ?1", params![grant_id])?;
+                    tx.commit()?;
+                    return Ok(Rotation::Replayed);
+                }
+                None => {
+                    tx.execute(
+                        "UPDATE tokens SET consumed_at = ?2 WHERE hash = ?1",
+                        params![&old.0[..], now],
+                    )?;
+                }
+            }
+            insert_tokens(&tx, &grant_id, &new_tokens)?;
+            tx.commit()?;
+            Ok(Rotation::Rotated)
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, hash: &TokenHash) -> Result<bool, StoreError> {
+        let hash = *hash;
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE tokens SET revoked = 1 WHERE hash = ?1")?
+                .execute(params![&hash.0[..]])
+                .map(|n| n > 0)
+        })
+        .await
+    }
+
+    async fn revoke_grant(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE grants SET revoked = 1 WHERE id = ?1")?
+                .execute(params![id])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn update_grant(
+        &self,
+        id: &str,
+        expected_version: i64,
+        change: &GrantChange,
+    ) -> Result<GrantUpdate, StoreError> {
+        let id = id.to_string();
+        let change = change.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current = tx
+                .query_row(
+                    "SELECT version, revoked FROM grants WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? != 0)),
+                )
+                .optional()?;
+            let version = match current {
+                None | Some((_, true)) => return Ok(GrantUpdate::Gone),
+                Some((v, false)) if v != expected_version => return Ok(GrantUpdate::Conflict(v)),
+                Some((v, false)) => v + 1,
+            };
+            if let Some(scopes) = &change.scopes {
+                tx.execute(
+                    "UPDATE grants SET scopes = ?2 WHERE id = ?1",
+                    params![id, join_scopes(scopes)],
+                )?;
+            }
+            if let Some(custom) = &change.custom_sealed {
+                tx.execute(
+                    "UPDATE grants SET custom = ?2 WHERE id = ?1",
+                    params![id, custom],
+                )?;
+            }
+            if change.revoke_refresh_tokens {
+                tx.execute(
+                    "UPDATE tokens SET revoked = 1 WHERE grant_id = ?1 AND kind = ?2",
+                    params![id, TokenKind::Refresh.code()],
+                )?;
+            }
+            if let Some(hash) = &change.reset_token_scopes {
+                tx.execute(
+                    "UPDATE tokens SET scopes = NULL WHERE hash = ?1 AND grant_id = ?2",
+                    params![&hash.0[..], id],
+                )?;
+            }
+            tx.execute(
+                "UPDATE grants SET version = ?2 WHERE id = ?1",
+                params![id, version],
+            )?;
+            tx.commit()?;
+            Ok(GrantUpdate::Updated(version))
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, before: UnixTime) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let gone = tx.execute("DELETE FROM tokens WHERE expires_at < ?1", params![before])?;
+            tx.execute(
+                "DELETE FROM grants WHERE NOT EXISTS \
+                 (SELECT 1 FROM tokens t WHERE t.grant_id = grants.id)",
+                [],
+            )?;
+            tx.commit()?;
+            Ok(gone as u64)
+        })
+        .await
+    }
+}

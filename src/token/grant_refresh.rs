@@ -1,0 +1,105 @@
+//! The `refresh_token` grant: rotation with reuse detection. Every use
+//! consumes the presented refresh token and returns a new one; presenting a
+//! consumed one again (outside `refresh_grace`) revokes the whole grant.
+
+use super::error::OAuthError;
+use super::issue::TokenResponse;
+use super::request::Form;
+use super::{scope, TokenService};
+use crate::config::{Client, Config};
+use crate::crypto::{hash_token, token_kind, TokenKind};
+use crate::lookup::now;
+use crate::store::{NewToken, Rotation};
+
+pub async fn grant(
+    service: &TokenService,
+    config: &Config,
+    client: &Client,
+    form: &Form,
+) -> Result<TokenResponse, OAuthError> {
+    let presented = form.require("refresh_token")?;
+    let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
+    if token_kind(presented) != Some(TokenKind::Refresh) {
+        return Err(invalid());
+    }
+    let hash = hash_token(presented);
+    let store = service.lookup.store();
+    // Read from the store, not the cache: a consumed token must reach the
+    // rotation below so that its replay is detected.
+    let Some((token, grant)) = store.find_token(&hash).await? else {
+        return Err(invalid());
+    };
+    let now = now();
+    if token.kind != TokenKind::Refresh
+        || grant.client_id != client.id
+        || token.revoked
+        || grant.revoked
+        || token.expires_at <= now
+    {
+        return Err(invalid());
+    }
+    let held: Vec<String> = match &token.scopes {
+        Some(narrow) => narrow
+            .iter()
+            .filter(|s| grant.scopes.contains(s))
+            .cloned()
+            .collect(),
+        None => grant.scopes.clone(),
+    };
+    let scopes = match form.get("scope") {
+        None => held.clone(),
+        Some(text) => {
+            let asked = scope::parse(text)?;
+            if let Some(wider) = asked.iter().find(|s| !held.contains(s)) {
+                return Err(OAuthError::invalid_scope(format!(
+                    "scope `{wider}` was not granted; a refresh may only narrow"
+                )));
+            }
+            asked
+        }
+    };
+    let access = service.random.token(TokenKind::Access);
+    let refresh = service.random.token(TokenKind::Refresh);
+    let access_ttl = client.access_token_ttl.as_secs() as i64;
+    let new_tokens = [
+        NewToken {
+            hash: hash_token(&access),
+            kind: TokenKind::Access,
+            scopes: (scopes != grant.scopes).then(|| scopes.clone()),
+            issued_at: now,
+            expires_at: now + access_ttl,
+        },
+        NewToken {
+            hash: hash_token(&refresh),
+            kind: TokenKind::Refresh,
+            scopes: token.scopes.clone(),
+            issued_at: now,
+            expires_at: now + client.refresh_token_ttl.as_secs() as i64,
+        },
+    ];
+    let grace = config.tokens.refresh_grace.as_secs() as i64;
+    let outcome = store.rotate_refresh(&hash, now, grace, &new_tokens).await?;
+    service.lookup.invalidate_token(&hash).await;
+    match outcome {
+        Rotation::Rotated => Ok(TokenResponse {
+            access_token: access,
+            token_type: "Bearer",
+            expires_in: access_ttl,
+            scope: scope::join(&scopes),
+            refresh_token: Some(refresh),
+            issued_token_type: None,
+        }),
+        Rotation::Replayed => {
+            service.lookup.invalidate_grant(&grant.id).await;
+            tracing::warn!(
+                client = %client.id,
+                grant = %grant.id,
+                "a consumed refresh token was presented again; the grant is revoked"
+            );
+            Err(OAuthError::invalid_grant(
+                "the refresh token was already used; the grant has been revoked",
+            ))
+        }
+        Rotation::Inactive => Err(invalid()),
+    }
+}

@@ -1,0 +1,88 @@
+//! `POST /oauth2/introspect` (RFC 7662). Anything not active is exactly
+//! `{"active":false}`; custom data only for `reveal_custom` callers.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::Request;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+use super::error::{no_store, OAuthError};
+use super::request::{authenticate, read_body, AuthMethods, Form, FORM_LIMIT};
+use super::{scope, TokenService};
+use crate::config::Client;
+use crate::crypto::TokenKind;
+use crate::lookup::ActiveToken;
+
+pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<Body>) -> Response {
+    match introspect(&service, request).await {
+        Ok(body) => {
+            let mut response = axum::Json(body).into_response();
+            no_store(&mut response);
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn introspect(service: &TokenService, request: Request<Body>) -> Result<Value, OAuthError> {
+    let (parts, body) = read_body(request, FORM_LIMIT).await?;
+    let form = Form::parse(&parts.headers, &body)?;
+    let config = service.config();
+    let client = authenticate(&config, &parts.headers, Some(&form), AuthMethods::BasicOrPost)?;
+    if !client.introspect {
+        return Err(OAuthError::invalid_client(format!(
+            "client `{}` may not introspect tokens",
+            client.id
+        )));
+    }
+    let token = form.require("token")?;
+    Ok(match service.lookup.find_active(token).await? {
+        None => json!({ "active": false }),
+        Some(active) => describe(&active, &client, &config.issuer),
+    })
+}
+
+/// The RFC 7662 view of an active token.
+pub fn describe(active: &ActiveToken, caller: &Client, issuer: &str) -> Value {
+    let grant = &active.grant;
+    let mut out = Map::new();
+    // Arbitrary claims first, so registered members always win.
+    if let Some(Value::Object(claims)) = &grant.claims {
+        out.extend(claims.clone());
+    }
+    out.insert("active".into(), Value::Bool(true));
+    out.insert("scope".into(), Value::String(scope::join(&active.scopes())));
+    out.insert("client_id".into(), Value::String(grant.client_id.clone()));
+    out.insert("sub".into(), Value::String(grant.subject.clone()));
+    out.insert("exp".into(), Value::from(active.token.expires_at));
+    out.insert("iat".into(), Value::from(active.token.issued_at));
+    out.insert(
+        "iss".into(),
+        Value::String(grant.issuer.clone().unwrap_or_else(|| issuer.to_string())),
+    );
+    let token_type = match active.token.kind {
+        TokenKind::Access => "Bearer",
+        TokenKind::Refresh => "refresh_token",
+    };
+    out.insert("token_type".into(), Value::String(token_type.into()));
+    match grant.audience.as_slice() {
+        [] => {}
+        [one] => {
+            out.insert("aud".into(), Value::String(one.clone()));
+        }
+        many => {
+            out.insert("aud".into(), Value::from(many.to_vec()));
+        }
+    }
+    if let Some(actor) = &grant.actor {
+        out.insert("act".into(), actor.clone());
+    }
+    if caller.reveal_custom {
+        out.insert("custom".into(), Value::Object(grant.custom.clone()));
+        out.insert("version".into(), Value::from(grant.version));
+    }
+    Value::Object(out)
+}

@@ -1,0 +1,103 @@
+//! Minting tokens for a new grant, and the token response (RFC 6749 §5.1).
+
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::error::{no_store, OAuthError};
+use super::scope;
+use super::TokenService;
+use crate::config::Client;
+use crate::crypto::{hash_token, TokenKind};
+use crate::lookup::now;
+use crate::store::{GrantRecord, NewToken};
+
+/// RFC 8693 token type of refgate access tokens.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+
+/// A successful token response.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
+}
+
+impl IntoResponse for TokenResponse {
+    fn into_response(self) -> Response {
+        let mut response = axum::Json(self).into_response();
+        no_store(&mut response);
+        response
+    }
+}
+
+/// What a new grant is made of.
+pub struct NewGrant {
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub audience: Vec<String>,
+    pub actor: Option<serde_json::Value>,
+    pub issuer: Option<String>,
+    pub claims: Option<serde_json::Value>,
+    pub custom: serde_json::Map<String, serde_json::Value>,
+    /// Lifetime of the access token in seconds.
+    pub access_ttl: i64,
+    /// Whether `offline_access` may add a refresh token.
+    pub allow_refresh: bool,
+}
+
+impl TokenService {
+    /// Stores a new grant for `client` and returns its first tokens.
+    pub async fn issue(&self, client: &Client, grant: NewGrant) -> Result<TokenResponse, OAuthError> {
+        let issued_at = now();
+        let grant_id = self.random.grant_id();
+        let access = self.random.token(TokenKind::Access);
+        let mut tokens = vec![NewToken {
+            hash: hash_token(&access),
+            kind: TokenKind::Access,
+            scopes: None,
+            issued_at,
+            expires_at: issued_at + grant.access_ttl,
+        }];
+        let refresh = (grant.allow_refresh && scope::has_offline_access(&grant.scopes)).then(|| {
+            let token = self.random.token(TokenKind::Refresh);
+            tokens.push(NewToken {
+                hash: hash_token(&token),
+                kind: TokenKind::Refresh,
+                scopes: None,
+                issued_at,
+                expires_at: issued_at + client.refresh_token_ttl.as_secs() as i64,
+            });
+            token
+        });
+        let record = GrantRecord {
+            custom_sealed: self.lookup.seal_custom(&grant_id, &grant.custom),
+            id: grant_id,
+            client_id: client.id.clone(),
+            subject: grant.subject,
+            scopes: grant.scopes,
+            audience: grant.audience,
+            actor: grant.actor,
+            issuer: grant.issuer,
+            claims: grant.claims,
+            version: 1,
+            created_at: issued_at,
+            revoked: false,
+        };
+        self.lookup.store().create_grant(&record, &tokens).await?;
+        Ok(TokenResponse {
+            access_token: access,
+            token_type: "Bearer",
+            expires_in: grant.access_ttl,
+            scope: scope::join(&record.scopes),
+            refresh_token: refresh,
+            issued_token_type: None,
+        })
+    }
+}

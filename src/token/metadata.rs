@@ -1,0 +1,38 @@
+//! `GET /.well-known/oauth-authorization-server` (RFC 8414).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::TokenService;
+use crate::config::GrantType;
+
+pub async fn handle(State(service): State<Arc<TokenService>>) -> Response {
+    let config = service.config();
+    let issuer = &config.issuer;
+    let scopes: BTreeSet<&str> = config
+        .clients
+        .values()
+        .flat_map(|c| c.scopes.iter().map(String::as_str))
+        .collect();
+    let auth_methods = ["client_secret_basic", "client_secret_post"];
+    let grant_types: Vec<&str> = GrantType::ALL.iter().map(|g| g.as_str()).collect();
+    axum::Json(json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/oauth2/token"),
+        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+        "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+        "mutate_endpoint": format!("{issuer}/oauth2/mutate"),
+        "grant_types_supported": grant_types,
+        "response_types_supported": [],
+        "scopes_supported": scopes,
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "mutate_endpoint_auth_methods_supported": ["client_secret_basic"],
+    }))
+    .into_response()
+}

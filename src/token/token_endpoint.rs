@@ -1,0 +1,57 @@
+//! `POST /oauth2/token`: authenticates the client and hands the request to
+//! the grant type it names.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::Request;
+use axum::response::{IntoResponse, Response};
+
+use super::error::OAuthError;
+use super::request::{authenticate, read_body, AuthMethods, Form, FORM_LIMIT};
+use super::TokenService;
+use crate::config::GrantType;
+
+pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<Body>) -> Response {
+    match token(&service, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn token(service: &TokenService, request: Request<Body>) -> Result<Response, OAuthError> {
+    let (parts, body) = read_body(request, FORM_LIMIT).await?;
+    let form = Form::parse(&parts.headers, &body)?;
+    let config = service.config();
+    let client = authenticate(&config, &parts.headers, Some(&form), AuthMethods::BasicOrPost)?;
+    let grant_type = form.require("grant_type")?;
+    let grant = GrantType::parse(grant_type).ok_or_else(|| {
+        OAuthError::unsupported_grant_type(format!("grant type `{grant_type}` is not supported"))
+    })?;
+    if !client.may_use(grant) {
+        return Err(OAuthError::unauthorized_client(format!(
+            "client `{}` may not use the {} grant",
+            client.id,
+            grant.as_str()
+        )));
+    }
+    let response = match grant {
+        GrantType::ClientCredentials => {
+            super::grant_client_credentials::grant(service, &config, &client, &form).await?
+        }
+        GrantType::RefreshToken => {
+            super::grant_refresh::grant(service, &config, &client, &form).await?
+        }
+        GrantType::TokenExchange => {
+            super::grant_exchange::grant(service, &config, &client, &form).await?
+        }
+        GrantType::TokenExchangeMutate => {
+            super::grant_exchange_mutate::grant(service, &client, &form).await?
+        }
+        GrantType::ArbitraryToken => {
+            super::grant_arbitrary::grant(service, &config, &client, &form).await?
+        }
+    };
+    Ok(response.into_response())
+}

@@ -1,0 +1,360 @@
+//! Test harness: starts the real `refgate` binary on a temporary SQLite file
+//! with free loopback ports, and talks HTTP to it.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub use reqwest::StatusCode;
+
+/// A fixed data key for tests (base64 of 32 bytes).
+pub const DATA_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// `sha256:<hex>` of a secret, as `refgate secret hash` prints it.
+pub fn secret_hash(secret: &str) -> String {
+    refgate::crypto::secret_hash_text(secret)
+}
+
+/// The standard test clients; each one's secret is `<id>-secret`.
+pub fn standard_clients() -> String {
+    let client = |id: &str, body: &str| {
+        format!(
+            "[[clients]]\nid = \"{id}\"\nsecret_hash = \"{}\"\n{body}\n",
+            secret_hash(&format!("{id}-secret"))
+        )
+    };
+    [
+        client(
+            "app",
+            r#"grant_types = ["client_credentials", "refresh_token", "urn:ietf:params:oauth:grant-type:token-exchange", "urn:ietf:params:oauth:grant-type:token-exchange-mutate"]
+scopes = ["photos.read", "photos.write", "reports.read", "offline_access"]"#,
+        ),
+        client(
+            "other",
+            r#"grant_types = ["client_credentials", "refresh_token", "urn:ietf:params:oauth:grant-type:token-exchange-mutate"]
+scopes = ["photos.read", "offline_access"]"#,
+        ),
+        client(
+            "middle",
+            r#"grant_types = ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange-mutate"]
+scopes = ["photos.read", "photos.write", "reports.read", "offline_access"]
+introspect = true
+reveal_custom = true
+mutate = true"#,
+        ),
+        client(
+            "introspector",
+            r#"grant_types = ["client_credentials"]
+scopes = ["photos.read"]
+introspect = true"#,
+        ),
+        client(
+            "minter",
+            r#"grant_types = ["arbitrary_token", "refresh_token"]
+scopes = ["photos.read", "offline_access"]
+allowed_issuers = ["https://idp.example.com"]
+access_token_ttl = "10m""#,
+        ),
+        client(
+            "gateway",
+            r#"grant_types = ["urn:ietf:params:oauth:grant-type:token-exchange", "refresh_token"]
+scopes = ["reports.read", "offline_access"]"#,
+        ),
+    ]
+    .join("\n")
+}
+
+/// What to put in a test configuration.
+#[derive(Clone)]
+pub struct Options {
+    /// `[tokens]` lines.
+    pub tokens: String,
+    /// `[gateway]` lines.
+    pub gateway: String,
+    /// Extra TOML appended at the end (clients, trusted issuers, routes...).
+    pub extra: String,
+    /// Whether to include [`standard_clients`].
+    pub standard_clients: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            tokens: String::new(),
+            gateway: String::new(),
+            extra: String::new(),
+            standard_clients: true,
+        }
+    }
+}
+
+/// A running refgate process.
+pub struct Refgate {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub db_path: PathBuf,
+    pub log_path: PathBuf,
+    pub token_port: u16,
+    pub proxy_port: u16,
+    pub base: String,
+    pub proxy: String,
+    child: Option<Child>,
+}
+
+impl Refgate {
+    /// Starts refgate with the standard clients.
+    pub fn start() -> Self {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token_port = free_port();
+        let proxy_port = free_port();
+        let db_path = dir.path().join("data").join("refgate.db");
+        let config = format!(
+            r#"issuer = "http://127.0.0.1:{token_port}"
+
+[listen]
+proxy = "127.0.0.1:{proxy_port}"
+token_service = "127.0.0.1:{token_port}"
+
+[store]
+url = "sqlite://data/refgate.db"
+data_key = "{DATA_KEY}"
+
+[tokens]
+{tokens}
+
+[gateway]
+{gateway}
+
+{clients}
+
+{extra}
+"#,
+            tokens = options.tokens,
+            gateway = options.gateway,
+            clients = if options.standard_clients {
+                standard_clients()
+            } else {
+                String::new()
+            },
+            extra = options.extra,
+        );
+        let config_path = dir.path().join("refgate.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = dir.path().join("refgate.log");
+        let mut server = Refgate {
+            base: format!("http://127.0.0.1:{token_port}"),
+            proxy: format!("http://127.0.0.1:{proxy_port}"),
+            dir,
+            config_path,
+            db_path,
+            log_path,
+            token_port,
+            proxy_port,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open log");
+        let child = Command::new(env!("CARGO_BIN_EXE_refgate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,refgate=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start refgate");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("refgate exited early ({status}):\n{}", self.log());
+                }
+            }
+            if raw_get_ok(self.token_port, "/healthz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("refgate did not become ready:\n{}", self.log());
+    }
+
+    /// Everything refgate logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("refgate did not stop within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops and starts again on the same configuration and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Appends to the log file a marker (useful to split phases).
+    pub fn mark_log(&self, text: &str) {
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&self.log_path) {
+            let _ = writeln!(f, "--- {text}");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POST a form with Basic client authentication; returns status and JSON
+    /// (Null when the body is not JSON).
+    pub async fn post_form(
+        &self,
+        path: &str,
+        client: Option<(&str, &str)>,
+        params: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut request = http().post(self.url(path)).form(params);
+        if let Some((id, secret)) = client {
+            request = request.basic_auth(id, Some(secret));
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let body = response.bytes().await.expect("body");
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// `POST /oauth2/token` as `client` (secret `<client>-secret`).
+    pub async fn token(&self, client: &str, params: &[(&str, &str)]) -> (StatusCode, Value) {
+        let secret = format!("{client}-secret");
+        self.post_form("/oauth2/token", Some((client, &secret)), params)
+            .await
+    }
+
+    /// A client_credentials token for `client`, asserting success.
+    pub async fn client_token(&self, client: &str, scope: Option<&str>) -> Value {
+        let mut params = vec![("grant_type", "client_credentials")];
+        if let Some(s) = scope {
+            params.push(("scope", s));
+        }
+        let (status, body) = self.token(client, &params).await;
+        assert_eq!(status, StatusCode::OK, "token request failed: {body}");
+        body
+    }
+
+    /// Introspects as `middle` (introspect + reveal_custom).
+    pub async fn introspect(&self, token: &str) -> Value {
+        let (status, body) = self
+            .post_form(
+                "/oauth2/introspect",
+                Some(("middle", "middle-secret")),
+                &[("token", token)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "introspection failed: {body}");
+        body
+    }
+
+    /// `POST /oauth2/mutate` as `middle` with a JSON body.
+    pub async fn mutate(&self, body: &Value) -> (StatusCode, Value) {
+        let response = http()
+            .post(self.url("/oauth2/mutate"))
+            .basic_auth("middle", Some("middle-secret"))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        let bytes = response.bytes().await.expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Refgate {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A plain blocking `GET` over a raw socket (usable from async tests):
+/// whether the answer is 200.
+pub fn raw_get_ok(port: u16, path: &str) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// A shared HTTP client for tests (no proxy from the environment).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// The string at `key` of a JSON body.
+pub fn str_of<'a>(body: &'a Value, key: &str) -> &'a str {
+    body[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{key}` missing in {body}"))
+}

@@ -220,9 +220,8 @@ impl DataKey {
         if sealed.len() < 1 + NONCE_LEN || sealed[0] != SEAL_FORMAT {
             return Err(OpenError);
         }
-        let nonce_bytes: [u8; NONCE_LEN] = sealed[1..1 + NONCE_LEN]
-            .try_into()
-            .map_err(|_| OpenError)?;
+        let nonce_bytes: [u8; NONCE_LEN] =
+            sealed[1..1 + NONCE_LEN].try_into().map_err(|_| OpenError)?;
         let mut body = sealed[1 + NONCE_LEN..].to_vec();
         let plain = self
             .key

@@ -16,12 +16,18 @@
 //! - [`lookup`]: token → grant lookups through the moka cache, shared by
 //!   introspection and the gateway;
 //! - [`token`]: the token service endpoints, one file per endpoint and grant;
+//! - [`gateway`]: the pingora proxy — admission, credential refresh, OBO;
+//! - [`credential`]: downstream credentials stored in custom data;
+//! - [`reload`]: configuration reload on SIGHUP and file change;
 //! - [`server`]: wiring: open the store, bind listeners, run until shutdown;
-//! - [`telemetry`]: logging.
+//! - [`telemetry`]: logging and Prometheus metrics.
 
 pub mod config;
+pub mod credential;
 pub mod crypto;
+pub mod gateway;
 pub mod lookup;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -6,12 +6,14 @@
 //! or inactive tokens are remembered for `negative_cache_ttl`. Changes made
 //! through this process invalidate the affected entries at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use moka::Expiry;
 
+use crate::credential::{self, Credential};
 use crate::crypto::{hash_token, token_kind, DataKey, TokenHash, TokenKind};
 use crate::store::{GrantRecord, Store, StoreError, TokenRecord, UnixTime};
 
@@ -28,6 +30,8 @@ pub struct Grant {
     pub claims: Option<serde_json::Value>,
     /// The custom data: a JSON object, empty when none was stored.
     pub custom: serde_json::Map<String, serde_json::Value>,
+    /// `custom.credentials`, parsed for the gateway.
+    pub credentials: HashMap<String, Arc<Credential>>,
     pub version: i64,
     pub created_at: UnixTime,
 }
@@ -222,6 +226,7 @@ impl TokenLookup {
             }
         };
         Ok(Grant {
+            credentials: credential::parse_all(&custom),
             id: record.id,
             client_id: record.client_id,
             subject: record.subject,
@@ -263,14 +268,27 @@ impl TokenLookup {
         &self,
         hash: TokenHash,
     ) -> Result<Option<ActiveToken>, LookupError> {
-        let state = self
+        self.find_active_counted(hash).await.map(|(found, _)| found)
+    }
+
+    /// As [`TokenLookup::find_active_hash`], also telling whether the token
+    /// came from the cache (`true`) or had to be loaded.
+    pub async fn find_active_counted(
+        &self,
+        hash: TokenHash,
+    ) -> Result<(Option<ActiveToken>, bool), LookupError> {
+        let entry = self
             .tokens
-            .try_get_with(hash, self.load_token(hash))
+            .entry(hash)
+            .or_try_insert_with(self.load_token(hash))
             .await
             .map_err(|e: Arc<LookupError>| (*e).clone())?;
-        let Some(state) = state else { return Ok(None) };
+        let hit = !entry.is_fresh();
+        let Some(state) = entry.into_value() else {
+            return Ok((None, hit));
+        };
         if state.expires_at <= now() {
-            return Ok(None);
+            return Ok((None, hit));
         }
         let grant_id = state.grant_id.clone();
         let grant = self
@@ -278,11 +296,19 @@ impl TokenLookup {
             .try_get_with(grant_id.clone(), self.load_grant(grant_id))
             .await
             .map_err(|e: Arc<LookupError>| (*e).clone())?;
-        Ok(grant.map(|grant| ActiveToken {
-            hash,
-            token: state,
-            grant,
-        }))
+        Ok((
+            grant.map(|grant| ActiveToken {
+                hash,
+                token: state,
+                grant,
+            }),
+            hit,
+        ))
+    }
+
+    /// Loads a grant from the store, bypassing the cache.
+    pub async fn find_grant_fresh(&self, id: &str) -> Result<Option<Arc<Grant>>, LookupError> {
+        self.load_grant(id.to_string()).await
     }
 
     async fn load_token(&self, hash: TokenHash) -> Result<TokenEntry, LookupError> {

@@ -10,7 +10,11 @@ use refgate::config::{self, LoadMode};
 use refgate::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "refgate", version, about = "Reverse-proxy gateway and OAuth 2.0 reference-token service")]
+#[command(
+    name = "refgate",
+    version,
+    about = "Reverse-proxy gateway and OAuth 2.0 reference-token service"
+)]
 struct Cli {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]

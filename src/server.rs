@@ -1,6 +1,8 @@
-//! Wiring: opens the store, builds the shared lookup and the token service,
-//! binds the listeners and runs until the shutdown signal, then drains
-//! in-flight requests for a bounded time.
+//! Wiring: one process, two faces. A control runtime (tokio) runs the token
+//! service, the metrics listener, credential refreshes, reloads and
+//! housekeeping; pingora runs the proxy on its own runtime on the main
+//! thread. A shutdown signal stops both, draining in-flight requests for a
+//! bounded time.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,9 +10,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::gateway::{Gateway, GatewayState, Refresher};
 use crate::lookup::{now, CacheSettings, TokenLookup};
+use crate::reload::Reloader;
+use crate::telemetry::Metrics;
 use crate::token::TokenService;
 
 /// How long in-flight requests may take to finish after shutdown starts.
@@ -20,78 +29,242 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// Expired tokens are kept this long before they are deleted.
 const PURGE_AFTER: i64 = 3600;
 
-/// Runs refgate until `shutdown` completes. Blocks the calling thread; keep
-/// `main` synchronous (this builds its own runtime).
-pub fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// Runs refgate until `shutdown` completes. Blocks the calling thread: keep
+/// `main` synchronous, since pingora and the control runtime are built here.
+pub fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // pingora and reqwest both use rustls with ring; one provider for all.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
-        .thread_name("refgate")
+        .thread_name("refgate-control")
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(run(config, shutdown))
-}
+        .context("cannot start the control runtime")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let parts = control.block_on(Parts::open(config))?;
 
-async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let store = crate::store::open(&config.store.url, config.store.max_connections)
-        .await
-        .context("cannot open the store")?;
-    let cache = CacheSettings {
-        capacity: config.gateway.cache_capacity,
-        max_ttl: config.gateway.cache_max_ttl,
-        negative_ttl: config.gateway.negative_cache_ttl,
-    };
-    let lookup = Arc::new(TokenLookup::new(
-        store.clone(),
-        config.store.data_key.clone(),
-        &cache,
-    ));
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("refgate/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .context("cannot build the HTTP client")?;
-    let token_addr = config.listen.token_service;
-    let config = Arc::new(ArcSwap::from_pointee(config));
-    let service = Arc::new(TokenService::new(config.clone(), lookup, http));
+    let token_listener = control
+        .block_on(tokio::net::TcpListener::bind(parts.listen.token_service))
+        .with_context(|| format!("cannot listen on {}", parts.listen.token_service))?;
+    tracing::info!(address = %parts.listen.token_service, "token service listening");
+    let app = crate::token::router(parts.tokens.clone());
+    let token_task = control.spawn(serve_http(token_listener, app, stop_rx.clone()));
 
-    let listener = tokio::net::TcpListener::bind(token_addr)
-        .await
-        .with_context(|| format!("cannot listen on {token_addr}"))?;
-    tracing::info!(address = %listener.local_addr()?, "token service listening");
+    if let Some(addr) = parts.listen.metrics {
+        let listener = control
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(address = %addr, "metrics listening");
+        let metrics = parts.metrics.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        );
+        control.spawn(serve_http(listener, app, stop_rx.clone()));
+    }
 
-    let purge_store = store.clone();
-    let purger = tokio::spawn(async move {
-        let mut every = tokio::time::interval(PURGE_EVERY);
-        loop {
-            every.tick().await;
-            match purge_store.purge_expired(now() - PURGE_AFTER).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(tokens = n, "purged expired tokens"),
-                Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),
-            }
+    control.spawn(purge(parts.lookup.store().clone(), stop_rx.clone()));
+    control.spawn(
+        Reloader {
+            path: parts.config.load().source.clone(),
+            config: parts.config.clone(),
+            gateway: parts.gateway.clone(),
         }
-    });
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
+        .watch(stop_rx.clone()),
+    );
+    control.spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let mut graceful = stop_rx.clone();
-    let app = crate::token::router(service);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|stop| *stop).await;
-        tracing::info!("shutting down: draining in-flight requests");
-    });
-    let mut stopped = stop_rx;
-    let serving = tokio::spawn(async move { server.await });
-    let _ = stopped.wait_for(|stop| *stop).await;
-    match tokio::time::timeout(DRAIN, serving).await {
-        Ok(Ok(Ok(()))) => tracing::info!("stopped"),
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error during shutdown"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
-        Err(_) => tracing::warn!("drain timed out; closing remaining connections"),
+
+    match parts.listen.proxy {
+        Some(addr) => run_proxy(&control, &parts, addr, stop_rx.clone())?,
+        None => {
+            let mut stop = stop_rx.clone();
+            control.block_on(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+        }
     }
-    purger.abort();
+
+    control.block_on(async move {
+        match tokio::time::timeout(DRAIN, token_task).await {
+            Ok(_) => tracing::info!("stopped"),
+            Err(_) => tracing::warn!("drain timed out; closing remaining connections"),
+        }
+    });
+    control.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Everything built at start.
+struct Parts {
+    listen: crate::config::Listen,
+    config: Arc<ArcSwap<Config>>,
+    gateway: Arc<ArcSwap<GatewayState>>,
+    lookup: Arc<TokenLookup>,
+    tokens: Arc<TokenService>,
+    refresher: Arc<Refresher>,
+    metrics: Arc<Metrics>,
+}
+
+impl Parts {
+    async fn open(config: Config) -> anyhow::Result<Self> {
+        let store = crate::store::open(&config.store.url, config.store.max_connections)
+            .await
+            .context("cannot open the store")?;
+        let cache = CacheSettings {
+            capacity: config.gateway.cache_capacity,
+            max_ttl: config.gateway.cache_max_ttl,
+            negative_ttl: config.gateway.negative_cache_ttl,
+        };
+        let lookup = Arc::new(TokenLookup::new(
+            store,
+            config.store.data_key.clone(),
+            &cache,
+        ));
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("refgate/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("cannot build the HTTP client")?;
+        let listen = config.listen.clone();
+        let config = Arc::new(config);
+        let gateway = GatewayState::build(config.clone()).map_err(anyhow::Error::msg)?;
+        let config = Arc::new(ArcSwap::new(config));
+        let tokens = Arc::new(TokenService::new(
+            config.clone(),
+            lookup.clone(),
+            http.clone(),
+        ));
+        let metrics = Arc::new(Metrics::new());
+        let refresher = Arc::new(Refresher::new(
+            lookup.clone(),
+            tokens.clone(),
+            http,
+            metrics.clone(),
+            tokio::runtime::Handle::current(),
+        ));
+        Ok(Parts {
+            listen,
+            config,
+            gateway: Arc::new(ArcSwap::from_pointee(gateway)),
+            lookup,
+            tokens,
+            refresher,
+            metrics,
+        })
+    }
+}
+
+/// Runs pingora on this thread until `stop` turns true.
+fn run_proxy(
+    control: &tokio::runtime::Runtime,
+    parts: &Parts,
+    addr: std::net::SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    // pingora reports a failed bind only inside its own task: check first.
+    std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(DRAIN.as_secs()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let gateway = Gateway::new(
+        parts.gateway.clone(),
+        parts.lookup.clone(),
+        parts.refresher.clone(),
+        parts.metrics.clone(),
+    );
+    let mut service =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
+    if let Some(logic) = service.app_logic_mut() {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        logic.server_options = Some(options);
+    }
+    let tls = parts.config.load().listen.tls.clone();
+    match tls {
+        Some(tls) => {
+            let cert = tls.cert.to_string_lossy().to_string();
+            let key = tls.key.to_string_lossy().to_string();
+            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key)
+                .map_err(|e| anyhow::anyhow!("cannot load the proxy's TLS certificate: {e}"))?;
+            settings.enable_h2();
+            service.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
+        None => service.add_tcp(&addr.to_string()),
+    }
+    server.add_service(service);
+    control.spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            tracing::error!(address = %addr, "the proxy is not listening");
+        }
+    });
+    tracing::info!(address = %addr, "proxy listening");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(StopWatch(stop)),
+    });
+    Ok(())
+}
+
+/// Tells pingora to stop when the shared stop flag turns true.
+struct StopWatch(watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopWatch {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut stop = self.0.clone();
+        let _ = stop.wait_for(|s| *s).await;
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Completes when the stop flag turns true.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Serves an axum app until `stop` turns true, then drains.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "HTTP listener failed");
+    }
+}
+
+/// Deletes long-expired tokens now and then.
+async fn purge(store: Arc<dyn crate::store::Store>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = every.tick() => match store.purge_expired(now() - PURGE_AFTER).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(tokens = n, "purged expired tokens"),
+                Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),
+            },
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! Logging through `tracing`: human-readable or JSON lines on stderr,
-//! filtered by `RUST_LOG` (default `info`).
+//! Logging through `tracing` (human-readable or JSON lines on stderr,
+//! filtered by `RUST_LOG`, default `info`) and the gateway's Prometheus
+//! metrics.
 
 use tracing_subscriber::EnvFilter;
 
@@ -12,7 +13,11 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Per-request access lines (target `refgate::access`) are off unless
+    // RUST_LOG asks for them: the hot path does no logging by default.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,refgate::access=off,pingora_core=warn,pingora_proxy=warn")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -22,5 +27,104 @@ pub fn init(format: LogFormat) {
     };
     if let Err(e) = result {
         eprintln!("logging was already initialised: {e}");
+    }
+}
+
+/// Prometheus metrics of the gateway.
+pub struct Metrics {
+    pub registry: prometheus::Registry,
+    /// Requests by route and status.
+    pub requests: prometheus::IntCounterVec,
+    /// Token lookups by route and result (`hit`, `miss`).
+    pub cache: prometheus::IntCounterVec,
+    /// Credential refreshes by authority and outcome.
+    pub refreshes: prometheus::IntCounterVec,
+    /// Time to the upstream's response headers, by route.
+    pub upstream_seconds: prometheus::HistogramVec,
+    /// Time of a refresh call to an authority.
+    pub refresh_seconds: prometheus::HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        use prometheus::{HistogramOpts, IntCounterVec, Opts};
+        let registry = prometheus::Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "refgate_requests_total",
+                "Gateway requests by route and status",
+            ),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let cache = IntCounterVec::new(
+            Opts::new(
+                "refgate_token_cache_total",
+                "Token lookups by route and result (hit, miss)",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "refgate_credential_refreshes_total",
+                "Downstream credential refreshes by authority and outcome",
+            ),
+            &["authority", "outcome"],
+        )
+        .expect("valid metric");
+        let upstream_seconds = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "refgate_upstream_seconds",
+                "Time from forwarding to the upstream's response headers",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        let refresh_seconds = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "refgate_credential_refresh_seconds",
+                "Duration of credential refresh calls to an authority",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["authority"],
+        )
+        .expect("valid metric");
+        for metric in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cache.clone()),
+            Box::new(refreshes.clone()),
+            Box::new(upstream_seconds.clone()),
+            Box::new(refresh_seconds.clone()),
+        ] {
+            registry.register(metric).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            cache,
+            refreshes,
+            upstream_seconds,
+            refresh_seconds,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -64,7 +64,11 @@ pub fn line_of(source: &str, table: &Spanned<DeTable<'_>>, path: &str) -> Option
 /// The 1-based line of a byte offset.
 pub fn line_at(source: &str, offset: usize) -> usize {
     let end = offset.min(source.len());
-    source.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    source.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Turns serde_ignored's dotted path (`clients.0.secrethash`) into the

@@ -311,8 +311,8 @@ pub fn load(path: &Path, mode: LoadMode) -> Result<Config, ConfigError> {
             message,
         }])
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| problem(format!("cannot read the file: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| problem(format!("cannot read the file: {e}")))?;
     parse(path, &text, mode)
 }
 
@@ -386,9 +386,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &text[digits.len()..];
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as \"90s\", \"15m\", \"1h\" or \"30d\""))?;
+    let value: u64 = digits.parse().map_err(|_| {
+        format!("`{text}` is not a duration such as \"90s\", \"15m\", \"1h\" or \"30d\"")
+    })?;
     let seconds = match unit {
         "s" => Some(value),
         "m" => value.checked_mul(60),
@@ -416,7 +416,10 @@ mod tests {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(2_592_000));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(2_592_000)
+        );
         assert!(parse_duration("90").is_err());
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("-1s").is_err());

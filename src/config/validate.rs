@@ -161,10 +161,7 @@ fn store_config(c: &mut Checker<'_>, s: &file::Store) -> Option<StoreConfig> {
     } else if s.url.starts_with("postgres://") || s.url.starts_with("postgresql://") {
         Some(StoreUrl::Postgres(Secret::new(s.url.clone())))
     } else {
-        c.report(
-            "store.url",
-            "must start with sqlite:// or postgres://",
-        );
+        c.report("store.url", "must start with sqlite:// or postgres://");
         None
     };
 
@@ -186,7 +183,10 @@ fn store_config(c: &mut Checker<'_>, s: &file::Store) -> Option<StoreConfig> {
     let (key_name, encoded) = if let Some(inline) = &s.data_key {
         ("store.data_key", Some(inline.clone()))
     } else if let Some(name) = &s.data_key_env {
-        ("store.data_key_env", c.env_secret("store.data_key_env", name))
+        (
+            "store.data_key_env",
+            c.env_secret("store.data_key_env", name),
+        )
     } else {
         let path = c.path(s.data_key_file.as_deref().unwrap_or_default());
         ("store.data_key_file", data_key_file(c, &path))
@@ -366,7 +366,10 @@ fn clients(
     for (i, f) in list.iter().enumerate() {
         let key = |k: &str| format!("clients[{i}].{k}");
         if f.id.is_empty() || f.id.contains(':') || f.id.chars().any(char::is_control) {
-            c.report(key("id"), "must be non-empty, without ':' or control characters");
+            c.report(
+                key("id"),
+                "must be non-empty, without ':' or control characters",
+            );
         }
         let secret = SecretHash::parse(&f.secret_hash).unwrap_or_else(|| {
             c.report(
@@ -483,7 +486,10 @@ fn authorities(c: &mut Checker<'_>, list: &[file::Authority]) -> HashMap<String,
     for (i, f) in list.iter().enumerate() {
         let key = |k: &str| format!("authorities[{i}].{k}");
         if f.name == "self" {
-            c.report(key("name"), "`self` is reserved for refgate's own token service");
+            c.report(
+                key("name"),
+                "`self` is reserved for refgate's own token service",
+            );
         }
         if let Some(u) = c.http_url(&key("token_endpoint"), &f.token_endpoint) {
             warn_plain_http(&u, &key("token_endpoint"));
@@ -518,7 +524,10 @@ fn authorities(c: &mut Checker<'_>, list: &[file::Authority]) -> HashMap<String,
             auth_method,
         };
         if out.insert(f.name.clone(), Arc::new(authority)).is_some() {
-            c.report(key("name"), format!("authority `{}` is defined twice", f.name));
+            c.report(
+                key("name"),
+                format!("authority `{}` is defined twice", f.name),
+            );
         }
     }
     out
@@ -535,7 +544,10 @@ fn routes(
     for (i, f) in list.iter().enumerate() {
         let key = |k: &str| format!("routes[{i}].{k}");
         if f.name.is_empty() || !names.insert(f.name.clone()) {
-            c.report(key("name"), format!("route name `{}` is empty or used twice", f.name));
+            c.report(
+                key("name"),
+                format!("route name `{}` is empty or used twice", f.name),
+            );
         }
         if !f.path_prefix.starts_with('/') {
             c.report(key("path_prefix"), "must start with '/'");
@@ -558,7 +570,10 @@ fn routes(
             None | Some("token") => false,
             Some("none") => true,
             Some(other) => {
-                c.report(key("auth"), format!("`{other}` must be \"none\" or \"token\""));
+                c.report(
+                    key("auth"),
+                    format!("`{other}` must be \"none\" or \"token\""),
+                );
                 false
             }
         };
@@ -612,7 +627,10 @@ fn routes(
                 RouteAccess::Public
             }
         };
-        let ca_file = f.ca_file.as_deref().map(|p| c.existing_file(&key("ca_file"), p));
+        let ca_file = f
+            .ca_file
+            .as_deref()
+            .map(|p| c.existing_file(&key("ca_file"), p));
         if let Some(upstream) = upstream {
             out.push(Arc::new(Route {
                 name: f.name.clone(),
@@ -639,7 +657,10 @@ fn upstream(c: &mut Checker<'_>, key: &str, value: &str) -> Option<Upstream> {
     let host = url.host_str()?.trim_matches(['[', ']']).to_string();
     let port = url.port_or_known_default()?;
     // Resolved once here: the proxy must never block on DNS per request.
-    let addr = match (host.as_str(), port).to_socket_addrs().map(|mut a| a.next()) {
+    let addr = match (host.as_str(), port)
+        .to_socket_addrs()
+        .map(|mut a| a.next())
+    {
         Ok(Some(addr)) => addr,
         _ => {
             c.report(key, format!("cannot resolve `{host}`"));

@@ -135,7 +135,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Atomically consumes a refresh token and stores its successors. Of
     /// concurrent calls with one token exactly one gets `Rotated`, unless the
-    /// token was consumed less than `grace` seconds ago.
+    /// token was consumed less than `grace` seconds ago. `now` is read by the
+    /// caller before it waits for the store, so it may be earlier than the
+    /// recorded consumption time: a `grace` of 0 must still mean no window.
     async fn rotate_refresh(
         &self,
         old: &TokenHash,
@@ -157,6 +159,19 @@ pub trait Store: Send + Sync + 'static {
         expected_version: i64,
         change: &GrantChange,
     ) -> Result<GrantUpdate, StoreError>;
+
+    /// Takes the lease `key` for `holder` until `until`, unless another
+    /// holder has it past `now`. Returns whether `holder` holds it now.
+    async fn try_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        now: UnixTime,
+        until: UnixTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives a lease back early.
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError>;
 
     /// Deletes tokens that expired before `before` and grants left without
     /// tokens; returns how many tokens went.

@@ -13,7 +13,10 @@ use super::*;
 use crate::crypto::TokenHash;
 
 /// Migrations in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_grants_and_tokens.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/sqlite/0001_grants_and_tokens.sql"),
+    include_str!("migrations/sqlite/0002_leases.sql"),
+];
 
 /// SQLite implementation of [`Store`].
 pub struct SqliteStore {
@@ -199,8 +202,11 @@ fn to_json_text(value: &Option<serde_json::Value>) -> Option<String> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ()))
-            .await
+        self.read(|c| {
+            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())
+        })
+        .await
     }
 
     async fn create_grant(
@@ -321,9 +327,15 @@ impl Store for SqliteStore {
                 return Ok(Rotation::Inactive);
             }
             match consumed_at {
-                Some(at) if now - at < grace => {}
+                // `grace > 0` first: with no grace, a request that read the
+                // clock a second before the winning rotation (now < at) is
+                // a replay like any other, not a free second success.
+                Some(at) if grace > 0 && now - at < grace => {}
                 Some(_) => {
-                    tx.execute("UPDATE grants SET revoked = 1 WHERE id = ?1", params![grant_id])?;
+                    tx.execute(
+                        "UPDATE grants SET revoked = 1 WHERE id = ?1",
+                        params![grant_id],
+                    )?;
                     tx.commit()?;
                     return Ok(Rotation::Replayed);
                 }
@@ -417,10 +429,41 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn try_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        now: UnixTime,
+        until: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let (key, holder) = (key.to_string(), holder.to_string());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO leases (key, holder, until) VALUES (?1, ?2, ?4) \
+                 ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+                 WHERE leases.until <= ?3 OR leases.holder = excluded.holder",
+            )?
+            .execute(params![key, holder, now, until])
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let (key, holder) = (key.to_string(), holder.to_string());
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM leases WHERE key = ?1 AND holder = ?2")?
+                .execute(params![key, holder])
+                .map(|_| ())
+        })
+        .await
+    }
+
     async fn purge_expired(&self, before: UnixTime) -> Result<u64, StoreError> {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let gone = tx.execute("DELETE FROM tokens WHERE expires_at < ?1", params![before])?;
+            tx.execute("DELETE FROM leases WHERE until < ?1", params![before])?;
             tx.execute(
                 "DELETE FROM grants WHERE NOT EXISTS \
                  (SELECT 1 FROM tokens t WHERE t.grant_id = grants.id)",

@@ -93,7 +93,8 @@ pub async fn grant(
 
 /// `arbitrary_claims`: a JSON object of string arrays, no registered names.
 fn claims(text: &str) -> Result<serde_json::Value, OAuthError> {
-    let bad = || OAuthError::invalid_request("arbitrary_claims must be a JSON object of string arrays");
+    let bad =
+        || OAuthError::invalid_request("arbitrary_claims must be a JSON object of string arrays");
     let serde_json::Value::Object(map) = serde_json::from_str(text).map_err(|_| bad())? else {
         return Err(bad());
     };

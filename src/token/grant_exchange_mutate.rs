@@ -27,7 +27,8 @@ pub async fn grant(
             "subject_token_type must be {ACCESS_TOKEN_TYPE}"
         )));
     }
-    let inactive = || OAuthError::invalid_request("the subject_token is not an active access token");
+    let inactive =
+        || OAuthError::invalid_request("the subject_token is not an active access token");
     let active = service
         .lookup
         .find_active(subject_token)
@@ -50,7 +51,10 @@ pub async fn grant(
     let mut version = active.grant.version;
     let mut updated = false;
     for _ in 0..CAS_ATTEMPTS {
-        match store.update_grant(&active.grant.id, version, &change).await? {
+        match store
+            .update_grant(&active.grant.id, version, &change)
+            .await?
+        {
             GrantUpdate::Updated(_) => {
                 updated = true;
                 break;

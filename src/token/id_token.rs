@@ -83,9 +83,7 @@ impl IdTokenVerifier {
             Algorithm::ES256 | Algorithm::ES384 => KeyFamily::Ec,
             Algorithm::EdDSA => KeyFamily::Okp,
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-                return Err(Refused(
-                    "HMAC-signed id_tokens are not accepted".into(),
-                ))
+                return Err(Refused("HMAC-signed id_tokens are not accepted".into()))
             }
         };
         let issuer = unverified_issuer(token)?;
@@ -146,7 +144,11 @@ impl IdTokenVerifier {
         DecodingKey::from_jwk(&jwk).map_err(|_| Refused("the issuer's key is unusable".into()))
     }
 
-    async fn key_set(&self, trusted: &TrustedIssuer, refresh: bool) -> Result<Arc<JwkSet>, Refused> {
+    async fn key_set(
+        &self,
+        trusted: &TrustedIssuer,
+        refresh: bool,
+    ) -> Result<Arc<JwkSet>, Refused> {
         let mut cache = self.cache.lock().await;
         if let Some(cached) = cache.get(&trusted.issuer) {
             let age = cached.fetched.elapsed();

@@ -14,7 +14,7 @@ use super::request::{authenticate, read_body, AuthMethods, Form, FORM_LIMIT};
 use super::{scope, TokenService};
 use crate::config::Client;
 use crate::crypto::TokenKind;
-use crate::lookup::ActiveToken;
+use crate::lookup::{now, ActiveToken};
 
 pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<Body>) -> Response {
     match introspect(&service, request).await {
@@ -31,7 +31,12 @@ async fn introspect(service: &TokenService, request: Request<Body>) -> Result<Va
     let (parts, body) = read_body(request, FORM_LIMIT).await?;
     let form = Form::parse(&parts.headers, &body)?;
     let config = service.config();
-    let client = authenticate(&config, &parts.headers, Some(&form), AuthMethods::BasicOrPost)?;
+    let client = authenticate(
+        &config,
+        &parts.headers,
+        Some(&form),
+        AuthMethods::BasicOrPost,
+    )?;
     if !client.introspect {
         return Err(OAuthError::invalid_client(format!(
             "client `{}` may not introspect tokens",
@@ -39,10 +44,39 @@ async fn introspect(service: &TokenService, request: Request<Body>) -> Result<Va
         )));
     }
     let token = form.require("token")?;
-    Ok(match service.lookup.find_active(token).await? {
-        None => json!({ "active": false }),
-        Some(active) => describe(&active, &client, &config.issuer),
-    })
+    let inactive = json!({ "active": false });
+    let Some(active) = service.lookup.find_active(token).await? else {
+        return Ok(inactive);
+    };
+    if active.token.kind == TokenKind::Refresh
+        && !refresh_token_still_active(service, &active).await?
+    {
+        return Ok(inactive);
+    }
+    Ok(describe(&active, &client, &config.issuer))
+}
+
+/// Re-reads a refresh token from the store. Some writes revoke a grant's
+/// refresh tokens without knowing their hashes (a scope mutation that drops
+/// `offline_access`), so a cached view of one can be stale; refresh tokens
+/// are introspected rarely, so the authoritative answer is affordable.
+async fn refresh_token_still_active(
+    service: &TokenService,
+    active: &ActiveToken,
+) -> Result<bool, OAuthError> {
+    let still_active = match service.lookup.store().find_token(&active.hash).await? {
+        Some((token, grant)) => {
+            !token.revoked
+                && token.consumed_at.is_none()
+                && !grant.revoked
+                && token.expires_at > now()
+        }
+        None => false,
+    };
+    if !still_active {
+        service.notify_token_changed(&active.hash).await;
+    }
+    Ok(still_active)
 }
 
 /// The RFC 7662 view of an active token.

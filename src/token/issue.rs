@@ -54,7 +54,11 @@ pub struct NewGrant {
 
 impl TokenService {
     /// Stores a new grant for `client` and returns its first tokens.
-    pub async fn issue(&self, client: &Client, grant: NewGrant) -> Result<TokenResponse, OAuthError> {
+    pub async fn issue(
+        &self,
+        client: &Client,
+        grant: NewGrant,
+    ) -> Result<TokenResponse, OAuthError> {
         let issued_at = now();
         let grant_id = self.random.grant_id();
         let access = self.random.token(TokenKind::Access);
@@ -65,17 +69,18 @@ impl TokenService {
             issued_at,
             expires_at: issued_at + grant.access_ttl,
         }];
-        let refresh = (grant.allow_refresh && scope::has_offline_access(&grant.scopes)).then(|| {
-            let token = self.random.token(TokenKind::Refresh);
-            tokens.push(NewToken {
-                hash: hash_token(&token),
-                kind: TokenKind::Refresh,
-                scopes: None,
-                issued_at,
-                expires_at: issued_at + client.refresh_token_ttl.as_secs() as i64,
+        let refresh =
+            (grant.allow_refresh && scope::has_offline_access(&grant.scopes)).then(|| {
+                let token = self.random.token(TokenKind::Refresh);
+                tokens.push(NewToken {
+                    hash: hash_token(&token),
+                    kind: TokenKind::Refresh,
+                    scopes: None,
+                    issued_at,
+                    expires_at: issued_at + client.refresh_token_ttl.as_secs() as i64,
+                });
+                token
             });
-            token
-        });
         let record = GrantRecord {
             custom_sealed: self.lookup.seal_custom(&grant_id, &grant.custom),
             id: grant_id,

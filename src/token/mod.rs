@@ -14,6 +14,7 @@ mod grant_exchange_mutate;
 mod grant_refresh;
 mod health;
 pub mod id_token;
+mod in_process;
 mod introspect;
 mod issue;
 mod metadata;
@@ -36,6 +37,7 @@ use crate::crypto::{Random, TokenHash};
 use crate::lookup::TokenLookup;
 
 pub use error::OAuthError;
+pub use issue::TokenResponse;
 pub use mutate::patch_custom;
 
 /// State shared by the token-service endpoints.

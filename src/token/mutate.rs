@@ -17,8 +17,13 @@ use super::TokenService;
 use crate::crypto::TokenKind;
 use crate::store::{GrantChange, GrantUpdate};
 
-/// Attempts at the compare-and-set when no `if_version` was given.
-const CAS_ATTEMPTS: usize = 8;
+/// Attempts at the compare-and-set when no `if_version` was given. Every
+/// lost attempt means another writer won, so this only bounds the wait of an
+/// unlucky request under heavy contention on one grant.
+const CAS_ATTEMPTS: u32 = 64;
+/// Longest pause between two attempts; the pause grows up to it, jittered
+/// so that the losers of one round do not collide again in the next.
+const CAS_MAX_BACKOFF_MS: u64 = 25;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,7 +56,9 @@ async fn mutate(service: &TokenService, request: Request<Body>) -> Result<i64, O
         .with_status(StatusCode::FORBIDDEN));
     }
     if !has_media_type(&headers, "application/json") {
-        return Err(OAuthError::invalid_request("the body must be application/json"));
+        return Err(OAuthError::invalid_request(
+            "the body must be application/json",
+        ));
     }
     // Room for a patch as large as the cap plus the envelope.
     let limit = config.tokens.custom_data_max * 2 + 4096;
@@ -73,7 +80,13 @@ async fn mutate(service: &TokenService, request: Request<Body>) -> Result<i64, O
             OAuthError::invalid_request("the token is not an active access token")
                 .with_code("invalid_token")
         })?;
-    patch_custom(service, &active.grant.id, &request.patch, request.if_version).await
+    patch_custom(
+        service,
+        &active.grant.id,
+        &request.patch,
+        request.if_version,
+    )
+    .await
 }
 
 /// Applies a merge patch to a grant's custom data and returns the new
@@ -91,7 +104,10 @@ pub async fn patch_custom(
         OAuthError::invalid_request("the token is not an active access token")
             .with_code("invalid_token")
     };
-    for _ in 0..CAS_ATTEMPTS {
+    for attempt in 0..CAS_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
         let Some(record) = store.find_grant(grant_id).await? else {
             return Err(gone());
         };
@@ -139,6 +155,17 @@ pub async fn patch_custom(
         "conflict",
         "the custom data is being changed concurrently; retry",
     ))
+}
+
+/// A random pause of up to `2^attempt` ms, capped at [`CAS_MAX_BACKOFF_MS`].
+fn backoff(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let ceiling = (1u64 << attempt.min(16)).min(CAS_MAX_BACKOFF_MS);
+    // Jitter only: RandomState's per-instance keys are random enough.
+    let noise = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    std::time::Duration::from_micros(noise % (ceiling * 1000 + 1))
 }
 
 fn conflict(current: i64) -> OAuthError {

@@ -33,7 +33,9 @@ pub async fn read_body(request: Request<Body>, limit: usize) -> Result<(Parts, B
         }
     }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        OAuthError::too_large(format!("the request body exceeds {limit} bytes or could not be read"))
+        OAuthError::too_large(format!(
+            "the request body exceeds {limit} bytes or could not be read"
+        ))
     })?;
     Ok((parts, bytes))
 }
@@ -88,6 +90,18 @@ impl Form {
         Ok(Form { values })
     }
 
+    /// A form built in-process (the gateway calling the token service).
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        let mut values: HashMap<String, Vec<String>> = HashMap::new();
+        for (name, value) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
+            values
+                .entry(name.to_string())
+                .or_default()
+                .push(value.to_string());
+        }
+        Form { values }
+    }
+
     /// A single-valued parameter.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values
@@ -111,7 +125,10 @@ impl Form {
 /// Decodes one form component: `+` is a space, `%XX` a byte, and the result
 /// must be UTF-8 without control characters.
 fn decode(raw: &[u8]) -> Result<String, OAuthError> {
-    let spaced: Vec<u8> = raw.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
+    let spaced: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == b'+' { b' ' } else { *b })
+        .collect();
     let bytes: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
     let text = String::from_utf8(bytes)
         .map_err(|_| OAuthError::invalid_request("the body is not valid UTF-8"))?;

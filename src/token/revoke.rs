@@ -1,6 +1,8 @@
 //! `POST /oauth2/revoke` (RFC 7009). Always 200 once the client is
 //! authenticated: for unknown tokens, for already revoked ones, and for
-//! tokens of another client (which stay active: no oracle).
+//! tokens of another client (which stay active: no oracle). Only a live
+//! token has effects: a refresh token ends its grant, an access token only
+//! itself.
 
 use std::sync::Arc;
 
@@ -13,6 +15,8 @@ use super::error::{no_store, OAuthError};
 use super::request::{authenticate, read_body, AuthMethods, Form, FORM_LIMIT};
 use super::TokenService;
 use crate::crypto::{hash_token, token_kind, TokenKind};
+use crate::lookup::now;
+use crate::store::{GrantRecord, TokenRecord};
 
 pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<Body>) -> Response {
     match revoke(&service, request).await {
@@ -29,7 +33,12 @@ async fn revoke(service: &TokenService, request: Request<Body>) -> Result<(), OA
     let (parts, body) = read_body(request, FORM_LIMIT).await?;
     let form = Form::parse(&parts.headers, &body)?;
     let config = service.config();
-    let client = authenticate(&config, &parts.headers, Some(&form), AuthMethods::BasicOrPost)?;
+    let client = authenticate(
+        &config,
+        &parts.headers,
+        Some(&form),
+        AuthMethods::BasicOrPost,
+    )?;
     let token = form.require("token")?;
     // token_type_hint is only a hint: the prefix says what the token is.
     if token_kind(token).is_none() {
@@ -43,6 +52,14 @@ async fn revoke(service: &TokenService, request: Request<Body>) -> Result<(), OA
         tracing::info!(client = %client.id, "revocation of another client's token ignored");
         return Ok(());
     }
+    let grace = config.tokens.refresh_grace.as_secs() as i64;
+    if !still_usable(&record, &grant, grace) {
+        // Already dead (revoked, expired, or rotated out): RFC 7009 asks for
+        // nothing more. In particular a refresh token revoked by a scope
+        // change, or one rotated out earlier, must not take the live grant
+        // down with it.
+        return Ok(());
+    }
     match record.kind {
         TokenKind::Refresh => {
             service.lookup.store().revoke_grant(&grant.id).await?;
@@ -54,4 +71,12 @@ async fn revoke(service: &TokenService, request: Request<Body>) -> Result<(), OA
         }
     }
     Ok(())
+}
+
+/// Whether the token could still be used: a consumed refresh token counts
+/// while it may be replayed within `refresh_grace`.
+fn still_usable(token: &TokenRecord, grant: &GrantRecord, grace: i64) -> bool {
+    let now = now();
+    let consumed_for_good = token.consumed_at.is_some_and(|at| now - at >= grace);
+    !token.revoked && !grant.revoked && token.expires_at > now && !consumed_for_good
 }

@@ -24,7 +24,12 @@ async fn token(service: &TokenService, request: Request<Body>) -> Result<Respons
     let (parts, body) = read_body(request, FORM_LIMIT).await?;
     let form = Form::parse(&parts.headers, &body)?;
     let config = service.config();
-    let client = authenticate(&config, &parts.headers, Some(&form), AuthMethods::BasicOrPost)?;
+    let client = authenticate(
+        &config,
+        &parts.headers,
+        Some(&form),
+        AuthMethods::BasicOrPost,
+    )?;
     let grant_type = form.require("grant_type")?;
     let grant = GrantType::parse(grant_type).ok_or_else(|| {
         OAuthError::unsupported_grant_type(format!("grant type `{grant_type}` is not supported"))

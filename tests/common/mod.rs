@@ -244,7 +244,10 @@ data_key = "{DATA_KEY}"
 
     /// Appends to the log file a marker (useful to split phases).
     pub fn mark_log(&self, text: &str) {
-        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&self.log_path) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+        {
             let _ = writeln!(f, "--- {text}");
         }
     }
@@ -313,7 +316,10 @@ data_key = "{DATA_KEY}"
             .expect("request");
         let status = response.status();
         let bytes = response.bytes().await.expect("body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 }
 

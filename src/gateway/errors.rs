@@ -1,0 +1,134 @@
+//! The one mapping of gateway failures to client responses (SPEC 4.5).
+//! Every body is JSON with `error` and `error_description`.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde_json::json;
+
+/// Why the gateway answered instead of the upstream.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("no bearer token in the Authorization header")]
+    MissingToken,
+    #[error("{0}")]
+    Malformed(&'static str),
+    #[error("the token is unknown, expired or revoked")]
+    InvalidToken,
+    #[error("the token lacks a required scope")]
+    InsufficientScope(String),
+    #[error("the token holds no credential `{0}`")]
+    CredentialMissing(String),
+    #[error("the stored credential `{0}` is not usable")]
+    CredentialInvalid(String),
+    #[error(
+        "the downstream authority refused to refresh credential `{0}`; the user must consent again"
+    )]
+    ReauthRequired(String),
+    #[error("the downstream authority is unavailable and the credential has expired")]
+    AuthorityUnavailable,
+    #[error("the upstream is unavailable")]
+    UpstreamUnavailable,
+    #[error("the token store is unavailable")]
+    StoreUnavailable,
+}
+
+const REALM: &str = "Bearer realm=\"refgate\"";
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::NoRoute => 404,
+            GatewayError::Malformed(_) => 400,
+            GatewayError::MissingToken
+            | GatewayError::InvalidToken
+            | GatewayError::CredentialMissing(_)
+            | GatewayError::CredentialInvalid(_)
+            | GatewayError::ReauthRequired(_) => 401,
+            GatewayError::InsufficientScope(_) => 403,
+            GatewayError::UpstreamUnavailable => 502,
+            GatewayError::AuthorityUnavailable | GatewayError::StoreUnavailable => 503,
+        }
+    }
+
+    /// The `error` member of the body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute => "not_found",
+            GatewayError::MissingToken => "missing_token",
+            GatewayError::Malformed(_) => "invalid_request",
+            GatewayError::InvalidToken => "invalid_token",
+            GatewayError::InsufficientScope(_) => "insufficient_scope",
+            GatewayError::CredentialMissing(_) => "credential_missing",
+            GatewayError::CredentialInvalid(_) => "credential_invalid",
+            GatewayError::ReauthRequired(_) => "credential_reauth_required",
+            GatewayError::AuthorityUnavailable => "authority_unavailable",
+            GatewayError::UpstreamUnavailable => "upstream_unavailable",
+            GatewayError::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    fn www_authenticate(&self) -> Option<String> {
+        match self {
+            GatewayError::MissingToken => Some(REALM.to_string()),
+            GatewayError::Malformed(_) => Some(format!("{REALM}, error=\"invalid_request\"")),
+            GatewayError::InvalidToken
+            | GatewayError::CredentialMissing(_)
+            | GatewayError::CredentialInvalid(_)
+            | GatewayError::ReauthRequired(_) => Some(format!("{REALM}, error=\"invalid_token\"")),
+            GatewayError::InsufficientScope(scope) => Some(format!(
+                "{REALM}, error=\"insufficient_scope\", scope=\"{scope}\""
+            )),
+            _ => None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::AuthorityUnavailable => Some("5"),
+            GatewayError::StoreUnavailable => Some("1"),
+            _ => None,
+        }
+    }
+
+    fn body(&self) -> Bytes {
+        let mut body = json!({ "error": self.code(), "error_description": self.to_string() });
+        match self {
+            GatewayError::CredentialMissing(name)
+            | GatewayError::CredentialInvalid(name)
+            | GatewayError::ReauthRequired(name) => body["credential"] = json!(name),
+            GatewayError::InsufficientScope(scope) => body["scope"] = json!(scope),
+            _ => {}
+        }
+        Bytes::from(body.to_string())
+    }
+}
+
+/// Writes the error to the client, keeping the connection usable.
+pub async fn respond(session: &mut Session, error: &GatewayError, request_id: &str) {
+    let body = error.body();
+    let Ok(mut header) = ResponseHeader::build(error.status(), Some(6)) else {
+        return;
+    };
+    let _ = header.insert_header(http::header::CONTENT_TYPE, "application/json");
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+    let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
+    if let Some(challenge) = error.www_authenticate() {
+        let _ = header.insert_header(http::header::WWW_AUTHENTICATE, challenge);
+    }
+    if let Some(seconds) = error.retry_after() {
+        let _ = header.insert_header(http::header::RETRY_AFTER, seconds);
+    }
+    if !request_id.is_empty() {
+        let _ = header.insert_header("x-request-id", request_id);
+    }
+    if session
+        .write_response_header(Box::new(header), false)
+        .await
+        .is_ok()
+    {
+        let _ = session.write_response_body(Some(body), true).await;
+    }
+}

@@ -1,0 +1,56 @@
+//! The gateway: a pingora proxy that swaps an inbound reference token for
+//! the downstream credential stored in its grant (SPEC 4).
+//!
+//! - `proxy`: the thin `ProxyHttp` hooks;
+//! - `admit`: per-request checks — route, bearer token, lookup, scopes,
+//!   credential (SPEC 4.1);
+//! - `refresh`: credential refresh and transparent OBO exchange (4.2, 4.4);
+//! - `routing`, `bearer`, `upstream`: route matching, token extraction,
+//!   upstream peers; `errors`: the one mapping of failures to responses (4.5).
+
+mod admit;
+mod bearer;
+mod errors;
+mod proxy;
+mod refresh;
+mod routing;
+mod upstream;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+
+pub use errors::GatewayError;
+pub use proxy::Gateway;
+pub use refresh::Refresher;
+use routing::{RouteEntry, RouteTable};
+
+/// The configuration the proxy serves with, prepared: routes ordered for
+/// matching, upstream peers built. Replaced whole on reload.
+pub struct GatewayState {
+    pub config: Arc<Config>,
+    routes: RouteTable,
+}
+
+impl GatewayState {
+    /// Prepares a configuration; fails if an upstream's CA file is unusable.
+    pub fn build(config: Arc<Config>) -> Result<Self, String> {
+        let mut entries = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let peer = upstream::peer_for(route, &config.gateway)
+                .map_err(|e| format!("route `{}`: {e}", route.name))?;
+            entries.push(Arc::new(RouteEntry {
+                route: route.clone(),
+                peer,
+            }));
+        }
+        Ok(GatewayState {
+            routes: RouteTable::new(entries),
+            config,
+        })
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+}

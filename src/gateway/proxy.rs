@@ -1,0 +1,355 @@
+//! The pingora `ProxyHttp` implementation. Each hook is thin and calls a
+//! named function: admission in `admit`, refresh in `refresh`, responses in
+//! `errors`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use super::errors::{self, GatewayError};
+use super::refresh::{Need, Refresher};
+use super::routing::{upstream_path, RouteEntry};
+use super::GatewayState;
+use crate::credential::Credential;
+use crate::lookup::TokenLookup;
+use crate::telemetry::Metrics;
+
+/// The proxy service.
+pub struct Gateway {
+    pub(super) state: Arc<ArcSwap<GatewayState>>,
+    pub(super) lookup: Arc<TokenLookup>,
+    pub(super) refresher: Arc<Refresher>,
+    pub(super) metrics: Arc<Metrics>,
+    ids: RequestIds,
+}
+
+/// Per-request state shared by the hooks.
+#[derive(Default)]
+pub struct RequestCtx {
+    pub(super) request_id: String,
+    pub(super) route: Option<Arc<RouteEntry>>,
+    pub(super) state: Option<Arc<GatewayState>>,
+    pub(super) grant_id: Option<String>,
+    pub(super) credential_name: Option<String>,
+    pub(super) credential: Option<Arc<Credential>>,
+    started: Option<Instant>,
+    upstream_started: Option<Instant>,
+    /// A refresh already happened for this request (no second one).
+    refreshed: bool,
+    /// The next proxy error is our own request to replay after a 401.
+    replay: bool,
+    /// Status of a response refgate wrote itself.
+    local_status: u16,
+}
+
+impl Gateway {
+    pub fn new(
+        state: Arc<ArcSwap<GatewayState>>,
+        lookup: Arc<TokenLookup>,
+        refresher: Arc<Refresher>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Gateway {
+            state,
+            lookup,
+            refresher,
+            metrics,
+            ids: RequestIds::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.started = Some(Instant::now());
+        ctx.request_id = self.ids.for_request(session.req_header());
+        match super::admit::admit(self, session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(error) => {
+                ctx.local_status = error.status();
+                errors::respond(session, &error, &ctx.request_id).await;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        match &ctx.route {
+            Some(entry) => Ok(Box::new(entry.peer.clone())),
+            None => Error::e_explain(ErrorType::InternalError, "no route selected"),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        prepare_upstream_request(upstream, ctx);
+        ctx.upstream_started = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(entry), Some(started)) = (&ctx.route, ctx.upstream_started) {
+            self.metrics
+                .upstream_seconds
+                .with_label_values(&[&entry.route.name])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        if response.status == 401 && self.refresh_after_rejection(session, ctx).await {
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(401),
+                "the upstream rejected the credential; replaying once with a refreshed one",
+            );
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let _ = response.insert_header("x-request-id", ctx.request_id.as_str());
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer {peer}"));
+        if std::mem::take(&mut ctx.replay) {
+            e.set_retry(true);
+        } else if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 502,
+            },
+        };
+        if code == 502 {
+            tracing::warn!(request_id = %ctx.request_id, error = %e, "upstream unavailable");
+            errors::respond(session, &GatewayError::UpstreamUnavailable, &ctx.request_id).await;
+        } else if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        ctx.local_status = code;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(ctx.local_status);
+        let route = ctx.route.as_ref().map_or("-", |e| e.route.name.as_str());
+        self.metrics
+            .requests
+            .with_label_values(&[route, status_label(status)])
+            .inc();
+        if tracing::enabled!(target: "refgate::access", tracing::Level::INFO) {
+            let request = session.req_header();
+            tracing::info!(
+                target: "refgate::access",
+                request_id = %ctx.request_id,
+                method = %request.method,
+                path = %request.uri.path(),
+                route,
+                status,
+                micros = ctx.started.map_or(0, |s| s.elapsed().as_micros() as u64),
+            );
+        }
+    }
+}
+
+impl Gateway {
+    /// After an upstream 401 to a credential that was not just refreshed:
+    /// refresh it once. Returns whether the request should be replayed.
+    async fn refresh_after_rejection(&self, session: &Session, ctx: &mut RequestCtx) -> bool {
+        if ctx.refreshed || session.as_ref().retry_buffer_truncated() {
+            return false;
+        }
+        let (Some(state), Some(grant_id), Some(name), Some(sent)) = (
+            ctx.state.clone(),
+            ctx.grant_id.as_deref(),
+            ctx.credential_name.as_deref(),
+            ctx.credential.as_ref(),
+        ) else {
+            return false;
+        };
+        ctx.refreshed = true;
+        let need = Need::Rejected {
+            sent_access_token: sent.stored.access_token.clone(),
+        };
+        match self.refresher.refresh(state, grant_id, name, need).await {
+            Ok(fresh) if fresh.stored.access_token != sent.stored.access_token => {
+                ctx.credential = Some(fresh);
+                ctx.replay = true;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::info!(request_id = %ctx.request_id, error = %e, "no refresh after an upstream 401");
+                false
+            }
+        }
+    }
+}
+
+/// Rewrites the request for the upstream: path, credential, request id.
+fn prepare_upstream_request(upstream: &mut RequestHeader, ctx: &RequestCtx) {
+    if let Some(entry) = &ctx.route {
+        let rewritten = upstream
+            .uri
+            .path_and_query()
+            .and_then(|pq| upstream_path(&entry.route, pq.as_str()));
+        if let Some(path) = rewritten.and_then(|p| p.parse::<http::Uri>().ok()) {
+            upstream.set_uri(path);
+        }
+    }
+    match ctx.credential.as_ref().and_then(|c| c.header.clone()) {
+        Some(header) => {
+            let _ = upstream.insert_header(http::header::AUTHORIZATION, header);
+        }
+        None => strip_reference_token(upstream),
+    }
+    let _ = upstream.insert_header("x-request-id", ctx.request_id.as_str());
+}
+
+/// On public routes a refgate token must not leak upstream; any other
+/// Authorization passes through.
+fn strip_reference_token(upstream: &mut RequestHeader) {
+    let is_reference = upstream
+        .headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .any(|v| {
+            v.to_str().is_ok_and(|s| {
+                let s = s.trim_start();
+                s.len() > 7 && s[..7].eq_ignore_ascii_case("bearer ") && {
+                    let t = s[7..].trim_start();
+                    t.starts_with("rgat_") || t.starts_with("rgrt_")
+                }
+            })
+        });
+    if is_reference {
+        upstream.remove_header(&http::header::AUTHORIZATION);
+    }
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        0 => "0",
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Request ids: the client's `x-request-id` when it is sane, else a
+/// process-unique one.
+struct RequestIds {
+    prefix: String,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let random = crate::crypto::Random::default().grant_id();
+        RequestIds {
+            prefix: random[..8].to_string(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn for_request(&self, request: &RequestHeader) -> String {
+        if let Some(given) = request
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 128
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            })
+        {
+            return given.to_string();
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.prefix)
+    }
+}

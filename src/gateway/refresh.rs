@@ -1,0 +1,525 @@
+//! Keeping downstream credentials fresh (SPEC 4.2) and obtaining them by
+//! transparent on-behalf-of exchange (SPEC 4.4).
+//!
+//! One refresh per credential at a time: in this process a per-credential
+//! async mutex makes concurrent requests wait for one refresh; across
+//! instances sharing a store, a short lease in the store does the same, and
+//! the instance that did not get it waits for the stored result. Work runs
+//! on the control runtime as its own task, so a client that hangs up never
+//! abandons a refresh halfway (a rotated refresh token is always stored).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::errors::GatewayError;
+use super::GatewayState;
+use crate::config::{AuthMethod, Authority, RouteExchange};
+use crate::credential::{Credential, StoredCredential, SELF_AUTHORITY};
+use crate::lookup::{now, TokenLookup};
+use crate::telemetry::Metrics;
+use crate::token::{patch_custom, OAuthError, TokenService};
+
+/// Why a fresh credential is wanted.
+#[derive(Debug, Clone)]
+pub enum Need {
+    /// It expires within the refresh skew.
+    Expiring,
+    /// The upstream answered 401 to this access token.
+    Rejected { sent_access_token: String },
+}
+
+/// Largest token response read from an authority.
+const MAX_RESPONSE: usize = 64 * 1024;
+/// How often an instance waiting for another's refresh looks at the store.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// What an authority answered.
+enum Outcome {
+    Fresh(TokenFields),
+    Refused,
+    Unavailable(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenFields {
+    access_token: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
+    expires_in: Option<i64>,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorFields {
+    error: String,
+}
+
+/// Refreshes and exchanges credentials.
+pub struct Refresher {
+    lookup: Arc<TokenLookup>,
+    tokens: Arc<TokenService>,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    control: tokio::runtime::Handle,
+    /// This instance's name in store leases.
+    holder: String,
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Refresher {
+    pub fn new(
+        lookup: Arc<TokenLookup>,
+        tokens: Arc<TokenService>,
+        http: reqwest::Client,
+        metrics: Arc<Metrics>,
+        control: tokio::runtime::Handle,
+    ) -> Self {
+        let holder = format!("{}-{}", std::process::id(), tokens.random.grant_id());
+        Refresher {
+            lookup,
+            tokens,
+            http,
+            metrics,
+            control,
+            holder,
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A credential fresh enough to use, refreshing it when `need` says so
+    /// and nobody else already did.
+    pub async fn refresh(
+        self: &Arc<Self>,
+        state: Arc<GatewayState>,
+        grant_id: &str,
+        name: &str,
+        need: Need,
+    ) -> Result<Arc<Credential>, GatewayError> {
+        let this = self.clone();
+        let (grant_id, name) = (grant_id.to_string(), name.to_string());
+        self.control
+            .spawn(async move {
+                let key = format!("{grant_id}/{name}");
+                let flight = this.flight(&key);
+                let result = {
+                    let _turn = flight.lock().await;
+                    this.refresh_in_turn(&state, &grant_id, &name, &need, &key)
+                        .await
+                };
+                this.land(&key, flight);
+                result
+            })
+            .await
+            .map_err(|_| GatewayError::AuthorityUnavailable)?
+    }
+
+    /// The credential for a transparent on-behalf-of route: the stored one
+    /// when usable, else a new token exchange with `subject_token` as subject.
+    pub async fn exchange(
+        self: &Arc<Self>,
+        state: Arc<GatewayState>,
+        grant_id: &str,
+        route_name: &str,
+        exchange: &RouteExchange,
+        subject_token: &str,
+    ) -> Result<Arc<Credential>, GatewayError> {
+        let this = self.clone();
+        let (grant_id, name) = (grant_id.to_string(), route_name.to_string());
+        let (exchange, subject) = (exchange.clone(), subject_token.to_string());
+        self.control
+            .spawn(async move {
+                let key = format!("{grant_id}/{name}");
+                let flight = this.flight(&key);
+                let result = {
+                    let _turn = flight.lock().await;
+                    this.exchange_in_turn(&state, &grant_id, &name, &exchange, &subject)
+                        .await
+                };
+                this.land(&key, flight);
+                result
+            })
+            .await
+            .map_err(|_| GatewayError::AuthorityUnavailable)?
+    }
+
+    fn flight(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        flights.entry(key.to_string()).or_default().clone()
+    }
+
+    /// Forgets a flight nobody else waits on. A request arriving later
+    /// starts a new flight and first re-reads the store, so it sees what
+    /// this one stored.
+    fn land(&self, key: &str, flight: Arc<tokio::sync::Mutex<()>>) {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours plus the map's: nobody else holds it.
+        if Arc::strong_count(&flight) <= 2 {
+            flights.remove(key);
+        }
+    }
+
+    /// The stored credential, read from the store (not the cache).
+    async fn stored(
+        &self,
+        grant_id: &str,
+        name: &str,
+    ) -> Result<Option<Arc<Credential>>, GatewayError> {
+        let grant = self
+            .lookup
+            .find_grant_fresh(grant_id)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "store unavailable while refreshing a credential");
+                GatewayError::StoreUnavailable
+            })?
+            .ok_or(GatewayError::InvalidToken)?;
+        Ok(grant.credentials.get(name).cloned())
+    }
+
+    fn still_needed(credential: &Credential, need: &Need, skew: i64) -> bool {
+        match need {
+            Need::Expiring => credential.needs_refresh(now(), skew),
+            Need::Rejected { sent_access_token } => {
+                credential.stored.access_token == *sent_access_token
+            }
+        }
+    }
+
+    async fn refresh_in_turn(
+        &self,
+        state: &GatewayState,
+        grant_id: &str,
+        name: &str,
+        need: &Need,
+        key: &str,
+    ) -> Result<Arc<Credential>, GatewayError> {
+        let skew = state.config.gateway.refresh_skew.as_secs() as i64;
+        let current = self
+            .stored(grant_id, name)
+            .await?
+            .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
+        if current.reauth_required() {
+            return Err(GatewayError::ReauthRequired(name.to_string()));
+        }
+        if !Self::still_needed(&current, need, skew) {
+            return Ok(current);
+        }
+        let store = self.lookup.store();
+        let lease_seconds = state.config.gateway.authority_timeout.as_secs() as i64 + 5;
+        let mut leased = store
+            .try_lease(key, &self.holder, now(), now() + lease_seconds)
+            .await
+            .map_err(|_| GatewayError::StoreUnavailable)?;
+        let mut current = current;
+        if !leased {
+            // Another instance is refreshing it: wait for its result.
+            let deadline = Instant::now() + Duration::from_secs(lease_seconds as u64);
+            while Instant::now() < deadline {
+                tokio::time::sleep(WAIT_POLL).await;
+                current = self
+                    .stored(grant_id, name)
+                    .await?
+                    .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
+                if current.reauth_required() {
+                    return Err(GatewayError::ReauthRequired(name.to_string()));
+                }
+                if !Self::still_needed(&current, need, skew) {
+                    self.count("-", "waited");
+                    return Ok(current);
+                }
+                leased = store
+                    .try_lease(key, &self.holder, now(), now() + lease_seconds)
+                    .await
+                    .map_err(|_| GatewayError::StoreUnavailable)?;
+                if leased {
+                    break;
+                }
+            }
+            if !leased {
+                return Self::fall_back(current);
+            }
+            // The other instance may have finished just before we got it.
+            current = self
+                .stored(grant_id, name)
+                .await?
+                .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
+            if !Self::still_needed(&current, need, skew) {
+                let _ = store.release_lease(key, &self.holder).await;
+                return Ok(current);
+            }
+        }
+        let result = self.refresh_now(state, grant_id, name, current).await;
+        if let Err(e) = store.release_lease(key, &self.holder).await {
+            tracing::warn!(error = %e, "could not release a refresh lease; it expires by itself");
+        }
+        result
+    }
+
+    /// Old token while it is valid, else 503.
+    fn fall_back(current: Arc<Credential>) -> Result<Arc<Credential>, GatewayError> {
+        if current.still_valid(now()) {
+            Ok(current)
+        } else {
+            Err(GatewayError::AuthorityUnavailable)
+        }
+    }
+
+    fn count(&self, authority: &str, outcome: &str) {
+        self.metrics
+            .refreshes
+            .with_label_values(&[authority, outcome])
+            .inc();
+    }
+
+    async fn refresh_now(
+        &self,
+        state: &GatewayState,
+        grant_id: &str,
+        name: &str,
+        current: Arc<Credential>,
+    ) -> Result<Arc<Credential>, GatewayError> {
+        let Some(refresh_token) = current.stored.refresh_token.clone() else {
+            return if current.still_valid(now()) {
+                Ok(current)
+            } else {
+                Err(GatewayError::ReauthRequired(name.to_string()))
+            };
+        };
+        let authority_name = current.stored.authority.clone().unwrap_or_default();
+        let started = Instant::now();
+        let outcome = if authority_name == SELF_AUTHORITY {
+            self.refresh_with_self(&refresh_token).await
+        } else {
+            match state.config.authorities.get(&authority_name) {
+                Some(authority) => {
+                    self.refresh_with(
+                        authority,
+                        &refresh_token,
+                        state.config.gateway.authority_timeout,
+                    )
+                    .await
+                }
+                None => {
+                    tracing::warn!(
+                        credential = name,
+                        authority = %authority_name,
+                        "the credential names no configured authority; it cannot be refreshed"
+                    );
+                    return Err(GatewayError::CredentialInvalid(name.to_string()));
+                }
+            }
+        };
+        self.metrics
+            .refresh_seconds
+            .with_label_values(&[&authority_name])
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Outcome::Fresh(fields) => {
+                self.count(&authority_name, "refreshed");
+                let stored = StoredCredential {
+                    access_token: fields.access_token,
+                    refresh_token: fields
+                        .refresh_token
+                        .or(current.stored.refresh_token.clone()),
+                    token_type: fields.token_type.or(current.stored.token_type.clone()),
+                    expires_at: fields.expires_in.map(|s| now() + s.max(0)),
+                    authority: current.stored.authority.clone(),
+                    scope: fields.scope.or(current.stored.scope.clone()),
+                    reauth_required: None,
+                };
+                self.store_credential(grant_id, name, &stored).await;
+                let fresh = Arc::new(Credential::from_stored(stored));
+                if fresh.header.is_none() {
+                    return Err(GatewayError::CredentialInvalid(name.to_string()));
+                }
+                Ok(fresh)
+            }
+            Outcome::Refused => {
+                self.count(&authority_name, "refused");
+                tracing::info!(
+                    credential = name,
+                    authority = %authority_name,
+                    "the authority refused the refresh; the credential needs re-consent"
+                );
+                let patch = json!({ "credentials": { name: { "reauth_required": true } } });
+                if let Err(e) = patch_custom(&self.tokens, grant_id, &patch, None).await {
+                    tracing::warn!(error = %e.description, "could not mark the credential for re-consent");
+                }
+                Err(GatewayError::ReauthRequired(name.to_string()))
+            }
+            Outcome::Unavailable(why) => {
+                self.count(&authority_name, "unavailable");
+                tracing::warn!(credential = name, authority = %authority_name, reason = %why, "credential refresh failed");
+                Self::fall_back(current)
+            }
+        }
+    }
+
+    /// Stores a refreshed credential; it must not be lost (the old refresh
+    /// token may already be dead), so storage is retried.
+    async fn store_credential(&self, grant_id: &str, name: &str, stored: &StoredCredential) {
+        let mut value = serde_json::to_value(stored).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut value {
+            // Merge patch: absent members would keep old values; null clears.
+            for member in [
+                "refresh_token",
+                "token_type",
+                "expires_at",
+                "scope",
+                "reauth_required",
+            ] {
+                map.entry(member).or_insert(Value::Null);
+            }
+        }
+        let patch = json!({ "credentials": { name: value } });
+        for attempt in 0..3 {
+            match patch_custom(&self.tokens, grant_id, &patch, None).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::error!(error = %e.description, attempt, "could not store a refreshed credential");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn refresh_with_self(&self, refresh_token: &str) -> Outcome {
+        match self.tokens.refresh_as_owner(refresh_token).await {
+            Ok(response) => Outcome::Fresh(TokenFields {
+                access_token: response.access_token,
+                refresh_token: response.refresh_token,
+                token_type: Some(response.token_type.to_string()),
+                expires_in: Some(response.expires_in),
+                scope: Some(response.scope).filter(|s| !s.is_empty()),
+            }),
+            Err(e) if e.code == "invalid_grant" => Outcome::Refused,
+            Err(e) => Outcome::Unavailable(e.description),
+        }
+    }
+
+    async fn refresh_with(
+        &self,
+        authority: &Authority,
+        refresh_token: &str,
+        timeout: Duration,
+    ) -> Outcome {
+        let encode =
+            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let mut form: Vec<(&str, &str)> = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ];
+        let mut request = self
+            .http
+            .post(&authority.token_endpoint)
+            .timeout(timeout)
+            .header(reqwest::header::ACCEPT, "application/json");
+        match authority.auth_method {
+            AuthMethod::ClientSecretBasic => {
+                request = request.basic_auth(
+                    encode(&authority.client_id),
+                    Some(encode(authority.client_secret.expose())),
+                );
+            }
+            AuthMethod::ClientSecretPost => {
+                form.push(("client_id", &authority.client_id));
+                form.push(("client_secret", authority.client_secret.expose()));
+            }
+        }
+        let response = match request.form(&form).send().await {
+            Ok(r) => r,
+            Err(e) => return Outcome::Unavailable(format!("request failed: {}", e.without_url())),
+        };
+        let status = response.status();
+        let body = match response.bytes().await {
+            Ok(b) if b.len() <= MAX_RESPONSE => b,
+            Ok(_) => return Outcome::Unavailable("token response too large".into()),
+            Err(e) => {
+                return Outcome::Unavailable(format!(
+                    "reading the response failed: {}",
+                    e.without_url()
+                ))
+            }
+        };
+        if status.is_success() {
+            return match serde_json::from_slice::<TokenFields>(&body) {
+                Ok(fields) if !fields.access_token.is_empty() => Outcome::Fresh(fields),
+                _ => Outcome::Unavailable("the token response is not valid JSON".into()),
+            };
+        }
+        match serde_json::from_slice::<ErrorFields>(&body) {
+            Ok(e) if e.error == "invalid_grant" => Outcome::Refused,
+            Ok(e) => Outcome::Unavailable(format!("the authority answered {status} {}", e.error)),
+            Err(_) => Outcome::Unavailable(format!("the authority answered {status}")),
+        }
+    }
+
+    async fn exchange_in_turn(
+        &self,
+        state: &GatewayState,
+        grant_id: &str,
+        name: &str,
+        exchange: &RouteExchange,
+        subject_token: &str,
+    ) -> Result<Arc<Credential>, GatewayError> {
+        let skew = state.config.gateway.refresh_skew.as_secs() as i64;
+        if let Some(current) = self.stored(grant_id, name).await? {
+            // Another request got here first.
+            let usable =
+                !current.needs_refresh(now(), skew) || current.stored.refresh_token.is_some();
+            if usable && current.header.is_some() {
+                return Ok(current);
+            }
+        }
+        let started = Instant::now();
+        let result = self
+            .tokens
+            .exchange_for(
+                &exchange.client,
+                subject_token,
+                &exchange.scopes,
+                exchange.audience.as_deref(),
+            )
+            .await;
+        self.metrics
+            .refresh_seconds
+            .with_label_values(&[SELF_AUTHORITY])
+            .observe(started.elapsed().as_secs_f64());
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => return Err(self.exchange_failed(name, e)),
+        };
+        self.count(SELF_AUTHORITY, "exchanged");
+        let stored = StoredCredential {
+            access_token: response.access_token,
+            refresh_token: response.refresh_token,
+            token_type: Some("Bearer".into()),
+            expires_at: Some(now() + response.expires_in),
+            authority: Some(SELF_AUTHORITY.into()),
+            scope: Some(response.scope).filter(|s| !s.is_empty()),
+            reauth_required: None,
+        };
+        self.store_credential(grant_id, name, &stored).await;
+        Ok(Arc::new(Credential::from_stored(stored)))
+    }
+
+    fn exchange_failed(&self, name: &str, e: OAuthError) -> GatewayError {
+        if e.code == "invalid_request" {
+            // The inbound token went inactive in the meantime.
+            return GatewayError::InvalidToken;
+        }
+        if e.code == "temporarily_unavailable" {
+            return GatewayError::StoreUnavailable;
+        }
+        tracing::error!(route = name, error = e.code, reason = %e.description, "transparent exchange failed");
+        GatewayError::CredentialInvalid(name.to_string())
+    }
+}

@@ -1,0 +1,59 @@
+//! Upstream peers, built once per configuration: resolved address, TLS with
+//! certificate and hostname verification, extra trusted CAs, timeouts.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{parse_x509, WrappedX509};
+
+use crate::config::{GatewaySettings, Route};
+
+/// How long an idle upstream connection is kept for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Builds the peer for a route.
+pub fn peer_for(route: &Route, settings: &GatewaySettings) -> Result<HttpPeer, String> {
+    let upstream = &route.upstream;
+    // The SNI is the configured host name: never empty, since an empty SNI
+    // would turn certificate verification off.
+    let sni = if upstream.tls {
+        upstream.host.clone()
+    } else {
+        String::new()
+    };
+    let mut peer = HttpPeer::new(upstream.addr, upstream.tls, sni);
+    peer.options.connection_timeout = Some(settings.upstream_connect_timeout);
+    peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+    peer.options.verify_cert = true;
+    peer.options.verify_hostname = true;
+    if upstream.tls {
+        let mut cas = Vec::new();
+        for file in route.ca_file.iter().chain(settings.ca_file.iter()) {
+            cas.extend(load_cas(file)?);
+        }
+        if !cas.is_empty() {
+            peer.options.ca = Some(Arc::from(cas.into_boxed_slice()));
+        }
+    }
+    Ok(peer)
+}
+
+/// Reads every certificate of a PEM file.
+fn load_cas(path: &Path) -> Result<Vec<WrappedX509>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut reader = pem.as_slice();
+    let mut out = Vec::new();
+    for item in rustls_pemfile::certs(&mut reader) {
+        let der = item.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+        // Checked here: the TLS layer's own parser panics on bad DER.
+        x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| format!("{}: bad certificate: {e}", path.display()))?;
+        out.push(WrappedX509::new(der.as_ref().to_vec(), parse_x509));
+    }
+    if out.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(out)
+}

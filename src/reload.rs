@@ -1,0 +1,101 @@
+//! Reloading routes, clients and authorities on SIGHUP and when the file
+//! changes, without dropping connections: the new file is validated first
+//! and swapped in whole; an invalid one is logged and the old configuration
+//! keeps serving. Listener addresses and the store take a restart.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, Config, LoadMode};
+use crate::gateway::GatewayState;
+
+/// How often the file is looked at.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Swaps in new configurations.
+pub struct Reloader {
+    pub path: PathBuf,
+    pub config: Arc<ArcSwap<Config>>,
+    pub gateway: Arc<ArcSwap<GatewayState>>,
+}
+
+impl Reloader {
+    /// Loads, validates and swaps in the file. On failure nothing changes.
+    pub fn reload(&self) -> Result<(), String> {
+        let new = config::load(&self.path, LoadMode::Serve).map_err(|e| e.to_string())?;
+        let old = self.config.load_full();
+        if new.listen.proxy != old.listen.proxy
+            || new.listen.token_service != old.listen.token_service
+            || new.listen.metrics != old.listen.metrics
+            || new.store.url != old.store.url
+        {
+            tracing::warn!(
+                "listener addresses and the store only change on restart; keeping the running ones"
+            );
+        }
+        let new = Arc::new(new);
+        let state = GatewayState::build(new.clone())?;
+        let routes = state.route_count();
+        self.config.store(new.clone());
+        self.gateway.store(Arc::new(state));
+        tracing::info!(
+            routes,
+            clients = new.clients.len(),
+            authorities = new.authorities.len(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
+    fn attempt(&self, why: &str) {
+        if let Err(e) = self.reload() {
+            tracing::error!(
+                trigger = why,
+                "configuration reload refused; the previous configuration keeps serving"
+            );
+            for line in e.lines() {
+                tracing::error!("{line}");
+            }
+        }
+    }
+
+    /// Reloads on SIGHUP and on file changes until `stop` turns true.
+    pub async fn watch(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; file changes still reload");
+                None
+            }
+        };
+        let mut seen = fingerprint(&self.path);
+        let mut every = tokio::time::interval(POLL);
+        loop {
+            tokio::select! {
+                _ = crate::server::stopped(&mut stop) => return,
+                Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    seen = fingerprint(&self.path);
+                    self.attempt("SIGHUP");
+                }
+                _ = every.tick() => {
+                    let now = fingerprint(&self.path);
+                    if now != seen {
+                        // Let an editor finish writing.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        seen = fingerprint(&self.path);
+                        self.attempt("file change");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn fingerprint(path: &PathBuf) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}

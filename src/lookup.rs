@@ -4,9 +4,11 @@
 //! Two caches: token hash → token state, and grant id → decoded grant. A
 //! token entry never outlives the token's `exp` nor `cache_max_ttl`; unknown
 //! or inactive tokens are remembered for `negative_cache_ttl`. Changes made
-//! through this process invalidate the affected entries at once.
+//! through this process invalidate the affected entries at once, including
+//! a load that was in flight when the change happened (see [`Fences`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,8 +88,74 @@ pub struct CacheSettings {
     pub negative_ttl: Duration,
 }
 
-type TokenEntry = Option<Arc<TokenState>>;
-type GrantEntry = Option<Arc<Grant>>;
+/// A cached value with the invalidation epoch at which its load began.
+#[derive(Debug, Clone)]
+struct Loaded<T> {
+    value: T,
+    epoch: u64,
+}
+
+type TokenEntry = Loaded<Option<Arc<TokenState>>>;
+type GrantEntry = Loaded<Option<Arc<Grant>>>;
+
+/// How often a read retries a value that an invalidation made stale before
+/// it answers straight from the store.
+const STALE_RELOADS: usize = 3;
+/// A fence outlives the longest a stale value could sit in the cache: the
+/// cache's maximum TTL plus this bound on a load's duration.
+const FENCE_MARGIN: Duration = Duration::from_secs(300);
+
+/// Invalidation fences. moka inserts the result of a load even when the key
+/// was invalidated while the load ran, so a load that read the store just
+/// before a revocation could otherwise leave the pre-revocation view cached
+/// for a full TTL. Every invalidation takes a new epoch and records it for
+/// its key; a cached value whose load began before that epoch is discarded
+/// when it is read.
+struct Fences {
+    epoch: AtomicU64,
+    /// Epoch of the last [`TokenLookup::invalidate_all`].
+    all: AtomicU64,
+    tokens: Cache<TokenHash, u64>,
+    grants: Cache<String, u64>,
+}
+
+impl Fences {
+    fn new(settings: &CacheSettings) -> Self {
+        let ttl = settings.max_ttl.max(settings.negative_ttl) + FENCE_MARGIN;
+        Fences {
+            epoch: AtomicU64::new(0),
+            all: AtomicU64::new(0),
+            tokens: Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_live(ttl)
+                .build(),
+            grants: Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    /// The epoch a load starts at; read before the load reads the store.
+    fn current(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// A new epoch for an invalidation (the store write happened before).
+    fn advance(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    async fn token_is_stale(&self, hash: &TokenHash, loaded: u64) -> bool {
+        loaded < self.all.load(Ordering::SeqCst)
+            || self.tokens.get(hash).await.is_some_and(|f| loaded < f)
+    }
+
+    async fn grant_is_stale(&self, id: &str, loaded: u64) -> bool {
+        loaded < self.all.load(Ordering::SeqCst)
+            || self.grants.get(id).await.is_some_and(|f| loaded < f)
+    }
+}
 
 struct TokenExpiry {
     max_ttl: Duration,
@@ -95,8 +163,8 @@ struct TokenExpiry {
 }
 
 impl TokenExpiry {
-    fn ttl(&self, value: &TokenEntry) -> Duration {
-        match value {
+    fn ttl(&self, entry: &TokenEntry) -> Duration {
+        match &entry.value {
             None => self.negative_ttl,
             Some(t) => {
                 let left = (t.expires_at - now()).max(0) as u64;
@@ -129,7 +197,7 @@ struct GrantExpiry {
 
 impl Expiry<String, GrantEntry> for GrantExpiry {
     fn expire_after_create(&self, _: &String, v: &GrantEntry, _: Instant) -> Option<Duration> {
-        Some(if v.is_some() {
+        Some(if v.value.is_some() {
             self.max_ttl
         } else {
             self.negative_ttl
@@ -176,6 +244,7 @@ pub struct TokenLookup {
     data_key: Arc<DataKey>,
     tokens: Cache<TokenHash, TokenEntry>,
     grants: Cache<String, GrantEntry>,
+    fences: Fences,
 }
 
 impl TokenLookup {
@@ -199,6 +268,7 @@ impl TokenLookup {
             data_key,
             tokens,
             grants,
+            fences: Fences::new(settings),
         }
     }
 
@@ -277,25 +347,14 @@ impl TokenLookup {
         &self,
         hash: TokenHash,
     ) -> Result<(Option<ActiveToken>, bool), LookupError> {
-        let entry = self
-            .tokens
-            .entry(hash)
-            .or_try_insert_with(self.load_token(hash))
-            .await
-            .map_err(|e: Arc<LookupError>| (*e).clone())?;
-        let hit = !entry.is_fresh();
-        let Some(state) = entry.into_value() else {
+        let (state, hit) = self.cached_token(hash).await?;
+        let Some(state) = state else {
             return Ok((None, hit));
         };
         if state.expires_at <= now() {
             return Ok((None, hit));
         }
-        let grant_id = state.grant_id.clone();
-        let grant = self
-            .grants
-            .try_get_with(grant_id.clone(), self.load_grant(grant_id))
-            .await
-            .map_err(|e: Arc<LookupError>| (*e).clone())?;
+        let grant = self.cached_grant(&state.grant_id).await?;
         Ok((
             grant.map(|grant| ActiveToken {
                 hash,
@@ -308,47 +367,110 @@ impl TokenLookup {
 
     /// Loads a grant from the store, bypassing the cache.
     pub async fn find_grant_fresh(&self, id: &str) -> Result<Option<Arc<Grant>>, LookupError> {
-        self.load_grant(id.to_string()).await
+        Ok(self.load_grant(id.to_string()).await?.value)
+    }
+
+    /// A token's state through the cache, and whether it was a cache hit.
+    async fn cached_token(
+        &self,
+        hash: TokenHash,
+    ) -> Result<(Option<Arc<TokenState>>, bool), LookupError> {
+        for _ in 0..STALE_RELOADS {
+            let entry = self
+                .tokens
+                .entry(hash)
+                .or_try_insert_with(self.load_token(hash))
+                .await
+                .map_err(|e: Arc<LookupError>| (*e).clone())?;
+            let hit = !entry.is_fresh();
+            let loaded = entry.into_value();
+            if !self.fences.token_is_stale(&hash, loaded.epoch).await {
+                return Ok((loaded.value, hit));
+            }
+            self.tokens.invalidate(&hash).await;
+        }
+        Ok((self.load_token(hash).await?.value, false))
+    }
+
+    /// A grant through the cache; `None` when it is revoked or gone.
+    async fn cached_grant(&self, id: &str) -> Result<Option<Arc<Grant>>, LookupError> {
+        for _ in 0..STALE_RELOADS {
+            let loaded = self
+                .grants
+                .try_get_with_by_ref(id, self.load_grant(id.to_string()))
+                .await
+                .map_err(|e: Arc<LookupError>| (*e).clone())?;
+            if !self.fences.grant_is_stale(id, loaded.epoch).await {
+                return Ok(loaded.value);
+            }
+            self.grants.invalidate(id).await;
+        }
+        Ok(self.load_grant(id.to_string()).await?.value)
     }
 
     async fn load_token(&self, hash: TokenHash) -> Result<TokenEntry, LookupError> {
+        let epoch = self.fences.current();
+        let inactive = Loaded { value: None, epoch };
         let Some((token, grant)) = self.store.find_token(&hash).await? else {
-            return Ok(None);
+            return Ok(inactive);
         };
         if !is_active(&token, &grant) {
-            return Ok(None);
+            return Ok(inactive);
         }
         let grant_id = grant.id.clone();
         let opened = Arc::new(self.open_grant(grant)?);
-        self.grants.insert(grant_id, Some(opened)).await;
-        Ok(Some(Arc::new(TokenState {
-            grant_id: token.grant_id,
-            kind: token.kind,
-            scopes: token.scopes,
-            issued_at: token.issued_at,
-            expires_at: token.expires_at,
-        })))
+        // Saves the grant lookup that follows; stamped with this load's
+        // epoch, so a revocation that raced this load still wins.
+        self.grants
+            .insert(
+                grant_id,
+                Loaded {
+                    value: Some(opened),
+                    epoch,
+                },
+            )
+            .await;
+        Ok(Loaded {
+            value: Some(Arc::new(TokenState {
+                grant_id: token.grant_id,
+                kind: token.kind,
+                scopes: token.scopes,
+                issued_at: token.issued_at,
+                expires_at: token.expires_at,
+            })),
+            epoch,
+        })
     }
 
     async fn load_grant(&self, id: String) -> Result<GrantEntry, LookupError> {
-        match self.store.find_grant(&id).await? {
-            Some(g) if !g.revoked => Ok(Some(Arc::new(self.open_grant(g)?))),
-            _ => Ok(None),
-        }
+        let epoch = self.fences.current();
+        let value = match self.store.find_grant(&id).await? {
+            Some(g) if !g.revoked => Some(Arc::new(self.open_grant(g)?)),
+            _ => None,
+        };
+        Ok(Loaded { value, epoch })
     }
 
-    /// Forgets a token (after it was revoked or consumed).
+    /// Forgets a token (after it was revoked or consumed). Call it after
+    /// the store write.
     pub async fn invalidate_token(&self, hash: &TokenHash) {
+        let epoch = self.fences.advance();
+        self.fences.tokens.insert(*hash, epoch).await;
         self.tokens.invalidate(hash).await;
     }
 
-    /// Forgets a grant (after it was revoked, mutated or re-scoped).
+    /// Forgets a grant (after it was revoked, mutated or re-scoped). Call it
+    /// after the store write.
     pub async fn invalidate_grant(&self, id: &str) {
+        let epoch = self.fences.advance();
+        self.fences.grants.insert(id.to_string(), epoch).await;
         self.grants.invalidate(id).await;
     }
 
     /// Forgets everything (e.g. after losing the invalidation feed).
     pub fn invalidate_all(&self) {
+        let epoch = self.fences.advance();
+        self.fences.all.fetch_max(epoch, Ordering::SeqCst);
         self.tokens.invalidate_all();
         self.grants.invalidate_all();
     }

@@ -28,6 +28,10 @@ const DRAIN: Duration = Duration::from_secs(5);
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// Expired tokens are kept this long before they are deleted.
 const PURGE_AFTER: i64 = 3600;
+/// Open connections one HTTP listener accepts.
+const MAX_CONNECTIONS: usize = 8192;
+/// Time a client has to send a complete request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs refgate until `shutdown` completes. Blocks the calling thread: keep
 /// `main` synchronous, since pingora and the control runtime are built here.
@@ -70,6 +74,9 @@ pub fn serve(
     }
 
     control.spawn(purge(parts.lookup.store().clone(), stop_rx.clone()));
+    if let Some(feed) = parts.lookup.store().subscribe() {
+        control.spawn(follow_invalidations(feed, parts.lookup.clone(), stop_rx.clone()));
+    }
     control.spawn(
         Reloader {
             path: parts.config.load().source.clone(),
@@ -238,19 +245,83 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
-/// Serves an axum app until `stop` turns true, then drains.
+/// Serves an axum app until `stop` turns true, then drains. Connections
+/// are bounded in number, and a client gets a bounded time to send its
+/// request head (no slow-loris).
 async fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     mut stop: watch::Receiver<bool>,
 ) {
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "HTTP listener failed");
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(64 * 1024)
+        .max_concurrent_streams(256);
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!("too many connections; refusing one");
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain timed out; closing remaining connections");
+    }
+}
+
+/// Applies other instances' changes to this instance's caches.
+async fn follow_invalidations(
+    mut feed: tokio::sync::broadcast::Receiver<crate::store::Invalidation>,
+    lookup: Arc<TokenLookup>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use crate::store::Invalidation;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let next = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            next = feed.recv() => next,
+        };
+        match next {
+            Ok(Invalidation::Grant(id)) => lookup.invalidate_grant(&id).await,
+            Ok(Invalidation::Token(hash)) => lookup.invalidate_token(&hash).await,
+            Ok(Invalidation::All) | Err(RecvError::Lagged(_)) => lookup.invalidate_all(),
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 

@@ -440,6 +440,45 @@ async fn exchange_with_a_resource_that_is_not_an_absolute_uri_is_invalid_target(
 }
 
 #[tokio::test]
+async fn exchange_for_an_audience_outside_the_client_list_is_invalid_target() {
+    let server = Refgate::start_with(Options {
+        extra: format!(
+            "[[clients]]\nid = \"fenced\"\nsecret_hash = \"{}\"\ngrant_types = [\"{EXCHANGE}\"]\nscopes = [\"reports.read\"]\naudiences = [\"reports-api\", \"https://reports.example.com/\"]\n",
+            secret_hash("fenced-secret")
+        ),
+        ..Options::default()
+    });
+    let subject = server.client_token("other", None).await;
+    let token = str_of(&subject, "access_token");
+    for (name, value) in [
+        ("audience", "photos-api"),
+        ("resource", "https://photos.example.com/"),
+    ] {
+        let (status, body) = exchange(
+            &server,
+            "fenced",
+            token,
+            ACCESS_TOKEN_TYPE,
+            &[(name, value)],
+        )
+        .await;
+        assert_error(status, &body, "invalid_target");
+    }
+    let (status, body) = exchange(
+        &server,
+        "fenced",
+        token,
+        ACCESS_TOKEN_TYPE,
+        &[
+            ("audience", "reports-api"),
+            ("resource", "https://reports.example.com/"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
 async fn exchange_with_actor_token_is_invalid_request() {
     let server = Refgate::start();
     let subject = server.client_token("other", None).await;

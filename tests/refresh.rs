@@ -357,3 +357,51 @@ async fn replay_racing_a_first_lookup_leaves_no_active_token_behind() {
         );
     }
 }
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn replay_after_refresh_grace_revokes_grant() {
+    let server = Refgate::start_with(Options {
+        tokens: "refresh_grace = \"1s\"".into(),
+        ..Options::default()
+    });
+    let (_, first_refresh) = refreshable(&server, "photos.read offline_access").await;
+    let (status, rotated) = refresh(&server, "app", &first_refresh, None).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    // Token times are whole seconds: wait until a full second has passed
+    // since the rotation was answered.
+    let answered = unix_now();
+    while unix_now() < answered + 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, body) = refresh(&server, "app", &first_refresh, None).await;
+    assert_error(status, &body, "invalid_grant");
+    for member in ["access_token", "refresh_token"] {
+        assert_eq!(
+            server.introspect(str_of(&rotated, member)).await,
+            serde_json::json!({"active": false})
+        );
+    }
+}
+
+#[tokio::test]
+async fn expired_refresh_token_is_invalid_grant() {
+    let server = Refgate::start_with(Options {
+        tokens: "refresh_token_ttl = \"1s\"".into(),
+        ..Options::default()
+    });
+    let (_, refresh_token) = refreshable(&server, "photos.read offline_access").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while server.introspect(&refresh_token).await["active"] == true {
+        assert!(std::time::Instant::now() < deadline, "token did not expire");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, body) = refresh(&server, "app", &refresh_token, None).await;
+    assert_error(status, &body, "invalid_grant");
+}

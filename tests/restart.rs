@@ -57,9 +57,11 @@ async fn tokens_and_custom_data_survive_a_restart() {
     let app_access = str_of(&app, "access_token").to_string();
     let (access, refresh) = minted_pair(&server, "mallory", &json!({"seed": 1})).await;
     let (status, body) = server
-        .mutate(&json!({"token": access, "patch": {"credentials": {"photos": {
+        .mutate(
+            &json!({"token": access, "patch": {"credentials": {"photos": {
             "access_token": "downstream", "token_type": "Bearer",
-            "expires_at": 1_767_225_600, "authority": "photos-as"}}}}))
+            "expires_at": 1_767_225_600, "authority": "photos-as"}}}}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let revoked = str_of(&server.client_token("app", None).await, "access_token").to_string();
@@ -93,12 +95,20 @@ async fn tokens_and_custom_data_survive_a_restart() {
     // The refresh token rotates after the restart, and the new access token
     // points at the same grant and custom data.
     let (status, body) = refresh_as(&server, "minter", &refresh).await;
-    assert_eq!(status, StatusCode::OK, "refresh after restart failed: {body}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "refresh after restart failed: {body}"
+    );
     let view = server.introspect(str_of(&body, "access_token")).await;
     assert_eq!(view["active"], true);
     assert_eq!(view["custom"], before[1]["custom"]);
     assert_eq!(view["version"], 2);
     assert_eq!(view["sub"], "mallory");
+    assert!(
+        raw_get_ok(server.token_port, "/readyz"),
+        "not ready after restart"
+    );
 
     // Optimistic concurrency continues from the stored version.
     let (status, body) = server
@@ -124,7 +134,10 @@ async fn a_refresh_token_consumed_before_a_restart_stays_consumed() {
     let (status, body) = refresh_as(&server, "minter", &refresh).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_grant");
-    assert_eq!(server.introspect(&new_access).await, json!({"active": false}));
+    assert_eq!(
+        server.introspect(&new_access).await,
+        json!({"active": false})
+    );
 }
 
 #[tokio::test]
@@ -151,13 +164,35 @@ fn connect(server: &Refgate) -> TcpStream {
 
 /// Headers of a client_credentials token request for `app` whose body is
 /// `body_len` bytes long.
-fn token_request_head(body_len: usize) -> String {
+fn token_request_head(body_len: usize, connection: &str) -> String {
     let basic = STANDARD.encode("app:app-secret");
     format!(
         "POST /oauth2/token HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {basic}\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {body_len}\r\n\
-         Connection: close\r\n\r\n"
+         Connection: {connection}\r\n\r\n"
     )
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body; its head.
+fn read_response(stream: &mut TcpStream) -> String {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("read a response head");
+        bytes.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&bytes).to_string();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .expect("a Content-Length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("read a response body");
+    head
 }
 
 /// Sends SIGTERM from another thread; the join handle yields the exit code,
@@ -178,18 +213,32 @@ async fn sigterm_drains_an_in_flight_request() {
     let body = "grant_type=client_credentials&scope=photos.read";
     let (first, rest) = body.split_at(10);
 
+    // A first request on a keep-alive connection: the connection is
+    // accepted and served before shutdown begins.
     let mut stream = connect(&server);
     stream
-        .write_all(token_request_head(body.len()).as_bytes())
+        .write_all(format!("{}{body}", token_request_head(body.len(), "keep-alive")).as_bytes())
+        .expect("send a first request");
+    let head = read_response(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // A second request, of which only the head and part of the body arrive.
+    stream
+        .write_all(token_request_head(body.len(), "close").as_bytes())
         .expect("send headers");
-    stream.write_all(first.as_bytes()).expect("send a first part");
+    stream
+        .write_all(first.as_bytes())
+        .expect("send a first part");
     // Let the server parse the headers and start waiting for the body.
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     let stopping = stop_in_background(server);
     // Let the signal arrive and shutdown begin while the request is open.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(!stopping.is_finished(), "refgate exited with a request in flight");
+    assert!(
+        !stopping.is_finished(),
+        "refgate exited with a request in flight"
+    );
 
     stream.write_all(rest.as_bytes()).expect("send the rest");
     let mut answer = Vec::new();
@@ -213,15 +262,13 @@ async fn sigterm_exits_0_even_when_a_request_never_completes() {
     // A request whose body never arrives, and an idle keep-alive connection.
     let mut stalled = connect(&server);
     stalled
-        .write_all(token_request_head(1000).as_bytes())
+        .write_all(token_request_head(1000, "close").as_bytes())
         .expect("send headers");
     stalled.write_all(b"grant_type=").expect("send a part");
     let _idle = connect(&server);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let (code, took, server) = stop_in_background(server)
-        .join()
-        .expect("stopper thread");
+    let (code, took, server) = stop_in_background(server).join().expect("stopper thread");
     assert_eq!(code, Some(0), "{}", server.log());
     assert!(took < STOP_WITHIN, "stopping took {took:?}");
 }

@@ -128,6 +128,24 @@ async fn client_credentials_with_scope_the_client_lacks_is_invalid_scope() {
 }
 
 #[tokio::test]
+async fn scope_with_characters_outside_rfc_6749_is_invalid_scope() {
+    let server = Refgate::start();
+    for scope in [
+        "photos.read \"quoted\"",
+        "back\\slash",
+        "photos.read\ttabbed",
+    ] {
+        let (status, body) = server
+            .token(
+                "app",
+                &[("grant_type", CLIENT_CREDENTIALS), ("scope", scope)],
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_scope");
+    }
+}
+
+#[tokio::test]
 async fn token_responses_carry_cache_control_no_store() {
     let server = Refgate::start();
     let ok = post_token(
@@ -673,4 +691,26 @@ async fn arbitrary_token_with_scope_the_client_lacks_is_invalid_scope() {
     )
     .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_scope");
+}
+
+// --- lifetimes ------------------------------------------------------------
+
+/// Token times are whole seconds: a sub-second ttl is rounded up, never
+/// down to a token that is born expired.
+#[tokio::test]
+async fn sub_second_access_token_ttl_is_rounded_up_to_a_live_token() {
+    let server = Refgate::start_with(Options {
+        extra: format!(
+            "[[clients]]\nid = \"brief\"\nsecret_hash = \"{}\"\ngrant_types = [\"client_credentials\"]\nscopes = [\"photos.read\"]\naccess_token_ttl = \"500ms\"\n",
+            secret_hash("brief-secret")
+        ),
+        ..Options::default()
+    });
+    let body = server.client_token("brief", None).await;
+    assert_eq!(body["expires_in"], 1, "{body}");
+    let view = server.introspect(str_of(&body, "access_token")).await;
+    if view["active"] == true {
+        let lifetime = view["exp"].as_i64().expect("exp") - view["iat"].as_i64().expect("iat");
+        assert_eq!(lifetime, 1, "{view}");
+    }
 }

@@ -6,6 +6,7 @@
 //! and only sealed custom data: sealing happens before a record reaches the
 //! store, so a store never sees plaintext custom data or a token string.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use crate::config::StoreUrl;
 use crate::crypto::{TokenHash, TokenKind};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Seconds since the Unix epoch.
@@ -176,14 +178,53 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes tokens that expired before `before` and grants left without
     /// tokens; returns how many tokens went.
     async fn purge_expired(&self, before: UnixTime) -> Result<u64, StoreError>;
+
+    /// Changes made by other instances sharing this store, for cache
+    /// invalidation. `None` when the store is not shared (SQLite).
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        None
+    }
+}
+
+/// A change another instance made that cached lookups must forget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    Grant(String),
+    Token(TokenHash),
+    /// Notifications may have been lost: forget everything.
+    All,
+}
+
+impl Invalidation {
+    /// The NOTIFY payload: `g:<grant id>` or `t:<hex of the token hash>`.
+    pub fn to_payload(&self) -> String {
+        match self {
+            Invalidation::Grant(id) => format!("g:{id}"),
+            Invalidation::Token(hash) => format!("t:{}", hex::encode(hash.0)),
+            Invalidation::All => "*".to_string(),
+        }
+    }
+
+    pub fn parse(payload: &str) -> Option<Self> {
+        if payload == "*" {
+            return Some(Invalidation::All);
+        }
+        if let Some(id) = payload.strip_prefix("g:") {
+            return Some(Invalidation::Grant(id.to_string()));
+        }
+        let hex_hash = payload.strip_prefix("t:")?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_hash, &mut bytes).ok()?;
+        Some(Invalidation::Token(TokenHash(bytes)))
+    }
 }
 
 /// Opens the store a URL names, running migrations.
 pub async fn open(url: &StoreUrl, max_connections: u32) -> Result<Arc<dyn Store>, StoreError> {
     match url {
         StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, max_connections).await?)),
-        StoreUrl::Postgres(_) => Err(StoreError::Unavailable(
-            "the PostgreSQL store is not available in this build".into(),
+        StoreUrl::Postgres(url) => Ok(Arc::new(
+            PostgresStore::open(url.expose(), max_connections).await?,
         )),
     }
 }

@@ -2,7 +2,7 @@
 //! an issuer it is allowed to assert, with extra claims and custom data.
 
 use super::error::OAuthError;
-use super::issue::{NewGrant, TokenResponse};
+use super::issue::{whole_seconds, NewGrant, TokenResponse};
 use super::request::Form;
 use super::{scope, TokenService};
 use crate::config::{Client, Config};
@@ -61,7 +61,7 @@ pub async fn grant(
             config.tokens.custom_data_max
         )));
     }
-    let client_ttl = client.access_token_ttl.as_secs() as i64;
+    let client_ttl = whole_seconds(client.access_token_ttl);
     let access_ttl = match form.get("access_token_lifetime") {
         None => client_ttl,
         Some(text) => match text.parse::<i64>() {

@@ -2,7 +2,7 @@
 //! itself. Never a refresh token (RFC 6749 §4.4.3).
 
 use super::error::OAuthError;
-use super::issue::{NewGrant, TokenResponse};
+use super::issue::{whole_seconds, NewGrant, TokenResponse};
 use super::{scope, TokenService};
 use crate::config::{Client, Config};
 
@@ -25,7 +25,7 @@ pub async fn grant(
                 issuer: None,
                 claims: None,
                 custom: Default::default(),
-                access_ttl: client.access_token_ttl.as_secs() as i64,
+                access_ttl: whole_seconds(client.access_token_ttl),
                 allow_refresh: false,
             },
         )

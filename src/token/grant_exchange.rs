@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use super::error::OAuthError;
-use super::issue::{NewGrant, TokenResponse, ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE};
+use super::issue::{whole_seconds, NewGrant, TokenResponse, ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE};
 use super::request::Form;
 use super::{scope, TokenService};
 use crate::config::{Client, Config};
@@ -78,7 +78,7 @@ pub async fn grant(
                 issuer: None,
                 claims: None,
                 custom: Default::default(),
-                access_ttl: client.access_token_ttl.as_secs() as i64,
+                access_ttl: whole_seconds(client.access_token_ttl),
                 allow_refresh: true,
             },
         )

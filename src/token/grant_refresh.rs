@@ -3,7 +3,7 @@
 //! consumed one again (outside `refresh_grace`) revokes the whole grant.
 
 use super::error::OAuthError;
-use super::issue::TokenResponse;
+use super::issue::{whole_seconds, TokenResponse};
 use super::request::Form;
 use super::{scope, TokenService};
 use crate::config::{Client, Config};
@@ -60,7 +60,7 @@ pub async fn grant(
     };
     let access = service.random.token(TokenKind::Access);
     let refresh = service.random.token(TokenKind::Refresh);
-    let access_ttl = client.access_token_ttl.as_secs() as i64;
+    let access_ttl = whole_seconds(client.access_token_ttl);
     let new_tokens = [
         NewToken {
             hash: hash_token(&access),
@@ -74,10 +74,10 @@ pub async fn grant(
             kind: TokenKind::Refresh,
             scopes: token.scopes.clone(),
             issued_at: now,
-            expires_at: now + client.refresh_token_ttl.as_secs() as i64,
+            expires_at: now + whole_seconds(client.refresh_token_ttl),
         },
     ];
-    let grace = config.tokens.refresh_grace.as_secs() as i64;
+    let grace = whole_seconds(config.tokens.refresh_grace);
     let outcome = store.rotate_refresh(&hash, now, grace, &new_tokens).await?;
     service.lookup.invalidate_token(&hash).await;
     match outcome {

@@ -15,6 +15,14 @@ use crate::store::{GrantRecord, NewToken};
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
 
+/// A configured lifetime in whole seconds, rounded up. Token times are Unix
+/// seconds; truncating a sub-second setting (`"500ms"`) would mint tokens
+/// that are already expired, or turn a grace window off.
+pub fn whole_seconds(duration: std::time::Duration) -> i64 {
+    let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    i64::try_from(seconds).unwrap_or(i64::MAX)
+}
+
 /// A successful token response.
 #[derive(Debug, Serialize)]
 pub struct TokenResponse {
@@ -77,7 +85,7 @@ impl TokenService {
                     kind: TokenKind::Refresh,
                     scopes: None,
                     issued_at,
-                    expires_at: issued_at + client.refresh_token_ttl.as_secs() as i64,
+                    expires_at: issued_at + whole_seconds(client.refresh_token_ttl),
                 });
                 token
             });

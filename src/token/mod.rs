@@ -12,6 +12,7 @@ mod grant_client_credentials;
 mod grant_exchange;
 mod grant_exchange_mutate;
 mod grant_refresh;
+mod guard;
 mod health;
 pub mod id_token;
 mod in_process;
@@ -93,6 +94,7 @@ pub fn router(service: Arc<TokenService>) -> Router {
         .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(guard::guard))
         .with_state(service)
 }
 

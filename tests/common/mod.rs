@@ -2,6 +2,9 @@
 //! with free loopback ports, and talks HTTP to it.
 #![allow(dead_code)]
 
+pub mod oidc;
+pub mod upstream;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -89,6 +92,8 @@ pub struct Options {
     pub extra: String,
     /// Whether to include [`standard_clients`].
     pub standard_clients: bool,
+    /// A store URL to use instead of a fresh one (instances sharing a store).
+    pub store_url: Option<String>,
 }
 
 impl Default for Options {
@@ -98,6 +103,7 @@ impl Default for Options {
             gateway: String::new(),
             extra: String::new(),
             standard_clients: true,
+            store_url: None,
         }
     }
 }
@@ -112,7 +118,11 @@ pub struct Refgate {
     pub proxy_port: u16,
     pub base: String,
     pub proxy: String,
+    /// The store URL in the configuration.
+    pub store_url: String,
     child: Option<Child>,
+    /// A database this instance created and drops at the end.
+    owned_database: Option<PgDatabase>,
 }
 
 impl Refgate {
@@ -126,6 +136,14 @@ impl Refgate {
         let token_port = free_port();
         let proxy_port = free_port();
         let db_path = dir.path().join("data").join("refgate.db");
+        let (store_url, owned_database) = match options.store_url.clone() {
+            Some(url) => (url, None),
+            None if test_store_is_postgres() => {
+                let db = PgDatabase::create();
+                (db.url.clone(), Some(db))
+            }
+            None => ("sqlite://data/refgate.db".to_string(), None),
+        };
         let config = format!(
             r#"issuer = "http://127.0.0.1:{token_port}"
 
@@ -134,7 +152,7 @@ proxy = "127.0.0.1:{proxy_port}"
 token_service = "127.0.0.1:{token_port}"
 
 [store]
-url = "sqlite://data/refgate.db"
+url = "{store_url}"
 data_key = "{DATA_KEY}"
 
 [tokens]
@@ -168,7 +186,9 @@ data_key = "{DATA_KEY}"
             log_path,
             token_port,
             proxy_port,
+            store_url,
             child: None,
+            owned_database,
         };
         server.spawn();
         server
@@ -202,7 +222,9 @@ data_key = "{DATA_KEY}"
                     panic!("refgate exited early ({status}):\n{}", self.log());
                 }
             }
-            if raw_get_ok(self.token_port, "/healthz") {
+            if raw_get_ok(self.token_port, "/healthz")
+                && std::net::TcpStream::connect(("127.0.0.1", self.proxy_port)).is_ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -321,6 +343,63 @@ data_key = "{DATA_KEY}"
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
     }
+}
+
+/// Whether this run tests against PostgreSQL (`REFGATE_TEST_STORE=postgres`)
+/// instead of SQLite.
+pub fn test_store_is_postgres() -> bool {
+    std::env::var("REFGATE_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// The PostgreSQL server tests use (trust authentication on loopback).
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A fresh database on the test PostgreSQL server, dropped on drop, so runs
+/// and tests never collide.
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> Self {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("refgate_test_{}_{n}_{nanos}", std::process::id());
+        psql(&format!("CREATE DATABASE {name}"));
+        PgDatabase {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", PG_ADMIN, "-c"])
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs one SQL statement as the PostgreSQL superuser, asserting success.
+pub fn psql(sql: &str) {
+    let output = Command::new("psql")
+        .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", PG_ADMIN, "-c", sql])
+        .output()
+        .expect("run psql (is the PostgreSQL client installed?)");
+    assert!(
+        output.status.success(),
+        "psql `{sql}` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 impl Drop for Refgate {

@@ -1,0 +1,505 @@
+//! The shared store: PostgreSQL, for several refgate instances behind a
+//! load balancer. Same guarantees as SQLite — token hashes and sealed custom
+//! data only, atomic rotation (`SELECT … FOR UPDATE`), compare-and-set on
+//! the grant version — plus cross-instance cache invalidation: every write
+//! that changes what a token means sends `NOTIFY refgate_invalidate` in the
+//! same transaction, and every instance listens.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::broadcast;
+
+use super::*;
+use crate::crypto::TokenHash;
+
+/// Migrations in order; `refgate_migrations` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_grants_and_tokens.sql")];
+/// The notification channel.
+const CHANNEL: &str = "refgate_invalidate";
+/// Arbitrary key of the advisory lock that serialises migrations.
+const MIGRATION_LOCK: i64 = 0x7265_6667_6174_6531;
+
+/// PostgreSQL implementation of [`Store`].
+pub struct PostgresStore {
+    pool: PgPool,
+    invalidations: broadcast::Sender<Invalidation>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl PostgresStore {
+    /// Connects, runs migrations and starts listening for invalidations.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(url)
+            .await
+            .map_err(|e| unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        migrate(&pool).await?;
+        let (invalidations, _) = broadcast::channel(4096);
+        tokio::spawn(listen(pool.clone(), invalidations.clone()));
+        Ok(PostgresStore {
+            pool,
+            invalidations,
+        })
+    }
+}
+
+async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    // Instances starting together take turns.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS refgate_migrations (version INTEGER NOT NULL)")
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let done: Option<i32> = sqlx::query_scalar("SELECT max(version) FROM refgate_migrations")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let done = done.unwrap_or(0).max(0) as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unavailable(format!("migration {} failed: {e}", i + 1)))?;
+        sqlx::query("INSERT INTO refgate_migrations (version) VALUES ($1)")
+            .bind((i + 1) as i32)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    tx.commit().await.map_err(unavailable)
+}
+
+/// Forwards notifications to subscribers. A lost connection may have lost
+/// notifications, so subscribers are told to forget everything.
+async fn listen(pool: PgPool, out: broadcast::Sender<Invalidation>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "invalidation listener cannot connect; retrying");
+                let _ = out.send(Invalidation::All);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %e, "cannot LISTEN for invalidations; retrying");
+            let _ = out.send(Invalidation::All);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => {
+                    if let Some(i) = Invalidation::parse(n.payload()) {
+                        let _ = out.send(i);
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!("invalidation listener lost its connection; flushing caches");
+                    let _ = out.send(Invalidation::All);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "invalidation listener failed; flushing caches");
+                    let _ = out.send(Invalidation::All);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn notify(tx: &mut Transaction<'_, Postgres>, what: Invalidation) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(what.to_payload())
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+}
+
+const GRANT_COLUMNS: &str = "g.id, g.client_id, g.subject, g.scopes, g.audience, g.actor, \
+     g.issuer, g.claims, g.custom, g.version, g.created_at, g.revoked";
+
+fn json_column(text: Option<String>) -> Result<Option<serde_json::Value>, StoreError> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+fn grant_from_row(row: &PgRow, at: usize) -> Result<GrantRecord, StoreError> {
+    let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+    let audience = match json_column(row.try_get(at + 4).map_err(get)?)? {
+        Some(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(GrantRecord {
+        id: row.try_get(at).map_err(get)?,
+        client_id: row.try_get(at + 1).map_err(get)?,
+        subject: row.try_get(at + 2).map_err(get)?,
+        scopes: split_scopes(&row.try_get::<String, _>(at + 3).map_err(get)?),
+        audience,
+        actor: json_column(row.try_get(at + 5).map_err(get)?)?,
+        issuer: row.try_get(at + 6).map_err(get)?,
+        claims: json_column(row.try_get(at + 7).map_err(get)?)?,
+        custom_sealed: row.try_get(at + 8).map_err(get)?,
+        version: row.try_get(at + 9).map_err(get)?,
+        created_at: row.try_get(at + 10).map_err(get)?,
+        revoked: row.try_get(at + 11).map_err(get)?,
+    })
+}
+
+async fn insert_tokens(
+    tx: &mut Transaction<'_, Postgres>,
+    grant_id: &str,
+    tokens: &[NewToken],
+) -> sqlx::Result<()> {
+    for t in tokens {
+        sqlx::query(
+            "INSERT INTO tokens (hash, grant_id, kind, scopes, issued_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&t.hash.0[..])
+        .bind(grant_id)
+        .bind(t.kind.code() as i16)
+        .bind(t.scopes.as_deref().map(join_scopes))
+        .bind(t.issued_at)
+        .bind(t.expires_at)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn create_grant(
+        &self,
+        grant: &GrantRecord,
+        tokens: &[NewToken],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let audience = (!grant.audience.is_empty())
+            .then(|| serde_json::Value::from(grant.audience.clone()).to_string());
+        sqlx::query(
+            "INSERT INTO grants (id, client_id, subject, scopes, audience, actor, issuer, \
+             claims, custom, version, created_at, revoked) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, FALSE)",
+        )
+        .bind(&grant.id)
+        .bind(&grant.client_id)
+        .bind(&grant.subject)
+        .bind(join_scopes(&grant.scopes))
+        .bind(audience)
+        .bind(grant.actor.as_ref().map(|v| v.to_string()))
+        .bind(&grant.issuer)
+        .bind(grant.claims.as_ref().map(|v| v.to_string()))
+        .bind(&grant.custom_sealed)
+        .bind(grant.version)
+        .bind(grant.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        insert_tokens(&mut tx, &grant.id, tokens)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn find_token(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<(TokenRecord, GrantRecord)>, StoreError> {
+        let sql = format!(
+            "SELECT t.grant_id, t.kind, t.scopes, t.issued_at, t.expires_at, t.revoked, \
+             t.consumed_at, {GRANT_COLUMNS} \
+             FROM tokens t JOIN grants g ON g.id = t.grant_id WHERE t.hash = $1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(&hash.0[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+        let kind = TokenKind::from_code(row.try_get::<i16, _>(1).map_err(get)? as i64)
+            .ok_or_else(|| StoreError::Corrupt("unknown token kind".into()))?;
+        let token = TokenRecord {
+            hash: *hash,
+            grant_id: row.try_get(0).map_err(get)?,
+            kind,
+            scopes: row
+                .try_get::<Option<String>, _>(2)
+                .map_err(get)?
+                .map(|s| split_scopes(&s)),
+            issued_at: row.try_get(3).map_err(get)?,
+            expires_at: row.try_get(4).map_err(get)?,
+            revoked: row.try_get(5).map_err(get)?,
+            consumed_at: row.try_get(6).map_err(get)?,
+        };
+        Ok(Some((token, grant_from_row(&row, 7)?)))
+    }
+
+    async fn find_grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError> {
+        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants g WHERE g.id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| grant_from_row(&r, 0)).transpose()
+    }
+
+    async fn rotate_refresh(
+        &self,
+        old: &TokenHash,
+        now: UnixTime,
+        grace: i64,
+        new_tokens: &[NewToken],
+    ) -> Result<Rotation, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // The row lock makes concurrent rotations of one token take turns.
+        let row = sqlx::query(
+            "SELECT t.grant_id, t.kind, t.expires_at, t.revoked, t.consumed_at, g.revoked \
+             FROM tokens t JOIN grants g ON g.id = t.grant_id WHERE t.hash = $1 \
+             FOR UPDATE OF t",
+        )
+        .bind(&old.0[..])
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = row else {
+            return Ok(Rotation::Inactive);
+        };
+        let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+        let grant_id: String = row.try_get(0).map_err(get)?;
+        let kind: i16 = row.try_get(1).map_err(get)?;
+        let expires_at: i64 = row.try_get(2).map_err(get)?;
+        let revoked: bool = row.try_get(3).map_err(get)?;
+        let consumed_at: Option<i64> = row.try_get(4).map_err(get)?;
+        let grant_revoked: bool = row.try_get(5).map_err(get)?;
+        if kind as i64 != TokenKind::Refresh.code() || revoked || grant_revoked || expires_at <= now
+        {
+            return Ok(Rotation::Inactive);
+        }
+        match consumed_at {
+            Some(at) if now - at < grace => {}
+            Some(_) => {
+                sqlx::query("UPDATE grants SET revoked = TRUE WHERE id = $1")
+                    .bind(&grant_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                notify(&mut tx, Invalidation::Grant(grant_id))
+                    .await
+                    .map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)?;
+                return Ok(Rotation::Replayed);
+            }
+            None => {
+                sqlx::query("UPDATE tokens SET consumed_at = $2 WHERE hash = $1")
+                    .bind(&old.0[..])
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                notify(&mut tx, Invalidation::Token(*old))
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        insert_tokens(&mut tx, &grant_id, new_tokens)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Rotation::Rotated)
+    }
+
+    async fn revoke_token(&self, hash: &TokenHash) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let done = sqlx::query("UPDATE tokens SET revoked = TRUE WHERE hash = $1")
+            .bind(&hash.0[..])
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected()
+            > 0;
+        notify(&mut tx, Invalidation::Token(*hash))
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(done)
+    }
+
+    async fn revoke_grant(&self, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query("UPDATE grants SET revoked = TRUE WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        notify(&mut tx, Invalidation::Grant(id.to_string()))
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn update_grant(
+        &self,
+        id: &str,
+        expected_version: i64,
+        change: &GrantChange,
+    ) -> Result<GrantUpdate, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let current = sqlx::query("SELECT version, revoked FROM grants WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+        let version = match current {
+            None => return Ok(GrantUpdate::Gone),
+            Some(row) => {
+                let version: i64 = row.try_get(0).map_err(get)?;
+                let revoked: bool = row.try_get(1).map_err(get)?;
+                if revoked {
+                    return Ok(GrantUpdate::Gone);
+                }
+                if version != expected_version {
+                    return Ok(GrantUpdate::Conflict(version));
+                }
+                version + 1
+            }
+        };
+        if let Some(scopes) = &change.scopes {
+            sqlx::query("UPDATE grants SET scopes = $2 WHERE id = $1")
+                .bind(id)
+                .bind(join_scopes(scopes))
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        if let Some(custom) = &change.custom_sealed {
+            sqlx::query("UPDATE grants SET custom = $2 WHERE id = $1")
+                .bind(id)
+                .bind(custom)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        if change.revoke_refresh_tokens {
+            sqlx::query("UPDATE tokens SET revoked = TRUE WHERE grant_id = $1 AND kind = $2")
+                .bind(id)
+                .bind(TokenKind::Refresh.code() as i16)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        if let Some(hash) = &change.reset_token_scopes {
+            sqlx::query("UPDATE tokens SET scopes = NULL WHERE hash = $1 AND grant_id = $2")
+                .bind(&hash.0[..])
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            notify(&mut tx, Invalidation::Token(*hash))
+                .await
+                .map_err(unavailable)?;
+        }
+        sqlx::query("UPDATE grants SET version = $2 WHERE id = $1")
+            .bind(id)
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        notify(&mut tx, Invalidation::Grant(id.to_string()))
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(GrantUpdate::Updated(version))
+    }
+
+    async fn try_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        now: UnixTime,
+        until: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO leases (key, holder, until) VALUES ($1, $2, $4) \
+             ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+             WHERE leases.until <= $3 OR leases.holder = excluded.holder \
+             RETURNING key",
+        )
+        .bind(key)
+        .bind(holder)
+        .bind(now)
+        .bind(until)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(row.is_some())
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM leases WHERE key = $1 AND holder = $2")
+            .bind(key)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn purge_expired(&self, before: UnixTime) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let gone = sqlx::query("DELETE FROM tokens WHERE expires_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+        sqlx::query("DELETE FROM leases WHERE until < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(
+            "DELETE FROM grants g WHERE NOT EXISTS (SELECT 1 FROM tokens t WHERE t.grant_id = g.id)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(gone)
+    }
+
+    fn subscribe(&self) -> Option<broadcast::Receiver<Invalidation>> {
+        Some(self.invalidations.subscribe())
+    }
+}

@@ -1,0 +1,535 @@
+//! The command line (SPEC 1): `secret hash`, `key generate`, `check`,
+//! `--help` everywhere, and `--log-format json` before or after the
+//! subcommand.
+
+mod common;
+use common::*;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::Value;
+
+fn refgate() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_refgate"));
+    command.env_remove("RUST_LOG").stdin(Stdio::null());
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("run refgate")
+}
+
+/// Runs `refgate secret hash` with `input` on stdin.
+fn secret_hash_of(input: &[u8]) -> Output {
+    let mut child = refgate()
+        .args(["secret", "hash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start refgate");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write the secret");
+    child.wait_with_output().expect("wait")
+}
+
+/// `sha256:` and the hex SHA-256 of `text`, computed independently.
+fn expected_hash(text: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+/// A minimal valid configuration, with `extra` appended.
+fn config_text(extra: &str) -> String {
+    format!(
+        r#"issuer = "http://127.0.0.1:8081"
+
+[listen]
+proxy = "127.0.0.1:8080"
+token_service = "127.0.0.1:8081"
+
+[store]
+url = "sqlite://data/refgate.db"
+data_key = "{DATA_KEY}"
+
+{extra}
+"#
+    )
+}
+
+/// A configuration to serve on `port` (token service only).
+fn serve_config(port: u16) -> String {
+    format!(
+        r#"issuer = "http://127.0.0.1:{port}"
+
+[listen]
+token_service = "127.0.0.1:{port}"
+
+[store]
+url = "sqlite://data/refgate.db"
+data_key = "{DATA_KEY}"
+"#
+    )
+}
+
+/// Writes `text` as `refgate.toml` in a new temporary directory.
+fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("refgate.toml");
+    std::fs::write(&path, text).expect("write config");
+    (dir, path)
+}
+
+fn check(path: &Path) -> Output {
+    run(refgate().arg("check").arg("--config").arg(path))
+}
+
+/// The 1-based number of the line of `text` that starts with `prefix`.
+fn line_of(text: &str, prefix: &str) -> usize {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starts with {prefix:?}"))
+        + 1
+}
+
+/// Asserts that one line of `stderr` names `key` with the file and `line`.
+fn assert_problem(stderr: &str, path: &Path, key: &str, line: usize) {
+    let path = path.display().to_string();
+    let found = stderr.lines().find(|l| {
+        let Some(rest) = l.split_once(&path).map(|(_, rest)| rest) else {
+            return false;
+        };
+        let numbers: Vec<&str> = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|n| !n.is_empty())
+            .collect();
+        rest.contains(key) && numbers.first() == Some(&line.to_string().as_str())
+    });
+    assert!(
+        found.is_some(),
+        "no problem line names {path}, line {line} and `{key}`:\n{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------- secret hash
+
+#[test]
+fn secret_hash_prints_sha256_hex_of_the_secret() {
+    let output = secret_hash_of(b"s3cret\n");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim_end(), expected_hash(b"s3cret"));
+    assert_eq!(stdout(&output).lines().count(), 1);
+    assert!(!stdout(&output).contains("s3cret") && !stderr(&output).contains("s3cret"));
+    // The harness's clients use the same form.
+    assert_eq!(expected_hash(b"app-secret"), secret_hash("app-secret"));
+}
+
+#[test]
+fn secret_hash_strips_exactly_one_trailing_newline() {
+    let no_newline = secret_hash_of(b"s3cret");
+    assert!(no_newline.status.success(), "{}", stderr(&no_newline));
+    assert_eq!(stdout(&no_newline).trim_end(), expected_hash(b"s3cret"));
+
+    let two = secret_hash_of(b"s3cret\n\n");
+    assert!(two.status.success(), "{}", stderr(&two));
+    assert_eq!(stdout(&two).trim_end(), expected_hash(b"s3cret\n"));
+
+    // Other whitespace is part of the secret.
+    let spaced = secret_hash_of(b" s3cret \n");
+    assert_eq!(stdout(&spaced).trim_end(), expected_hash(b" s3cret "));
+}
+
+// ---------------------------------------------------------------- key generate
+
+#[test]
+fn key_generate_prints_padded_base64_of_32_fresh_bytes() {
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let output = run(refgate().args(["key", "generate"]));
+        assert!(output.status.success(), "{}", stderr(&output));
+        let text = stdout(&output);
+        let key = text.trim_end().to_string();
+        assert_eq!(text, format!("{key}\n"), "one line");
+        assert_eq!(key.len(), 44, "{key}");
+        assert!(key.ends_with('='), "standard padded base64: {key}");
+        let bytes = STANDARD.decode(&key).expect("standard base64");
+        assert_eq!(bytes.len(), 32);
+        keys.push(key);
+    }
+    assert_ne!(keys[0], keys[1], "two keys are the same");
+}
+
+#[test]
+fn generated_key_is_accepted_as_data_key() {
+    let output = run(refgate().args(["key", "generate"]));
+    let key = stdout(&output).trim().to_string();
+    let text = config_text("").replace(DATA_KEY, &key);
+    let (_dir, path) = write_config(&text);
+    let output = check(&path);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+// ---------------------------------------------------------------- check
+
+#[test]
+fn check_accepts_a_valid_config_and_writes_nothing() {
+    let clients = standard_clients();
+    let (dir, path) = write_config(&config_text(&clients));
+    let output = check(&path);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        !dir.path().join("data").exists(),
+        "check created the store's directory"
+    );
+}
+
+#[test]
+fn check_reports_every_problem_with_file_line_and_key() {
+    let text = config_text(&format!(
+        r#"colour = "blue"
+
+[tokens]
+access_token_ttl = "1h"
+refresh_token_ttl = "ten days"
+acess_token_ttl = "2h"
+
+[[clients]]
+id = "app"
+secret_hash = "plaintext-secret-value"
+grant_types = ["client_credentials"]
+scopes = ["photos.read"]
+
+[[clients]]
+id = "middle"
+secret_hash = "{}"
+introspekt = true
+"#,
+        secret_hash("middle-secret")
+    ));
+    // A top-level key after a table belongs to that table: keep `colour` at
+    // the top by moving it before `[listen]`.
+    let text = text.replace("colour = \"blue\"\n", "").replacen(
+        "\n[listen]",
+        "colour = \"blue\"\n\n[listen]",
+        1,
+    );
+    let (_dir, path) = write_config(&text);
+    let output = check(&path);
+    let errors = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{errors}");
+
+    assert_problem(&errors, &path, "colour", line_of(&text, "colour"));
+    assert_problem(
+        &errors,
+        &path,
+        "tokens.acess_token_ttl",
+        line_of(&text, "acess_token_ttl"),
+    );
+    assert_problem(
+        &errors,
+        &path,
+        "tokens.refresh_token_ttl",
+        line_of(&text, "refresh_token_ttl"),
+    );
+    assert_problem(
+        &errors,
+        &path,
+        "clients[0].secret_hash",
+        line_of(&text, "secret_hash = \"plaintext"),
+    );
+    assert_problem(
+        &errors,
+        &path,
+        "clients[1].introspekt",
+        line_of(&text, "introspekt"),
+    );
+    assert!(
+        !errors.contains("plaintext-secret-value"),
+        "a secret_hash value was echoed: {errors}"
+    );
+    assert!(stdout(&output).is_empty(), "problems go to stderr only");
+}
+
+#[test]
+fn check_reports_a_missing_data_key_variable() {
+    let variable = format!("REFGATE_TEST_UNSET_KEY_{}", std::process::id());
+    let text = config_text("").replace(
+        &format!("data_key = \"{DATA_KEY}\""),
+        &format!("data_key_env = \"{variable}\""),
+    );
+    let (_dir, path) = write_config(&text);
+
+    let output = run(refgate()
+        .env_remove(&variable)
+        .arg("check")
+        .arg("--config")
+        .arg(&path));
+    let errors = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{errors}");
+    assert!(errors.contains(&variable), "{errors}");
+    assert_problem(
+        &errors,
+        &path,
+        "store.data_key_env",
+        line_of(&text, "data_key_env"),
+    );
+
+    // Set to a valid key, the same file is fine.
+    let output = run(refgate()
+        .env(&variable, DATA_KEY)
+        .arg("check")
+        .arg("--config")
+        .arg(&path));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+
+    // Set to something that is not a 32-byte key: refused, value not echoed.
+    let output = run(refgate()
+        .env(&variable, "not-a-key-but-secret-material")
+        .arg("check")
+        .arg("--config")
+        .arg(&path));
+    let errors = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{errors}");
+    assert!(errors.contains("store.data_key_env"), "{errors}");
+    assert!(
+        !errors.contains("not-a-key-but-secret-material"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn check_reports_a_data_key_that_is_not_32_bytes() {
+    let short = STANDARD.encode([7u8; 16]);
+    let text = config_text("").replace(DATA_KEY, &short);
+    let (_dir, path) = write_config(&text);
+    let output = check(&path);
+    let errors = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{errors}");
+    assert_problem(&errors, &path, "store.data_key", line_of(&text, "data_key"));
+    assert!(!errors.contains(&short), "the key was echoed: {errors}");
+}
+
+#[test]
+fn check_reports_missing_files_and_secret_variables() {
+    let variable = format!("REFGATE_TEST_UNSET_SECRET_{}", std::process::id());
+    let text = config_text(&format!(
+        r#"[[trusted_issuers]]
+issuer = "https://accounts.example.com"
+jwks_file = "keys/missing-jwks.json"
+audiences = ["my-client-id"]
+
+[[authorities]]
+name = "photos-as"
+token_endpoint = "https://photos-as.example.com/token"
+client_id = "gateway"
+client_secret_env = "{variable}"
+"#
+    ));
+    let (_dir, path) = write_config(&text);
+    let output = run(refgate()
+        .env_remove(&variable)
+        .arg("check")
+        .arg("--config")
+        .arg(&path));
+    let errors = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{errors}");
+    assert_problem(
+        &errors,
+        &path,
+        "trusted_issuers[0].jwks_file",
+        line_of(&text, "jwks_file"),
+    );
+    assert!(errors.contains("missing-jwks.json"), "{errors}");
+    assert_problem(
+        &errors,
+        &path,
+        "authorities[0].client_secret_env",
+        line_of(&text, "client_secret_env"),
+    );
+    assert!(errors.contains(&variable), "{errors}");
+}
+
+#[test]
+fn check_of_a_missing_file_fails_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("nowhere.toml");
+    let output = check(&path);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains(&path.display().to_string()),
+        "{}",
+        stderr(&output)
+    );
+}
+
+// ---------------------------------------------------------------- help
+
+#[test]
+fn help_works_on_every_command() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["serve"],
+        &["check"],
+        &["secret"],
+        &["secret", "hash"],
+        &["key"],
+        &["key", "generate"],
+    ];
+    for command in commands {
+        let output = run(refgate().args(*command).arg("--help"));
+        assert!(
+            output.status.success(),
+            "{command:?} --help: {}",
+            stderr(&output)
+        );
+        let text = stdout(&output);
+        assert!(text.contains("Usage"), "{command:?} --help: {text}");
+    }
+    let output = run(refgate().args(["help", "check"]));
+    assert!(output.status.success());
+    assert!(stdout(&output).contains("--config"));
+    // The top-level help lists the subcommands.
+    let top = stdout(&run(refgate().arg("--help")));
+    for name in ["serve", "check", "secret", "key", "--log-format"] {
+        assert!(top.contains(name), "`{name}` missing from --help:\n{top}");
+    }
+}
+
+#[test]
+fn unknown_command_or_log_format_is_a_usage_error() {
+    let output = run(refgate().arg("frobnicate"));
+    assert_eq!(output.status.code(), Some(2));
+    let output = run(refgate().args(["--log-format", "xml", "key", "generate"]));
+    assert_eq!(output.status.code(), Some(2));
+}
+
+// ---------------------------------------------------------------- log format
+
+#[test]
+fn log_format_json_is_accepted_before_and_after_the_subcommand() {
+    let (_dir, path) = write_config(&config_text(""));
+    let before = run(refgate()
+        .args(["--log-format", "json", "check", "--config"])
+        .arg(&path));
+    assert_eq!(before.status.code(), Some(0), "{}", stderr(&before));
+    let after = run(refgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .args(["--log-format", "json"]));
+    assert_eq!(after.status.code(), Some(0), "{}", stderr(&after));
+    let key = run(refgate().args(["key", "generate", "--log-format", "json"]));
+    assert!(key.status.success(), "{}", stderr(&key));
+}
+
+/// Runs `refgate` with `args` on the config at `path` until it answers
+/// `/healthz`, stops it with SIGTERM, and returns exit code and stderr.
+fn serve_and_stop(args: &[&str], path: &Path, port: u16) -> (Option<i32>, String) {
+    let log_path = path.with_extension("log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let mut child = refgate()
+        .args(args)
+        .arg("--config")
+        .arg(path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start refgate");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !raw_get_ok(port, "/healthz") {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "refgate exited early ({status}): {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("refgate did not become ready");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signalling a child process this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("refgate did not stop after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, std::fs::read_to_string(&log_path).unwrap_or_default())
+}
+
+/// Asserts that the log is non-empty JSON lines with a level and a message.
+fn assert_json_lines(log: &str) {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for line in &lines {
+        let value: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+        assert!(value.is_object(), "{line}");
+        assert!(value.get("level").is_some(), "no level: {line}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("listening")),
+        "no line says the service listens:\n{log}"
+    );
+}
+
+#[test]
+fn serve_writes_json_log_lines_with_the_flag_before_or_after_the_subcommand() {
+    for args in [
+        &["--log-format", "json", "serve"][..],
+        &["serve", "--log-format", "json"],
+    ] {
+        let port = free_port();
+        let (_dir, path) = write_config(&serve_config(port));
+        let (code, log) = serve_and_stop(args, &path, port);
+        assert_eq!(code, Some(0), "{args:?}:\n{log}");
+        assert_json_lines(&log);
+    }
+}
+
+#[test]
+fn serve_writes_text_log_lines_by_default() {
+    let port = free_port();
+    let (dir, path) = write_config(&serve_config(port));
+    let (code, log) = serve_and_stop(&["serve"], &path, port);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("listening"), "{log}");
+    let first = log.lines().next().unwrap_or_default();
+    assert!(
+        serde_json::from_str::<Value>(first).is_err(),
+        "text logs by default: {first}"
+    );
+    // A relative SQLite path resolves against the config file's directory,
+    // and its missing parent directory is created.
+    assert!(dir.path().join("data").join("refgate.db").is_file());
+}

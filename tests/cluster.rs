@@ -1,0 +1,316 @@
+//! Several refgate instances on one PostgreSQL store: shared state, instant
+//! cache invalidation, one downstream refresh across instances, and failing
+//! closed while the store is unreachable. Always runs against the real
+//! PostgreSQL server on 127.0.0.1:5432.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::oidc::OidcAs;
+use common::upstream::Upstream;
+use common::*;
+use serde_json::{json, Value};
+
+/// Two instances sharing a fresh database, with a `photos` credential route.
+struct Cluster {
+    a: Refgate,
+    b: Refgate,
+    _db: PgDatabase,
+}
+
+fn route(upstream: &Upstream) -> String {
+    format!(
+        "[[routes]]\nname = \"photos\"\npath_prefix = \"/photos/\"\nupstream = \"{}\"\nrequired_scopes = [\"photos.read\"]\ncredential = \"photos\"\n",
+        upstream.url()
+    )
+}
+
+fn start_cluster(extra: &str) -> Cluster {
+    let db = PgDatabase::create();
+    let options = Options {
+        extra: extra.to_string(),
+        store_url: Some(db.url.clone()),
+        ..Options::default()
+    };
+    let a = Refgate::start_with(options.clone());
+    let b = Refgate::start_with(options);
+    Cluster { a, b, _db: db }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+async fn store_credential(server: &Refgate, token: &str, credential: Value) {
+    let (status, body) = server
+        .mutate(&json!({ "token": token, "patch": { "credentials": { "photos": credential } } }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "mutate failed: {body}");
+}
+
+async fn call(proxy: &str, token: &str) -> reqwest::Response {
+    http()
+        .get(format!("{proxy}/photos/list"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("proxy request")
+}
+
+#[tokio::test]
+async fn token_issued_on_one_instance_introspects_on_the_other() {
+    let upstream = Upstream::start().await;
+    let cluster = start_cluster(&route(&upstream));
+    let token = cluster.a.client_token("app", None).await;
+    let view = cluster.b.introspect(str_of(&token, "access_token")).await;
+    assert_eq!(view["active"], true);
+    assert_eq!(view["client_id"], "app");
+}
+
+#[tokio::test]
+async fn revocation_on_one_instance_is_rejected_by_the_other_within_100ms() {
+    let upstream = Upstream::start().await;
+    let cluster = start_cluster(&route(&upstream));
+    let token = cluster.a.client_token("app", None).await;
+    let at = str_of(&token, "access_token").to_string();
+    store_credential(
+        &cluster.a,
+        &at,
+        json!({ "access_token": "down-1", "expires_at": unix_now() + 3600, "authority": "none" }),
+    )
+    .await;
+    // Warm B's cache: the token is now served from memory on B.
+    for _ in 0..3 {
+        assert_eq!(call(&cluster.b.proxy, &at).await.status(), StatusCode::OK);
+    }
+    let (status, _) = cluster
+        .a
+        .post_form("/oauth2/revoke", Some(("app", "app-secret")), &[("token", &at)])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let revoked_at = Instant::now();
+    let delay = loop {
+        let status = call(&cluster.b.proxy, &at).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break revoked_at.elapsed();
+        }
+        assert_eq!(status, StatusCode::OK, "unexpected status while waiting");
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "B kept accepting a revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    println!("revocation reached the other instance after {delay:?}");
+    assert!(
+        delay < Duration::from_millis(100),
+        "revocation took {delay:?} to reach the other instance"
+    );
+}
+
+#[tokio::test]
+async fn expired_credential_stampede_across_instances_refreshes_once() {
+    let oidc = OidcAs::start(300);
+    let upstream = Upstream::start().await;
+    let cluster = start_cluster(&format!(
+        "{}\n{}",
+        oidc.authority_toml("photos-as"),
+        route(&upstream)
+    ));
+    let token = cluster.a.client_token("app", None).await;
+    let at = str_of(&token, "access_token").to_string();
+    let (down_at, down_rt, _) = oidc.mint("alice").await;
+    store_credential(
+        &cluster.a,
+        &at,
+        json!({
+            "access_token": down_at, "refresh_token": down_rt, "token_type": "Bearer",
+            "expires_at": unix_now() - 10, "authority": "photos-as",
+        }),
+    )
+    .await;
+    oidc.reset().await;
+
+    let mut requests = Vec::new();
+    for i in 0..60 {
+        let proxy = if i % 2 == 0 {
+            cluster.a.proxy.clone()
+        } else {
+            cluster.b.proxy.clone()
+        };
+        let at = at.clone();
+        requests.push(tokio::spawn(async move { call(&proxy, &at).await.status() }));
+    }
+    for request in requests {
+        assert_eq!(request.await.expect("task"), StatusCode::OK);
+    }
+    assert_eq!(
+        oidc.refresh_count().await,
+        1,
+        "the authority must see exactly one refresh"
+    );
+    let stored = &cluster.b.introspect(&at).await["custom"]["credentials"]["photos"];
+    assert_ne!(stored["refresh_token"], json!(down_rt), "the rotated refresh token is stored");
+    let new_token = stored["access_token"].as_str().expect("access token");
+    assert!(oidc.is_active(new_token).await);
+    let sent: std::collections::HashSet<_> = upstream
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("authorization"))
+        .collect();
+    assert_eq!(
+        sent.into_iter().collect::<Vec<_>>(),
+        vec![format!("Bearer {new_token}")],
+        "every request went out with the one refreshed token"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_across_instances_exactly_one_succeeds() {
+    let cluster = start_cluster("");
+    let subject = cluster.a.client_token("app", None).await;
+    let (status, exchanged) = cluster
+        .a
+        .token(
+            "app",
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", str_of(&subject, "access_token")),
+                (
+                    "subject_token_type",
+                    "urn:ietf:params:oauth:token-type:access_token",
+                ),
+                ("scope", "photos.read offline_access"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{exchanged}");
+    let refresh = str_of(&exchanged, "refresh_token").to_string();
+    let mut attempts = Vec::new();
+    for i in 0..20 {
+        let base = if i % 2 == 0 {
+            cluster.a.base.clone()
+        } else {
+            cluster.b.base.clone()
+        };
+        let refresh = refresh.clone();
+        attempts.push(tokio::spawn(async move {
+            http()
+                .post(format!("{base}/oauth2/token"))
+                .basic_auth("app", Some("app-secret"))
+                .form(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)])
+                .send()
+                .await
+                .expect("refresh")
+                .status()
+        }));
+    }
+    let mut ok = 0;
+    for attempt in attempts {
+        let status = attempt.await.expect("task");
+        if status == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+        }
+    }
+    assert_eq!(ok, 1, "exactly one concurrent refresh may succeed");
+}
+
+/// Closes the database to new connections and ends the existing ones: an
+/// outage of this test's database only, leaving other tests' alone.
+fn block_database(db: &PgDatabase) {
+    psql(&format!(
+        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
+        db.name
+    ));
+    psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+        db.name
+    ));
+}
+
+fn unblock_database(db: &PgDatabase) {
+    psql(&format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", db.name));
+}
+
+#[tokio::test]
+async fn store_outage_fails_closed_and_recovers_without_restart() {
+    let upstream = Upstream::start().await;
+    let cluster = start_cluster(&route(&upstream));
+    let token = cluster.a.client_token("app", None).await;
+    let at = str_of(&token, "access_token").to_string();
+    store_credential(
+        &cluster.a,
+        &at,
+        json!({ "access_token": "down-1", "expires_at": unix_now() + 3600, "authority": "none" }),
+    )
+    .await;
+    assert_eq!(call(&cluster.a.proxy, &at).await.status(), StatusCode::OK);
+    // A token issued and acknowledged before the outage must survive it.
+    let survivor = cluster.b.client_token("other", None).await;
+    let survivor = str_of(&survivor, "access_token").to_string();
+
+    block_database(&cluster._db);
+    let outage = Instant::now();
+    // Once the instances notice, nothing is forwarded on an unverified token.
+    let mut saw_503 = false;
+    while outage.elapsed() < Duration::from_secs(15) {
+        let response = call(&cluster.a.proxy, &at).await;
+        match response.status() {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                let body: Value = response.json().await.expect("JSON");
+                assert_eq!(body["error"], "store_unavailable");
+                saw_503 = true;
+                break;
+            }
+            StatusCode::OK => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("unexpected {other} during the outage"),
+        }
+    }
+    assert!(saw_503, "the gateway kept forwarding while the store was down");
+    let upstream_before = upstream.requests().len();
+    for proxy in [&cluster.a.proxy, &cluster.b.proxy] {
+        for _ in 0..3 {
+            let status = call(proxy, &at).await.status();
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        }
+        // A token never seen before cannot be verified either.
+        let status = call(proxy, "rgat_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await.status();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        upstream_before,
+        "nothing reached the upstream during the outage"
+    );
+    let (status, body) = cluster
+        .a
+        .token("app", &[("grant_type", "client_credentials")])
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(!raw_get_ok(cluster.a.token_port, "/readyz"));
+
+    unblock_database(&cluster._db);
+    let recovery = Instant::now();
+    loop {
+        if call(&cluster.b.proxy, &at).await.status() == StatusCode::OK
+            && raw_get_ok(cluster.a.token_port, "/readyz")
+        {
+            break;
+        }
+        assert!(
+            recovery.elapsed() < Duration::from_secs(30),
+            "refgate did not recover after the store came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("recovered {:?} after the store came back", recovery.elapsed());
+    assert_eq!(cluster.a.introspect(&survivor).await["active"], true);
+    assert_eq!(call(&cluster.a.proxy, &at).await.status(), StatusCode::OK);
+}

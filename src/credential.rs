@@ -38,6 +38,10 @@ pub struct Credential {
     /// `<token_type> <access_token>`; `None` when that is not a valid header
     /// value (e.g. it holds CR/LF): such a credential is never sent.
     pub header: Option<HeaderValue>,
+    /// This process obtained it from its authority for the request at hand
+    /// (a refresh or an exchange), rather than reading it from the store:
+    /// an upstream 401 to it is final, refreshing again would not help.
+    pub just_obtained: bool,
 }
 
 impl Credential {
@@ -49,7 +53,19 @@ impl Credential {
             scheme
         };
         let header = header_value(scheme, &stored.access_token);
-        Credential { stored, header }
+        Credential {
+            stored,
+            header,
+            just_obtained: false,
+        }
+    }
+
+    /// A credential just obtained from its authority.
+    pub fn obtained(stored: StoredCredential) -> Self {
+        Credential {
+            just_obtained: true,
+            ..Credential::from_stored(stored)
+        }
     }
 
     /// Whether it must be refreshed before use at `now` with `skew` seconds.

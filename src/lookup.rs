@@ -5,7 +5,7 @@
 //! token entry never outlives the token's `exp` nor `cache_max_ttl`; unknown
 //! or inactive tokens are remembered for `negative_cache_ttl`. Changes made
 //! through this process invalidate the affected entries at once, including
-//! a load that was in flight when the change happened (see [`Fences`]).
+//! a load that was in flight when the change happened (see `Fences`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

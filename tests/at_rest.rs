@@ -182,7 +182,11 @@ fn assert_nothing_in_clear(files: &[(PathBuf, Vec<u8>)], issued: &Issued, phase:
 
 #[tokio::test]
 async fn sqlite_files_hold_no_token_strings_or_custom_data_while_running_and_after_stop() {
-    let mut server = Refgate::start();
+    // SQLite on purpose, whichever store the rest of the run uses.
+    let mut server = Refgate::start_with(Options {
+        store_url: Some("sqlite://data/refgate.db".into()),
+        ..Options::default()
+    });
     let issued = issue_everything(&server).await;
 
     let running = store_files(&server.db_path);
@@ -235,4 +239,35 @@ async fn tokens_secrets_and_custom_data_never_reach_the_log() {
     ] {
         assert!(!log.contains(secret), "`{secret}` is in the log");
     }
+}
+
+#[tokio::test]
+async fn postgres_dump_holds_no_token_strings_or_custom_data() {
+    let db = PgDatabase::create();
+    let server = Refgate::start_with(Options {
+        store_url: Some(db.url.clone()),
+        ..Options::default()
+    });
+    let issued = issue_everything(&server).await;
+    let dump = std::process::Command::new("pg_dump")
+        .args(["--data-only", "--no-owner", &db.url])
+        .output()
+        .expect("run pg_dump");
+    assert!(dump.status.success(), "pg_dump failed");
+    // BYTEA columns dump as hex: look for the hex forms too.
+    let text = String::from_utf8_lossy(&dump.stdout).to_string();
+    let hex_dump = text.to_ascii_lowercase();
+    let as_hex = |s: &str| hex::encode(s.as_bytes());
+    for token in &issued.tokens {
+        assert!(!text.contains(token.as_str()), "the dump holds a token string");
+        assert!(!hex_dump.contains(&as_hex(&token[5..])), "the dump holds a token in hex");
+    }
+    for marker in &issued.markers {
+        assert!(!text.contains(marker.as_str()), "the dump holds custom data");
+        assert!(!hex_dump.contains(&as_hex(marker)), "the dump holds custom data in hex");
+    }
+    assert!(
+        text.contains(&issued.subject),
+        "the subject is not in the dump: is this the store's database?"
+    );
 }

@@ -601,6 +601,26 @@ async fn expired_id_token_is_invalid_request() {
 }
 
 #[tokio::test]
+async fn id_token_not_valid_yet_is_invalid_request() {
+    let server = Refgate::start_with(Options {
+        extra: trusted_issuer_file(),
+        ..Options::default()
+    });
+    let mut claims = id_claims("user-42");
+    // RFC 7519 §4.1.5: not to be accepted before `nbf` (beyond clock skew).
+    claims["nbf"] = json!(unix_now() + 3600);
+    claims["exp"] = json!(unix_now() + 7200);
+    let (status, body) =
+        exchange(&server, "app", &good_id_token(&claims), ID_TOKEN_TYPE, &[]).await;
+    assert_error(status, &body, "invalid_request");
+    // A past `nbf` is fine.
+    claims["nbf"] = json!(unix_now() - 60);
+    let (status, body) =
+        exchange(&server, "app", &good_id_token(&claims), ID_TOKEN_TYPE, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
 async fn id_token_from_unknown_issuer_is_invalid_request() {
     let server = Refgate::start_with(Options {
         extra: trusted_issuer_file(),
@@ -801,4 +821,80 @@ async fn jwks_uri_answering_an_error_is_invalid_request() {
     )
     .await;
     assert_error(status, &body, "invalid_request");
+}
+
+/// A loopback server that accepts connections, reads the request and never
+/// answers; `requests` counts the requests it has read.
+async fn serve_nothing() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind silent server");
+    let url = format!(
+        "http://{}/jwks",
+        listener.local_addr().expect("local address")
+    );
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            if matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            // Keep the connection open and silent.
+            held.push(stream);
+        }
+    });
+    (url, requests)
+}
+
+#[tokio::test]
+async fn slow_jwks_of_one_issuer_does_not_hold_up_another() {
+    let (silent_uri, requests) = serve_nothing().await;
+    let slow_issuer = "https://slow.test.example";
+    let server = Refgate::start_with(Options {
+        extra: format!(
+            "{}[[trusted_issuers]]\nissuer = \"{slow_issuer}\"\njwks_uri = \"{silent_uri}\"\naudiences = [\"{AUDIENCE}\"]\n",
+            trusted_issuer_file()
+        ),
+        ..Options::default()
+    });
+    let mut slow_claims = id_claims("user-slow");
+    slow_claims["iss"] = json!(slow_issuer);
+    let slow_token = good_id_token(&slow_claims);
+    let token_url = server.url("/oauth2/token");
+    let slow = tokio::spawn(async move {
+        http()
+            .post(token_url)
+            .basic_auth("app", Some("app-secret"))
+            .form(&[
+                ("grant_type", EXCHANGE),
+                ("subject_token", slow_token.as_str()),
+                ("subject_token_type", ID_TOKEN_TYPE),
+            ])
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    // Wait until refgate is stuck fetching the slow issuer's keys.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while requests.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the slow JWKS was never fetched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = exchange(
+        &server,
+        "app",
+        &good_id_token(&id_claims("user-fast")),
+        ID_TOKEN_TYPE,
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        !slow.is_finished(),
+        "the other issuer's exchange waited for the slow JWKS fetch to give up"
+    );
+    slow.abort();
 }

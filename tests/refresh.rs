@@ -405,3 +405,30 @@ async fn expired_refresh_token_is_invalid_grant() {
     let (status, body) = refresh(&server, "app", &refresh_token, None).await;
     assert_error(status, &body, "invalid_grant");
 }
+
+/// A second instance on the first one's store: the same database on
+/// PostgreSQL, the same file (by absolute path) on SQLite.
+fn second_instance(first: &Refgate) -> Refgate {
+    let store_url = if test_store_is_postgres() {
+        first.store_url.clone()
+    } else {
+        format!("sqlite://{}", first.db_path.display())
+    };
+    Refgate::start_with(Options {
+        store_url: Some(store_url),
+        ..Options::default()
+    })
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_on_two_instances_sharing_a_store_succeed_exactly_once() {
+    let a = Refgate::start();
+    let b = second_instance(&a);
+    let (_, refresh_token) = refreshable(&a, "photos.read offline_access").await;
+    let (on_a, on_b) = tokio::join!(
+        refresh_concurrently(&a, &refresh_token),
+        refresh_concurrently(&b, &refresh_token)
+    );
+    let outcomes: Vec<_> = on_a.into_iter().chain(on_b).collect();
+    assert_exactly_one_success(&outcomes);
+}

@@ -20,7 +20,7 @@ use crate::crypto::{DataKey, SecretHash};
 pub struct Config {
     /// The file it was read from.
     pub source: PathBuf,
-    /// The token service's public base URL, without a trailing slash.
+    /// The token service's public base URL, exactly as configured.
     pub issuer: String,
     pub listen: Listen,
     pub store: StoreConfig,

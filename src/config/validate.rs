@@ -102,7 +102,8 @@ pub(super) fn validate(
         problems: Vec::new(),
     };
 
-    let issuer = file.issuer.trim_end_matches('/').to_string();
+    // Kept exactly as written: RFC 8414 wants the metadata `issuer` identical.
+    let issuer = file.issuer.clone();
     c.http_url("issuer", &issuer);
 
     let listen = Listen {

@@ -5,12 +5,14 @@
 
 use std::sync::Arc;
 
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 use super::bearer::{self, Bearer};
 use super::errors::GatewayError;
 use super::proxy::{Gateway, RequestCtx};
 use super::refresh::Need;
+use super::routing::route_path;
 use crate::config::RouteAccess;
 use crate::credential::Credential;
 use crate::crypto::{hash_token, token_kind, TokenKind};
@@ -23,14 +25,12 @@ pub async fn admit(
 ) -> Result<(), GatewayError> {
     let state = gateway.state.load_full();
     let request = session.req_header();
-    let host = request
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri.host());
+    let host = request_host(request)?;
+    let path =
+        route_path(request.uri.path()).map_err(|e| GatewayError::BadRequest(e.describe()))?;
     let entry = state
         .routes
-        .find(host, request.uri.path())
+        .find(host, &path)
         .ok_or(GatewayError::NoRoute)?
         .clone();
     ctx.route = Some(entry.clone());
@@ -124,4 +124,72 @@ pub async fn admit(
     // Keeps up to 64 KiB of the body so a 401 can be replayed once.
     session.enable_retry_buffering();
     Ok(())
+}
+
+/// The host a request is for: its `Host` header, else the URI's authority
+/// (HTTP/2's `:authority`). pingora has already refused a request whose
+/// `Host` disagrees with its URI or that has two; this refuses a `Host` that
+/// is not a host at all, and an HTTP/1.1 request without one (RFC 9112
+/// §3.2), rather than routing either to the host-less routes.
+fn request_host(request: &RequestHeader) -> Result<Option<&str>, GatewayError> {
+    let Some(value) = request.headers.get(http::header::HOST) else {
+        if request.version == http::Version::HTTP_11 && request.uri.authority().is_none() {
+            return Err(GatewayError::BadRequest(
+                "an HTTP/1.1 request needs a Host header",
+            ));
+        }
+        return Ok(request.uri.host());
+    };
+    match value.to_str() {
+        Ok("") => Ok(request.uri.host()),
+        Ok(host) if is_authority(host) => Ok(Some(host)),
+        _ => Err(GatewayError::BadRequest(
+            "the Host header is not a valid host[:port]",
+        )),
+    }
+}
+
+/// `host[:port]` as RFC 3986 has it, without userinfo.
+fn is_authority(text: &str) -> bool {
+    let Ok(authority) = text.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let port_ok = match text.rsplit_once(':') {
+        Some((_, port)) if !text.ends_with(']') => {
+            port.is_empty() || port.bytes().all(|b| b.is_ascii_digit())
+        }
+        _ => true,
+    };
+    port_ok && !authority.host().is_empty() && !text.contains('@')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        for good in [
+            "api.example.com",
+            "API.example.com:8080",
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "[::1]",
+            "a_b.example",
+        ] {
+            assert!(is_authority(good), "{good}");
+        }
+        for bad in [
+            "api example.com",
+            "a@b",
+            "host:port",
+            "a:1:2",
+            ":80",
+            "a/b",
+            "a\\b",
+            "a\"b",
+        ] {
+            assert!(!is_authority(bad), "{bad}");
+        }
+    }
 }

@@ -52,10 +52,14 @@ pub fn extract(request: &RequestHeader) -> Bearer<'_> {
     Bearer::Token(token)
 }
 
+/// Whether the query has an `access_token` parameter, by its decoded name
+/// (`access%5Ftoken` is the same parameter to whoever reads the query).
 fn query_has_token(query: Option<&str>) -> bool {
     query.is_some_and(|q| {
-        q.split('&')
-            .any(|pair| pair.split('=').next() == Some("access_token"))
+        q.split(['&', ';']).any(|pair| {
+            let name = pair.split('=').next().unwrap_or(pair);
+            percent_encoding::percent_decode_str(name).decode_utf8_lossy() == "access_token"
+        })
     })
 }
 
@@ -103,5 +107,22 @@ mod tests {
             extract(&request(&[], "/x?access_token=abc")),
             Bearer::Malformed(_)
         ));
+        for query in [
+            "/x?a=1&access%5Ftoken=abc",
+            "/x?%61ccess_token",
+            "/x?a;access_token=x",
+        ] {
+            assert!(
+                matches!(extract(&request(&[], query)), Bearer::Malformed(_)),
+                "{query}"
+            );
+        }
+        assert_eq!(
+            extract(&request(
+                &["Bearer rgat_x"],
+                "/x?my_access_token=1&access_tokens=2"
+            )),
+            Bearer::Token("rgat_x")
+        );
     }
 }

@@ -11,6 +11,10 @@ use serde_json::json;
 pub enum GatewayError {
     #[error("no route matches this request")]
     NoRoute,
+    /// A request the gateway will not route (bad Host, ambiguous path);
+    /// not about the token, so no Bearer challenge.
+    #[error("{0}")]
+    BadRequest(&'static str),
     #[error("no bearer token in the Authorization header")]
     MissingToken,
     #[error("{0}")]
@@ -41,7 +45,7 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::NoRoute => 404,
-            GatewayError::Malformed(_) => 400,
+            GatewayError::BadRequest(_) | GatewayError::Malformed(_) => 400,
             GatewayError::MissingToken
             | GatewayError::InvalidToken
             | GatewayError::CredentialMissing(_)
@@ -58,7 +62,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => "not_found",
             GatewayError::MissingToken => "missing_token",
-            GatewayError::Malformed(_) => "invalid_request",
+            GatewayError::BadRequest(_) | GatewayError::Malformed(_) => "invalid_request",
             GatewayError::InvalidToken => "invalid_token",
             GatewayError::InsufficientScope(_) => "insufficient_scope",
             GatewayError::CredentialMissing(_) => "credential_missing",

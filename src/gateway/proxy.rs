@@ -10,12 +10,12 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use super::errors::{self, GatewayError};
-use super::refresh::{Need, Refresher};
+use super::refresh::{Need, Refresher, REQUEST_ID};
 use super::routing::{upstream_path, RouteEntry};
 use super::GatewayState;
 use crate::credential::Credential;
@@ -46,6 +46,8 @@ pub struct RequestCtx {
     refreshed: bool,
     /// The next proxy error is our own request to replay after a 401.
     replay: bool,
+    /// Refgate answers instead of passing on the upstream's response.
+    answer_instead: Option<GatewayError>,
     /// Status of a response refgate wrote itself.
     local_status: u16,
 }
@@ -78,8 +80,17 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Some(Instant::now());
         ctx.request_id = self.ids.for_request(session.req_header());
-        match super::admit::admit(self, session, ctx).await {
-            Ok(()) => Ok(false),
+        let request_id = ctx.request_id.clone();
+        let admitted = REQUEST_ID
+            .scope(request_id, super::admit::admit(self, session, ctx))
+            .await;
+        match admitted {
+            Ok(()) => {
+                // A credential obtained for this very request is not
+                // refreshed again when the upstream rejects it.
+                ctx.refreshed = ctx.credential.as_ref().is_some_and(|c| c.just_obtained);
+                Ok(false)
+            }
             Err(error) => {
                 ctx.local_status = error.status();
                 errors::respond(session, &error, &ctx.request_id).await;
@@ -118,15 +129,29 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&[&entry.route.name])
                 .observe(started.elapsed().as_secs_f64());
         }
-        if response.status == 401 && self.refresh_after_rejection(session, ctx).await {
-            let mut e = Error::explain(
-                ErrorType::HTTPStatus(401),
-                "the upstream rejected the credential; replaying once with a refreshed one",
-            );
-            e.set_retry(true);
-            return Err(e);
+        if response.status != 401 {
+            return Ok(());
         }
-        Ok(())
+        match self.refresh_after_rejection(session, ctx).await {
+            AfterRejection::PassOn => Ok(()),
+            AfterRejection::Replay => {
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(401),
+                    "the upstream rejected the credential; replaying once with a refreshed one",
+                );
+                e.set_retry(true);
+                Err(e)
+            }
+            AfterRejection::Answer(error) => {
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(error.status()),
+                    "the upstream rejected the credential and it cannot be refreshed",
+                );
+                e.set_retry(false);
+                ctx.answer_instead = Some(error);
+                Err(e)
+            }
+        }
     }
 
     async fn response_filter(
@@ -166,6 +191,14 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(error) = ctx.answer_instead.clone() {
+            errors::respond(session, &error, &ctx.request_id).await;
+            ctx.local_status = error.status();
+            return FailToProxy {
+                error_code: error.status(),
+                can_reuse_downstream: false,
+            };
+        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
@@ -188,6 +221,23 @@ impl ProxyHttp for Gateway {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    fn suppress_error_log(&self, _: &Session, ctx: &RequestCtx, _: &Error) -> bool {
+        // Our own answer after an upstream 401, logged where it is decided.
+        ctx.answer_instead.is_some()
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _: &Session,
+        _: &RequestCtx,
+        e: &Error,
+        context: ProxyWarnLogContext,
+    ) -> bool {
+        // The replay after an upstream 401 is no failure.
+        matches!(context, ProxyWarnLogContext::UpstreamRetry)
+            && matches!(e.etype(), ErrorType::HTTPStatus(401))
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -215,12 +265,28 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// What to do about an upstream 401.
+enum AfterRejection {
+    /// Pass the upstream's 401 on to the client.
+    PassOn,
+    /// Send the request again with the refreshed credential in the context.
+    Replay,
+    /// Answer the client with this instead.
+    Answer(GatewayError),
+}
+
 impl Gateway {
     /// After an upstream 401 to a credential that was not just refreshed:
-    /// refresh it once. Returns whether the request should be replayed.
-    async fn refresh_after_rejection(&self, session: &Session, ctx: &mut RequestCtx) -> bool {
-        if ctx.refreshed || session.as_ref().retry_buffer_truncated() {
-            return false;
+    /// refresh it once, and replay the request if its body (if any) is
+    /// still buffered. A body too large to replay still gets the
+    /// credential refreshed, so that the client's own retry succeeds.
+    async fn refresh_after_rejection(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> AfterRejection {
+        if ctx.refreshed {
+            return AfterRejection::PassOn;
         }
         let (Some(state), Some(grant_id), Some(name), Some(sent)) = (
             ctx.state.clone(),
@@ -228,22 +294,45 @@ impl Gateway {
             ctx.credential_name.as_deref(),
             ctx.credential.as_ref(),
         ) else {
-            return false;
+            return AfterRejection::PassOn;
         };
         ctx.refreshed = true;
         let need = Need::Rejected {
             sent_access_token: sent.stored.access_token.clone(),
         };
-        match self.refresher.refresh(state, grant_id, name, need).await {
+        let refreshed = REQUEST_ID
+            .scope(
+                ctx.request_id.clone(),
+                self.refresher.refresh(state, grant_id, name, need),
+            )
+            .await;
+        match refreshed {
             Ok(fresh) if fresh.stored.access_token != sent.stored.access_token => {
+                if session.as_ref().retry_buffer_truncated() {
+                    tracing::info!(
+                        request_id = %ctx.request_id,
+                        credential = name,
+                        "the upstream rejected the credential; refreshed it, but the body is too large to replay"
+                    );
+                    return AfterRejection::PassOn;
+                }
+                tracing::debug!(
+                    request_id = %ctx.request_id,
+                    credential = name,
+                    "the upstream rejected the credential; replaying with a refreshed one"
+                );
                 ctx.credential = Some(fresh);
                 ctx.replay = true;
-                true
+                AfterRejection::Replay
             }
-            Ok(_) => false,
+            Ok(_) => AfterRejection::PassOn,
+            Err(e @ GatewayError::ReauthRequired(_)) => {
+                tracing::info!(request_id = %ctx.request_id, error = %e, "the upstream rejected the credential");
+                AfterRejection::Answer(e)
+            }
             Err(e) => {
                 tracing::info!(request_id = %ctx.request_id, error = %e, "no refresh after an upstream 401");
-                false
+                AfterRejection::PassOn
             }
         }
     }
@@ -290,6 +379,8 @@ fn strip_reference_token(upstream: &mut RequestHeader) {
     }
 }
 
+// Exact labels for common codes, ranges for the rest.
+#[allow(clippy::match_overlapping_arm)]
 fn status_label(status: u16) -> &'static str {
     match status {
         0 => "0",

@@ -7,6 +7,14 @@
 //! the instance that did not get it waits for the stored result. Work runs
 //! on the control runtime as its own task, so a client that hangs up never
 //! abandons a refresh halfway (a rotated refresh token is always stored).
+//!
+//! Requests wait for a refresh at most `authority_timeout`; the call to the
+//! authority itself may run longer ([`LATE_ANSWER_FACTOR`]) and its answer
+//! is still stored, because the authority may already have rotated the
+//! refresh token: dropping that answer would leave only a consumed refresh
+//! token, whose replay revokes the whole grant at a rotating authority.
+//! When a refresh fails, the requests that were waiting for it fall back at
+//! once instead of each asking the failing authority again in turn.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,14 +22,28 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::errors::GatewayError;
 use super::GatewayState;
-use crate::config::{AuthMethod, Authority, RouteExchange};
+use crate::config::{AuthMethod, Authority, RouteAccess, RouteExchange};
 use crate::credential::{Credential, StoredCredential, SELF_AUTHORITY};
 use crate::lookup::{now, TokenLookup};
 use crate::telemetry::Metrics;
-use crate::token::{patch_custom, OAuthError, TokenService};
+use crate::token::{patch_custom, OAuthError, TokenResponse, TokenService};
+
+tokio::task_local! {
+    /// The id of the request being served, set by the proxy around the
+    /// work that may start a refresh: the refresh runs as a task of its
+    /// own, and its log lines carry this id.
+    pub static REQUEST_ID: String;
+}
+
+/// A span for work done on behalf of the current request.
+fn request_span() -> tracing::Span {
+    let id = REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default();
+    tracing::info_span!("refresh", request_id = %id)
+}
 
 /// Why a fresh credential is wanted.
 #[derive(Debug, Clone)]
@@ -36,6 +58,12 @@ pub enum Need {
 const MAX_RESPONSE: usize = 64 * 1024;
 /// How often an instance waiting for another's refresh looks at the store.
 const WAIT_POLL: Duration = Duration::from_millis(50);
+/// A call to an authority may take this many times `authority_timeout`
+/// before it is abandoned; requests stop waiting for it after one.
+const LATE_ANSWER_FACTOR: u32 = 4;
+/// Failed refreshes are remembered this long (they only matter to requests
+/// that were already waiting when the failure happened).
+const FAILURE_MEMORY: Duration = Duration::from_secs(60);
 
 /// What an authority answered.
 enum Outcome {
@@ -72,6 +100,9 @@ pub struct Refresher {
     /// This instance's name in store leases.
     holder: String,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When the last refresh of a credential failed for want of its
+    /// authority, by flight key.
+    failures: Mutex<HashMap<String, Instant>>,
 }
 
 impl Refresher {
@@ -91,11 +122,14 @@ impl Refresher {
             control,
             holder,
             flights: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
     /// A credential fresh enough to use, refreshing it when `need` says so
-    /// and nobody else already did.
+    /// and nobody else already did. Waits at most `authority_timeout`; after
+    /// that the refresh goes on without this request, which gets the old
+    /// credential while it is valid, else `AuthorityUnavailable`.
     pub async fn refresh(
         self: &Arc<Self>,
         state: Arc<GatewayState>,
@@ -103,22 +137,51 @@ impl Refresher {
         name: &str,
         need: Need,
     ) -> Result<Arc<Credential>, GatewayError> {
+        let patience = state.config.gateway.authority_timeout;
         let this = self.clone();
-        let (grant_id, name) = (grant_id.to_string(), name.to_string());
-        self.control
-            .spawn(async move {
-                let key = format!("{grant_id}/{name}");
+        let (task_grant_id, task_name) = (grant_id.to_string(), name.to_string());
+        let waiting_since = Instant::now();
+        let span = request_span();
+        let task = self.control.spawn(
+            async move {
+                let key = format!("{task_grant_id}/{task_name}");
                 let flight = this.flight(&key);
                 let result = {
                     let _turn = flight.lock().await;
-                    this.refresh_in_turn(&state, &grant_id, &name, &need, &key)
-                        .await
+                    this.refresh_in_turn(
+                        &state,
+                        &task_grant_id,
+                        &task_name,
+                        &need,
+                        &key,
+                        waiting_since,
+                    )
+                    .await
                 };
                 this.land(&key, flight);
                 result
-            })
-            .await
-            .map_err(|_| GatewayError::AuthorityUnavailable)?
+            }
+            .instrument(span.clone()),
+        );
+        match tokio::time::timeout(patience, task).await {
+            Ok(joined) => joined.map_err(|_| GatewayError::AuthorityUnavailable)?,
+            Err(_) => {
+                span.in_scope(|| {
+                    tracing::info!(
+                        credential = name,
+                        "stopped waiting for a credential refresh; it goes on in the background"
+                    )
+                });
+                let current = self
+                    .stored(grant_id, name)
+                    .await?
+                    .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
+                if current.reauth_required() {
+                    return Err(GatewayError::ReauthRequired(name.to_string()));
+                }
+                Self::fall_back(current)
+            }
+        }
     }
 
     /// The credential for a transparent on-behalf-of route: the stored one
@@ -135,17 +198,20 @@ impl Refresher {
         let (grant_id, name) = (grant_id.to_string(), route_name.to_string());
         let (exchange, subject) = (exchange.clone(), subject_token.to_string());
         self.control
-            .spawn(async move {
-                let key = format!("{grant_id}/{name}");
-                let flight = this.flight(&key);
-                let result = {
-                    let _turn = flight.lock().await;
-                    this.exchange_in_turn(&state, &grant_id, &name, &exchange, &subject)
-                        .await
-                };
-                this.land(&key, flight);
-                result
-            })
+            .spawn(
+                async move {
+                    let key = format!("{grant_id}/{name}");
+                    let flight = this.flight(&key);
+                    let result = {
+                        let _turn = flight.lock().await;
+                        this.exchange_in_turn(&state, &grant_id, &name, &key, &exchange, &subject)
+                            .await
+                    };
+                    this.land(&key, flight);
+                    result
+                }
+                .instrument(request_span()),
+            )
             .await
             .map_err(|_| GatewayError::AuthorityUnavailable)?
     }
@@ -163,6 +229,24 @@ impl Refresher {
         // Ours plus the map's: nobody else holds it.
         if Arc::strong_count(&flight) <= 2 {
             flights.remove(key);
+        }
+    }
+
+    /// Whether a refresh of `key` failed for want of its authority since
+    /// `since`: a request that waited through that attempt does not repeat
+    /// it.
+    fn failed_since(&self, key: &str, since: Instant) -> bool {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.get(key).is_some_and(|at| *at >= since)
+    }
+
+    fn note_failure(&self, key: &str, failed: bool) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failed {
+            failures.retain(|_, at| at.elapsed() < FAILURE_MEMORY);
+            failures.insert(key.to_string(), Instant::now());
+        } else {
+            failures.remove(key);
         }
     }
 
@@ -200,6 +284,7 @@ impl Refresher {
         name: &str,
         need: &Need,
         key: &str,
+        waiting_since: Instant,
     ) -> Result<Arc<Credential>, GatewayError> {
         let skew = state.config.gateway.refresh_skew.as_secs() as i64;
         let current = self
@@ -212,8 +297,12 @@ impl Refresher {
         if !Self::still_needed(&current, need, skew) {
             return Ok(current);
         }
+        if self.failed_since(key, waiting_since) {
+            return Self::fall_back(current);
+        }
         let store = self.lookup.store();
-        let lease_seconds = state.config.gateway.authority_timeout.as_secs() as i64 + 5;
+        let call_limit = Self::call_limit(state);
+        let lease_seconds = call_limit.as_secs() as i64 + 5;
         let mut leased = store
             .try_lease(key, &self.holder, now(), now() + lease_seconds)
             .await
@@ -256,11 +345,16 @@ impl Refresher {
                 return Ok(current);
             }
         }
-        let result = self.refresh_now(state, grant_id, name, current).await;
+        let result = self.refresh_now(state, grant_id, name, key, current).await;
         if let Err(e) = store.release_lease(key, &self.holder).await {
             tracing::warn!(error = %e, "could not release a refresh lease; it expires by itself");
         }
         result
+    }
+
+    /// How long a call to an authority may take before it is abandoned.
+    fn call_limit(state: &GatewayState) -> Duration {
+        state.config.gateway.authority_timeout * LATE_ANSWER_FACTOR
     }
 
     /// Old token while it is valid, else 503.
@@ -284,28 +378,29 @@ impl Refresher {
         state: &GatewayState,
         grant_id: &str,
         name: &str,
+        key: &str,
         current: Arc<Credential>,
     ) -> Result<Arc<Credential>, GatewayError> {
+        let authority_name = current.stored.authority.clone().unwrap_or_default();
         let Some(refresh_token) = current.stored.refresh_token.clone() else {
+            if authority_name == SELF_AUTHORITY {
+                // SPEC 4.4: no refresh token, so exchange again.
+                return self.exchange_again(state, grant_id, name).await;
+            }
             return if current.still_valid(now()) {
                 Ok(current)
             } else {
                 Err(GatewayError::ReauthRequired(name.to_string()))
             };
         };
-        let authority_name = current.stored.authority.clone().unwrap_or_default();
         let started = Instant::now();
         let outcome = if authority_name == SELF_AUTHORITY {
             self.refresh_with_self(&refresh_token).await
         } else {
             match state.config.authorities.get(&authority_name) {
                 Some(authority) => {
-                    self.refresh_with(
-                        authority,
-                        &refresh_token,
-                        state.config.gateway.authority_timeout,
-                    )
-                    .await
+                    self.refresh_with(authority, &refresh_token, Self::call_limit(state))
+                        .await
                 }
                 None => {
                     tracing::warn!(
@@ -321,6 +416,7 @@ impl Refresher {
             .refresh_seconds
             .with_label_values(&[&authority_name])
             .observe(started.elapsed().as_secs_f64());
+        self.note_failure(key, matches!(outcome, Outcome::Unavailable(_)));
         match outcome {
             Outcome::Fresh(fields) => {
                 self.count(&authority_name, "refreshed");
@@ -336,11 +432,21 @@ impl Refresher {
                     reauth_required: None,
                 };
                 self.store_credential(grant_id, name, &stored).await;
-                let fresh = Arc::new(Credential::from_stored(stored));
+                let fresh = Arc::new(Credential::obtained(stored));
                 if fresh.header.is_none() {
                     return Err(GatewayError::CredentialInvalid(name.to_string()));
                 }
                 Ok(fresh)
+            }
+            Outcome::Refused if authority_name == SELF_AUTHORITY => {
+                // The exchanged grant was revoked or its refresh token
+                // expired; no consent is needed to exchange again.
+                self.count(&authority_name, "refused");
+                tracing::info!(
+                    credential = name,
+                    "refgate refused to refresh its own exchanged credential; exchanging again"
+                );
+                self.exchange_again(state, grant_id, name).await
             }
             Outcome::Refused => {
                 self.count(&authority_name, "refused");
@@ -467,16 +573,30 @@ impl Refresher {
         state: &GatewayState,
         grant_id: &str,
         name: &str,
+        key: &str,
         exchange: &RouteExchange,
         subject_token: &str,
     ) -> Result<Arc<Credential>, GatewayError> {
         let skew = state.config.gateway.refresh_skew.as_secs() as i64;
         if let Some(current) = self.stored(grant_id, name).await? {
-            // Another request got here first.
-            let usable =
-                !current.needs_refresh(now(), skew) || current.stored.refresh_token.is_some();
-            if usable && current.header.is_some() {
+            let usable = |c: &Credential| c.header.is_some() && !c.reauth_required();
+            if usable(&current) && !current.needs_refresh(now(), skew) {
+                // Another request got here first.
                 return Ok(current);
+            }
+            if usable(&current) && current.stored.refresh_token.is_some() {
+                // One this request did not see (a stale cache): renewing it
+                // beats leaving its grant behind for a new one.
+                let renewed = self
+                    .refresh_in_turn(state, grant_id, name, &Need::Expiring, key, Instant::now())
+                    .await;
+                match renewed {
+                    Ok(c) if usable(&c) && c.still_valid(now()) => return Ok(c),
+                    Err(e @ (GatewayError::StoreUnavailable | GatewayError::InvalidToken)) => {
+                        return Err(e)
+                    }
+                    _ => {}
+                }
             }
         }
         let started = Instant::now();
@@ -497,6 +617,69 @@ impl Refresher {
             Ok(r) => r,
             Err(e) => return Err(self.exchange_failed(name, e)),
         };
+        Ok(self.store_exchanged(grant_id, name, response).await)
+    }
+
+    /// Renews a transparent on-behalf-of credential by a new exchange for
+    /// its grant's subject, as the route of the same name says. For when
+    /// no access token of the inbound grant is at hand.
+    async fn exchange_again(
+        &self,
+        state: &GatewayState,
+        grant_id: &str,
+        name: &str,
+    ) -> Result<Arc<Credential>, GatewayError> {
+        let exchange = state
+            .config
+            .routes
+            .iter()
+            .find_map(|route| match &route.access {
+                RouteAccess::Exchange(exchange) if route.name == name => Some(exchange.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                tracing::warn!(
+                    credential = name,
+                    "no exchange route of that name any more; the credential cannot be renewed"
+                );
+                GatewayError::CredentialInvalid(name.to_string())
+            })?;
+        let grant = self
+            .lookup
+            .find_grant_fresh(grant_id)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "store unavailable while exchanging a credential");
+                GatewayError::StoreUnavailable
+            })?
+            .ok_or(GatewayError::InvalidToken)?;
+        let started = Instant::now();
+        let result = self
+            .tokens
+            .exchange_for_grant(
+                &exchange.client,
+                &grant,
+                &exchange.scopes,
+                exchange.audience.as_deref(),
+            )
+            .await;
+        self.metrics
+            .refresh_seconds
+            .with_label_values(&[SELF_AUTHORITY])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(response) => Ok(self.store_exchanged(grant_id, name, response).await),
+            Err(e) => Err(self.exchange_failed(name, e)),
+        }
+    }
+
+    /// Stores the result of a transparent exchange as the credential.
+    async fn store_exchanged(
+        &self,
+        grant_id: &str,
+        name: &str,
+        response: TokenResponse,
+    ) -> Arc<Credential> {
         self.count(SELF_AUTHORITY, "exchanged");
         let stored = StoredCredential {
             access_token: response.access_token,
@@ -508,7 +691,7 @@ impl Refresher {
             reauth_required: None,
         };
         self.store_credential(grant_id, name, &stored).await;
-        Ok(Arc::new(Credential::from_stored(stored)))
+        Arc::new(Credential::obtained(stored))
     }
 
     fn exchange_failed(&self, name: &str, e: OAuthError) -> GatewayError {

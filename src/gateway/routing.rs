@@ -1,7 +1,9 @@
 //! Route matching (SPEC 4.1 step 1): routes whose `host` matches win over
 //! host-less routes; among those the longest `path_prefix` wins. Also the
-//! `strip_prefix` rewrite.
+//! `strip_prefix` rewrite, and the one view of a request path that routing
+//! and the rewrite share.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use pingora::upstreams::peer::HttpPeer;
@@ -72,25 +74,142 @@ fn normalize_host(host: &str) -> String {
     without_port.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// Why a request path cannot be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// A `.` or `..` segment, literal or percent-encoded.
+    DotSegment,
+}
+
+impl PathError {
+    pub fn describe(self) -> &'static str {
+        match self {
+            PathError::DotSegment => "the request path has a `.` or `..` segment",
+        }
+    }
+}
+
+/// The path as routes see it: percent-encoded unreserved characters decoded
+/// (RFC 3986 §6.2.2.2), so `/%70hotos/x` matches `/photos/` here as it does
+/// at any upstream. A path with a dot segment is refused rather than
+/// resolved: `/photos/../admin/x` would be checked against the `/photos/`
+/// route's scopes and then resolved by the upstream to `/admin/x`. What
+/// some upstreams also take for dot segments counts too: `..;param`
+/// (servlet path parameters) and `..` between encoded or back slashes.
+pub fn route_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let normalized = decode_unreserved(path);
+    if has_dot_segment(&normalized) {
+        return Err(PathError::DotSegment);
+    }
+    Ok(normalized)
+}
+
+fn has_dot_segment(path: &str) -> bool {
+    let is_dot = |segment: &str| {
+        let name = segment.split(';').next().unwrap_or(segment);
+        name == "." || name == ".."
+    };
+    if path.split('/').any(is_dot) {
+        return true;
+    }
+    // Only when the path has another separator an upstream might honour.
+    let lower = path.to_ascii_lowercase();
+    if !(lower.contains('\\') || lower.contains("%2f") || lower.contains("%5c")) {
+        return false;
+    }
+    lower
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/")
+        .split('/')
+        .any(is_dot)
+}
+
+/// Decodes `%XX` where it stands for an unreserved character; leaves every
+/// other escape (`%2F`, `%00`, ...) as it is.
+fn decode_unreserved(path: &str) -> Cow<'_, str> {
+    if !path.contains('%') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let escape = &rest[at..];
+        let decoded = escape
+            .get(1..3)
+            .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
+        match decoded {
+            Some(b) => {
+                out.push(b as char);
+                rest = &escape[3..];
+            }
+            None => {
+                out.push('%');
+                rest = &escape[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
 /// The upstream path for `path_and_query` under a route: with
-/// `strip_prefix`, `/photos/x?y` under `/photos/` becomes `/x?y`.
+/// `strip_prefix`, `/photos/x?y` under `/photos/` becomes `/x?y`. The prefix
+/// is removed from the path as routing saw it ([`route_path`]).
 pub fn upstream_path(route: &Route, path_and_query: &str) -> Option<String> {
     if !route.strip_prefix {
         return None;
     }
-    let rest = path_and_query
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let path = route_path(path).unwrap_or(Cow::Borrowed(path));
+    let rest = path
         .strip_prefix(route.path_prefix.as_str())
-        .unwrap_or(path_and_query);
-    Some(if rest.starts_with('/') {
-        rest.to_string()
-    } else {
-        format!("/{rest}")
-    })
+        .unwrap_or(&path);
+    let mut out = String::with_capacity(rest.len() + 1 + query.map_or(0, |q| q.len() + 1));
+    if !rest.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(rest);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_paths() {
+        assert_eq!(route_path("/photos/x").unwrap(), "/photos/x");
+        assert_eq!(route_path("/%70hotos/%7Ex%2Fy").unwrap(), "/photos/~x%2Fy");
+        assert_eq!(route_path("/a%2").unwrap(), "/a%2");
+        assert_eq!(route_path("/a%+1b").unwrap(), "/a%+1b");
+        assert_eq!(route_path("/a%00%25").unwrap(), "/a%00%25");
+        assert_eq!(
+            route_path("/a..b/.x/..."),
+            Ok(Cow::Borrowed("/a..b/.x/..."))
+        );
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/a/..",
+            "/..",
+            "/a/%2e%2E/b",
+            "/a/.%2e",
+            "/a/%2E",
+        ] {
+            assert_eq!(route_path(bad), Err(PathError::DotSegment), "{bad}");
+        }
+    }
 
     #[test]
     fn hosts_are_normalized() {

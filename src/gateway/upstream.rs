@@ -34,10 +34,30 @@ pub fn peer_for(route: &Route, settings: &GatewaySettings) -> Result<HttpPeer, S
             cas.extend(load_cas(file)?);
         }
         if !cas.is_empty() {
+            // pingora's connection pool keys on address, SNI and the verify
+            // flags but not on the trusted CAs: without a group of its own,
+            // a route would reuse a connection that another route's CA
+            // verified, and trust the upstream without trusting its CA.
+            peer.group_key = trust_group(&cas);
             peer.options.ca = Some(Arc::from(cas.into_boxed_slice()));
         }
     }
     Ok(peer)
+}
+
+/// A connection-pool group for a set of trusted CAs: equal sets share
+/// connections, different ones (or none, group 0) never do.
+fn trust_group(cas: &[WrappedX509]) -> u64 {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    for ca in cas {
+        let der = ca.borrow_raw_cert();
+        digest.update(&(der.len() as u64).to_be_bytes());
+        digest.update(der);
+    }
+    let hash = digest.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_ref()[..8]);
+    u64::from_be_bytes(first).max(1)
 }
 
 /// Reads every certificate of a PEM file.

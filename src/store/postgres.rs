@@ -307,7 +307,10 @@ impl Store for PostgresStore {
             return Ok(Rotation::Inactive);
         }
         match consumed_at {
-            Some(at) if now - at < grace => {}
+            // `grace > 0` first: `now` was read before this transaction
+            // waited for the row lock (and on another instance's clock), so
+            // it can be earlier than `at`; with no grace that is a replay.
+            Some(at) if grace > 0 && now - at < grace => {}
             Some(_) => {
                 sqlx::query("UPDATE grants SET revoked = TRUE WHERE id = $1")
                     .bind(&grant_id)

@@ -20,7 +20,11 @@ use crate::config::{JwksSource, TrustedIssuer};
 const JWKS_TTL: Duration = Duration::from_secs(600);
 /// An unknown `kid` triggers a refetch at most this often.
 const REFETCH_MIN: Duration = Duration::from_secs(30);
-/// Clock skew allowed on `exp`.
+/// After a failed fetch, the issuer's keys are not fetched again for this
+/// long: requests meanwhile use the last keys known, or are refused at once
+/// instead of each waiting for its own timeout.
+const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(5);
+/// Clock skew allowed on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 30;
 
 /// Why an id_token was refused. The text goes to the client.
@@ -35,15 +39,20 @@ pub struct VerifiedIdToken {
     pub issuer: String,
 }
 
-struct CachedSet {
-    keys: Arc<JwkSet>,
-    fetched: Instant,
+/// One issuer's keys as last fetched.
+#[derive(Default)]
+struct IssuerKeys {
+    keys: Option<Arc<JwkSet>>,
+    fetched: Option<Instant>,
+    failed: Option<Instant>,
 }
 
 /// Verifies id_tokens, caching each issuer's keys.
 pub struct IdTokenVerifier {
     http: reqwest::Client,
-    cache: Mutex<HashMap<String, CachedSet>>,
+    /// One lock per issuer, held while its keys are fetched: a slow or
+    /// unreachable `jwks_uri` delays only the id_tokens of that issuer.
+    issuers: Mutex<HashMap<String, Arc<Mutex<IssuerKeys>>>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -61,7 +70,7 @@ impl IdTokenVerifier {
     pub fn new(http: reqwest::Client) -> Self {
         IdTokenVerifier {
             http,
-            cache: Mutex::new(HashMap::new()),
+            issuers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -98,6 +107,9 @@ impl IdTokenVerifier {
         validation.set_issuer(&[&trusted.issuer]);
         validation.set_audience(&trusted.audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // Off by default in jsonwebtoken: an id_token that carries `nbf`
+        // must not be accepted before it (RFC 7519 §4.1.5).
+        validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECONDS;
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
@@ -149,25 +161,44 @@ impl IdTokenVerifier {
         trusted: &TrustedIssuer,
         refresh: bool,
     ) -> Result<Arc<JwkSet>, Refused> {
-        let mut cache = self.cache.lock().await;
-        if let Some(cached) = cache.get(&trusted.issuer) {
-            let age = cached.fetched.elapsed();
+        let slot = self
+            .issuers
+            .lock()
+            .await
+            .entry(trusted.issuer.clone())
+            .or_default()
+            .clone();
+        let mut state = slot.lock().await;
+        if let (Some(keys), Some(fetched)) = (&state.keys, state.fetched) {
+            let age = fetched.elapsed();
             if age < JWKS_TTL && (!refresh || age < REFETCH_MIN) {
-                return Ok(cached.keys.clone());
+                return Ok(keys.clone());
             }
         }
-        let keys = Arc::new(self.fetch(&trusted.jwks).await.map_err(|e| {
-            tracing::warn!(issuer = %trusted.issuer, error = %e, "cannot load the issuer's JWKS");
-            Refused("the issuer's keys are unavailable".into())
-        })?);
-        cache.insert(
-            trusted.issuer.clone(),
-            CachedSet {
-                keys: keys.clone(),
-                fetched: Instant::now(),
-            },
-        );
-        Ok(keys)
+        let unavailable = || Refused("the issuer's keys are unavailable".into());
+        if state
+            .failed
+            .is_some_and(|at| at.elapsed() < FAILED_FETCH_BACKOFF)
+        {
+            return state.keys.clone().ok_or_else(unavailable);
+        }
+        match self.fetch(&trusted.jwks).await {
+            Ok(set) => {
+                let keys = Arc::new(set);
+                *state = IssuerKeys {
+                    keys: Some(keys.clone()),
+                    fetched: Some(Instant::now()),
+                    failed: None,
+                };
+                Ok(keys)
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %trusted.issuer, error = %e, "cannot load the issuer's JWKS");
+                state.failed = Some(Instant::now());
+                // Keys that were good a moment ago beat refusing everyone.
+                state.keys.clone().ok_or_else(unavailable)
+            }
+        }
     }
 
     async fn fetch(&self, source: &JwksSource) -> Result<JwkSet, String> {

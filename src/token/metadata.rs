@@ -13,6 +13,7 @@ use crate::config::GrantType;
 pub async fn handle(State(service): State<Arc<TokenService>>) -> Response {
     let config = service.config();
     let issuer = &config.issuer;
+    let base = issuer.trim_end_matches('/');
     let scopes: BTreeSet<&str> = config
         .clients
         .values()
@@ -22,10 +23,10 @@ pub async fn handle(State(service): State<Arc<TokenService>>) -> Response {
     let grant_types: Vec<&str> = GrantType::ALL.iter().map(|g| g.as_str()).collect();
     axum::Json(json!({
         "issuer": issuer,
-        "token_endpoint": format!("{issuer}/oauth2/token"),
-        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
-        "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
-        "mutate_endpoint": format!("{issuer}/oauth2/mutate"),
+        "token_endpoint": format!("{base}/oauth2/token"),
+        "introspection_endpoint": format!("{base}/oauth2/introspect"),
+        "revocation_endpoint": format!("{base}/oauth2/revoke"),
+        "mutate_endpoint": format!("{base}/oauth2/mutate"),
         "grant_types_supported": grant_types,
         "response_types_supported": [],
         "scopes_supported": scopes,

@@ -32,12 +32,26 @@ pub async fn read_body(request: Request<Body>, limit: usize) -> Result<(Parts, B
             )));
         }
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        OAuthError::too_large(format!(
-            "the request body exceeds {limit} bytes or could not be read"
-        ))
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if exceeded_limit(&e) {
+            OAuthError::too_large(format!("the request body exceeds {limit} bytes"))
+        } else {
+            OAuthError::invalid_request("the request body could not be read")
+        }
     })?;
     Ok((parts, bytes))
+}
+
+/// Whether a body error was the size limit (rather than a broken body).
+fn exceeded_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Whether the request's media type is `expected` (parameters ignored).

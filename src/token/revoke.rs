@@ -52,7 +52,7 @@ async fn revoke(service: &TokenService, request: Request<Body>) -> Result<(), OA
         tracing::info!(client = %client.id, "revocation of another client's token ignored");
         return Ok(());
     }
-    let grace = config.tokens.refresh_grace.as_secs() as i64;
+    let grace = super::issue::whole_seconds(config.tokens.refresh_grace);
     if !still_usable(&record, &grant, grace) {
         // Already dead (revoked, expired, or rotated out): RFC 7009 asks for
         // nothing more. In particular a refresh token revoked by a scope

@@ -382,7 +382,10 @@ impl Drop for PgDatabase {
     fn drop(&mut self) {
         let _ = Command::new("psql")
             .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", PG_ADMIN, "-c"])
-            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

@@ -76,8 +76,14 @@ impl OidcAs {
             .expect("mint");
         let body: Value = response.json().await.expect("mint JSON");
         (
-            body["access_token"].as_str().expect("access_token").to_string(),
-            body["refresh_token"].as_str().expect("refresh_token").to_string(),
+            body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_string(),
+            body["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_string(),
             body["expires_in"].as_i64().unwrap_or(60),
         )
     }
@@ -100,7 +106,11 @@ impl OidcAs {
     }
 
     pub async fn reset(&self) {
-        client().post(self.url("/_reset")).send().await.expect("reset");
+        client()
+            .post(self.url("/_reset"))
+            .send()
+            .await
+            .expect("reset");
     }
 
     /// `normal`, `down`, `error500` or `slow` (with `delay_ms`).

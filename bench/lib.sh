@@ -1,0 +1,152 @@
+# Helpers for bench/run: processes, readiness, memory sampling, wrk runs.
+# Sourced, not executed. Expects WORK, CLIENT_CPUS, SERVER_CPUS, PIN to be set.
+
+# PIDs this harness started; cleanup stops exactly these.
+STARTED_PIDS=()
+
+say() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { say "FAILED: $*"; exit 1; }
+
+# Runs a command pinned to the server CPUs (when pinning is on).
+on_server_cpus() {
+    if [[ $PIN == 1 ]]; then taskset -c "$SERVER_CPUS" "$@"; else "$@"; fi
+}
+
+# Runs a command pinned to the load generator's CPUs (when pinning is on).
+on_client_cpus() {
+    if [[ $PIN == 1 ]]; then taskset -c "$CLIENT_CPUS" "$@"; else "$@"; fi
+}
+
+# Starts a server in the background; stdout+stderr go to $WORK/<name>.log.
+# Sets SERVER_PID (taskset execs, so it is the server's own PID).
+start_server() {
+    local name=$1
+    shift
+    # Not through on_server_cpus: a backgrounded function is a subshell, and
+    # $! would be that subshell's PID instead of the server's.
+    if [[ $PIN == 1 ]]; then
+        taskset -c "$SERVER_CPUS" "$@" >>"$WORK/$name.log" 2>&1 &
+    else
+        "$@" >>"$WORK/$name.log" 2>&1 &
+    fi
+    SERVER_PID=$!
+    STARTED_PIDS+=("$SERVER_PID")
+}
+
+# Stops one server we started: SIGTERM, then SIGKILL after 15 s.
+stop_server() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local pid
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null && stop_server "$pid"
+    done
+}
+
+port_is_free() {
+    [[ -z $(ss -Hltn "sport = :$1" 2>/dev/null) ]]
+}
+
+# Waits until `url` answers (any HTTP status) or the process dies.
+wait_http() {
+    local url=$1 pid=$2 name=$3 i
+    for ((i = 0; i < 300; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -20 "$WORK/$name.log" >&2
+            die "$name exited during start (log: $WORK/$name.log)"
+        fi
+        if curl -s -o /dev/null --max-time 1 "$url"; then return 0; fi
+        sleep 0.1
+    done
+    die "$name did not answer $url within 30 s (log: $WORK/$name.log)"
+}
+
+# Current resident set size of a process, in kB.
+rss_kb() {
+    local key value _
+    while read -r key value _; do
+        if [[ $key == VmRSS: ]]; then
+            echo "$value"
+            return
+        fi
+    done <"/proc/$1/status"
+    echo 0
+}
+
+# Peak resident set size over the process's life (VmHWM), in kB.
+hwm_kb() {
+    awk '/^VmHWM:/ {print $2}' "/proc/$1/status"
+}
+
+# Samples VmRSS of a process every 0.2 s and keeps the maximum in $2.
+# Run it in the background and kill it when the measurement ends.
+sample_rss() {
+    local pid=$1 out=$2 max=0 now
+    echo 0 >"$out"
+    while kill -0 "$pid" 2>/dev/null; do
+        now=$(rss_kb "$pid")
+        if ((now > max)); then
+            max=$now
+            echo "$max" >"$out"
+        fi
+        sleep 0.2
+    done
+}
+
+# Runs wrk once against `url` and appends one row to $RESULTS:
+#   scenario conns round rps p50_us p99_us peak_rss_kb errors
+# usage: measure SCENARIO CONNS ROUND SERVER_PID URL LUA_SCRIPT [wrk args...]
+measure() {
+    local scenario=$1 conns=$2 round=$3 pid=$4 url=$5 script=$6
+    shift 6
+    local out="$WORK/wrk-$scenario-c$conns-r$round.txt"
+    local rss_file="$WORK/rss-$scenario-c$conns-r$round"
+    # The sampler runs beside wrk, off the servers' CPU.
+    local sampler_script
+    sampler_script="$(declare -f rss_kb sample_rss); sample_rss $pid $rss_file"
+    if [[ $PIN == 1 ]]; then
+        taskset -c "$CLIENT_CPUS" bash -c "$sampler_script" &
+    else
+        bash -c "$sampler_script" &
+    fi
+    local sampler=$!
+    on_client_cpus wrk -t1 -c"$conns" -d"${BENCH_SECONDS}s" --latency \
+        -s "$script" "$@" "$url" >"$out" 2>&1 || true
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    local line
+    line=$(grep '^BENCH_RESULT ' "$out") || {
+        cat "$out" >&2
+        die "wrk printed no result for $scenario (see $out)"
+    }
+    local requests duration_us p50_us p99_us connect read write timeout status
+    eval "$(sed 's/^BENCH_RESULT //; s/ /;/g' <<<"$line")"
+    local errors=$((connect + read + write + timeout + status))
+    local rps
+    rps=$(awk -v r="$requests" -v d="$duration_us" 'BEGIN {printf "%.0f", (d > 0 ? r / (d / 1e6) : 0)}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$conns" "$round" "$rps" \
+        "$p50_us" "$p99_us" "$(cat "$rss_file")" "$errors" >>"$RESULTS"
+    say "$(printf '%-16s c=%-3s round %s: %8s req/s  p50 %7.0f us  p99 %7.0f us  errors %s' \
+        "$scenario" "$conns" "$round" "$rps" "$p50_us" "$p99_us" "$errors")"
+}
+
+# The value of one Prometheus counter line (0 when absent).
+metric() {
+    local url=$1 pattern=$2
+    curl -s "$url" | awk -v p="$pattern" 'index($0, p) == 1 {v = $NF} END {print v + 0}'
+}
+
+# A field of the bench upstream's /_stats JSON (0 when absent).
+upstream_stat() {
+    curl -s "http://127.0.0.1:$UPSTREAM_PORT/_stats" |
+        sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p" | awk '{print $1 + 0} END {if (NR == 0) print 0}'
+}

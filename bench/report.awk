@@ -1,0 +1,105 @@
+# Turns bench/run's measurements into Markdown tables (POSIX awk; Debian's
+# default mawk has no asort, so medians sort by hand).
+#
+# Input rows (tab-separated): scenario conns round rps p50_us p99_us rss_kb errors
+# Medians over rounds; peak RSS is the maximum over rounds. Ratios are taken
+# within each round first (A and B measured minutes apart drift together),
+# then the median of those per-round ratios is shown.
+
+BEGIN { FS = "\t" }
+
+{
+    s = $1; c = $2; r = $3
+    key = s SUBSEP c
+    if (!(key in n)) n[key] = 0
+    n[key]++
+    rps[key, n[key]] = $4
+    p50[key, n[key]] = $5
+    p99[key, n[key]] = $6
+    if ($7 + 0 > rss[key] + 0) rss[key] = $7
+    errors[key] += $8
+    by_round[s, c, r] = $4
+    if (!(c in seen_conns)) { seen_conns[c] = 1; conns_list[++nconns] = c }
+    if (!(r in seen_round)) { seen_round[r] = 1; rounds[++nrounds] = r }
+}
+
+function median(values, count,    i, j, t, sorted) {
+    for (i = 1; i <= count; i++) sorted[i] = values[i] + 0
+    for (i = 2; i <= count; i++) {
+        t = sorted[i]
+        for (j = i - 1; j >= 1 && sorted[j] > t; j--) sorted[j + 1] = sorted[j]
+        sorted[j + 1] = t
+    }
+    if (count == 0) return 0
+    if (count % 2) return sorted[(count + 1) / 2]
+    return (sorted[count / 2] + sorted[count / 2 + 1]) / 2
+}
+
+function column(table, key, count,    i, out) {
+    for (i = 1; i <= count; i++) out[i] = table[key, i]
+    return median(out, count)
+}
+
+function ms(us) { return sprintf("%.2f ms", us / 1000) }
+function mb(kb) { return kb > 0 ? sprintf("%.1f MB", kb / 1024) : "-" }
+
+function spread(key, count,    i, lo, hi, v) {
+    lo = ""; hi = ""
+    for (i = 1; i <= count; i++) {
+        v = rps[key, i] + 0
+        if (lo == "" || v < lo) lo = v
+        if (hi == "" || v > hi) hi = v
+    }
+    return count > 1 ? sprintf("%d–%d", lo, hi) : "-"
+}
+
+# Median over rounds of a/b measured in the same round; "-" when missing.
+function ratio(a, b, c,    i, k, r, vals) {
+    k = 0
+    for (i = 1; i <= nrounds; i++) {
+        r = rounds[i]
+        if (((a, c, r) in by_round) && ((b, c, r) in by_round) && by_round[b, c, r] > 0)
+            vals[++k] = by_round[a, c, r] / by_round[b, c, r]
+    }
+    return k ? sprintf("%.2f", median(vals, k)) : "-"
+}
+
+function table(title, wanted,    names, nnames, i, j, key, count) {
+    printed = 0
+    nnames = split(wanted, names, " ")
+    for (i = 1; i <= nnames; i++) {
+        for (j = 1; j <= nconns; j++) {
+            key = names[i] SUBSEP conns_list[j]
+            if (!(key in n)) continue
+            if (!printed) {
+                print "### " title
+                print ""
+                print "| scenario | conns | req/s (median) | req/s range | p50 | p99 | peak RSS | errors |"
+                print "|---|---:|---:|---:|---:|---:|---:|---:|"
+                printed = 1
+            }
+            count = n[key]
+            printf "| %s | %s | %d | %s | %s | %s | %s | %d |\n", names[i], conns_list[j],
+                column(rps, key, count), spread(key, count), ms(column(p50, key, count)),
+                ms(column(p99, key, count)), mb(rss[key]), errors[key]
+        }
+    }
+    if (printed) print ""
+}
+
+END {
+    table("Proxy paths", "direct nginx refgate-hot refgate-cold")
+    table("Token endpoint", "token-issue token-introspect")
+    print "### Ratios (req/s, median of per-round ratios)"
+    print ""
+    print "| conns | refgate-hot / nginx | refgate-hot / direct | nginx / direct | refgate-cold / refgate-hot |"
+    print "|---:|---:|---:|---:|---:|"
+    for (i = 1; i <= nconns; i++) {
+        c = conns_list[i]
+        if (!(("refgate-hot", c) in n)) continue
+        printf "| %s | %s | %s | %s | %s |\n", c, ratio("refgate-hot", "nginx", c),
+            ratio("refgate-hot", "direct", c), ratio("nginx", "direct", c),
+            ratio("refgate-cold", "refgate-hot", c)
+    }
+    print ""
+}

@@ -1,0 +1,251 @@
+//! The benchmark harness (`bench/`) is code too: its scripts must parse, its
+//! wrk scripts compile, its report must render, and the bench upstream must
+//! behave as the harness's checks assume. No benchmark runs here (a
+//! benchmark is never a timed assertion in a test); these checks take well
+//! under a second.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+// The bench upstream is an example; compiled into this test as well, so
+// `cargo test --test bench_scripts` proves it builds and can run it
+// in-process on an ephemeral port.
+#[allow(dead_code)]
+#[path = "../examples/bench_upstream.rs"]
+mod bench_upstream;
+
+fn bench_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("bench")
+}
+
+/// Files under `bench/` (recursively) for which `keep` says yes.
+fn bench_files(keep: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![bench_dir()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("bench/ is readable") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if keep(&path) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn is_shell_script(path: &Path) -> bool {
+    if path.extension().is_some_and(|e| e == "sh") {
+        return true;
+    }
+    std::fs::read_to_string(path)
+        .map(|text| {
+            let first = text.lines().next().unwrap_or_default();
+            first.starts_with("#!") && first.contains("bash")
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn every_bench_shell_script_parses() {
+    let scripts = bench_files(&is_shell_script);
+    let run = bench_dir().join("run");
+    assert!(scripts.contains(&run), "bench/run is missing: {scripts:?}");
+    for script in &scripts {
+        let output = Command::new("bash")
+            .arg("-n")
+            .arg(script)
+            .output()
+            .expect("bash runs");
+        assert!(
+            output.status.success(),
+            "`bash -n {}` failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn bench_run_is_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(bench_dir().join("run"))
+        .expect("bench/run exists")
+        .permissions()
+        .mode();
+    assert!(mode & 0o111 != 0, "bench/run is not executable");
+}
+
+/// A Lua compiler that only checks syntax: LuaJIT (what wrk embeds) first.
+fn lua_checker() -> Option<(&'static str, Vec<&'static str>)> {
+    let candidates: [(&str, &[&str]); 5] = [
+        ("luajit", &["-b"]),
+        ("luac5.1", &["-p"]),
+        ("luac", &["-p"]),
+        ("luac5.4", &["-p"]),
+        ("luac5.3", &["-p"]),
+    ];
+    candidates.into_iter().find_map(|(program, args)| {
+        let present = Command::new(program)
+            .arg("-v")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        present.then(|| (program, args.to_vec()))
+    })
+}
+
+#[test]
+fn bench_lua_scripts_compile() {
+    let scripts = bench_files(&|p: &Path| p.extension().is_some_and(|e| e == "lua"));
+    assert!(!scripts.is_empty(), "no wrk Lua scripts under bench/");
+    let Some((program, args)) = lua_checker() else {
+        eprintln!(
+            "SKIPPED: no luajit or luac on PATH; {} Lua scripts not syntax-checked \
+             (apt-get install luajit)",
+            scripts.len()
+        );
+        return;
+    };
+    for script in &scripts {
+        let mut command = Command::new(program);
+        command.args(&args).arg(script);
+        if program == "luajit" {
+            // `luajit -b in out` compiles to bytecode; only success matters.
+            command.arg("/dev/null");
+        }
+        let output = command.output().expect("the Lua compiler runs");
+        assert!(
+            output.status.success(),
+            "{program} rejects {}:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn bench_report_renders_medians_and_per_round_ratios() {
+    let rows = [
+        "direct\t16\t1\t100000\t150\t400\t5000\t0",
+        "nginx\t16\t1\t40000\t400\t900\t4000\t0",
+        "refgate-hot\t16\t1\t30000\t500\t1200\t30000\t0",
+        "refgate-cold\t16\t1\t6000\t2500\t6000\t40000\t0",
+        // Round 2 runs on a machine half as fast: ratios stay put.
+        "direct\t16\t2\t50000\t300\t800\t5000\t0",
+        "nginx\t16\t2\t20000\t800\t1800\t4000\t0",
+        "refgate-hot\t16\t2\t15000\t1000\t2400\t31000\t0",
+        "refgate-cold\t16\t2\t3000\t5000\t12000\t40000\t2",
+    ];
+    let input = std::env::temp_dir().join(format!("bench-report-{}.tsv", std::process::id()));
+    std::fs::write(&input, rows.join("\n") + "\n").expect("write the sample");
+    let output = Command::new("awk")
+        .arg("-f")
+        .arg(bench_dir().join("report.awk"))
+        .arg(&input)
+        .output()
+        .expect("awk runs");
+    let _ = std::fs::remove_file(&input);
+    assert!(output.status.success());
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        report.contains("| refgate-hot | 16 | 22500 | 15000–30000 | 0.75 ms | 1.80 ms | 30.3 MB | 0 |"),
+        "{report}"
+    );
+    assert!(report.contains("| refgate-cold | 16 | 4500 |"), "{report}");
+    assert!(report.contains("| 16 | 0.75 | 0.30 | 0.40 | 0.20 |"), "{report}");
+}
+
+/// Runs the bench upstream on an ephemeral port; returns its base URL.
+async fn start_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an ephemeral port");
+    let address = listener.local_addr().expect("local address");
+    tokio::spawn(bench_upstream::serve(listener));
+    format!("http://{address}")
+}
+
+async fn stats(http: &reqwest::Client, base: &str) -> serde_json::Value {
+    http.get(format!("{base}/_stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats JSON")
+}
+
+#[tokio::test]
+async fn bench_upstream_tells_a_swapped_header_from_a_leaked_token() {
+    let base = start_upstream().await;
+    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+
+    let swapped = http
+        .get(format!("{base}/api/bench"))
+        .header("authorization", "Bearer down-hot-0")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(swapped.status(), 200);
+    assert_eq!(swapped.text().await.expect("body"), "hello, bench\n");
+
+    // A leaked reference token is refused with 403, never 401 (which would
+    // make refgate refresh and replay).
+    let leaked = http
+        .get(format!("{base}/api/bench"))
+        .header("authorization", "Bearer rgat_abc")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(leaked.status(), 403);
+
+    let echo = http
+        .get(format!("{base}/api/_echo"))
+        .header("authorization", "Bearer down-hot-0")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(echo.text().await.expect("body"), "Bearer down-hot-0");
+
+    let seen = stats(&http, &base).await;
+    assert_eq!(seen["requests"], 3, "{seen}");
+    assert_eq!(seen["leaked_reference"], 1, "{seen}");
+    assert_eq!(seen["downstream"], 2, "{seen}");
+}
+
+#[tokio::test]
+async fn bench_authority_rotates_refresh_tokens_and_counts_replays() {
+    let base = start_upstream().await;
+    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+    let refresh = || {
+        http.post(format!("{base}/token"))
+            .basic_auth("gateway", Some("bench-as-secret"))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", "rt-1")])
+            .send()
+    };
+
+    let first = refresh().await.expect("refresh");
+    assert_eq!(first.status(), 200);
+    let body: serde_json::Value = first.json().await.expect("token JSON");
+    assert_eq!(body["token_type"], "Bearer");
+    assert!(body["access_token"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(body["refresh_token"].as_str().is_some_and(|t| t != "rt-1"));
+
+    let replay = refresh().await.expect("refresh");
+    assert_eq!(replay.status(), 400);
+    let body: serde_json::Value = replay.json().await.expect("error JSON");
+    assert_eq!(body["error"], "invalid_grant");
+
+    let seen = stats(&http, &base).await;
+    assert_eq!(seen["refreshes"], 1, "{seen}");
+    assert_eq!(seen["replays"], 1, "{seen}");
+
+    http.post(format!("{base}/_reset"))
+        .send()
+        .await
+        .expect("reset");
+    let seen = stats(&http, &base).await;
+    assert_eq!(seen["refreshes"], 0, "{seen}");
+}

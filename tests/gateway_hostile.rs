@@ -1,0 +1,847 @@
+//! Hostile input at the gateway, end to end: oversized and repeated
+//! Authorization headers, garbage tokens, header injection through stored
+//! credentials, and raw-socket requests with bytes no HTTP client would send.
+//!
+//! Every case must be answered with a 4xx — never a 5xx, never a hang, never
+//! a dropped connection without a status line — must not reach the upstream
+//! with anything it should not see, and the proxy must keep serving
+//! afterwards with no panic in its log.
+
+mod common;
+
+use std::time::Duration;
+
+use common::upstream::Upstream;
+use common::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Per-request budget over raw sockets.
+const TIMEOUT: Duration = Duration::from_secs(10);
+const KIB: usize = 1024;
+
+const AUTHORITY: &str = r#"[[authorities]]
+name = "photos-as"
+token_endpoint = "http://127.0.0.1:9/token"
+client_id = "gateway"
+client_secret = "unused"
+"#;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// refgate with `/photos/` (protected, credential `photos`) and `/open/`
+/// (public), both to `upstream`.
+fn start(upstream: &Upstream) -> Refgate {
+    let url = upstream.url();
+    Refgate::start_with(Options {
+        extra: format!(
+            r#"{AUTHORITY}
+[[routes]]
+name = "photos"
+path_prefix = "/photos/"
+upstream = "{url}"
+required_scopes = ["photos.read"]
+credential = "photos"
+
+[[routes]]
+name = "open"
+path_prefix = "/open/"
+upstream = "{url}"
+auth = "none"
+"#
+        ),
+        ..Options::default()
+    })
+}
+
+fn credential(access_token: &str, token_type: &str) -> Value {
+    json!({
+        "access_token": access_token,
+        "token_type": token_type,
+        "expires_at": unix_now() + 3600,
+        "authority": "photos-as",
+    })
+}
+
+async fn app_token(server: &Refgate) -> String {
+    str_of(&server.client_token("app", None).await, "access_token").to_string()
+}
+
+async fn store_photos(server: &Refgate, token: &str, credential: Value) {
+    let (status, body) = server
+        .mutate(&json!({"token": token, "patch": {"credentials": {"photos": credential}}}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "mutate failed: {body}");
+}
+
+/// An `app` token with the working credential `down-abc`.
+async fn good_token(server: &Refgate) -> String {
+    let token = app_token(server).await;
+    store_photos(server, &token, credential("down-abc", "Bearer")).await;
+    token
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The proxy still answers a normal request normally.
+async fn assert_still_serving(server: &Refgate, token: &str, upstream: &Upstream) {
+    upstream.clear();
+    let response = http()
+        .get(format!("{}/photos/after", server.proxy))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("the proxy still accepts requests");
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header("authorization").as_deref(),
+        Some("Bearer down-abc")
+    );
+    upstream.clear();
+}
+
+fn assert_no_panic(server: &Refgate) {
+    let log = server.log();
+    assert!(!log.contains("panicked"), "refgate logged a panic:\n{log}");
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1.1
+// ---------------------------------------------------------------------------
+
+/// A parsed answer.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses one complete response from `buf`, or `None` when more is needed
+/// (`eof`: the peer closed, so a body without a length ends here).
+fn parse_reply(buf: &[u8], eof: bool) -> Option<Reply> {
+    parse_reply_len(buf, eof).map(|(reply, _)| reply)
+}
+
+/// As [`parse_reply`], also returning how many bytes the response took.
+fn parse_reply_len(buf: &[u8], eof: bool) -> Option<(Reply, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &buf[end + 4..];
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = match (length, chunked) {
+        (_, true) => {
+            // Enough for error bodies: wait for the terminating chunk.
+            match rest.windows(5).position(|w| w == b"0\r\n\r\n") {
+                Some(at) => rest[..at + 5].to_vec(),
+                None if eof => rest.to_vec(),
+                None => return None,
+            }
+        }
+        (Some(n), false) if rest.len() >= n => rest[..n].to_vec(),
+        (Some(_), false) => return None,
+        (None, false) if eof => rest.to_vec(),
+        (None, false) => return None,
+    };
+    let used = end + 4 + body.len();
+    Some((
+        Reply {
+            status,
+            headers,
+            body,
+        },
+        used,
+    ))
+}
+
+/// Sends `bytes` on a fresh connection and reads one answer. `Err` says
+/// what went wrong (no answer, closed without a status line, ...).
+async fn send_raw(port: u16, bytes: &[u8]) -> Result<Reply, String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    // The server may answer and close before reading everything we send
+    // (an oversized head): a write error is not the verdict, the answer is.
+    let _ = tokio::time::timeout(TIMEOUT, stream.write_all(bytes)).await;
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => {
+                return parse_reply(&buf, false).ok_or_else(|| {
+                    format!(
+                        "no complete answer within {TIMEOUT:?}; got {:?}",
+                        String::from_utf8_lossy(&buf)
+                    )
+                })
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return parse_reply(&buf, true).ok_or_else(|| {
+                    format!(
+                        "connection closed without a complete answer; got {:?}",
+                        String::from_utf8_lossy(&buf)
+                    )
+                })
+            }
+            Ok(Ok(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(reply) = parse_reply(&buf, false) {
+                    return Ok(reply);
+                }
+            }
+        }
+    }
+}
+
+/// `GET <path>` with the given extra header lines (each without CRLF), and
+/// `Connection: close`.
+fn raw_get(path: &str, lines: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n").into_bytes();
+    for line in lines {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out
+}
+
+/// A case's verdict: `Ok` or what was wrong.
+fn judge(reply: &Result<Reply, String>) -> Result<u16, String> {
+    let reply = reply.as_ref().map_err(Clone::clone)?;
+    if !(400..500).contains(&reply.status) {
+        return Err(format!(
+            "status {} ({})",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        ));
+    }
+    Ok(reply.status)
+}
+
+// ---------------------------------------------------------------------------
+// Authorization headers and tokens
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn oversized_and_repeated_authorization_headers_are_4xx() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream);
+    let token = good_token(&server).await;
+
+    let huge = format!("Bearer rgat_{}", "A".repeat(64 * KIB));
+    let response = http()
+        .get(format!("{}/photos/x", server.proxy))
+        .header("authorization", &huge)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    assert!(status.is_client_error(), "64 KiB Authorization: {status}");
+    let body = response.bytes().await.expect("body");
+    assert!(
+        !contains(&body, b"AAAAAAAAAAAAAAAA"),
+        "the oversized token was echoed"
+    );
+
+    // Repeated, in every combination: valid twice, valid + garbage,
+    // valid + another scheme, and many copies.
+    let bearer = format!("Bearer {token}");
+    let combos: Vec<Vec<&str>> = vec![
+        vec![&bearer, &bearer],
+        vec![&bearer, "Bearer rgat_other"],
+        vec!["Basic dXNlcjpwYXNz", &bearer],
+        vec![&bearer; 50],
+    ];
+    for values in &combos {
+        let mut request = http().get(format!("{}/photos/x", server.proxy));
+        for value in values {
+            request = request.header("authorization", *value);
+        }
+        let response = request.send().await.expect("request");
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{} Authorization headers",
+            values.len()
+        );
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(body["error"], "invalid_request");
+    }
+    assert!(upstream.requests().is_empty());
+    assert_still_serving(&server, &token, &upstream).await;
+    assert_no_panic(&server);
+}
+
+#[tokio::test]
+async fn garbage_bearer_tokens_are_4xx_and_never_forwarded() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream);
+    let token = good_token(&server).await;
+
+    // A real refresh token of a grant that holds the credential.
+    let (status, minted) = server
+        .token(
+            "minter",
+            &[
+                ("grant_type", "arbitrary_token"),
+                ("subject", "alice"),
+                ("issuer", "https://idp.example.com"),
+                ("scope", "photos.read offline_access"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{minted}");
+    store_photos(
+        &server,
+        str_of(&minted, "access_token"),
+        credential("down-abc", "Bearer"),
+    )
+    .await;
+    let refresh = str_of(&minted, "refresh_token").to_string();
+    assert!(refresh.starts_with("rgrt_"));
+
+    let random_shape = format!("rgat_{}", "Qx7-_".repeat(9)); // 45 chars, plausible
+    let ten_kb = format!("rgat_{}", "b".repeat(10 * KIB));
+    let cases: Vec<(String, u16, &str)> = vec![
+        (format!("Bearer {refresh}"), 401, "invalid_token"),
+        (format!("Bearer {random_shape}"), 401, "invalid_token"),
+        (format!("Bearer {ten_kb}"), 400, "invalid_request"),
+        ("Bearer rgat_abc$def".into(), 400, "invalid_request"),
+        ("Bearer rgat_a,b".into(), 400, "invalid_request"),
+        ("Bearer rgat_\"quoted\"".into(), 400, "invalid_request"),
+        ("Bearer rgat_x=y".into(), 400, "invalid_request"),
+        ("Bearer =====".into(), 400, "invalid_request"),
+        ("Bearer rgat_tab\there".into(), 400, "invalid_request"),
+        (format!("Bearer {token} trailing"), 400, "invalid_request"),
+        ("Bearer rgat_caf\u{e9}".into(), 400, "invalid_request"),
+    ];
+    for (value, status, error) in &cases {
+        let header = reqwest::header::HeaderValue::from_bytes(value.as_bytes())
+            .unwrap_or_else(|_| panic!("{value:?} is sendable"));
+        let response = http()
+            .get(format!("{}/photos/x", server.proxy))
+            .header("authorization", header)
+            .send()
+            .await
+            .expect("request");
+        let short: String = value.chars().take(40).collect();
+        assert_eq!(response.status().as_u16(), *status, "{short}");
+        let body = response.bytes().await.expect("body");
+        let body: Value = serde_json::from_slice(&body).expect("JSON error");
+        assert_eq!(body["error"], *error, "{short}");
+        assert!(body["error_description"].is_string());
+        assert!(
+            !body
+                .to_string()
+                .contains(value.trim_start_matches("Bearer ")),
+            "{short}: the token is echoed in {body}"
+        );
+    }
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    assert_still_serving(&server, &token, &upstream).await;
+    assert_no_panic(&server);
+}
+
+#[tokio::test]
+async fn stored_credentials_cannot_inject_headers_upstream() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream);
+    let good = good_token(&server).await;
+
+    let evil: Vec<(&str, Value)> = vec![
+        (
+            "CRLF in access_token",
+            credential("abc\r\nX-Injected: 1", "Bearer"),
+        ),
+        (
+            "LF in access_token",
+            credential("abc\nX-Injected: 1", "Bearer"),
+        ),
+        (
+            "CRLF CRLF in access_token (request splitting)",
+            credential(
+                "abc\r\n\r\nGET /photos/smuggled HTTP/1.1\r\nX-Injected: 1\r\n\r\n",
+                "Bearer",
+            ),
+        ),
+        (
+            "CRLF in token_type",
+            credential("abc", "Bearer\r\nX-Injected: 1"),
+        ),
+        ("space in token_type", credential("abc", "Bear er")),
+        (
+            "space in access_token",
+            credential("abc X-Injected: 1", "Bearer"),
+        ),
+        ("NUL in access_token", credential("abc\u{0}def", "Bearer")),
+        (
+            "non-ASCII access_token",
+            credential("t\u{f6}k\u{e9}n", "Bearer"),
+        ),
+        ("empty access_token", credential("", "Bearer")),
+        ("empty token_type", credential("abc", "")),
+    ];
+    for (case, stored) in &evil {
+        let token = app_token(&server).await;
+        store_photos(&server, &token, stored.clone()).await;
+        let response = http()
+            .get(format!("{}/photos/x", server.proxy))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap_or("").to_string());
+        let text = response.text().await.expect("body");
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{case}: {text}");
+        let body: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(body["error"], "credential_invalid", "{case}");
+        assert_eq!(body["credential"], "photos", "{case}");
+        assert!(
+            challenge.is_some_and(|c| c.contains("error=\"invalid_token\"")),
+            "{case}"
+        );
+        assert!(!text.contains("X-Injected"), "{case}: echoed in {text}");
+    }
+    let seen = upstream.requests();
+    assert!(
+        seen.is_empty(),
+        "the upstream received requests with bad credentials: {seen:?}"
+    );
+    assert_still_serving(&server, &good, &upstream).await;
+    for request in upstream.requests() {
+        assert!(request.header("x-injected").is_none());
+    }
+    assert_no_panic(&server);
+}
+
+// ---------------------------------------------------------------------------
+// Raw bytes
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn raw_requests_with_invalid_bytes_are_4xx_and_the_proxy_keeps_serving() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream);
+    let token = good_token(&server).await;
+    let auth = format!("Authorization: Bearer {token}");
+    let auth = auth.as_bytes();
+    let port = server.proxy_port;
+
+    let many_headers: Vec<Vec<u8>> = (0..300)
+        .map(|i| format!("X-Filler-{i}: {i}").into_bytes())
+        .collect();
+    let many_refs: Vec<&[u8]> = many_headers.iter().map(Vec::as_slice).collect();
+    let huge_value = format!("X-Huge: {}", "h".repeat(2 * 1024 * KIB));
+
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        // Header names.
+        ("space in a header name", raw_get("/photos/x", &[auth, b"X Bad: 1"])),
+        ("space before the colon", raw_get("/photos/x", &[b"Authorization : Bearer x"])),
+        ("control byte in a header name", raw_get("/photos/x", &[auth, b"X-Bad\x01: 1"])),
+        ("NUL in a header name", raw_get("/photos/x", &[auth, b"X-B\x00d: 1"])),
+        ("non-ASCII header name", raw_get("/photos/x", &[auth, b"X-\xff\xfe: 1"])),
+        ("empty header name", raw_get("/photos/x", &[auth, b": value"])),
+        ("header line without a colon", raw_get("/photos/x", &[auth, b"NoColonHere"])),
+        ("separator in a header name", raw_get("/photos/x", &[auth, b"X(bad): 1"])),
+        // Header values.
+        ("NUL in a header value", raw_get("/photos/x", &[auth, b"X-Val: a\x00b"])),
+        ("bare CR in a header value", raw_get("/photos/x", &[auth, b"X-Val: a\rb"])),
+        ("control byte in a header value", raw_get("/photos/x", &[auth, b"X-Val: a\x01b"])),
+        ("NUL in the Authorization value", raw_get("/photos/x", &[b"Authorization: Bearer rgat_a\x00b"])),
+        ("obs-text in the Authorization value", raw_get("/photos/x", &[b"Authorization: Bearer rgat_\xff\xfe"])),
+        ("bare CR in the Authorization value", raw_get("/photos/x", &[b"Authorization: Bearer rgat_a\rX-Injected: 1"])),
+        ("folded Authorization", raw_get("/photos/x", &[b"Authorization: Bearer", b" rgat_folded"])),
+        ("obs-fold continuation", raw_get("/photos/x", &[auth, b"X-Folded: a", b" b"])),
+        // Framing.
+        ("two different Content-Lengths", format!("POST /photos/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Length: 3\r\nContent-Length: 30\r\nConnection: close\r\n\r\nabc").into_bytes()),
+        ("non-numeric Content-Length", format!("POST /photos/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Length: 1x\r\nConnection: close\r\n\r\nabc").into_bytes()),
+        ("negative Content-Length", format!("POST /photos/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Length: -1\r\nConnection: close\r\n\r\n").into_bytes()),
+        ("unknown Transfer-Encoding", format!("POST /photos/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\nabc").into_bytes()),
+        ("bad chunk size", format!("POST /photos/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nabc\r\n0\r\n\r\n").into_bytes()),
+        // Request line.
+        // (At least 24 bytes: see `short_http1_request_is_answered`.)
+        ("garbage request line", b"\x00\x01\x02\x03 garbage garbage garbage\r\n\r\n".to_vec()),
+        ("unknown HTTP version", format!("GET /photos/x HTTP/7.3\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").into_bytes()),
+        ("lowercase method and version", b"get /photos/x http/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".to_vec()),
+        // Hosts.
+        ("two Host headers", format!("GET /photos/x HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: api.example.com\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").into_bytes()),
+        ("space inside Host", format!("GET /photos/x HTTP/1.1\r\nHost: api example.com\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").into_bytes()),
+        ("slash inside Host", format!("GET /photos/x HTTP/1.1\r\nHost: api.example.com/evil\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").into_bytes()),
+        ("non-numeric port in Host", format!("GET /photos/x HTTP/1.1\r\nHost: api.example.com:http\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").into_bytes()),
+        ("userinfo in Host", format!("GET /photos/x HTTP/1.1\r\nHost: user@api.example.com\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").into_bytes()),
+        ("HTTP/1.1 without Host", format!("GET /photos/x HTTP/1.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").into_bytes()),
+        ("absolute-form target disagreeing with Host", format!("GET http://api.example.com/photos/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").into_bytes()),
+        // Sizes.
+        ("300 header lines", raw_get("/photos/x", &many_refs)),
+        ("2 MiB header value", raw_get("/photos/x", &[huge_value.as_bytes()])),
+    ];
+    // The public route must not forward what the protected one rejects.
+    cases.push((
+        "public route: NUL in a header value",
+        raw_get("/open/x", &[b"X-Val: a\x00b"]),
+    ));
+    cases.push((
+        "public route: bare CR with an injected header",
+        raw_get("/open/x", &[b"X-Val: a\rX-Injected: 1"]),
+    ));
+
+    let mut failures = Vec::new();
+    let mut report = String::new();
+    for (name, bytes) in &cases {
+        let reply = send_raw(port, bytes).await;
+        match judge(&reply) {
+            Ok(status) => {
+                report.push_str(&format!("  {status} {name}\n"));
+            }
+            Err(why) => failures.push(format!("{name}: {why}")),
+        }
+    }
+    eprintln!("answers:\n{report}");
+    assert!(
+        failures.is_empty(),
+        "cases not answered with a 4xx:\n  {}",
+        failures.join("\n  ")
+    );
+    for request in upstream.requests() {
+        assert!(
+            request.header("x-injected").is_none(),
+            "an injected header reached the upstream: {request:?}"
+        );
+        assert!(
+            !request.path.contains("smuggled"),
+            "a smuggled request reached the upstream: {request:?}"
+        );
+    }
+    assert_still_serving(&server, &token, &upstream).await;
+    assert_no_panic(&server);
+}
+
+#[tokio::test]
+async fn a_connection_sending_garbage_after_a_good_request_does_not_disturb_others() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream);
+    let token = good_token(&server).await;
+
+    // A keep-alive connection: one good request, then garbage.
+    let mut stream = TcpStream::connect(("127.0.0.1", server.proxy_port))
+        .await
+        .expect("connect");
+    let good = format!(
+        "GET /photos/ok HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(good.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let reply = loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(TIMEOUT, stream.read(&mut chunk))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before answering");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(reply) = parse_reply(&buf, false) {
+            break reply;
+        }
+    };
+    assert_eq!(reply.status, 200);
+    assert!(reply.header("x-request-id").is_some());
+    stream
+        .write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n")
+        .await
+        .expect("write garbage");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut rest)).await;
+    if let Some(reply) = parse_reply(&rest, true) {
+        assert!(
+            (400..500).contains(&reply.status),
+            "garbage on a kept-alive connection: {}",
+            reply.status
+        );
+    }
+
+    // Half a request, then silence, on another connection: others are
+    // served meanwhile.
+    let mut stalled = TcpStream::connect(("127.0.0.1", server.proxy_port))
+        .await
+        .expect("connect");
+    stalled
+        .write_all(b"GET /photos/x HTTP/1.1\r\nHost: 127.0")
+        .await
+        .expect("write half");
+    assert_still_serving(&server, &token, &upstream).await;
+    drop(stalled);
+    assert_no_panic(&server);
+}
+
+#[tokio::test]
+async fn ambiguous_framing_and_raw_bytes_in_the_target_are_never_passed_on_as_sent() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream);
+    let token = good_token(&server).await;
+    let port = server.proxy_port;
+
+    // Content-Length and Transfer-Encoding together (a request-smuggling
+    // shape): refused, or framed by Transfer-Encoding alone and the
+    // connection closed (RFC 9112 §6.1) — the bytes after the chunked body
+    // must never become a second request, nor reach the upstream with a
+    // Content-Length beside the chunked encoding.
+    let mut smuggle = format!(
+        "POST /photos/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    smuggle.extend_from_slice(
+        format!("0\r\n\r\nGET /photos/smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes(),
+    );
+    let reply = send_raw(port, &smuggle).await.expect("an answer");
+    assert!(reply.status < 500, "CL+TE: {}", reply.status);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for request in upstream.requests() {
+        assert!(!request.path.contains("smuggled"), "smuggled: {request:?}");
+        assert!(
+            request.header("content-length").is_none()
+                || request.header("transfer-encoding").is_none(),
+            "both framings forwarded: {request:?}"
+        );
+    }
+    upstream.clear();
+
+    // NUL and space in the request target: pingora percent-encodes an
+    // illegal request line rather than refusing it. Either is fine; what
+    // must not happen is the raw byte reaching the upstream.
+    for (name, target) in [
+        ("NUL in the path", &b"/photos/a\x00b"[..]),
+        ("space in the path", &b"/photos/a b"[..]),
+        ("DEL in the path", &b"/photos/a\x7fb"[..]),
+    ] {
+        let mut bytes = b"GET ".to_vec();
+        bytes.extend_from_slice(target);
+        bytes.extend_from_slice(
+            format!(" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        let reply = send_raw(port, &bytes)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(reply.status < 500, "{name}: {}", reply.status);
+        for request in upstream.requests() {
+            assert!(
+                request.path.bytes().all(|b| b.is_ascii_graphic()),
+                "{name}: the upstream saw {:?}",
+                request.path
+            );
+        }
+        upstream.clear();
+    }
+    assert_still_serving(&server, &token, &upstream).await;
+    assert_no_panic(&server);
+}
+
+#[tokio::test]
+async fn dot_segments_cannot_escape_a_routes_scope_check() {
+    let upstream = Upstream::start().await;
+    let url = upstream.url();
+    // Same upstream and credential; the admin area needs another scope.
+    let server = Refgate::start_with(Options {
+        extra: format!(
+            r#"{AUTHORITY}
+[[routes]]
+name = "photos"
+path_prefix = "/photos/"
+upstream = "{url}"
+required_scopes = ["photos.read"]
+credential = "photos"
+
+[[routes]]
+name = "admin"
+path_prefix = "/admin/"
+upstream = "{url}"
+required_scopes = ["photos.write"]
+credential = "photos"
+
+[[routes]]
+name = "open"
+path_prefix = "/open/"
+upstream = "{url}"
+auth = "none"
+"#
+        ),
+        ..Options::default()
+    });
+    let reader = str_of(
+        &server.client_token("app", Some("photos.read")).await,
+        "access_token",
+    )
+    .to_string();
+    store_photos(&server, &reader, credential("down-abc", "Bearer")).await;
+
+    // The reader may not reach /admin/ directly...
+    let response = http()
+        .get(format!("{}/admin/x", server.proxy))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    // ...nor through dot segments an upstream would resolve, raw or
+    // percent-encoded (sent raw: reqwest would normalise them away).
+    let escapes = [
+        "/photos/../admin/x",
+        "/photos/./../admin/x",
+        "/photos/%2e%2e/admin/x",
+        "/photos/%2E%2e/admin/x",
+        "/photos/.%2e/admin/x",
+        "/photos/x/../../admin/x",
+        "/open/../admin/x",
+        "/photos/..",
+        // What servlet containers and Windows servers also resolve.
+        "/photos/..;/admin/x",
+        "/photos/..%2Fadmin/x",
+        "/photos/..%5Cadmin/x",
+    ];
+    for path in escapes {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {reader}\r\nConnection: close\r\n\r\n"
+        );
+        let reply = send_raw(server.proxy_port, request.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(reply.status, 400, "{path}");
+        let body: Value = serde_json::from_slice(&reply.body).expect("JSON");
+        assert_eq!(body["error"], "invalid_request", "{path}");
+    }
+    // Percent-encoded unreserved characters are the same path (RFC 3986
+    // §6.2.2.2): they are routed — and scope-checked — as the upstream will
+    // read them.
+    for (path, status) in [
+        ("/%61dmin/x", 403),
+        ("/%70hotos/x", 200),
+        ("/photos/%7Euser", 200),
+    ] {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {reader}\r\nConnection: close\r\n\r\n"
+        );
+        let reply = send_raw(server.proxy_port, request.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(reply.status, status, "{path}");
+    }
+    let seen: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(seen, ["/%70hotos/x", "/photos/%7Euser"]);
+    assert_no_panic(&server);
+}
+
+/// pingora's h2c detection (`HttpServerOptions::h2c`, enabled by
+/// `src/server.rs`) reads exactly 24 bytes — the HTTP/2 preface length —
+/// before it decides, with no timeout: a complete HTTP/1.x request shorter
+/// than that is never answered.
+#[tokio::test]
+#[ignore = "known: pingora's h2c preface peek waits for 24 bytes (see the doc comment)"]
+async fn short_http1_request_is_answered() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream);
+    let reply = send_raw(server.proxy_port, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(
+        reply.as_ref().is_ok_and(|r| r.status == 404),
+        "{:?}",
+        reply.map(|r| r.status)
+    );
+}
+
+#[tokio::test]
+async fn unread_bodies_of_rejected_requests_are_not_parsed_as_requests() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream);
+    let token = good_token(&server).await;
+
+    // Keep-alive: a POST the gateway rejects before reading its body, whose
+    // body is itself a request; then an honest request. The body must be
+    // drained (or the connection closed), never served.
+    let hidden = "GET /open/smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut bytes = Vec::new();
+    for authorization in [
+        "",
+        "Authorization: Bearer rgat_unknownUnknownUnknownUnknown\r\n",
+    ] {
+        bytes.extend_from_slice(
+            format!(
+                "POST /photos/x HTTP/1.1\r\nHost: 127.0.0.1\r\n{authorization}Content-Length: {}\r\n\r\n{hidden}",
+                hidden.len()
+            )
+            .as_bytes(),
+        );
+    }
+    bytes.extend_from_slice(
+        format!("GET /photos/after HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", server.proxy_port))
+        .await
+        .expect("connect");
+    stream.write_all(&bytes).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut buf)).await;
+    let mut statuses = Vec::new();
+    let mut at = 0;
+    while let Some((reply, used)) = parse_reply_len(&buf[at..], true) {
+        statuses.push(reply.status);
+        at += used;
+        if used == 0 || at >= buf.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        statuses.first(),
+        Some(&401),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 200) && statuses.len() <= 3,
+        "{statuses:?}"
+    );
+    let paths: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        !paths.iter().any(|p| p.contains("smuggled")),
+        "a body was served as a request: {paths:?}"
+    );
+    if statuses.len() == 3 {
+        assert_eq!(statuses, [401, 401, 200]);
+        assert_eq!(paths, ["/photos/after"]);
+    }
+    assert_no_panic(&server);
+}

@@ -1,5 +1,8 @@
 # Helpers for bench/run: processes, readiness, memory sampling, wrk runs.
-# Sourced, not executed. Expects WORK, CLIENT_CPUS, SERVER_CPUS, PIN to be set.
+# Sourced, not executed. Expects WORK, CLIENT_CPUS, SERVER_CPUS, PIN,
+# RESULTS, BENCH_SECONDS and UPSTREAM_PORT to be set.
+
+CLOCK_TICKS=$(getconf CLK_TCK)
 
 # PIDs this harness started; cleanup stops exactly these.
 STARTED_PIDS=()
@@ -48,8 +51,9 @@ stop_server() {
 cleanup() {
     local pid
     for pid in "${STARTED_PIDS[@]}"; do
-        kill -0 "$pid" 2>/dev/null && stop_server "$pid"
+        if kill -0 "$pid" 2>/dev/null; then stop_server "$pid"; fi
     done
+    return 0
 }
 
 port_is_free() {
@@ -102,8 +106,18 @@ sample_rss() {
     done
 }
 
+# CPU time (user + system) a process has used so far, in clock ticks.
+cpu_ticks() {
+    local stat
+    stat=$(<"/proc/$1/stat")
+    # Fields after the parenthesised command name; utime and stime are the
+    # 14th and 15th fields of the whole line.
+    stat=${stat##*) }
+    awk '{print $12 + $13}' <<<"$stat"
+}
+
 # Runs wrk once against `url` and appends one row to $RESULTS:
-#   scenario conns round rps p50_us p99_us peak_rss_kb errors
+#   scenario conns round rps p50_us p99_us peak_rss_kb errors cpu_us_per_request
 # usage: measure SCENARIO CONNS ROUND SERVER_PID URL LUA_SCRIPT [wrk args...]
 measure() {
     local scenario=$1 conns=$2 round=$3 pid=$4 url=$5 script=$6
@@ -119,8 +133,11 @@ measure() {
         bash -c "$sampler_script" &
     fi
     local sampler=$!
+    local ticks_before
+    ticks_before=$(cpu_ticks "$pid")
     on_client_cpus wrk -t1 -c"$conns" -d"${BENCH_SECONDS}s" --latency \
         -s "$script" "$@" "$url" >"$out" 2>&1 || true
+    local ticks=$(($(cpu_ticks "$pid") - ticks_before))
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
     local line
@@ -131,12 +148,15 @@ measure() {
     local requests duration_us p50_us p99_us connect read write timeout status
     eval "$(sed 's/^BENCH_RESULT //; s/ /;/g' <<<"$line")"
     local errors=$((connect + read + write + timeout + status))
-    local rps
+    local rps cpu_us
     rps=$(awk -v r="$requests" -v d="$duration_us" 'BEGIN {printf "%.0f", (d > 0 ? r / (d / 1e6) : 0)}')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$conns" "$round" "$rps" \
-        "$p50_us" "$p99_us" "$(cat "$rss_file")" "$errors" >>"$RESULTS"
-    say "$(printf '%-16s c=%-3s round %s: %8s req/s  p50 %7.0f us  p99 %7.0f us  errors %s' \
-        "$scenario" "$conns" "$round" "$rps" "$p50_us" "$p99_us" "$errors")"
+    # The server's CPU time per request: steadier than req/s on a busy host.
+    cpu_us=$(awk -v t="$ticks" -v hz="$CLOCK_TICKS" -v r="$requests" \
+        'BEGIN {printf "%.1f", (r > 0 ? t * 1e6 / hz / r : 0)}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$conns" "$round" "$rps" \
+        "$p50_us" "$p99_us" "$(cat "$rss_file")" "$errors" "$cpu_us" >>"$RESULTS"
+    say "$(printf '%-16s c=%-3s round %s: %8s req/s  p50 %7.0f us  p99 %7.0f us  CPU %6s us/req  errors %s' \
+        "$scenario" "$conns" "$round" "$rps" "$p50_us" "$p99_us" "$cpu_us" "$errors")"
 }
 
 # The value of one Prometheus counter line (0 when absent).

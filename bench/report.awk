@@ -1,7 +1,8 @@
 # Turns bench/run's measurements into Markdown tables (POSIX awk; Debian's
 # default mawk has no asort, so medians sort by hand).
 #
-# Input rows (tab-separated): scenario conns round rps p50_us p99_us rss_kb errors
+# Input rows (tab-separated):
+#   scenario conns round rps p50_us p99_us rss_kb errors cpu_us_per_request
 # Medians over rounds; peak RSS is the maximum over rounds. Ratios are taken
 # within each round first (A and B measured minutes apart drift together),
 # then the median of those per-round ratios is shown.
@@ -18,7 +19,9 @@ BEGIN { FS = "\t" }
     p99[key, n[key]] = $6
     if ($7 + 0 > rss[key] + 0) rss[key] = $7
     errors[key] += $8
+    cpu[key, n[key]] = $9
     by_round[s, c, r] = $4
+    cpu_round[s, c, r] = $9
     if (!(c in seen_conns)) { seen_conns[c] = 1; conns_list[++nconns] = c }
     if (!(r in seen_round)) { seen_round[r] = 1; rounds[++nrounds] = r }
 }
@@ -54,12 +57,15 @@ function spread(key, count,    i, lo, hi, v) {
 }
 
 # Median over rounds of a/b measured in the same round; "-" when missing.
-function ratio(a, b, c,    i, k, r, vals) {
+# `table` is "rps" or "cpu".
+function ratio(a, b, c, table,    i, k, r, x, y, vals) {
     k = 0
     for (i = 1; i <= nrounds; i++) {
         r = rounds[i]
-        if (((a, c, r) in by_round) && ((b, c, r) in by_round) && by_round[b, c, r] > 0)
-            vals[++k] = by_round[a, c, r] / by_round[b, c, r]
+        if (!(((a, c, r) in by_round) && ((b, c, r) in by_round))) continue
+        x = table == "cpu" ? cpu_round[a, c, r] : by_round[a, c, r]
+        y = table == "cpu" ? cpu_round[b, c, r] : by_round[b, c, r]
+        if (y > 0) vals[++k] = x / y
     }
     return k ? sprintf("%.2f", median(vals, k)) : "-"
 }
@@ -74,14 +80,14 @@ function table(title, wanted,    names, nnames, i, j, key, count) {
             if (!printed) {
                 print "### " title
                 print ""
-                print "| scenario | conns | req/s (median) | req/s range | p50 | p99 | peak RSS | errors |"
-                print "|---|---:|---:|---:|---:|---:|---:|---:|"
+                print "| scenario | conns | req/s (median) | req/s range | p50 | p99 | server CPU per request | peak RSS | errors |"
+                print "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
                 printed = 1
             }
             count = n[key]
-            printf "| %s | %s | %d | %s | %s | %s | %s | %d |\n", names[i], conns_list[j],
+            printf "| %s | %s | %d | %s | %s | %s | %.1f µs | %s | %d |\n", names[i], conns_list[j],
                 column(rps, key, count), spread(key, count), ms(column(p50, key, count)),
-                ms(column(p99, key, count)), mb(rss[key]), errors[key]
+                ms(column(p99, key, count)), column(cpu, key, count), mb(rss[key]), errors[key]
         }
     }
     if (printed) print ""
@@ -90,16 +96,19 @@ function table(title, wanted,    names, nnames, i, j, key, count) {
 END {
     table("Proxy paths", "direct nginx refgate-hot refgate-cold")
     table("Token endpoint", "token-issue token-introspect")
-    print "### Ratios (req/s, median of per-round ratios)"
+    print "### Ratios (median of per-round ratios)"
     print ""
-    print "| conns | refgate-hot / nginx | refgate-hot / direct | nginx / direct | refgate-cold / refgate-hot |"
-    print "|---:|---:|---:|---:|---:|"
+    print "| conns | measure | refgate-hot / nginx | refgate-hot / direct | nginx / direct | refgate-cold / refgate-hot |"
+    print "|---:|---|---:|---:|---:|---:|"
     for (i = 1; i <= nconns; i++) {
         c = conns_list[i]
         if (!(("refgate-hot", c) in n)) continue
-        printf "| %s | %s | %s | %s | %s |\n", c, ratio("refgate-hot", "nginx", c),
-            ratio("refgate-hot", "direct", c), ratio("nginx", "direct", c),
-            ratio("refgate-cold", "refgate-hot", c)
+        printf "| %s | req/s | %s | %s | %s | %s |\n", c, ratio("refgate-hot", "nginx", c, "rps"),
+            ratio("refgate-hot", "direct", c, "rps"), ratio("nginx", "direct", c, "rps"),
+            ratio("refgate-cold", "refgate-hot", c, "rps")
+        printf "| %s | CPU per request | %s | %s | %s | %s |\n", c, ratio("refgate-hot", "nginx", c, "cpu"),
+            ratio("refgate-hot", "direct", c, "cpu"), ratio("nginx", "direct", c, "cpu"),
+            ratio("refgate-cold", "refgate-hot", c, "cpu")
     }
     print ""
 }

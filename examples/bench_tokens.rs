@@ -3,7 +3,8 @@
 //! cannot express (every token exactly once; a burst of concurrent requests).
 //!
 //! - `issue`: issues `--count` access tokens, each with a stored downstream
-//!   credential under `custom.credentials.<--credential>`, and writes them
+//!   credential under `custom.credentials.<--credential>` (`none`: no
+//!   custom data at all), and writes them
 //!   one per line to `--out`. `--mode mutate` does what a middle tier does
 //!   (client_credentials as `app`, then `/oauth2/mutate` as `middle`);
 //!   `--mode arbitrary` mints each in one request (`arbitrary_token` as
@@ -30,7 +31,9 @@ struct Args {
 impl Args {
     fn parse() -> Result<Self, String> {
         let mut it = std::env::args().skip(1);
-        let command = it.next().ok_or("a command is needed: issue, touch or storm")?;
+        let command = it
+            .next()
+            .ok_or("a command is needed: issue, touch or storm")?;
         let mut flags = BTreeMap::new();
         while let Some(flag) = it.next() {
             let name = flag
@@ -139,7 +142,12 @@ async fn issue(args: &Args) -> Result<bool, String> {
                 "authority": authority,
                 "scope": scope,
             });
-            let custom = json!({ "credentials": { credential.as_str(): stored } });
+            // `--credential none`: tokens without custom data.
+            let custom = if credential == "none" {
+                json!({})
+            } else {
+                json!({ "credentials": { credential.as_str(): stored } })
+            };
             let (http, base, mode, scope) = (&http, &base, &mode, &scope);
             async move {
                 if mode == "mutate" {
@@ -238,17 +246,20 @@ async fn issue_arbitrary(
 ) -> Result<String, String> {
     let subject = format!("bench-user-{i}");
     let custom = custom.to_string();
+    let mut form = vec![
+        ("grant_type", "arbitrary_token"),
+        ("subject", &subject),
+        ("issuer", "https://bench.invalid"),
+        ("scope", scope),
+    ];
+    if custom != "{}" {
+        form.push(("arbitrary_json", &custom));
+    }
     let body = post_form(
         http,
         format!("{base}/oauth2/token"),
         ("minter", "minter-secret"),
-        &[
-            ("grant_type", "arbitrary_token"),
-            ("subject", &subject),
-            ("issuer", "https://bench.invalid"),
-            ("scope", scope),
-            ("arbitrary_json", &custom),
-        ],
+        &form,
     )
     .await?;
     access_token(&body)

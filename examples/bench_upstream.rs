@@ -82,7 +82,11 @@ impl Stats {
     }
 }
 
-fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -95,7 +99,9 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
 fn is_reference_token(authorization: &[u8]) -> bool {
     let text = String::from_utf8_lossy(authorization);
     let mut parts = text.split_whitespace();
-    parts.next().is_some_and(|s| s.eq_ignore_ascii_case("bearer"))
+    parts
+        .next()
+        .is_some_and(|s| s.eq_ignore_ascii_case("bearer"))
         && parts
             .next()
             .is_some_and(|t| t.starts_with("rgat_") || t.starts_with("rgrt_"))
@@ -171,7 +177,8 @@ async fn token(stats: &Stats, request: Request<Incoming>) -> Response<Full<Bytes
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let (Some("refresh_token"), Some(refresh_token)) = (field("grant_type"), field("refresh_token"))
+    let (Some("refresh_token"), Some(refresh_token)) =
+        (field("grant_type"), field("refresh_token"))
     else {
         stats.bad_token_requests.fetch_add(1, Ordering::Relaxed);
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
@@ -216,9 +223,7 @@ fn parse_args() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?;
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--listen" => {
                 args.listen = value

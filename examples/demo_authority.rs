@@ -103,9 +103,8 @@ impl Authority {
                 )
             }
         };
-        let form: HashMap<String, String> = url::form_urlencoded::parse(&body)
-            .into_owned()
-            .collect();
+        let form: HashMap<String, String> =
+            url::form_urlencoded::parse(&body).into_owned().collect();
         if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
             return reply(
                 StatusCode::BAD_REQUEST,

@@ -16,7 +16,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::gateway::{Gateway, GatewayState, Refresher};
+use crate::gateway::{Drain, Gateway, GatewayState, Refresher};
 use crate::lookup::{now, CacheSettings, TokenLookup};
 use crate::reload::Reloader;
 use crate::telemetry::Metrics;
@@ -75,7 +75,11 @@ pub fn serve(
 
     control.spawn(purge(parts.lookup.store().clone(), stop_rx.clone()));
     if let Some(feed) = parts.lookup.store().subscribe() {
-        control.spawn(follow_invalidations(feed, parts.lookup.clone(), stop_rx.clone()));
+        control.spawn(follow_invalidations(
+            feed,
+            parts.lookup.clone(),
+            stop_rx.clone(),
+        ));
     }
     control.spawn(
         Reloader {
@@ -189,11 +193,13 @@ fn run_proxy(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    let drain = Arc::new(Drain::default());
     let gateway = Gateway::new(
         parts.gateway.clone(),
         parts.lookup.clone(),
         parts.refresher.clone(),
         parts.metrics.clone(),
+        drain.clone(),
     );
     let mut service =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
@@ -223,19 +229,35 @@ fn run_proxy(
     });
     tracing::info!(address = %addr, "proxy listening");
     server.run(RunArgs {
-        shutdown_signal: Box::new(StopWatch(stop)),
+        shutdown_signal: Box::new(StopWatch { stop, drain }),
     });
     Ok(())
 }
 
-/// Tells pingora to stop when the shared stop flag turns true.
-struct StopWatch(watch::Receiver<bool>);
+/// Tells pingora to stop once the shared stop flag turns true and the
+/// requests in flight have finished (or `DRAIN` has passed). pingora cancels
+/// whatever still runs when it returns, so the waiting happens here.
+struct StopWatch {
+    stop: watch::Receiver<bool>,
+    drain: Arc<Drain>,
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for StopWatch {
     async fn recv(&self) -> ShutdownSignal {
-        let mut stop = self.0.clone();
-        let _ = stop.wait_for(|s| *s).await;
+        let mut stop = self.stop.clone();
+        stopped(&mut stop).await;
+        self.drain.begin();
+        let started = std::time::Instant::now();
+        while self.drain.in_flight() > 0 && started.elapsed() < DRAIN {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.drain.in_flight() > 0 {
+            tracing::warn!(
+                requests = self.drain.in_flight(),
+                "drain timed out; cutting off requests in flight"
+            );
+        }
         ShutdownSignal::GracefulTerminate
     }
 }
@@ -298,7 +320,10 @@ async fn serve_http(
             drop(permit);
         });
     }
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain timed out; closing remaining connections");
     }
 }

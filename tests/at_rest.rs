@@ -259,12 +259,24 @@ async fn postgres_dump_holds_no_token_strings_or_custom_data() {
     let hex_dump = text.to_ascii_lowercase();
     let as_hex = |s: &str| hex::encode(s.as_bytes());
     for token in &issued.tokens {
-        assert!(!text.contains(token.as_str()), "the dump holds a token string");
-        assert!(!hex_dump.contains(&as_hex(&token[5..])), "the dump holds a token in hex");
+        assert!(
+            !text.contains(token.as_str()),
+            "the dump holds a token string"
+        );
+        assert!(
+            !hex_dump.contains(&as_hex(&token[5..])),
+            "the dump holds a token in hex"
+        );
     }
     for marker in &issued.markers {
-        assert!(!text.contains(marker.as_str()), "the dump holds custom data");
-        assert!(!hex_dump.contains(&as_hex(marker)), "the dump holds custom data in hex");
+        assert!(
+            !text.contains(marker.as_str()),
+            "the dump holds custom data"
+        );
+        assert!(
+            !hex_dump.contains(&as_hex(marker)),
+            "the dump holds custom data in hex"
+        );
     }
     assert!(
         text.contains(&issued.subject),

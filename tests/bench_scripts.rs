@@ -127,16 +127,17 @@ fn bench_lua_scripts_compile() {
 
 #[test]
 fn bench_report_renders_medians_and_per_round_ratios() {
+    // scenario conns round req/s p50_us p99_us rss_kb errors cpu_us_per_request
     let rows = [
-        "direct\t16\t1\t100000\t150\t400\t5000\t0",
-        "nginx\t16\t1\t40000\t400\t900\t4000\t0",
-        "refgate-hot\t16\t1\t30000\t500\t1200\t30000\t0",
-        "refgate-cold\t16\t1\t6000\t2500\t6000\t40000\t0",
+        "direct\t16\t1\t100000\t150\t400\t5000\t0\t5.0",
+        "nginx\t16\t1\t40000\t400\t900\t4000\t0\t10.0",
+        "refgate-hot\t16\t1\t30000\t500\t1200\t30000\t0\t30.0",
+        "refgate-cold\t16\t1\t6000\t2500\t6000\t40000\t0\t150.0",
         // Round 2 runs on a machine half as fast: ratios stay put.
-        "direct\t16\t2\t50000\t300\t800\t5000\t0",
-        "nginx\t16\t2\t20000\t800\t1800\t4000\t0",
-        "refgate-hot\t16\t2\t15000\t1000\t2400\t31000\t0",
-        "refgate-cold\t16\t2\t3000\t5000\t12000\t40000\t2",
+        "direct\t16\t2\t50000\t300\t800\t5000\t0\t10.0",
+        "nginx\t16\t2\t20000\t800\t1800\t4000\t0\t20.0",
+        "refgate-hot\t16\t2\t15000\t1000\t2400\t31000\t0\t60.0",
+        "refgate-cold\t16\t2\t3000\t5000\t12000\t40000\t2\t300.0",
     ];
     let input = std::env::temp_dir().join(format!("bench-report-{}.tsv", std::process::id()));
     std::fs::write(&input, rows.join("\n") + "\n").expect("write the sample");
@@ -150,11 +151,20 @@ fn bench_report_renders_medians_and_per_round_ratios() {
     assert!(output.status.success());
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(
-        report.contains("| refgate-hot | 16 | 22500 | 15000–30000 | 0.75 ms | 1.80 ms | 30.3 MB | 0 |"),
+        report.contains(
+            "| refgate-hot | 16 | 22500 | 15000–30000 | 0.75 ms | 1.80 ms | 45.0 µs | 30.3 MB | 0 |"
+        ),
         "{report}"
     );
     assert!(report.contains("| refgate-cold | 16 | 4500 |"), "{report}");
-    assert!(report.contains("| 16 | 0.75 | 0.30 | 0.40 | 0.20 |"), "{report}");
+    assert!(
+        report.contains("| 16 | req/s | 0.75 | 0.30 | 0.40 | 0.20 |"),
+        "{report}"
+    );
+    assert!(
+        report.contains("| 16 | CPU per request | 3.00 | 6.00 | 2.00 | 5.00 |"),
+        "{report}"
+    );
 }
 
 /// Runs the bench upstream on an ephemeral port; returns its base URL.
@@ -180,7 +190,10 @@ async fn stats(http: &reqwest::Client, base: &str) -> serde_json::Value {
 #[tokio::test]
 async fn bench_upstream_tells_a_swapped_header_from_a_leaked_token() {
     let base = start_upstream().await;
-    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
 
     let swapped = http
         .get(format!("{base}/api/bench"))
@@ -218,7 +231,10 @@ async fn bench_upstream_tells_a_swapped_header_from_a_leaked_token() {
 #[tokio::test]
 async fn bench_authority_rotates_refresh_tokens_and_counts_replays() {
     let base = start_upstream().await;
-    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
     let refresh = || {
         http.post(format!("{base}/token"))
             .basic_auth("gateway", Some("bench-as-secret"))

@@ -89,7 +89,11 @@ async fn revocation_on_one_instance_is_rejected_by_the_other_within_100ms() {
     }
     let (status, _) = cluster
         .a
-        .post_form("/oauth2/revoke", Some(("app", "app-secret")), &[("token", &at)])
+        .post_form(
+            "/oauth2/revoke",
+            Some(("app", "app-secret")),
+            &[("token", &at)],
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let revoked_at = Instant::now();
@@ -143,7 +147,9 @@ async fn expired_credential_stampede_across_instances_refreshes_once() {
             cluster.b.proxy.clone()
         };
         let at = at.clone();
-        requests.push(tokio::spawn(async move { call(&proxy, &at).await.status() }));
+        requests.push(tokio::spawn(
+            async move { call(&proxy, &at).await.status() },
+        ));
     }
     for request in requests {
         assert_eq!(request.await.expect("task"), StatusCode::OK);
@@ -154,7 +160,11 @@ async fn expired_credential_stampede_across_instances_refreshes_once() {
         "the authority must see exactly one refresh"
     );
     let stored = &cluster.b.introspect(&at).await["custom"]["credentials"]["photos"];
-    assert_ne!(stored["refresh_token"], json!(down_rt), "the rotated refresh token is stored");
+    assert_ne!(
+        stored["refresh_token"],
+        json!(down_rt),
+        "the rotated refresh token is stored"
+    );
     let new_token = stored["access_token"].as_str().expect("access token");
     assert!(oidc.is_active(new_token).await);
     let sent: std::collections::HashSet<_> = upstream
@@ -178,7 +188,10 @@ async fn concurrent_refreshes_across_instances_exactly_one_succeeds() {
         .token(
             "app",
             &[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
                 ("subject_token", str_of(&subject, "access_token")),
                 (
                     "subject_token_type",
@@ -235,7 +248,10 @@ fn block_database(db: &PgDatabase) {
 }
 
 fn unblock_database(db: &PgDatabase) {
-    psql(&format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", db.name));
+    psql(&format!(
+        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+        db.name
+    ));
 }
 
 #[tokio::test]
@@ -272,7 +288,10 @@ async fn store_outage_fails_closed_and_recovers_without_restart() {
             other => panic!("unexpected {other} during the outage"),
         }
     }
-    assert!(saw_503, "the gateway kept forwarding while the store was down");
+    assert!(
+        saw_503,
+        "the gateway kept forwarding while the store was down"
+    );
     let upstream_before = upstream.requests().len();
     for proxy in [&cluster.a.proxy, &cluster.b.proxy] {
         for _ in 0..3 {
@@ -280,7 +299,9 @@ async fn store_outage_fails_closed_and_recovers_without_restart() {
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         }
         // A token never seen before cannot be verified either.
-        let status = call(proxy, "rgat_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await.status();
+        let status = call(proxy, "rgat_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+            .await
+            .status();
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
     assert_eq!(
@@ -310,7 +331,10 @@ async fn store_outage_fails_closed_and_recovers_without_restart() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("recovered {:?} after the store came back", recovery.elapsed());
+    println!(
+        "recovered {:?} after the store came back",
+        recovery.elapsed()
+    );
     assert_eq!(cluster.a.introspect(&survivor).await["active"], true);
     assert_eq!(call(&cluster.a.proxy, &at).await.status(), StatusCode::OK);
 }

@@ -164,7 +164,7 @@ async fn metrics_count_requests_cache_lookups_refreshes_and_upstream_latency() {
     let oidc = OidcAs::start(3600);
     let upstream = Upstream::start().await;
     let mut server = Refgate::start_with(Options {
-        gateway: "authority_timeout = \"5s\"".into(),
+        gateway: "authority_timeout = \"20s\"".into(),
         extra: format!(
             "{}\n{}",
             oidc.authority_toml("photos-as"),
@@ -276,12 +276,17 @@ async fn request_ids_are_in_the_log_lines_of_their_requests() {
     let oidc = OidcAs::start(3600);
     let upstream = Upstream::start().await;
     let server = Refgate::start_with(Options {
-        gateway: "authority_timeout = \"5s\"".into(),
+        gateway: "authority_timeout = \"20s\"".into(),
         extra: format!(
-            "{}\n{}\n{}",
+            "{}\n{}\n{}\n{}",
             oidc.authority_toml("photos-as"),
             photos_route(&upstream.url()),
-            public_route(&upstream.url(), "open", "/open/")
+            public_route(&upstream.url(), "open", "/open/"),
+            public_route(
+                &format!("http://127.0.0.1:{}", free_port()),
+                "dead",
+                "/dead/"
+            )
         ),
         ..Options::default()
     });
@@ -328,11 +333,20 @@ async fn request_ids_are_in_the_log_lines_of_their_requests() {
             .filter(|l| l.contains("refgate::access") && l.contains(id))
             .count()
     };
+    // So is a failure to reach the upstream, also in pingora's own lines.
+    let response = http()
+        .get(format!("{}/dead/x", server.proxy))
+        .header("x-request-id", "ops-dead-9012")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+
     let mut log = String::new();
     // Access lines are written once the response went out.
     eventually(Duration::from_secs(5), "access log lines", || {
         log = server.log();
-        let done = access(&log, "ops-refresh-5678") > 0;
+        let done = access(&log, "ops-refresh-5678") > 0 && access(&log, "ops-dead-9012") > 0;
         async move { done }
     })
     .await;
@@ -345,6 +359,14 @@ async fn request_ids_are_in_the_log_lines_of_their_requests() {
         .find(|l| l.contains("credential refresh failed"))
         .unwrap_or_else(|| panic!("no refresh failure logged:\n{log}"));
     assert!(failure.contains("ops-refresh-5678"), "{failure}");
+    let about_the_dead_upstream: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("/dead/x") || l.contains("upstream unavailable"))
+        .collect();
+    assert!(about_the_dead_upstream.len() >= 2, "{log}");
+    for line in about_the_dead_upstream {
+        assert!(line.contains("ops-dead-9012"), "{line}");
+    }
     assert!(!log.contains(&app), "the reference token was logged");
 }
 
@@ -596,7 +618,7 @@ async fn a_reloaded_authority_is_used_for_the_next_refresh() {
         .authority_toml("photos-as")
         .replace("gateway-secret", "not-the-secret");
     let server = Refgate::start_with(Options {
-        gateway: "authority_timeout = \"5s\"".into(),
+        gateway: "authority_timeout = \"20s\"".into(),
         extra: format!("{authority}\n{}", photos_route(&upstream.url())),
         ..Options::default()
     });

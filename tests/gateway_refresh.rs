@@ -30,8 +30,9 @@ impl Setup {
     }
 
     async fn start_with_authority(oidc: OidcAs, authority: &str) -> Self {
-        // A short authority timeout keeps the failure tests quick.
-        Self::start_custom(oidc, authority, "authority_timeout = \"5s\"").await
+        // Generous: the authority is slow on a loaded machine, and the
+        // failure tests fail fast (a reset, a 500) rather than time out.
+        Self::start_custom(oidc, authority, "authority_timeout = \"20s\"").await
     }
 
     /// With `[gateway]` lines of the test's choosing.
@@ -413,7 +414,7 @@ async fn a_second_upstream_401_after_the_replay_is_passed_through() {
     let app_token = app.clone();
     let pending =
         tokio::spawn(
-            async move { send(http().get(format!("{proxy}/slow/1500/x")), &app_token).await },
+            async move { send(http().get(format!("{proxy}/slow/3000/x")), &app_token).await },
         );
     let deadline = Instant::now() + Duration::from_secs(20);
     let replayed = loop {
@@ -501,7 +502,7 @@ async fn upstream_401_to_a_just_refreshed_credential_is_passed_through() {
     let app_token = app.clone();
     let pending =
         tokio::spawn(
-            async move { send(http().get(format!("{proxy}/slow/1500/x")), &app_token).await },
+            async move { send(http().get(format!("{proxy}/slow/3000/x")), &app_token).await },
         );
     let fresh = wait_for_request(&setup.upstream, 0).await;
     assert_ne!(fresh, bearer(&old_access));
@@ -620,16 +621,17 @@ async fn concurrent_upstream_401s_share_one_refresh() {
 async fn a_late_answer_from_a_slow_authority_is_stored_not_lost() {
     let oidc = OidcAs::start(3600);
     let authority = oidc.authority_toml("photos-as");
-    let setup = Setup::start_custom(oidc, &authority, "authority_timeout = \"1s\"").await;
+    // Requests wait 2 s; the authority answers after 5 s.
+    let setup = Setup::start_custom(oidc, &authority, "authority_timeout = \"2s\"").await;
     let (app, old_access, old_refresh) = setup.app_with_credential("nina", unix_now() - 10).await;
-    setup.oidc.set_mode("slow", 3000).await;
+    setup.oidc.set_mode("slow", 5000).await;
 
     let started = Instant::now();
     let answer = setup.get(&app, "/photos/x").await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{answer:?}");
     assert_eq!(answer.body["error"], "authority_unavailable");
     assert!(
-        started.elapsed() < Duration::from_millis(2900),
+        started.elapsed() < Duration::from_millis(4500),
         "waited for the slow authority"
     );
 
@@ -671,11 +673,11 @@ async fn a_late_answer_from_a_slow_authority_is_stored_not_lost() {
 async fn a_slow_authority_does_not_queue_requests_behind_each_other() {
     let oidc = OidcAs::start(3600);
     let authority = oidc.authority_toml("photos-as");
-    let setup = Setup::start_custom(oidc, &authority, "authority_timeout = \"1s\"").await;
+    let setup = Setup::start_custom(oidc, &authority, "authority_timeout = \"2s\"").await;
     // Still valid, but inside the refresh skew.
     let (app, old_access, _) = setup.app_with_credential("oscar", unix_now() + 30).await;
-    // Slower than the 1 s requests wait, faster than the call may take.
-    setup.oidc.set_mode("slow", 2500).await;
+    // Slower than the 2 s requests wait, faster than the call may take.
+    setup.oidc.set_mode("slow", 5000).await;
 
     let started = Instant::now();
     let client = http();
@@ -690,14 +692,19 @@ async fn a_slow_authority_does_not_queue_requests_behind_each_other() {
         assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
         assert_eq!(answer.body["authorization"], bearer(&old_access).as_str());
     }
+    // One after the other they would take 8 s.
     assert!(
-        took < Duration::from_millis(2400),
+        took < Duration::from_millis(4500),
         "requests waited {took:?}"
     );
 
     // One call reached the authority, and it counts once it is answered;
-    // its answer is what the next request uses.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // its answer is stored and is what the next request uses.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while setup.stored(&app).await["access_token"] == old_access.as_str() {
+        assert!(Instant::now() < deadline, "the refresh was never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(setup.oidc.refresh_count().await, 1);
     let answer = setup.get(&app, "/photos/next").await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
@@ -712,7 +719,7 @@ async fn two_instances_sharing_a_store_refresh_an_expired_credential_once() {
 
     // A second instance on the first one's SQLite file.
     let mut second = Refgate::start_with(Options {
-        gateway: "authority_timeout = \"5s\"".into(),
+        gateway: "authority_timeout = \"20s\"".into(),
         extra: format!(
             "{}\n{}",
             setup.oidc.authority_toml("photos-as"),
@@ -779,4 +786,32 @@ async fn a_credential_naming_an_unknown_authority_is_never_sent_anywhere() {
     assert!(setup.upstream.requests().is_empty());
     let stats = setup.oidc.stats().await;
     assert_eq!(stats["refresh"], 0, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_rejected_with_the_just_refreshed_token_do_not_refresh_again() {
+    let setup = Setup::start().await;
+    let (app, old_access, _) = setup.app_with_credential("sybil", unix_now() - 10).await;
+
+    // All of them wait for the one refresh; the upstream then rejects the
+    // brand-new token.
+    let client = http();
+    let requests: Vec<_> = (0..10)
+        .map(|i| {
+            let request = client.get(format!("{}/slow/3000/{i}", setup.server.proxy));
+            let app = app.clone();
+            tokio::spawn(async move { send(request, &app).await })
+        })
+        .collect();
+    let fresh = wait_for_request(&setup.upstream, 0).await;
+    assert_ne!(fresh, bearer(&old_access));
+    setup.upstream.reject(&fresh);
+
+    for request in requests {
+        let answer = request.await.expect("request task");
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
+        assert_eq!(answer.body["authorization"], fresh.as_str(), "{answer:?}");
+    }
+    assert_eq!(setup.upstream.requests().len(), 10, "some were replayed");
+    assert_eq!(setup.oidc.refresh_count().await, 1, "refreshed again");
 }

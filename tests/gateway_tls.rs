@@ -33,11 +33,29 @@ fn unix_now() -> i64 {
         .as_secs() as i64
 }
 
+/// Serializes starts in this test binary: one test hands its refgate an
+/// `SSL_CERT_FILE`, which no other start may inherit.
+static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn start(options: Options) -> Refgate {
-    Refgate::start_with(Options {
+    start_with_platform_roots(options, None)
+}
+
+/// Starts refgate; with `roots`, it takes that PEM file as the platform's
+/// trusted roots (`SSL_CERT_FILE`, read by rustls-native-certs).
+fn start_with_platform_roots(options: Options, roots: Option<&std::path::Path>) -> Refgate {
+    let _guard = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(roots) = roots {
+        std::env::set_var("SSL_CERT_FILE", roots);
+    }
+    let server = Refgate::start_with(Options {
         extra: format!("{AUTHORITY}\n{}", options.extra),
         ..options
-    })
+    });
+    if roots.is_some() {
+        std::env::remove_var("SSL_CERT_FILE");
+    }
+    server
 }
 
 /// A protected route with the `photos` credential; `more` adds lines.
@@ -394,4 +412,40 @@ async fn gateway_wide_ca_file_is_trusted_for_every_route() {
     let (status, echo) = get(&server, "/photos/x", &token).await;
     assert_eq!(status, StatusCode::OK, "{echo}");
     assert_eq!(echo["authorization"], "Bearer down-abc");
+}
+
+#[tokio::test]
+async fn route_ca_file_adds_to_the_platform_roots_rather_than_replacing_them() {
+    // "Platform" roots for this refgate: CA A only.
+    let platform = TestCa::new("platform CA");
+    let extra = TestCa::new("route CA");
+    let by_platform = tls_upstream(&platform.leaf(&[Name::Ip("127.0.0.1")])).await;
+    let by_extra = tls_upstream(&extra.leaf(&[Name::Ip("127.0.0.1")])).await;
+    let trust_extra = ca_line(&extra.pem_path);
+    let routes = [
+        route("p-plain", "/p-plain/", &by_platform.url(), ""),
+        route("p-extra", "/p-extra/", &by_platform.url(), &trust_extra),
+        route("e-extra", "/e-extra/", &by_extra.url(), &trust_extra),
+        route("e-plain", "/e-plain/", &by_extra.url(), ""),
+    ]
+    .join("\n");
+    let server = start_with_platform_roots(
+        Options {
+            extra: routes,
+            ..Options::default()
+        },
+        Some(&platform.pem_path),
+    );
+    let token = token_with_photos(&server).await;
+
+    for path in ["/p-plain/x", "/p-extra/x", "/e-extra/x"] {
+        let (status, echo) = get(&server, path, &token).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {echo}");
+    }
+    assert_bad_gateway(
+        &get(&server, "/e-plain/x", &token).await,
+        "the route CA is trusted only where configured",
+    );
+    assert_eq!(by_platform.requests().len(), 2);
+    assert_eq!(by_extra.requests().len(), 1);
 }

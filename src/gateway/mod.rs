@@ -21,7 +21,7 @@ use std::sync::Arc;
 use crate::config::Config;
 
 pub use errors::GatewayError;
-pub use proxy::Gateway;
+pub use proxy::{Drain, Gateway};
 pub use refresh::Refresher;
 use routing::{RouteEntry, RouteTable};
 

@@ -2,7 +2,7 @@
 //! named function: admission in `admit`, refresh in `refresh`, responses in
 //! `errors`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +29,46 @@ pub struct Gateway {
     pub(super) refresher: Arc<Refresher>,
     pub(super) metrics: Arc<Metrics>,
     ids: RequestIds,
+    drain: Arc<Drain>,
+}
+
+/// Requests in flight, so that shutdown can wait for them instead of
+/// cutting them off; and whether shutdown has begun.
+#[derive(Default)]
+pub struct Drain {
+    in_flight: AtomicUsize,
+    draining: AtomicBool,
+}
+
+impl Drain {
+    /// Starts draining: connections are no longer kept alive.
+    pub fn begin(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one request in flight for as long as it lives.
+pub struct InFlight(Arc<Drain>);
+
+impl InFlight {
+    fn new(drain: &Arc<Drain>) -> Self {
+        drain.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(drain.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Per-request state shared by the hooks.
@@ -46,6 +86,8 @@ pub struct RequestCtx {
     refreshed: bool,
     /// The next proxy error is our own request to replay after a 401.
     replay: bool,
+    /// Held for the request's lifetime (shutdown waits for it).
+    _in_flight: Option<InFlight>,
     /// Refgate answers instead of passing on the upstream's response.
     answer_instead: Option<GatewayError>,
     /// Status of a response refgate wrote itself.
@@ -58,6 +100,7 @@ impl Gateway {
         lookup: Arc<TokenLookup>,
         refresher: Arc<Refresher>,
         metrics: Arc<Metrics>,
+        drain: Arc<Drain>,
     ) -> Self {
         Gateway {
             state,
@@ -65,6 +108,7 @@ impl Gateway {
             refresher,
             metrics,
             ids: RequestIds::new(),
+            drain,
         }
     }
 }
@@ -74,7 +118,10 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            _in_flight: Some(InFlight::new(&self.drain)),
+            ..RequestCtx::default()
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -156,11 +203,15 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let _ = response.insert_header("x-request-id", ctx.request_id.as_str());
+        if self.drain.draining() {
+            // Shutting down: let clients reconnect elsewhere.
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 
@@ -221,6 +272,15 @@ impl ProxyHttp for Gateway {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        // pingora's own error lines about a request carry its id too.
+        format!(
+            "{}, request_id: {}",
+            session.as_ref().request_summary(),
+            ctx.request_id
+        )
     }
 
     fn suppress_error_log(&self, _: &Session, ctx: &RequestCtx, _: &Error) -> bool {
@@ -366,13 +426,10 @@ fn strip_reference_token(upstream: &mut RequestHeader) {
         .get_all(http::header::AUTHORIZATION)
         .iter()
         .any(|v| {
-            v.to_str().is_ok_and(|s| {
-                let s = s.trim_start();
-                s.len() > 7 && s[..7].eq_ignore_ascii_case("bearer ") && {
-                    let t = s[7..].trim_start();
-                    t.starts_with("rgat_") || t.starts_with("rgrt_")
-                }
-            })
+            // Any scheme spelling and any whitespace: if a refgate token is
+            // in there, the header goes.
+            let bytes = v.as_bytes();
+            bytes.windows(5).any(|w| w == b"rgat_" || w == b"rgrt_")
         });
     if is_reference {
         upstream.remove_header(&http::header::AUTHORIZATION);

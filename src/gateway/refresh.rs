@@ -45,6 +45,18 @@ fn request_span() -> tracing::Span {
     tracing::info_span!("refresh", request_id = %id)
 }
 
+/// The same credential, marked as just obtained for the request at hand:
+/// it comes from a refresh that request waited for.
+fn obtained(credential: Arc<Credential>) -> Arc<Credential> {
+    if credential.just_obtained {
+        return credential;
+    }
+    Arc::new(Credential {
+        just_obtained: true,
+        ..(*credential).clone()
+    })
+}
+
 /// Why a fresh credential is wanted.
 #[derive(Debug, Clone)]
 pub enum Need {
@@ -147,16 +159,25 @@ impl Refresher {
                 let key = format!("{task_grant_id}/{task_name}");
                 let flight = this.flight(&key);
                 let result = {
-                    let _turn = flight.lock().await;
-                    this.refresh_in_turn(
-                        &state,
-                        &task_grant_id,
-                        &task_name,
-                        &need,
-                        &key,
-                        waiting_since,
-                    )
-                    .await
+                    let (_turn, waited) = match flight.try_lock() {
+                        Ok(turn) => (turn, false),
+                        Err(_) => (flight.lock().await, true),
+                    };
+                    let result = this
+                        .refresh_in_turn(
+                            &state,
+                            &task_grant_id,
+                            &task_name,
+                            &need,
+                            &key,
+                            waiting_since,
+                        )
+                        .await;
+                    match result {
+                        // Renewed by the refresh this request waited for.
+                        Ok(c) if waited && matches!(need, Need::Expiring) => Ok(obtained(c)),
+                        other => other,
+                    }
                 };
                 this.land(&key, flight);
                 result
@@ -322,7 +343,7 @@ impl Refresher {
                 }
                 if !Self::still_needed(&current, need, skew) {
                     self.count("-", "waited");
-                    return Ok(current);
+                    return Ok(obtained(current));
                 }
                 leased = store
                     .try_lease(key, &self.holder, now(), now() + lease_seconds)

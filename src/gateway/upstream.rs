@@ -2,7 +2,7 @@
 //! certificate and hostname verification, extra trusted CAs, timeouts.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
@@ -34,6 +34,13 @@ pub fn peer_for(route: &Route, settings: &GatewaySettings) -> Result<HttpPeer, S
             cas.extend(load_cas(file)?);
         }
         if !cas.is_empty() {
+            // pingora trusts a peer's own CA list *instead of* the platform
+            // roots; a `ca_file` is an extra CA (SPEC 2), so add them back.
+            cas.extend(
+                platform_roots()
+                    .iter()
+                    .map(|der| WrappedX509::new(der.clone(), parse_x509)),
+            );
             // pingora's connection pool keys on address, SNI and the verify
             // flags but not on the trusted CAs: without a group of its own,
             // a route would reuse a connection that another route's CA
@@ -43,6 +50,24 @@ pub fn peer_for(route: &Route, settings: &GatewaySettings) -> Result<HttpPeer, S
         }
     }
     Ok(peer)
+}
+
+/// The platform's trusted roots (honouring `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR`, as pingora's default store does), read once. Roots the
+/// certificate parser refuses are left out: the TLS layer's parser panics.
+fn platform_roots() -> &'static [Vec<u8>] {
+    static ROOTS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    ROOTS.get_or_init(|| match pingora::tls::load_native_certs() {
+        Ok(certs) => certs
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .filter(|der| x509_parser::parse_x509_certificate(der).is_ok())
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the platform's trusted roots");
+            Vec::new()
+        }
+    })
 }
 
 /// A connection-pool group for a set of trusted CAs: equal sets share

@@ -16,7 +16,9 @@ use super::*;
 use crate::crypto::TokenHash;
 
 /// Migrations in order; `refgate_migrations` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_grants_and_tokens.sql")];
+const MIGRATIONS: &[&str] = &[include_str!(
+    "migrations/postgres/0001_grants_and_tokens.sql"
+)];
 /// The notification channel.
 const CHANNEL: &str = "refgate_invalidate";
 /// Arbitrary key of the advisory lock that serialises migrations.

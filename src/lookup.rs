@@ -30,8 +30,9 @@ pub struct Grant {
     pub actor: Option<serde_json::Value>,
     pub issuer: Option<String>,
     pub claims: Option<serde_json::Value>,
-    /// The custom data: a JSON object, empty when none was stored.
-    pub custom: serde_json::Map<String, serde_json::Value>,
+    /// The custom data, still sealed: cached entries stay small, and only
+    /// callers that show or change it open it ([`TokenLookup::open_custom`]).
+    pub sealed_custom: Option<Arc<[u8]>>,
     /// `custom.credentials`, parsed for the gateway.
     pub credentials: HashMap<String, Arc<Credential>>,
     pub version: i64,
@@ -146,12 +147,24 @@ impl Fences {
         self.epoch.fetch_add(1, Ordering::SeqCst) + 1
     }
 
+    /// Whether any invalidation happened since `loaded`: when none did
+    /// (the usual case), no fence needs reading.
+    fn untouched_since(&self, loaded: u64) -> bool {
+        loaded >= self.epoch.load(Ordering::SeqCst)
+    }
+
     async fn token_is_stale(&self, hash: &TokenHash, loaded: u64) -> bool {
+        if self.untouched_since(loaded) {
+            return false;
+        }
         loaded < self.all.load(Ordering::SeqCst)
             || self.tokens.get(hash).await.is_some_and(|f| loaded < f)
     }
 
     async fn grant_is_stale(&self, id: &str, loaded: u64) -> bool {
+        if self.untouched_since(loaded) {
+            return false;
+        }
         loaded < self.all.load(Ordering::SeqCst)
             || self.grants.get(id).await.is_some_and(|f| loaded < f)
     }
@@ -280,23 +293,13 @@ impl TokenLookup {
         &self.data_key
     }
 
-    /// Opens a stored grant.
+    /// Opens a stored grant: checks the custom data opens with the data key
+    /// and parses the downstream credentials in it.
     pub fn open_grant(&self, record: GrantRecord) -> Result<Grant, LookupError> {
-        let custom = match &record.custom_sealed {
-            None => serde_json::Map::new(),
-            Some(sealed) => {
-                let plain = self
-                    .data_key
-                    .open(&record.id, sealed)
-                    .map_err(|_| LookupError::Sealed)?;
-                match serde_json::from_slice(&plain) {
-                    Ok(serde_json::Value::Object(map)) => map,
-                    _ => return Err(LookupError::Sealed),
-                }
-            }
-        };
+        let custom = self.open_sealed(&record.id, record.custom_sealed.as_deref())?;
         Ok(Grant {
             credentials: credential::parse_all(&custom),
+            sealed_custom: record.custom_sealed.map(Arc::from),
             id: record.id,
             client_id: record.client_id,
             subject: record.subject,
@@ -305,10 +308,35 @@ impl TokenLookup {
             actor: record.actor,
             issuer: record.issuer,
             claims: record.claims,
-            custom,
             version: record.version,
             created_at: record.created_at,
         })
+    }
+
+    /// A grant's custom data: a JSON object, empty when none was stored.
+    pub fn open_custom(
+        &self,
+        grant: &Grant,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, LookupError> {
+        self.open_sealed(&grant.id, grant.sealed_custom.as_deref())
+    }
+
+    fn open_sealed(
+        &self,
+        grant_id: &str,
+        sealed: Option<&[u8]>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, LookupError> {
+        let Some(sealed) = sealed else {
+            return Ok(serde_json::Map::new());
+        };
+        let plain = self
+            .data_key
+            .open(grant_id, sealed)
+            .map_err(|_| LookupError::Sealed)?;
+        match serde_json::from_slice(&plain) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            _ => Err(LookupError::Sealed),
+        }
     }
 
     /// Seals custom data for storage; `None` for an empty object.

@@ -12,7 +12,6 @@ use serde_json::{json, Map, Value};
 use super::error::{no_store, OAuthError};
 use super::request::{authenticate, read_body, AuthMethods, Form, FORM_LIMIT};
 use super::{scope, TokenService};
-use crate::config::Client;
 use crate::crypto::TokenKind;
 use crate::lookup::{now, ActiveToken};
 
@@ -53,7 +52,12 @@ async fn introspect(service: &TokenService, request: Request<Body>) -> Result<Va
     {
         return Ok(inactive);
     }
-    Ok(describe(&active, &client, &config.issuer))
+    let custom = if client.reveal_custom {
+        Some(service.lookup.open_custom(&active.grant)?)
+    } else {
+        None
+    };
+    Ok(describe(&active, custom, &config.issuer))
 }
 
 /// Re-reads a refresh token from the store. Some writes revoke a grant's
@@ -80,7 +84,12 @@ async fn refresh_token_still_active(
 }
 
 /// The RFC 7662 view of an active token.
-pub fn describe(active: &ActiveToken, caller: &Client, issuer: &str) -> Value {
+/// `custom` is given only for a caller allowed to see it.
+pub fn describe(
+    active: &ActiveToken,
+    custom: Option<serde_json::Map<String, Value>>,
+    issuer: &str,
+) -> Value {
     let grant = &active.grant;
     let mut out = Map::new();
     // Arbitrary claims first, so registered members always win.
@@ -114,8 +123,8 @@ pub fn describe(active: &ActiveToken, caller: &Client, issuer: &str) -> Value {
     if let Some(actor) = &grant.actor {
         out.insert("act".into(), actor.clone());
     }
-    if caller.reveal_custom {
-        out.insert("custom".into(), Value::Object(grant.custom.clone()));
+    if let Some(custom) = custom {
+        out.insert("custom".into(), Value::Object(custom));
         out.insert("version".into(), Value::from(grant.version));
     }
     Value::Object(out)

@@ -121,7 +121,7 @@ pub async fn patch_custom(
         }
         let version = record.version;
         let grant = service.lookup.open_grant(record)?;
-        let mut merged = Value::Object(grant.custom);
+        let mut merged = Value::Object(service.lookup.open_custom(&grant)?);
         json_patch::merge(&mut merged, patch);
         let Value::Object(merged) = merged else {
             return Err(OAuthError::invalid_request("patch must be a JSON object"));

@@ -16,10 +16,11 @@ pub fn init(format: LogFormat) {
     // Per-request access lines (target `refgate::access`) are off unless
     // RUST_LOG asks for them: the hot path does no logging by default.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,refgate::access=off,pingora_core=warn,pingora_proxy=warn")
+        EnvFilter::new("info,refgate::access=off,pingora_core=warn,pingora_proxy=warn,sqlx=warn")
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),

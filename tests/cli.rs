@@ -533,3 +533,22 @@ fn serve_writes_text_log_lines_by_default() {
     // and its missing parent directory is created.
     assert!(dir.path().join("data").join("refgate.db").is_file());
 }
+
+#[test]
+fn a_missing_key_file_is_created_for_a_new_store_but_refused_for_existing_data() {
+    let text = config_text("").replace(
+        &format!("data_key = \"{DATA_KEY}\""),
+        "data_key_file = \"data/refgate.key\"",
+    );
+    let (dir, path) = write_config(&text);
+    // A new store: `check` accepts it (serve would create the key).
+    assert!(check(&path).status.success(), "{}", stderr(&check(&path)));
+    // Existing data without its key: a fresh key could never open it.
+    std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+    std::fs::write(dir.path().join("data/refgate.db"), b"").expect("db file");
+    let output = check(&path);
+    assert_eq!(output.status.code(), Some(1));
+    let problems = stderr(&output);
+    assert!(problems.contains("store.data_key_file"), "{problems}");
+    assert!(problems.contains("already holds data"), "{problems}");
+}

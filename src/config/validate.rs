@@ -190,7 +190,13 @@ fn store_config(c: &mut Checker<'_>, s: &file::Store) -> Option<StoreConfig> {
         )
     } else {
         let path = c.path(s.data_key_file.as_deref().unwrap_or_default());
-        ("store.data_key_file", data_key_file(c, &path))
+        // A new key for existing data would make that data unreadable.
+        let data_exists = match &url {
+            Some(StoreUrl::Sqlite(db)) => db.exists(),
+            Some(StoreUrl::Postgres(_)) => true,
+            None => false,
+        };
+        ("store.data_key_file", data_key_file(c, &path, data_exists))
     };
     let key = match encoded {
         Some(text) => match DataKey::from_base64(&text) {
@@ -220,11 +226,22 @@ fn store_config(c: &mut Checker<'_>, s: &file::Store) -> Option<StoreConfig> {
     })
 }
 
-/// Reads the key file; when serving and it is missing, writes a fresh key
-/// readable by the owner only.
-fn data_key_file(c: &mut Checker<'_>, path: &Path) -> Option<String> {
+/// Reads the key file; when serving, it is missing and the store is new,
+/// writes a fresh key readable by the owner only.
+fn data_key_file(c: &mut Checker<'_>, path: &Path, data_exists: bool) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && data_exists => {
+            c.report(
+                "store.data_key_file",
+                format!(
+                    "`{}` is missing but the store already holds data; restore the key \
+                     (a new one could not open the stored custom data)",
+                    path.display()
+                ),
+            );
+            None
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && c.mode == LoadMode::Check => {
             // `serve` creates it; a valid key is what it will hold.
             Some(Random::default().data_key_base64())

@@ -717,22 +717,23 @@ async fn two_instances_sharing_a_store_refresh_an_expired_credential_once() {
     let setup = Setup::start().await;
     let (app, old_access, _) = setup.app_with_credential("peggy", unix_now() - 10).await;
 
-    // A second instance on the first one's SQLite file.
-    let mut second = Refgate::start_with(Options {
+    // A second instance on the first one's store (its SQLite file, or its
+    // PostgreSQL database when the suite runs on PostgreSQL).
+    let shared = if test_store_is_postgres() {
+        setup.server.store_url.clone()
+    } else {
+        format!("sqlite://{}", setup.server.db_path.display())
+    };
+    let second = Refgate::start_with(Options {
         gateway: "authority_timeout = \"20s\"".into(),
         extra: format!(
             "{}\n{}",
             setup.oidc.authority_toml("photos-as"),
             photos_route(&setup.upstream.url(), "photos", "/photos/")
         ),
+        store_url: Some(shared),
         ..Options::default()
     });
-    let config = std::fs::read_to_string(&second.config_path).expect("read config");
-    let shared = format!("url = \"sqlite://{}\"", setup.server.db_path.display());
-    let config = config.replace("url = \"sqlite://data/refgate.db\"", &shared);
-    assert!(config.contains(&shared));
-    std::fs::write(&second.config_path, config).expect("write config");
-    second.restart();
     wait_for_proxy(&second).await;
 
     let client = http();

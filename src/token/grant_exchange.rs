@@ -62,7 +62,19 @@ pub async fn grant(
         }
     };
 
-    // RFC 8693 §4.1: the current actor on top, earlier ones nested.
+    issue_exchanged(service, client, subject, prior_actor, scopes, audience).await
+}
+
+/// Issues the new grant of an exchange: the subject's, made for `client`,
+/// with `act` naming the client on top of any earlier actor (RFC 8693 §4.1).
+pub(super) async fn issue_exchanged(
+    service: &TokenService,
+    client: &Client,
+    subject: String,
+    prior_actor: Option<serde_json::Value>,
+    scopes: Vec<String>,
+    audience: Vec<String>,
+) -> Result<TokenResponse, OAuthError> {
     let mut actor = json!({ "sub": client.id });
     if let Some(prior) = prior_actor {
         actor["act"] = prior;

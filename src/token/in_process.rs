@@ -4,10 +4,8 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
-
 use super::error::OAuthError;
-use super::issue::{whole_seconds, NewGrant, TokenResponse, ACCESS_TOKEN_TYPE};
+use super::issue::{TokenResponse, ACCESS_TOKEN_TYPE};
 use super::request::Form;
 use super::{scope, TokenService};
 use crate::config::{Client, GrantType};
@@ -63,29 +61,15 @@ impl TokenService {
                 )));
             }
         }
-        // RFC 8693 §4.1: the current actor on top, earlier ones nested.
-        let mut actor = json!({ "sub": client.id });
-        if let Some(prior) = &subject.actor {
-            actor["act"] = prior.clone();
-        }
-        let mut response = self
-            .issue(
-                &client,
-                NewGrant {
-                    subject: subject.subject.clone(),
-                    scopes,
-                    audience,
-                    actor: Some(actor),
-                    issuer: None,
-                    claims: None,
-                    custom: Default::default(),
-                    access_ttl: whole_seconds(client.access_token_ttl),
-                    allow_refresh: true,
-                },
-            )
-            .await?;
-        response.issued_token_type = Some(ACCESS_TOKEN_TYPE);
-        Ok(response)
+        super::grant_exchange::issue_exchanged(
+            self,
+            &client,
+            subject.subject.clone(),
+            subject.actor.clone(),
+            scopes,
+            audience,
+        )
+        .await
     }
 
     /// Refreshes one of refgate's own refresh tokens as the client it was

@@ -38,13 +38,6 @@ fn start_cluster(extra: &str) -> Cluster {
     Cluster { a, b, _db: db }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-}
-
 async fn store_credential(server: &Refgate, token: &str, credential: Value) {
     let (status, body) = server
         .mutate(&json!({ "token": token, "patch": { "credentials": { "photos": credential } } }))

@@ -44,13 +44,6 @@ fn trusted_issuer_file() -> String {
     )
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
 /// Standard id_token claims; tests override members as they need.
 fn id_claims(sub: &str) -> Value {
     let now = unix_now();

@@ -28,13 +28,6 @@ client_id = "gateway"
 client_secret = "unused"
 "#;
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
 /// refgate with `/photos/` (protected, credential `photos`) and `/open/`
 /// (public), both to `upstream`.
 fn start(upstream: &Upstream) -> Refgate {

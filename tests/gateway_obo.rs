@@ -155,13 +155,6 @@ async fn wait_for_proxy(server: &Refgate) {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
 /// Asserts `token` is an active exchanged token for `sub` made for the
 /// reports upstream.
 async fn assert_exchanged_for(server: &Refgate, token: &str, sub: &str) {

@@ -44,13 +44,6 @@ async fn wait_for_proxy(server: &Refgate) {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
 async fn get(url: String, token: Option<&str>) -> reqwest::Response {
     let mut request = http().get(url);
     if let Some(token) = token {

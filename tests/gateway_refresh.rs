@@ -143,13 +143,6 @@ async fn send(request: reqwest::RequestBuilder, app: &str) -> Answer {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }

@@ -34,13 +34,6 @@ client_id = "gateway"
 client_secret = "unused"
 "#;
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
 /// A `[[routes]]` entry; `more` holds extra lines.
 fn route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
     format!(

@@ -26,13 +26,6 @@ client_id = "gateway"
 client_secret = "unused"
 "#;
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
 /// Serializes starts in this test binary: one test hands its refgate an
 /// `SSL_CERT_FILE`, which no other start may inherit.
 static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());

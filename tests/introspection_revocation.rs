@@ -5,20 +5,13 @@ mod common;
 use common::*;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use reqwest::header::WWW_AUTHENTICATE;
 use serde_json::{json, Value};
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
 
 /// Introspects `token` as `client` (secret `<client>-secret`); status and body.
 async fn introspect_as(server: &Refgate, client: &str, token: &str) -> (StatusCode, Value) {

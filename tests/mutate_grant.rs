@@ -7,30 +7,7 @@ use common::*;
 use serde_json::{json, Value};
 
 const MUTATE: &str = "urn:ietf:params:oauth:grant-type:token-exchange-mutate";
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-
-/// A grant held by `app` with an access and a refresh token, for `scope`
-/// (which must include `offline_access`).
-async fn refreshable(server: &Refgate, scope: &str) -> (String, String) {
-    let subject = server.client_token("app", None).await;
-    let (status, body) = server
-        .token(
-            "app",
-            &[
-                ("grant_type", EXCHANGE),
-                ("subject_token", str_of(&subject, "access_token")),
-                ("subject_token_type", ACCESS_TOKEN_TYPE),
-                ("scope", scope),
-            ],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "exchange failed: {body}");
-    (
-        str_of(&body, "access_token").to_string(),
-        str_of(&body, "refresh_token").to_string(),
-    )
-}
 
 /// The mutate grant as `client` on `token`, with an optional new `scope`.
 async fn mutate_scope(
@@ -300,11 +277,4 @@ async fn mutate_without_subject_token_type_is_invalid_request() {
         .await;
     assert_error(status, &body, "invalid_request");
     assert_eq!(server.introspect(&access).await["version"], 1);
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
 }

@@ -6,32 +6,6 @@ use common::*;
 
 use serde_json::Value;
 
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-
-/// An access and a refresh token of a grant held by `app`: `app` exchanges
-/// its own client_credentials token, asking for `scope` (which must include
-/// `offline_access`).
-async fn refreshable(server: &Refgate, scope: &str) -> (String, String) {
-    let subject = server.client_token("app", None).await;
-    let (status, body) = server
-        .token(
-            "app",
-            &[
-                ("grant_type", EXCHANGE),
-                ("subject_token", str_of(&subject, "access_token")),
-                ("subject_token_type", ACCESS_TOKEN_TYPE),
-                ("scope", scope),
-            ],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "exchange failed: {body}");
-    (
-        str_of(&body, "access_token").to_string(),
-        str_of(&body, "refresh_token").to_string(),
-    )
-}
-
 /// `grant_type=refresh_token` as `client`, with optional `scope`.
 async fn refresh(
     server: &Refgate,
@@ -356,13 +330,6 @@ async fn replay_racing_a_first_lookup_leaves_no_active_token_behind() {
             "a stale cached grant outlived its revocation"
         );
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
 }
 
 #[tokio::test]

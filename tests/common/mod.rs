@@ -446,3 +446,40 @@ pub fn str_of<'a>(body: &'a Value, key: &str) -> &'a str {
         .as_str()
         .unwrap_or_else(|| panic!("`{key}` missing in {body}"))
 }
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// An access and a refresh token of a grant held by `app`: `app` exchanges
+/// its own client_credentials token, asking for `scope` (which must include
+/// `offline_access`).
+pub async fn refreshable(server: &Refgate, scope: &str) -> (String, String) {
+    let subject = server.client_token("app", None).await;
+    let (status, body) = server
+        .token(
+            "app",
+            &[
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
+                ("subject_token", str_of(&subject, "access_token")),
+                (
+                    "subject_token_type",
+                    "urn:ietf:params:oauth:token-type:access_token",
+                ),
+                ("scope", scope),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "exchange failed: {body}");
+    (
+        str_of(&body, "access_token").to_string(),
+        str_of(&body, "refresh_token").to_string(),
+    )
+}

@@ -6,6 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+// Many small per-request allocations (headers, tasks, buffers): mimalloc
+// handles them with less CPU and less fragmentation than glibc's malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use refgate::config::{self, LoadMode};
 use refgate::telemetry::{self, LogFormat};
 

@@ -229,6 +229,8 @@ async fn https_upstream_signed_by_the_routes_ca_is_proxied() {
     let seen = upstream.requests();
     assert_eq!(seen.len(), 3);
     for request in &seen {
+        // The upstream offers h2 by ALPN, and the gateway takes it.
+        assert_eq!(request.version, "HTTP/2.0");
         for (name, value) in &request.headers {
             assert!(
                 !value.windows(5).any(|w| w == b"rgat_"),

@@ -29,6 +29,9 @@ pub fn peer_for(route: &Route, settings: &GatewaySettings) -> Result<HttpPeer, S
     peer.options.verify_cert = true;
     peer.options.verify_hostname = true;
     if upstream.tls {
+        // Offer h2 and http/1.1 by ALPN; the upstream picks. Plain-HTTP
+        // upstreams stay on HTTP/1.1 (h2c would break HTTP/1-only ones).
+        peer.options.set_http_version(2, 1);
         let mut cas = Vec::new();
         for file in route.ca_file.iter().chain(settings.ca_file.iter()) {
             cas.extend(load_cas(file)?);

@@ -19,6 +19,8 @@ use serde_json::json;
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub method: String,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
     pub path: String,
     /// Header (name, value) pairs, names lower-case, values as raw bytes.
     pub headers: Vec<(String, Vec<u8>)>,
@@ -77,7 +79,7 @@ impl Upstream {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .expect("server certificate");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Self::start_inner(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
     }
 
@@ -173,6 +175,7 @@ async fn handle(
         .unwrap_or_default();
     let recorded = Recorded {
         method: parts.method.to_string(),
+        version: format!("{:?}", parts.version),
         path: path.clone(),
         headers: parts
             .headers

@@ -92,18 +92,6 @@ fn assert_error(status: StatusCode, body: &Value, code: &str) {
     assert!(body["error_description"].is_string(), "{body}");
 }
 
-fn sorted_scopes(value: &Value) -> Vec<String> {
-    let mut scopes: Vec<String> = value
-        .as_str()
-        .unwrap_or_else(|| panic!("scope is not a string: {value}"))
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    scopes.sort_unstable();
-    scopes
-}
-
 // --- access_token subjects ----------------------------------------------
 
 #[tokio::test]

@@ -17,30 +17,6 @@ const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const EXCHANGE_MUTATE: &str = "urn:ietf:params:oauth:grant-type:token-exchange-mutate";
 
-/// An authority for the routes' credentials; these tests never refresh, so
-/// its endpoint is never called.
-const AUTHORITY: &str = r#"[[authorities]]
-name = "photos-as"
-token_endpoint = "http://127.0.0.1:9/token"
-client_id = "gateway"
-client_secret = "unused"
-"#;
-
-fn route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\n{more}\n"
-    )
-}
-
-fn photos_route(upstream: &str) -> String {
-    route(
-        "photos",
-        "/photos/",
-        upstream,
-        "required_scopes = [\"photos.read\"]\ncredential = \"photos\"",
-    )
-}
-
 fn start(routes: &str) -> Refgate {
     Refgate::start_with(Options {
         extra: format!("{AUTHORITY}\n{routes}"),

@@ -21,13 +21,6 @@ use tokio::net::TcpStream;
 const TIMEOUT: Duration = Duration::from_secs(10);
 const KIB: usize = 1024;
 
-const AUTHORITY: &str = r#"[[authorities]]
-name = "photos-as"
-token_endpoint = "http://127.0.0.1:9/token"
-client_id = "gateway"
-client_secret = "unused"
-"#;
-
 /// refgate with `/photos/` (protected, credential `photos`) and `/open/`
 /// (public), both to `upstream`.
 fn start(upstream: &Upstream) -> Refgate {

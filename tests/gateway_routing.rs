@@ -25,33 +25,6 @@ use tokio::sync::{mpsc, Notify};
 
 const MIB: usize = 1024 * 1024;
 
-/// An authority for the routes' credentials; these tests never refresh, so
-/// its endpoint is never called.
-const AUTHORITY: &str = r#"[[authorities]]
-name = "photos-as"
-token_endpoint = "http://127.0.0.1:9/token"
-client_id = "gateway"
-client_secret = "unused"
-"#;
-
-/// A `[[routes]]` entry; `more` holds extra lines.
-fn route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\n{more}\n"
-    )
-}
-
-/// The standard protected route: `/photos/`, scope `photos.read`,
-/// credential `photos`.
-fn photos_route(upstream: &str) -> String {
-    route(
-        "photos",
-        "/photos/",
-        upstream,
-        "required_scopes = [\"photos.read\"]\ncredential = \"photos\"",
-    )
-}
-
 /// A public route (`auth = "none"`).
 fn public_route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
     route(name, prefix, upstream, &format!("auth = \"none\"\n{more}"))

@@ -19,13 +19,6 @@ use rcgen::{
 };
 use serde_json::{json, Value};
 
-const AUTHORITY: &str = r#"[[authorities]]
-name = "photos-as"
-token_endpoint = "http://127.0.0.1:9/token"
-client_id = "gateway"
-client_secret = "unused"
-"#;
-
 /// Serializes starts in this test binary: one test hands its refgate an
 /// `SSL_CERT_FILE`, which no other start may inherit.
 static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -45,18 +45,6 @@ fn assert_error(status: StatusCode, body: &Value, code: &str) {
     assert!(body["error_description"].is_string(), "{body}");
 }
 
-fn sorted_scopes(value: &Value) -> Vec<String> {
-    let mut scopes: Vec<String> = value
-        .as_str()
-        .unwrap_or_else(|| panic!("scope is not a string: {value}"))
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    scopes.sort_unstable();
-    scopes
-}
-
 #[tokio::test]
 async fn mutated_scope_shows_at_once_on_the_same_token_without_extending_exp() {
     let server = Refgate::start();

@@ -28,18 +28,6 @@ fn assert_error(status: StatusCode, body: &Value, code: &str) {
     assert_eq!(body["error"], code, "{body}");
 }
 
-fn sorted_scopes(value: &Value) -> Vec<String> {
-    let mut scopes: Vec<String> = value
-        .as_str()
-        .unwrap_or_else(|| panic!("scope is not a string: {value}"))
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    scopes.sort_unstable();
-    scopes
-}
-
 #[tokio::test]
 async fn refresh_rotates_the_refresh_token_and_the_old_one_dies() {
     let server = Refgate::start();

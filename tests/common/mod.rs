@@ -483,3 +483,43 @@ pub async fn refreshable(server: &Refgate, scope: &str) -> (String, String) {
         str_of(&body, "refresh_token").to_string(),
     )
 }
+
+/// An authority for route credentials in tests that never refresh: its
+/// endpoint is never called.
+pub const AUTHORITY: &str = r#"[[authorities]]
+name = "photos-as"
+token_endpoint = "http://127.0.0.1:9/token"
+client_id = "gateway"
+client_secret = "unused"
+"#;
+
+/// A `[[routes]]` entry; `more` holds extra lines.
+pub fn route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\n{more}\n"
+    )
+}
+
+/// The standard protected route: `/photos/`, scope `photos.read`,
+/// credential `photos`.
+pub fn photos_route(upstream: &str) -> String {
+    route(
+        "photos",
+        "/photos/",
+        upstream,
+        "required_scopes = [\"photos.read\"]\ncredential = \"photos\"",
+    )
+}
+
+/// The space-separated scopes of a JSON string, sorted.
+pub fn sorted_scopes(value: &serde_json::Value) -> Vec<String> {
+    let mut scopes: Vec<String> = value
+        .as_str()
+        .unwrap_or_else(|| panic!("scope is not a string: {value}"))
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    scopes.sort_unstable();
+    scopes
+}

@@ -94,20 +94,24 @@ function table(title, wanted,    names, nnames, i, j, key, count) {
 }
 
 END {
-    table("Proxy paths", "direct nginx refgate-hot refgate-cold")
+    table("Proxy paths", "direct nginx pingora-bare refgate-hot refgate-cold")
     table("Token endpoint", "token-issue token-introspect")
     print "### Ratios (median of per-round ratios)"
     print ""
-    print "| conns | measure | refgate-hot / nginx | refgate-hot / direct | nginx / direct | refgate-cold / refgate-hot |"
-    print "|---:|---|---:|---:|---:|---:|"
+    print "pingora-bare is pingora alone with refgate's pingora settings and no refgate logic: `refgate-hot / pingora-bare` is what refgate's own work costs, `pingora-bare / nginx` what pingora costs."
+    print ""
+    print "| conns | measure | refgate-hot / nginx | refgate-hot / direct | refgate-hot / pingora-bare | pingora-bare / nginx | nginx / direct | refgate-cold / refgate-hot |"
+    print "|---:|---|---:|---:|---:|---:|---:|---:|"
     for (i = 1; i <= nconns; i++) {
         c = conns_list[i]
         if (!(("refgate-hot", c) in n)) continue
-        printf "| %s | req/s | %s | %s | %s | %s |\n", c, ratio("refgate-hot", "nginx", c, "rps"),
-            ratio("refgate-hot", "direct", c, "rps"), ratio("nginx", "direct", c, "rps"),
+        printf "| %s | req/s | %s | %s | %s | %s | %s | %s |\n", c, ratio("refgate-hot", "nginx", c, "rps"),
+            ratio("refgate-hot", "direct", c, "rps"), ratio("refgate-hot", "pingora-bare", c, "rps"),
+            ratio("pingora-bare", "nginx", c, "rps"), ratio("nginx", "direct", c, "rps"),
             ratio("refgate-cold", "refgate-hot", c, "rps")
-        printf "| %s | CPU per request | %s | %s | %s | %s |\n", c, ratio("refgate-hot", "nginx", c, "cpu"),
-            ratio("refgate-hot", "direct", c, "cpu"), ratio("nginx", "direct", c, "cpu"),
+        printf "| %s | CPU per request | %s | %s | %s | %s | %s | %s |\n", c, ratio("refgate-hot", "nginx", c, "cpu"),
+            ratio("refgate-hot", "direct", c, "cpu"), ratio("refgate-hot", "pingora-bare", c, "cpu"),
+            ratio("pingora-bare", "nginx", c, "cpu"), ratio("nginx", "direct", c, "cpu"),
             ratio("refgate-cold", "refgate-hot", c, "cpu")
     }
     print ""

@@ -131,11 +131,13 @@ fn bench_report_renders_medians_and_per_round_ratios() {
     let rows = [
         "direct\t16\t1\t100000\t150\t400\t5000\t0\t5.0",
         "nginx\t16\t1\t40000\t400\t900\t4000\t0\t10.0",
+        "pingora-bare\t16\t1\t20000\t700\t1000\t9000\t0\t20.0",
         "refgate-hot\t16\t1\t30000\t500\t1200\t30000\t0\t30.0",
         "refgate-cold\t16\t1\t6000\t2500\t6000\t40000\t0\t150.0",
         // Round 2 runs on a machine half as fast: ratios stay put.
         "direct\t16\t2\t50000\t300\t800\t5000\t0\t10.0",
         "nginx\t16\t2\t20000\t800\t1800\t4000\t0\t20.0",
+        "pingora-bare\t16\t2\t10000\t1400\t2000\t9000\t0\t40.0",
         "refgate-hot\t16\t2\t15000\t1000\t2400\t31000\t0\t60.0",
         "refgate-cold\t16\t2\t3000\t5000\t12000\t40000\t2\t300.0",
     ];
@@ -158,11 +160,11 @@ fn bench_report_renders_medians_and_per_round_ratios() {
     );
     assert!(report.contains("| refgate-cold | 16 | 4500 |"), "{report}");
     assert!(
-        report.contains("| 16 | req/s | 0.75 | 0.30 | 0.40 | 0.20 |"),
+        report.contains("| 16 | req/s | 0.75 | 0.30 | 1.50 | 0.50 | 0.40 | 0.20 |"),
         "{report}"
     );
     assert!(
-        report.contains("| 16 | CPU per request | 3.00 | 6.00 | 2.00 | 5.00 |"),
+        report.contains("| 16 | CPU per request | 3.00 | 6.00 | 1.50 | 2.00 | 2.00 | 5.00 |"),
         "{report}"
     );
 }

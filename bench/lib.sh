@@ -170,3 +170,46 @@ upstream_stat() {
     curl -s "http://127.0.0.1:$UPSTREAM_PORT/_stats" |
         sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p" | awk '{print $1 + 0} END {if (NR == 0) print 0}'
 }
+
+# Counts the user-space instructions a server executes per request, under
+# valgrind's callgrind: the same count for the same binary and requests,
+# whatever else the machine is doing. Counting is switched on only for the
+# measured requests (after a warm-up), so start-up is left out.
+# usage: count_instructions VAR NAME PORT TOKENS_FILE -- COMMAND...
+# Sets VAR to the instructions per request.
+count_instructions() {
+    local var=$1 name=$2 port=$3 tokens=$4
+    shift 5
+    local out=$WORK/callgrind-$name.out log=$WORK/callgrind-$name.log
+    local requests url="http://127.0.0.1:$port"
+    requests=$(wc -l <"$tokens")
+    # Not through on_server_cpus: $! must be valgrind's own PID.
+    if [[ $PIN == 1 ]]; then
+        taskset -c "$SERVER_CPUS" valgrind --tool=callgrind --instr-atstart=no \
+            --callgrind-out-file="$out" "$@" >>"$log" 2>&1 &
+    else
+        valgrind --tool=callgrind --instr-atstart=no \
+            --callgrind-out-file="$out" "$@" >>"$log" 2>&1 &
+    fi
+    local pid=$!
+    STARTED_PIDS+=("$pid")
+    local i
+    for ((i = 0; i < 600; i++)); do
+        kill -0 "$pid" 2>/dev/null || die "$name exited under valgrind (log: $log)"
+        curl -s -o /dev/null --max-time 5 "$url/api/ready" && break
+        sleep 0.2
+    done
+    local touch=("$TOKENS_BIN" touch --proxy "$url" --path /api/count --tokens "$tokens" --concurrency 4)
+    on_client_cpus "${touch[@]}" >/dev/null 2>>"$WORK/bench_tokens.log" || die "$name: the warm-up failed"
+    callgrind_control -i on "$pid" >/dev/null
+    on_client_cpus "${touch[@]}" >/dev/null 2>>"$WORK/bench_tokens.log" || die "$name: the measured requests failed"
+    callgrind_control -i off "$pid" >/dev/null
+    callgrind_control -d "$pid" >/dev/null
+    stop_server "$pid"
+    local dump total
+    dump=$(ls -t "$out".* 2>/dev/null | head -1)
+    [[ -n $dump ]] || die "$name: callgrind wrote no profile (log: $log)"
+    total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+    [[ -n $total ]] || die "$name: no instruction total in $dump"
+    printf -v "$var" '%s' $((total / requests))
+}

@@ -1,8 +1,9 @@
 //! A bare pingora proxy for the benchmark (see `bench/README.md`): the
 //! smallest `ProxyHttp` there is — one upstream, no authentication, no
-//! metrics, no logging — run with the same pingora settings as refgate's
-//! gateway. Its numbers are pingora's own floor on this machine, so the
-//! benchmark can tell what refgate adds apart from what pingora costs.
+//! metrics, no logging — with exactly the pingora settings of refgate's
+//! gateway (`refgate::server::proxy_server_conf`). Its numbers are pingora's
+//! own floor on this machine, so the benchmark can tell what refgate adds
+//! apart from what pingora costs.
 //!
 //! Usage: `bench_pingora --listen 127.0.0.1:18111 --upstream 127.0.0.1:18100`
 
@@ -11,15 +12,14 @@ use std::net::SocketAddr;
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
-use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 
+// The allocator refgate uses, so that only the proxy logic differs.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Bare {
     upstream: SocketAddr,
-    modules: bool,
 }
 
 #[async_trait]
@@ -28,12 +28,8 @@ impl ProxyHttp for Bare {
 
     fn new_ctx(&self) {}
 
-    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
-        if self.modules {
-            modules.add_module(
-                pingora::modules::http::compression::ResponseCompressionBuilder::enable(0),
-            );
-        }
+    fn init_downstream_modules(&self, _: &mut pingora::modules::http::HttpModules) {
+        // As refgate's gateway: no modules.
     }
 
     async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
@@ -62,23 +58,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let work_stealing = flag("--work-stealing", "true") != "false";
-    let modules = flag("--modules", "true") != "false";
-    let conf = ServerConf {
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        work_stealing,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut server = Server::new_with_opt_and_conf(None, refgate::server::proxy_server_conf());
     server.bootstrap();
-    let mut service = http_proxy_service(&server.configuration, Bare { upstream, modules });
-    // As refgate's gateway: HTTP/1.1 and h2c on one plain listener.
+    let mut service = http_proxy_service(&server.configuration, Bare { upstream });
     if let Some(logic) = service.app_logic_mut() {
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2c = true;
-        logic.server_options = Some(options);
+        logic.server_options = Some(refgate::server::proxy_server_options());
     }
     service.add_tcp(&listen);
     server.add_service(service);

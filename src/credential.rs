@@ -1,6 +1,11 @@
 //! Downstream credentials stored inside a grant's custom data under
-//! `custom.credentials.<name>` (SPEC 3.6), parsed once when a grant is
-//! loaded so the proxy's hot path only reads a prepared header value.
+//! `custom.credentials.<name>` (SPEC 3.6).
+//!
+//! Two shapes: [`StoredCredential`] is the stored JSON, read fresh from the
+//! store whenever a credential is refreshed or exchanged; [`Credential`] is
+//! the compact form a cached grant keeps for the proxy's hot path — the
+//! prepared header text, the expiry and two flags, nothing a request does
+//! not need (no refresh token, which only the refresh reads, from the store).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,13 +36,37 @@ pub struct StoredCredential {
     pub reauth_required: Option<bool>,
 }
 
+impl StoredCredential {
+    pub fn reauth_required(&self) -> bool {
+        self.reauth_required == Some(true)
+    }
+
+    /// Whether it must be refreshed before use at `now` with `skew` seconds.
+    pub fn needs_refresh(&self, now: i64, skew: i64) -> bool {
+        self.expires_at
+            .is_some_and(|exp| exp.saturating_sub(skew) <= now)
+    }
+
+    /// Whether the access token is still valid at `now`.
+    pub fn still_valid(&self, now: i64) -> bool {
+        self.expires_at.is_none_or(|exp| exp > now)
+    }
+}
+
+/// The expiry of a credential that states none (it never needs a refresh).
+const NEVER: i64 = i64::MAX;
+
 /// A credential ready for use by the proxy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
-    pub stored: StoredCredential,
     /// `<token_type> <access_token>`; `None` when that is not a valid header
     /// value (e.g. it holds CR/LF): such a credential is never sent.
-    pub header: Option<HeaderValue>,
+    header: Option<Box<str>>,
+    /// Unix seconds; [`NEVER`] when the credential does not say.
+    expires_at: i64,
+    reauth_required: bool,
+    /// It has a refresh token (in the store).
+    refreshable: bool,
     /// This process obtained it from its authority for the request at hand
     /// (a refresh or an exchange), rather than reading it from the store:
     /// an upstream 401 to it is final, refreshing again would not help.
@@ -45,66 +74,167 @@ pub struct Credential {
 }
 
 impl Credential {
-    pub fn from_stored(stored: StoredCredential) -> Self {
+    pub fn from_stored(stored: &StoredCredential) -> Self {
         let scheme = stored.token_type.as_deref().unwrap_or("Bearer");
         let scheme = if scheme.eq_ignore_ascii_case("bearer") {
             "Bearer"
         } else {
             scheme
         };
-        let header = header_value(scheme, &stored.access_token);
         Credential {
-            stored,
-            header,
+            header: header_text(scheme, &stored.access_token),
+            expires_at: stored.expires_at.unwrap_or(NEVER),
+            reauth_required: stored.reauth_required(),
+            refreshable: stored.refresh_token.is_some(),
             just_obtained: false,
         }
     }
 
     /// A credential just obtained from its authority.
-    pub fn obtained(stored: StoredCredential) -> Self {
+    pub fn obtained(stored: &StoredCredential) -> Self {
         Credential {
             just_obtained: true,
             ..Credential::from_stored(stored)
         }
     }
 
+    /// The same credential, marked as just obtained.
+    pub fn as_obtained(&self) -> Self {
+        Credential {
+            just_obtained: true,
+            ..self.clone()
+        }
+    }
+
+    /// The `Authorization` value to send upstream, when it is a safe one.
+    pub fn header_value(&self) -> Option<HeaderValue> {
+        self.header
+            .as_deref()
+            .and_then(|h| HeaderValue::from_str(h).ok())
+    }
+
+    /// Whether it can be sent at all (see [`Credential::header_value`]).
+    pub fn is_sendable(&self) -> bool {
+        self.header.is_some()
+    }
+
+    /// Whether two credentials would send the same header.
+    pub fn same_header(&self, other: &Credential) -> bool {
+        self.header == other.header
+    }
+
     /// Whether it must be refreshed before use at `now` with `skew` seconds.
     pub fn needs_refresh(&self, now: i64, skew: i64) -> bool {
-        self.stored.expires_at.is_some_and(|exp| exp - skew <= now)
+        self.expires_at != NEVER && self.expires_at.saturating_sub(skew) <= now
     }
 
     /// Whether the access token is still valid at `now`.
     pub fn still_valid(&self, now: i64) -> bool {
-        self.stored.expires_at.is_none_or(|exp| exp > now)
+        self.expires_at == NEVER || self.expires_at > now
     }
 
     pub fn reauth_required(&self) -> bool {
-        self.stored.reauth_required == Some(true)
+        self.reauth_required
+    }
+
+    pub fn refreshable(&self) -> bool {
+        self.refreshable
     }
 }
 
-/// A header value from a scheme and a token, refusing anything that is not
-/// a plain visible-ASCII token (no CR, LF, NUL or spaces inside).
-fn header_value(scheme: &str, token: &str) -> Option<HeaderValue> {
+/// `<scheme> <token>`, refusing anything that is not a plain visible-ASCII
+/// token (no CR, LF, NUL or spaces inside).
+fn header_text(scheme: &str, token: &str) -> Option<Box<str>> {
     let safe = |s: &str| !s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
     if !safe(scheme) || !safe(token) {
         return None;
     }
-    HeaderValue::from_str(&format!("{scheme} {token}")).ok()
+    Some(format!("{scheme} {token}").into_boxed_str())
 }
 
-/// Parses every credential under `credentials` in custom data. Entries of
-/// the wrong shape are skipped (the route answers `credential_missing`).
-pub fn parse_all(custom: &Map<String, Value>) -> HashMap<String, Arc<Credential>> {
-    let Some(Value::Object(credentials)) = custom.get("credentials") else {
+/// The credentials of a grant, by name, in the compact form.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials(Box<[(Box<str>, Arc<Credential>)]>);
+
+impl Credentials {
+    /// Reads every credential under `credentials` of parsed custom data.
+    /// Entries of the wrong shape are skipped (a route that needs one
+    /// answers `credential_missing`).
+    pub fn from_custom(custom: &Map<String, Value>) -> Self {
+        match custom.get("credentials") {
+            Some(Value::Object(all)) => Credentials::from_entries(
+                all.iter()
+                    .filter_map(|(name, v)| Some((name, StoredCredential::deserialize(v).ok()?))),
+            ),
+            _ => Credentials::default(),
+        }
+    }
+
+    /// Reads the credentials straight from custom data's JSON text, without
+    /// building a tree of the rest of it. `None` when the text is not a JSON
+    /// object.
+    pub fn from_json(text: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Custom {
+            #[serde(default)]
+            credentials: Option<Value>,
+        }
+        // serde would also take an array for a struct: only an object is
+        // custom data.
+        if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        let custom: Custom = serde_json::from_slice(text).ok()?;
+        Some(match custom.credentials {
+            Some(Value::Object(all)) => {
+                Credentials::from_entries(all.into_iter().filter_map(|(name, v)| {
+                    Some((name, serde_json::from_value::<StoredCredential>(v).ok()?))
+                }))
+            }
+            _ => Credentials::default(),
+        })
+    }
+
+    fn from_entries<N: AsRef<str>>(entries: impl Iterator<Item = (N, StoredCredential)>) -> Self {
+        Credentials(
+            entries
+                .map(|(name, stored)| {
+                    (
+                        Box::from(name.as_ref()),
+                        Arc::new(Credential::from_stored(&stored)),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Credential>> {
+        self.0.iter().find(|(n, _)| &**n == name).map(|(_, c)| c)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One stored credential of parsed custom data, in its stored shape.
+pub fn stored(custom: &Map<String, Value>, name: &str) -> Option<StoredCredential> {
+    let value = custom.get("credentials")?.get(name)?;
+    StoredCredential::deserialize(value).ok()
+}
+
+/// Every credential of parsed custom data, in the stored shape (for tests
+/// and tools; the proxy uses [`Credentials`]).
+pub fn stored_all(custom: &Map<String, Value>) -> HashMap<String, StoredCredential> {
+    let Some(Value::Object(all)) = custom.get("credentials") else {
         return HashMap::new();
     };
-    credentials
-        .iter()
-        .filter_map(|(name, value)| {
-            let stored: StoredCredential = serde_json::from_value(value.clone()).ok()?;
-            Some((name.clone(), Arc::new(Credential::from_stored(stored))))
-        })
+    all.iter()
+        .filter_map(|(name, v)| Some((name.clone(), StoredCredential::deserialize(v).ok()?)))
         .collect()
 }
 
@@ -114,16 +244,36 @@ mod tests {
 
     #[test]
     fn header_injection_is_refused() {
-        let c = Credential::from_stored(StoredCredential {
+        let c = Credential::from_stored(&StoredCredential {
             access_token: "abc\r\nX-Evil: 1".into(),
             ..Default::default()
         });
-        assert!(c.header.is_none());
-        let ok = Credential::from_stored(StoredCredential {
+        assert!(!c.is_sendable());
+        assert!(c.header_value().is_none());
+        let ok = Credential::from_stored(&StoredCredential {
             access_token: "abc.def".into(),
             token_type: Some("bearer".into()),
             ..Default::default()
         });
-        assert_eq!(ok.header.unwrap(), "Bearer abc.def");
+        assert_eq!(ok.header_value().unwrap(), "Bearer abc.def");
+    }
+
+    #[test]
+    fn credentials_from_json_skip_entries_of_the_wrong_shape() {
+        let text = br#"{"other": {"deep": [1, 2, 3]}, "credentials": {
+            "photos": {"access_token": "a", "refresh_token": "r", "expires_at": 10},
+            "broken": {"access_token": 7},
+            "plain": {"access_token": "b", "reauth_required": true}}}"#;
+        let all = Credentials::from_json(text).expect("an object");
+        assert_eq!(all.len(), 2);
+        let photos = all.get("photos").expect("photos");
+        assert!(photos.refreshable());
+        assert!(photos.needs_refresh(10, 0) && !photos.needs_refresh(9, 0));
+        assert!(all.get("plain").expect("plain").reauth_required());
+        assert!(all.get("broken").is_none());
+        assert!(Credentials::from_json(b"[1]").is_none());
+        assert!(Credentials::from_json(br#"{"credentials": "x"}"#)
+            .expect("an object")
+            .is_empty());
     }
 }

@@ -11,7 +11,7 @@ use pingora::proxy::Session;
 use super::bearer::{self, Bearer};
 use super::errors::GatewayError;
 use super::proxy::{Gateway, RequestCtx};
-use super::refresh::Need;
+use super::refresh::{Need, REQUEST_ID};
 use super::routing::route_path;
 use crate::config::RouteAccess;
 use crate::credential::Credential;
@@ -55,11 +55,12 @@ pub async fn admit(
             tracing::warn!(request_id = %ctx.request_id, error = %e, "token lookup failed");
             GatewayError::StoreUnavailable
         })?;
-    gateway
-        .metrics
-        .cache
-        .with_label_values(&[route.name.as_str(), if hit { "hit" } else { "miss" }])
-        .inc();
+    let counted = entry.metrics(&gateway.metrics);
+    if hit {
+        counted.cache_hit.inc();
+    } else {
+        counted.cache_miss.inc();
+    }
     let active = found
         .filter(|t| t.token.kind == TokenKind::Access)
         .ok_or(GatewayError::InvalidToken)?;
@@ -70,7 +71,7 @@ pub async fn admit(
     }
 
     let skew = state.config.gateway.refresh_skew.as_secs() as i64;
-    let grant_id = active.grant.id.as_str();
+    let grant_id = &*active.grant.id;
     let (name, credential): (&str, Arc<Credential>) = match &route.access {
         RouteAccess::Credential(name) => {
             let stored = active
@@ -83,10 +84,11 @@ pub async fn admit(
                 return Err(GatewayError::ReauthRequired(name.clone()));
             }
             let fresh = if stored.needs_refresh(now(), skew) {
-                gateway
-                    .refresher
-                    .refresh(state.clone(), grant_id, name, Need::Expiring)
-                    .await?
+                let refresh =
+                    gateway
+                        .refresher
+                        .refresh(state.clone(), grant_id, name, Need::Expiring);
+                REQUEST_ID.scope(ctx.request_id.clone(), refresh).await?
             } else {
                 stored
             };
@@ -96,34 +98,45 @@ pub async fn admit(
             let name = route.name.as_str();
             let stored = active.grant.credentials.get(name).cloned();
             let fresh = match stored {
-                Some(c) if !c.needs_refresh(now(), skew) && c.header.is_some() => c,
-                Some(c) if c.stored.refresh_token.is_some() => {
-                    gateway
-                        .refresher
-                        .refresh(state.clone(), grant_id, name, Need::Expiring)
-                        .await?
+                Some(c) if !c.needs_refresh(now(), skew) && c.is_sendable() => c,
+                Some(c) if c.refreshable() => {
+                    let refresh =
+                        gateway
+                            .refresher
+                            .refresh(state.clone(), grant_id, name, Need::Expiring);
+                    REQUEST_ID.scope(ctx.request_id.clone(), refresh).await?
                 }
                 _ => {
-                    gateway
-                        .refresher
-                        .exchange(state.clone(), grant_id, name, exchange, token)
-                        .await?
+                    let exchange =
+                        gateway
+                            .refresher
+                            .exchange(state.clone(), grant_id, name, exchange, token);
+                    REQUEST_ID.scope(ctx.request_id.clone(), exchange).await?
                 }
             };
             (name, fresh)
         }
         RouteAccess::Public => return Ok(()),
     };
-    if credential.header.is_none() {
+    if !credential.is_sendable() {
         return Err(GatewayError::CredentialInvalid(name.to_string()));
     }
-    ctx.grant_id = Some(active.grant.id.clone());
-    ctx.credential_name = Some(name.to_string());
+    ctx.grant = Some(active.grant);
     ctx.credential = Some(credential);
     ctx.state = Some(state);
     // Keeps up to 64 KiB of the body so a 401 can be replayed once.
     session.enable_retry_buffering();
     Ok(())
+}
+
+/// The name of the credential a route forwards with: the one it names, or
+/// for a transparent on-behalf-of route, the route's own.
+pub fn credential_name(route: &crate::config::Route) -> Option<&str> {
+    match &route.access {
+        RouteAccess::Credential(name) => Some(name),
+        RouteAccess::Exchange(_) => Some(&route.name),
+        RouteAccess::Public => None,
+    }
 }
 
 /// The host a request is for: its `Host` header, else the URI's authority
@@ -149,18 +162,34 @@ fn request_host(request: &RequestHeader) -> Result<Option<&str>, GatewayError> {
     }
 }
 
-/// `host[:port]` as RFC 3986 has it, without userinfo.
+/// `host[:port]` as RFC 3986 has it (an IP literal in brackets or a
+/// reg-name), without userinfo. Checked by hand: it runs on every request,
+/// and parsing an `http::uri::Authority` would copy the value.
 fn is_authority(text: &str) -> bool {
-    let Ok(authority) = text.parse::<http::uri::Authority>() else {
-        return false;
-    };
-    let port_ok = match text.rsplit_once(':') {
-        Some((_, port)) if !text.ends_with(']') => {
-            port.is_empty() || port.bytes().all(|b| b.is_ascii_digit())
+    let (host_ok, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let Some((literal, after)) = rest.split_once(']') else {
+                return false;
+            };
+            let literal_ok = !literal.is_empty()
+                && literal
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            match after {
+                "" => (literal_ok, ""),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (literal_ok, port),
+                    None => return false,
+                },
+            }
         }
-        _ => true,
+        None => {
+            let (host, port) = text.split_once(':').unwrap_or((text, ""));
+            let reg_name = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
+            (!host.is_empty() && host.bytes().all(reg_name), port)
+        }
     };
-    port_ok && !authority.host().is_empty() && !text.contains('@')
+    host_ok && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]
@@ -175,7 +204,9 @@ mod tests {
             "127.0.0.1:80",
             "[::1]:8080",
             "[::1]",
+            "[::ffff:10.0.0.1]:443",
             "a_b.example",
+            "host:",
         ] {
             assert!(is_authority(good), "{good}");
         }
@@ -188,6 +219,12 @@ mod tests {
             "a/b",
             "a\\b",
             "a\"b",
+            "[::1",
+            "[]:80",
+            "[::1]x",
+            "[::1]:8o",
+            "[g::1]",
+            "",
         ] {
             assert!(!is_authority(bad), "{bad}");
         }

@@ -39,10 +39,7 @@ impl GatewayState {
         for route in &config.routes {
             let peer = upstream::peer_for(route, &config.gateway)
                 .map_err(|e| format!("route `{}`: {e}", route.name))?;
-            entries.push(Arc::new(RouteEntry {
-                route: route.clone(),
-                peer,
-            }));
+            entries.push(Arc::new(RouteEntry::new(route.clone(), peer)));
         }
         Ok(GatewayState {
             routes: RouteTable::new(entries),

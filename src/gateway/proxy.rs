@@ -14,13 +14,14 @@ use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use super::admit::credential_name;
 use super::errors::{self, GatewayError};
 use super::refresh::{Need, Refresher, REQUEST_ID};
 use super::routing::{upstream_path, RouteEntry};
 use super::GatewayState;
 use crate::credential::Credential;
-use crate::lookup::TokenLookup;
-use crate::telemetry::Metrics;
+use crate::lookup::{Grant, TokenLookup};
+use crate::telemetry::{status_label, Metrics};
 
 /// The proxy service.
 pub struct Gateway {
@@ -77,8 +78,8 @@ pub struct RequestCtx {
     pub(super) request_id: String,
     pub(super) route: Option<Arc<RouteEntry>>,
     pub(super) state: Option<Arc<GatewayState>>,
-    pub(super) grant_id: Option<String>,
-    pub(super) credential_name: Option<String>,
+    /// The inbound token's grant, once admitted.
+    pub(super) grant: Option<Arc<Grant>>,
     pub(super) credential: Option<Arc<Credential>>,
     started: Option<Instant>,
     upstream_started: Option<Instant>,
@@ -124,14 +125,15 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn init_downstream_modules(&self, _: &mut pingora::modules::http::HttpModules) {
+        // None: refgate never compresses responses, and pingora's default,
+        // a disabled compression module, still runs on every request.
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Some(Instant::now());
         ctx.request_id = self.ids.for_request(session.req_header());
-        let request_id = ctx.request_id.clone();
-        let admitted = REQUEST_ID
-            .scope(request_id, super::admit::admit(self, session, ctx))
-            .await;
-        match admitted {
+        match super::admit::admit(self, session, ctx).await {
             Ok(()) => {
                 // A credential obtained for this very request is not
                 // refreshed again when the upstream rejects it.
@@ -171,9 +173,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(entry), Some(started)) = (&ctx.route, ctx.upstream_started) {
-            self.metrics
+            entry
+                .metrics(&self.metrics)
                 .upstream_seconds
-                .with_label_values(&[&entry.route.name])
                 .observe(started.elapsed().as_secs_f64());
         }
         if response.status != 401 {
@@ -207,7 +209,7 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let _ = response.insert_header("x-request-id", ctx.request_id.as_str());
+        let _ = response.insert_header(&REQUEST_ID_HEADER, ctx.request_id.as_str());
         if self.drain.draining() {
             // Shutting down: let clients reconnect elsewhere.
             session.set_keepalive(None);
@@ -306,10 +308,14 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .unwrap_or(ctx.local_status);
         let route = ctx.route.as_ref().map_or("-", |e| e.route.name.as_str());
-        self.metrics
-            .requests
-            .with_label_values(&[route, status_label(status)])
-            .inc();
+        match &ctx.route {
+            Some(entry) => entry.metrics(&self.metrics).count_request(status),
+            None => self
+                .metrics
+                .requests
+                .with_label_values(&[route, status_label(status)])
+                .inc(),
+        }
         if tracing::enabled!(target: "refgate::access", tracing::Level::INFO) {
             let request = session.req_header();
             tracing::info!(
@@ -348,26 +354,24 @@ impl Gateway {
         if ctx.refreshed {
             return AfterRejection::PassOn;
         }
-        let (Some(state), Some(grant_id), Some(name), Some(sent)) = (
+        let (Some(state), Some(grant), Some(name), Some(sent)) = (
             ctx.state.clone(),
-            ctx.grant_id.as_deref(),
-            ctx.credential_name.as_deref(),
-            ctx.credential.as_ref(),
+            ctx.grant.clone(),
+            ctx.route.as_ref().and_then(|e| credential_name(&e.route)),
+            ctx.credential.clone(),
         ) else {
             return AfterRejection::PassOn;
         };
         ctx.refreshed = true;
-        let need = Need::Rejected {
-            sent_access_token: sent.stored.access_token.clone(),
-        };
+        let need = Need::Rejected { sent: sent.clone() };
         let refreshed = REQUEST_ID
             .scope(
                 ctx.request_id.clone(),
-                self.refresher.refresh(state, grant_id, name, need),
+                self.refresher.refresh(state, &grant.id, name, need),
             )
             .await;
         match refreshed {
-            Ok(fresh) if fresh.stored.access_token != sent.stored.access_token => {
+            Ok(fresh) if !fresh.same_header(&sent) => {
                 if session.as_ref().retry_buffer_truncated() {
                     tracing::info!(
                         request_id = %ctx.request_id,
@@ -409,14 +413,17 @@ fn prepare_upstream_request(upstream: &mut RequestHeader, ctx: &RequestCtx) {
             upstream.set_uri(path);
         }
     }
-    match ctx.credential.as_ref().and_then(|c| c.header.clone()) {
+    match ctx.credential.as_ref().and_then(|c| c.header_value()) {
         Some(header) => {
             let _ = upstream.insert_header(http::header::AUTHORIZATION, header);
         }
         None => strip_reference_token(upstream),
     }
-    let _ = upstream.insert_header("x-request-id", ctx.request_id.as_str());
+    let _ = upstream.insert_header(&REQUEST_ID_HEADER, ctx.request_id.as_str());
 }
+
+/// `x-request-id`, made once.
+static REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// On public routes a refgate token must not leak upstream; any other
 /// Authorization passes through.
@@ -433,37 +440,6 @@ fn strip_reference_token(upstream: &mut RequestHeader) {
         });
     if is_reference {
         upstream.remove_header(&http::header::AUTHORIZATION);
-    }
-}
-
-// Exact labels for common codes, ranges for the rest.
-#[allow(clippy::match_overlapping_arm)]
-fn status_label(status: u16) -> &'static str {
-    match status {
-        0 => "0",
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        301 => "301",
-        302 => "302",
-        304 => "304",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        409 => "409",
-        413 => "413",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
     }
 }
 

@@ -51,10 +51,12 @@ fn obtained(credential: Arc<Credential>) -> Arc<Credential> {
     if credential.just_obtained {
         return credential;
     }
-    Arc::new(Credential {
-        just_obtained: true,
-        ..(*credential).clone()
-    })
+    Arc::new(credential.as_obtained())
+}
+
+/// A stored credential as the proxy uses it.
+fn usable(stored: &StoredCredential) -> Arc<Credential> {
+    Arc::new(Credential::from_stored(stored))
 }
 
 /// Why a fresh credential is wanted.
@@ -62,8 +64,8 @@ fn obtained(credential: Arc<Credential>) -> Arc<Credential> {
 pub enum Need {
     /// It expires within the refresh skew.
     Expiring,
-    /// The upstream answered 401 to this access token.
-    Rejected { sent_access_token: String },
+    /// The upstream answered 401 to this credential.
+    Rejected { sent: Arc<Credential> },
 }
 
 /// Largest token response read from an authority.
@@ -200,7 +202,7 @@ impl Refresher {
                 if current.reauth_required() {
                     return Err(GatewayError::ReauthRequired(name.to_string()));
                 }
-                Self::fall_back(current)
+                Self::fall_back(&current)
             }
         }
     }
@@ -276,25 +278,30 @@ impl Refresher {
         &self,
         grant_id: &str,
         name: &str,
-    ) -> Result<Option<Arc<Credential>>, GatewayError> {
-        let grant = self
+    ) -> Result<Option<StoredCredential>, GatewayError> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "store unavailable while refreshing a credential");
+            GatewayError::StoreUnavailable
+        };
+        let record = self
             .lookup
-            .find_grant_fresh(grant_id)
+            .store()
+            .find_grant(grant_id)
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "store unavailable while refreshing a credential");
-                GatewayError::StoreUnavailable
-            })?
+            .map_err(|e| unavailable(&e))?
+            .filter(|g| !g.revoked)
             .ok_or(GatewayError::InvalidToken)?;
-        Ok(grant.credentials.get(name).cloned())
+        let custom = self
+            .lookup
+            .open_custom(&record)
+            .map_err(|e| unavailable(&e))?;
+        Ok(crate::credential::stored(&custom, name))
     }
 
-    fn still_needed(credential: &Credential, need: &Need, skew: i64) -> bool {
+    fn still_needed(current: &StoredCredential, need: &Need, skew: i64) -> bool {
         match need {
-            Need::Expiring => credential.needs_refresh(now(), skew),
-            Need::Rejected { sent_access_token } => {
-                credential.stored.access_token == *sent_access_token
-            }
+            Need::Expiring => current.needs_refresh(now(), skew),
+            Need::Rejected { sent } => Credential::from_stored(current).same_header(sent),
         }
     }
 
@@ -316,10 +323,10 @@ impl Refresher {
             return Err(GatewayError::ReauthRequired(name.to_string()));
         }
         if !Self::still_needed(&current, need, skew) {
-            return Ok(current);
+            return Ok(usable(&current));
         }
         if self.failed_since(key, waiting_since) {
-            return Self::fall_back(current);
+            return Self::fall_back(&current);
         }
         let store = self.lookup.store();
         let call_limit = Self::call_limit(state);
@@ -343,7 +350,7 @@ impl Refresher {
                 }
                 if !Self::still_needed(&current, need, skew) {
                     self.count("-", "waited");
-                    return Ok(obtained(current));
+                    return Ok(Arc::new(Credential::obtained(&current)));
                 }
                 leased = store
                     .try_lease(key, &self.holder, now(), now() + lease_seconds)
@@ -354,7 +361,7 @@ impl Refresher {
                 }
             }
             if !leased {
-                return Self::fall_back(current);
+                return Self::fall_back(&current);
             }
             // The other instance may have finished just before we got it.
             current = self
@@ -363,7 +370,7 @@ impl Refresher {
                 .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
             if !Self::still_needed(&current, need, skew) {
                 let _ = store.release_lease(key, &self.holder).await;
-                return Ok(current);
+                return Ok(usable(&current));
             }
         }
         let result = self.refresh_now(state, grant_id, name, key, current).await;
@@ -379,9 +386,9 @@ impl Refresher {
     }
 
     /// Old token while it is valid, else 503.
-    fn fall_back(current: Arc<Credential>) -> Result<Arc<Credential>, GatewayError> {
+    fn fall_back(current: &StoredCredential) -> Result<Arc<Credential>, GatewayError> {
         if current.still_valid(now()) {
-            Ok(current)
+            Ok(usable(current))
         } else {
             Err(GatewayError::AuthorityUnavailable)
         }
@@ -400,16 +407,16 @@ impl Refresher {
         grant_id: &str,
         name: &str,
         key: &str,
-        current: Arc<Credential>,
+        current: StoredCredential,
     ) -> Result<Arc<Credential>, GatewayError> {
-        let authority_name = current.stored.authority.clone().unwrap_or_default();
-        let Some(refresh_token) = current.stored.refresh_token.clone() else {
+        let authority_name = current.authority.clone().unwrap_or_default();
+        let Some(refresh_token) = current.refresh_token.clone() else {
             if authority_name == SELF_AUTHORITY {
                 // SPEC 4.4: no refresh token, so exchange again.
                 return self.exchange_again(state, grant_id, name).await;
             }
             return if current.still_valid(now()) {
-                Ok(current)
+                Ok(usable(&current))
             } else {
                 Err(GatewayError::ReauthRequired(name.to_string()))
             };
@@ -443,18 +450,16 @@ impl Refresher {
                 self.count(&authority_name, "refreshed");
                 let stored = StoredCredential {
                     access_token: fields.access_token,
-                    refresh_token: fields
-                        .refresh_token
-                        .or(current.stored.refresh_token.clone()),
-                    token_type: fields.token_type.or(current.stored.token_type.clone()),
+                    refresh_token: fields.refresh_token.or(current.refresh_token.clone()),
+                    token_type: fields.token_type.or(current.token_type.clone()),
                     expires_at: fields.expires_in.map(|s| now() + s.max(0)),
-                    authority: current.stored.authority.clone(),
-                    scope: fields.scope.or(current.stored.scope.clone()),
+                    authority: current.authority.clone(),
+                    scope: fields.scope.or(current.scope.clone()),
                     reauth_required: None,
                 };
                 self.store_credential(grant_id, name, &stored).await;
-                let fresh = Arc::new(Credential::obtained(stored));
-                if fresh.header.is_none() {
+                let fresh = Arc::new(Credential::obtained(&stored));
+                if !fresh.is_sendable() {
                     return Err(GatewayError::CredentialInvalid(name.to_string()));
                 }
                 Ok(fresh)
@@ -485,7 +490,7 @@ impl Refresher {
             Outcome::Unavailable(why) => {
                 self.count(&authority_name, "unavailable");
                 tracing::warn!(credential = name, authority = %authority_name, reason = %why, "credential refresh failed");
-                Self::fall_back(current)
+                Self::fall_back(&current)
             }
         }
     }
@@ -599,13 +604,14 @@ impl Refresher {
         subject_token: &str,
     ) -> Result<Arc<Credential>, GatewayError> {
         let skew = state.config.gateway.refresh_skew.as_secs() as i64;
-        if let Some(current) = self.stored(grant_id, name).await? {
-            let usable = |c: &Credential| c.header.is_some() && !c.reauth_required();
+        if let Some(stored) = self.stored(grant_id, name).await? {
+            let current = usable(&stored);
+            let usable = |c: &Credential| c.is_sendable() && !c.reauth_required();
             if usable(&current) && !current.needs_refresh(now(), skew) {
                 // Another request got here first.
                 return Ok(current);
             }
-            if usable(&current) && current.stored.refresh_token.is_some() {
+            if usable(&current) && current.refreshable() {
                 // One this request did not see (a stale cache): renewing it
                 // beats leaving its grant behind for a new one.
                 let renewed = self
@@ -712,7 +718,7 @@ impl Refresher {
             reauth_required: None,
         };
         self.store_credential(grant_id, name, &stored).await;
-        Arc::new(Credential::obtained(stored))
+        Arc::new(Credential::obtained(&stored))
     }
 
     fn exchange_failed(&self, name: &str, e: OAuthError) -> GatewayError {

@@ -4,17 +4,35 @@
 //! and the rewrite share.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::Route;
+use crate::telemetry::{Metrics, RouteMetrics};
 
 /// A route with what the proxy needs prepared for it.
 pub struct RouteEntry {
     pub route: Arc<Route>,
     /// The upstream peer, built once (TLS, CA, SNI, timeouts).
     pub peer: HttpPeer,
+    /// The route's metric series, resolved on first use.
+    metrics: OnceLock<RouteMetrics>,
+}
+
+impl RouteEntry {
+    pub fn new(route: Arc<Route>, peer: HttpPeer) -> Self {
+        RouteEntry {
+            route,
+            peer,
+            metrics: OnceLock::new(),
+        }
+    }
+
+    pub fn metrics(&self, all: &Metrics) -> &RouteMetrics {
+        self.metrics
+            .get_or_init(|| RouteMetrics::new(all, &self.route.name))
+    }
 }
 
 /// All routes, ordered for matching.
@@ -41,6 +59,7 @@ impl RouteTable {
 
     /// The route for a request host (any case, port allowed) and path.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<RouteEntry>> {
+        let host = host.filter(|_| !self.with_host.is_empty());
         if let Some(host) = host.map(normalize_host).filter(|h| !h.is_empty()) {
             let found = self.with_host.iter().find(|e| {
                 path.starts_with(&e.route.path_prefix)
@@ -113,11 +132,15 @@ fn has_dot_segment(path: &str) -> bool {
         return true;
     }
     // Only when the path has another separator an upstream might honour.
-    let lower = path.to_ascii_lowercase();
-    if !(lower.contains('\\') || lower.contains("%2f") || lower.contains("%5c")) {
+    let other_separator = path.contains('\\')
+        || path.as_bytes().windows(3).any(|w| {
+            w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f')
+                || w[0] == b'%' && w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c')
+        });
+    if !other_separator {
         return false;
     }
-    lower
+    path.to_ascii_lowercase()
         .replace("%2f", "/")
         .replace("%5c", "/")
         .replace('\\', "/")

@@ -44,7 +44,10 @@ pub async fn grant(
                 .ok_or_else(|| {
                     OAuthError::invalid_request("the subject_token is not an active access token")
                 })?;
-            (active.grant.subject.clone(), active.grant.actor.clone())
+            (
+                active.grant.subject.to_string(),
+                active.grant.actor().cloned(),
+            )
         }
         ID_TOKEN_TYPE => {
             let verified = service

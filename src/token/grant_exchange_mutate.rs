@@ -35,7 +35,7 @@ pub async fn grant(
         .await?
         .filter(|t| t.token.kind == TokenKind::Access)
         .ok_or_else(inactive)?;
-    if active.grant.client_id != client.id && !client.mutate {
+    if *active.grant.client_id != *client.id && !client.mutate {
         return Err(OAuthError::unauthorized_client(
             "only the token's own client or a mutate client may change its scopes",
         ));

@@ -64,8 +64,8 @@ impl TokenService {
         super::grant_exchange::issue_exchanged(
             self,
             &client,
-            subject.subject.clone(),
-            subject.actor.clone(),
+            subject.subject.to_string(),
+            subject.actor().cloned(),
             scopes,
             audience,
         )

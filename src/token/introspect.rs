@@ -53,11 +53,26 @@ async fn introspect(service: &TokenService, request: Request<Body>) -> Result<Va
         return Ok(inactive);
     }
     let custom = if client.reveal_custom {
-        Some(service.lookup.open_custom(&active.grant)?)
+        // Custom data is not cached: read it, with its version, from the
+        // grant's record.
+        match service.lookup.store().find_grant(&active.grant.id).await? {
+            Some(record) if !record.revoked => Some(Revealed {
+                custom: service.lookup.open_custom(&record)?,
+                version: record.version,
+            }),
+            _ => return Ok(inactive),
+        }
     } else {
         None
     };
     Ok(describe(&active, custom, &config.issuer))
+}
+
+/// What a `reveal_custom` caller sees beyond the rest: the grant's custom
+/// data and its version.
+pub struct Revealed {
+    pub custom: Map<String, Value>,
+    pub version: i64,
 }
 
 /// Re-reads a refresh token from the store. Some writes revoke a grant's
@@ -84,34 +99,30 @@ async fn refresh_token_still_active(
 }
 
 /// The RFC 7662 view of an active token.
-/// `custom` is given only for a caller allowed to see it.
-pub fn describe(
-    active: &ActiveToken,
-    custom: Option<serde_json::Map<String, Value>>,
-    issuer: &str,
-) -> Value {
+/// `revealed` is given only for a caller allowed to see it.
+pub fn describe(active: &ActiveToken, revealed: Option<Revealed>, issuer: &str) -> Value {
     let grant = &active.grant;
     let mut out = Map::new();
     // Arbitrary claims first, so registered members always win.
-    if let Some(Value::Object(claims)) = &grant.claims {
+    if let Some(Value::Object(claims)) = grant.claims() {
         out.extend(claims.clone());
     }
     out.insert("active".into(), Value::Bool(true));
     out.insert("scope".into(), Value::String(scope::join(&active.scopes())));
-    out.insert("client_id".into(), Value::String(grant.client_id.clone()));
-    out.insert("sub".into(), Value::String(grant.subject.clone()));
+    out.insert("client_id".into(), Value::from(&*grant.client_id));
+    out.insert("sub".into(), Value::from(&*grant.subject));
     out.insert("exp".into(), Value::from(active.token.expires_at));
     out.insert("iat".into(), Value::from(active.token.issued_at));
     out.insert(
         "iss".into(),
-        Value::String(grant.issuer.clone().unwrap_or_else(|| issuer.to_string())),
+        Value::from(grant.issuer.as_deref().unwrap_or(issuer)),
     );
     let token_type = match active.token.kind {
         TokenKind::Access => "Bearer",
         TokenKind::Refresh => "refresh_token",
     };
     out.insert("token_type".into(), Value::String(token_type.into()));
-    match grant.audience.as_slice() {
+    match grant.audience() {
         [] => {}
         [one] => {
             out.insert("aud".into(), Value::String(one.clone()));
@@ -120,12 +131,12 @@ pub fn describe(
             out.insert("aud".into(), Value::from(many.to_vec()));
         }
     }
-    if let Some(actor) = &grant.actor {
+    if let Some(actor) = grant.actor() {
         out.insert("act".into(), actor.clone());
     }
-    if let Some(custom) = custom {
-        out.insert("custom".into(), Value::Object(custom));
-        out.insert("version".into(), Value::from(grant.version));
+    if let Some(revealed) = revealed {
+        out.insert("custom".into(), Value::Object(revealed.custom));
+        out.insert("version".into(), Value::from(revealed.version));
     }
     Value::Object(out)
 }

@@ -120,8 +120,7 @@ pub async fn patch_custom(
             }
         }
         let version = record.version;
-        let grant = service.lookup.open_grant(record)?;
-        let mut merged = Value::Object(service.lookup.open_custom(&grant)?);
+        let mut merged = Value::Object(service.lookup.open_custom(&record)?);
         json_patch::merge(&mut merged, patch);
         let Value::Object(merged) = merged else {
             return Err(OAuthError::invalid_request("patch must be a JSON object"));

@@ -1,0 +1,191 @@
+//! The compact, read-only view of a grant that lookups hand out and the
+//! cache keeps: every string boxed to its exact length, the strings that
+//! repeat across grants (client ids, issuers, scope sets) shared, the
+//! fields most grants lack (`aud`, `act`, arbitrary claims) behind one
+//! optional box, and custom data reduced to the downstream credentials.
+//! Custom data itself stays sealed in the store; whoever shows or changes
+//! it reads the grant's record.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::credential::Credentials;
+
+/// A grant's scopes: a small, shared, ordered set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scopes(Arc<[Box<str>]>);
+
+impl Scopes {
+    pub fn contains(&self, scope: &str) -> bool {
+        self.0.iter().any(|s| &**s == scope)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|s| &**s)
+    }
+
+    pub fn to_vec(&self) -> Vec<String> {
+        self.iter().map(str::to_string).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl PartialEq<[String]> for Scopes {
+    fn eq(&self, other: &[String]) -> bool {
+        self.len() == other.len() && self.iter().zip(other).all(|(a, b)| a == b)
+    }
+}
+
+/// A grant as lookups see it (see the module comment).
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub id: Box<str>,
+    pub client_id: Arc<str>,
+    pub subject: Box<str>,
+    pub scopes: Scopes,
+    /// `iss` asserted by an arbitrary_token caller; `None` means refgate.
+    pub issuer: Option<Arc<str>>,
+    extra: Option<Box<GrantExtra>>,
+    /// `custom.credentials`, prepared for the gateway.
+    pub credentials: Credentials,
+    pub version: i64,
+}
+
+/// What most grants do not have.
+#[derive(Debug, Clone, Default)]
+struct GrantExtra {
+    audience: Vec<String>,
+    actor: Option<Value>,
+    claims: Option<Value>,
+}
+
+/// The parts of a grant a lookup is made of.
+pub struct GrantParts {
+    pub id: String,
+    pub client_id: String,
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub issuer: Option<String>,
+    pub audience: Vec<String>,
+    pub actor: Option<Value>,
+    pub claims: Option<Value>,
+    pub credentials: Credentials,
+    pub version: i64,
+}
+
+impl Grant {
+    /// Builds a grant, sharing the strings `interner` already has.
+    pub fn new(parts: GrantParts, interner: &Interner) -> Self {
+        let extra = (!parts.audience.is_empty() || parts.actor.is_some() || parts.claims.is_some())
+            .then(|| {
+                Box::new(GrantExtra {
+                    audience: parts.audience,
+                    actor: parts.actor,
+                    claims: parts.claims,
+                })
+            });
+        Grant {
+            id: parts.id.into_boxed_str(),
+            client_id: interner.string(&parts.client_id),
+            subject: parts.subject.into_boxed_str(),
+            scopes: interner.scopes(&parts.scopes),
+            issuer: parts.issuer.map(|i| interner.string(&i)),
+            extra,
+            credentials: parts.credentials,
+            version: parts.version,
+        }
+    }
+
+    /// `aud`: empty when unset.
+    pub fn audience(&self) -> &[String] {
+        self.extra.as_ref().map_or(&[], |e| &e.audience)
+    }
+
+    /// `act` (RFC 8693 §4.1).
+    pub fn actor(&self) -> Option<&Value> {
+        self.extra.as_ref().and_then(|e| e.actor.as_ref())
+    }
+
+    /// Extra top-level introspection claims (a JSON object).
+    pub fn claims(&self) -> Option<&Value> {
+        self.extra.as_ref().and_then(|e| e.claims.as_ref())
+    }
+}
+
+/// Most shared strings kept; past this, new ones are simply not shared.
+/// Client ids, issuers and scope sets come from the configuration, so a
+/// real deployment stays far below it.
+const MAX_SHARED: usize = 4096;
+
+/// Shares equal strings and scope sets between grants.
+#[derive(Default)]
+pub struct Interner {
+    strings: Mutex<HashSet<Arc<str>>>,
+    scope_sets: Mutex<HashMap<Box<str>, Scopes>>,
+}
+
+impl Interner {
+    pub fn string(&self, text: &str) -> Arc<str> {
+        let mut strings = self.strings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = strings.get(text) {
+            return shared.clone();
+        }
+        let new: Arc<str> = Arc::from(text);
+        if strings.len() < MAX_SHARED {
+            strings.insert(new.clone());
+        }
+        new
+    }
+
+    pub fn scopes(&self, scopes: &[String]) -> Scopes {
+        let key = scopes.join(" ");
+        let mut sets = self.scope_sets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = sets.get(key.as_str()) {
+            return shared.clone();
+        }
+        let new = Scopes(scopes.iter().map(|s| Box::from(s.as_str())).collect());
+        if sets.len() < MAX_SHARED {
+            sets.insert(key.into_boxed_str(), new.clone());
+        }
+        new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_scope_sets_and_strings_are_shared() {
+        let interner = Interner::default();
+        let a = interner.scopes(&["a".into(), "b".into()]);
+        let b = interner.scopes(&["a".into(), "b".into()]);
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert!(a.contains("b") && !a.contains("c"));
+        assert!(a == *["a".to_string(), "b".to_string()].as_slice());
+        let x = interner.string("client");
+        assert!(Arc::ptr_eq(&x, &interner.string("client")));
+    }
+
+    #[test]
+    fn sharing_is_bounded() {
+        let interner = Interner::default();
+        for i in 0..MAX_SHARED + 10 {
+            interner.string(&format!("s{i}"));
+            interner.scopes(&[format!("s{i}")]);
+        }
+        assert_eq!(interner.strings.lock().unwrap().len(), MAX_SHARED);
+        assert_eq!(interner.scope_sets.lock().unwrap().len(), MAX_SHARED);
+        // Still answers correctly past the bound.
+        assert_eq!(&*interner.string("late"), "late");
+    }
+}

@@ -1,0 +1,288 @@
+//! Token lookup through an in-process cache, shared by introspection and
+//! the gateway. Keys are token hashes, never token strings.
+//!
+//! - `grant`: the compact view of a grant that lookups return and the cache
+//!   keeps ([`Grant`]);
+//! - `cache`: the bounded token cache with its deadlines, coalesced misses
+//!   and invalidation fences.
+//!
+//! A lookup of a token reads its handle and its grant in one store call and
+//! caches both in one entry. Changes made through this process invalidate
+//! the affected entries at once, including a load that was in flight when
+//! the change happened.
+
+mod cache;
+mod grant;
+
+use std::sync::Arc;
+
+pub use cache::CacheSettings;
+pub use grant::{Grant, Scopes};
+
+use crate::credential::Credentials;
+use crate::crypto::{hash_token, token_kind, DataKey, TokenHash, TokenKind};
+use crate::store::{GrantRecord, Store, StoreError, TokenRecord, UnixTime};
+use cache::{Cacheable, TokenCache};
+use grant::{GrantParts, Interner};
+
+/// The per-token part of a lookup.
+#[derive(Debug, Clone)]
+pub struct TokenState {
+    pub kind: TokenKind,
+    /// A narrower scope set than the grant's (a refresh asked for less).
+    pub scopes: Option<Scopes>,
+    pub issued_at: UnixTime,
+    pub expires_at: UnixTime,
+}
+
+/// An active token with its grant.
+#[derive(Debug, Clone)]
+pub struct ActiveToken {
+    pub hash: TokenHash,
+    pub token: TokenState,
+    pub grant: Arc<Grant>,
+}
+
+impl ActiveToken {
+    /// The scopes this token carries: the grant's, narrowed if the token was
+    /// issued for fewer.
+    pub fn scopes(&self) -> Vec<String> {
+        match &self.token.scopes {
+            None => self.grant.scopes.to_vec(),
+            Some(narrow) => narrow
+                .iter()
+                .filter(|s| self.grant.scopes.contains(s))
+                .map(str::to_string)
+                .collect(),
+        }
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.grant.scopes.contains(scope)
+            && self
+                .token
+                .scopes
+                .as_ref()
+                .is_none_or(|narrow| narrow.contains(scope))
+    }
+}
+
+/// What the cache keeps of an active token.
+#[derive(Clone)]
+struct Cached {
+    token: TokenState,
+    grant: Arc<Grant>,
+}
+
+impl Cacheable for Cached {
+    fn grant_id(&self) -> &str {
+        &self.grant.id
+    }
+
+    fn expires_at(&self) -> UnixTime {
+        self.token.expires_at
+    }
+}
+
+/// Why a lookup could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error("a grant's custom data could not be opened")]
+    Sealed,
+}
+
+impl From<StoreError> for LookupError {
+    fn from(e: StoreError) -> Self {
+        LookupError::Store(Arc::new(e))
+    }
+}
+
+/// Current Unix time in seconds.
+pub fn now() -> UnixTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Looks tokens up, through the cache.
+pub struct TokenLookup {
+    store: Arc<dyn Store>,
+    data_key: Arc<DataKey>,
+    cache: TokenCache<Cached>,
+    interner: Interner,
+}
+
+impl TokenLookup {
+    pub fn new(store: Arc<dyn Store>, data_key: Arc<DataKey>, settings: &CacheSettings) -> Self {
+        TokenLookup {
+            store,
+            data_key,
+            cache: TokenCache::new(settings),
+            interner: Interner::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn data_key(&self) -> &Arc<DataKey> {
+        &self.data_key
+    }
+
+    /// Opens a stored grant into the lookup view: checks that its custom
+    /// data opens with the data key and prepares the downstream credentials
+    /// in it.
+    pub fn open_grant(&self, record: GrantRecord) -> Result<Grant, LookupError> {
+        let credentials = match &record.custom_sealed {
+            None => Credentials::default(),
+            Some(sealed) => {
+                let plain = self
+                    .data_key
+                    .open(&record.id, sealed)
+                    .map_err(|_| LookupError::Sealed)?;
+                Credentials::from_json(&plain).ok_or(LookupError::Sealed)?
+            }
+        };
+        Ok(Grant::new(
+            GrantParts {
+                id: record.id,
+                client_id: record.client_id,
+                subject: record.subject,
+                scopes: record.scopes,
+                issuer: record.issuer,
+                audience: record.audience,
+                actor: record.actor,
+                claims: record.claims,
+                credentials,
+                version: record.version,
+            },
+            &self.interner,
+        ))
+    }
+
+    /// A stored grant's custom data: a JSON object, empty when none was
+    /// stored.
+    pub fn open_custom(
+        &self,
+        record: &GrantRecord,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, LookupError> {
+        let Some(sealed) = record.custom_sealed.as_deref() else {
+            return Ok(serde_json::Map::new());
+        };
+        let plain = self
+            .data_key
+            .open(&record.id, sealed)
+            .map_err(|_| LookupError::Sealed)?;
+        match serde_json::from_slice(&plain) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            _ => Err(LookupError::Sealed),
+        }
+    }
+
+    /// Seals custom data for storage; `None` for an empty object.
+    pub fn seal_custom(
+        &self,
+        grant_id: &str,
+        custom: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<Vec<u8>> {
+        if custom.is_empty() {
+            return None;
+        }
+        let plain = serde_json::to_vec(custom).expect("a JSON map always serializes");
+        Some(self.data_key.seal(grant_id, &plain))
+    }
+
+    /// Finds an active token of any kind. `Ok(None)` means inactive: unknown,
+    /// malformed, expired, revoked, consumed or its grant revoked.
+    pub async fn find_active(&self, token: &str) -> Result<Option<ActiveToken>, LookupError> {
+        if token_kind(token).is_none() {
+            return Ok(None);
+        }
+        self.find_active_hash(hash_token(token)).await
+    }
+
+    /// As [`TokenLookup::find_active`], by hash.
+    pub async fn find_active_hash(
+        &self,
+        hash: TokenHash,
+    ) -> Result<Option<ActiveToken>, LookupError> {
+        self.find_active_counted(hash).await.map(|(found, _)| found)
+    }
+
+    /// As [`TokenLookup::find_active_hash`], also telling whether the token
+    /// came from the cache (`true`) or had to be loaded.
+    pub async fn find_active_counted(
+        &self,
+        hash: TokenHash,
+    ) -> Result<(Option<ActiveToken>, bool), LookupError> {
+        let (found, hit) = self
+            .cache
+            .get_or_load(hash, || self.load_token(hash))
+            .await?;
+        let active = found
+            .filter(|c| c.token.expires_at > now())
+            .map(|c| ActiveToken {
+                hash,
+                token: c.token,
+                grant: c.grant,
+            });
+        Ok((active, hit))
+    }
+
+    /// Loads a grant from the store, bypassing the cache; `None` when it is
+    /// revoked or gone.
+    pub async fn find_grant_fresh(&self, id: &str) -> Result<Option<Arc<Grant>>, LookupError> {
+        match self.store.find_grant(id).await? {
+            Some(record) if !record.revoked => Ok(Some(Arc::new(self.open_grant(record)?))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn load_token(&self, hash: TokenHash) -> Result<Option<Cached>, LookupError> {
+        let Some((token, grant)) = self.store.find_token(&hash).await? else {
+            return Ok(None);
+        };
+        if !is_active(&token, &grant) {
+            return Ok(None);
+        }
+        Ok(Some(Cached {
+            token: TokenState {
+                kind: token.kind,
+                scopes: token.scopes.map(|s| self.interner.scopes(&s)),
+                issued_at: token.issued_at,
+                expires_at: token.expires_at,
+            },
+            grant: Arc::new(self.open_grant(grant)?),
+        }))
+    }
+
+    /// Forgets a token (after it was revoked or consumed). Call it after
+    /// the store write.
+    pub async fn invalidate_token(&self, hash: &TokenHash) {
+        self.cache.invalidate_token(hash);
+    }
+
+    /// Forgets a grant (after it was revoked, mutated or re-scoped). Call it
+    /// after the store write.
+    pub async fn invalidate_grant(&self, id: &str) {
+        self.cache.invalidate_grant(id);
+    }
+
+    /// Forgets everything (e.g. after losing the invalidation feed).
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Tokens (active or not) the cache holds.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+fn is_active(token: &TokenRecord, grant: &GrantRecord) -> bool {
+    !token.revoked && token.consumed_at.is_none() && !grant.revoked && token.expires_at > now()
+}

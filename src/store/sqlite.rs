@@ -11,15 +11,25 @@
 //! locking mode) or no pooled connection is free, the read moves to the
 //! blocking pool and waits there, up to [`BUSY_TIMEOUT`].
 //!
-//! Writes go through a single writer connection (SQLite allows one writer
-//! at a time anyway), on tokio's blocking pool.
+//! **Writes** go to one writer thread that owns the only writer connection
+//! (SQLite allows one writer at a time anyway). Each time it wakes it takes
+//! every write queued by then, up to [`MAX_BATCH`], and runs them one after
+//! another in one transaction, each in its own savepoint: a write that fails
+//! is rolled back alone and only its caller gets the error, and one commit
+//! serves the whole batch. Nothing waits to fill a batch: under light load a
+//! batch is one write; under load the writes that queued during one commit
+//! share the next. Every caller is answered after the commit, so a write
+//! that was answered is in the file.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
 
 use super::*;
 use crate::crypto::TokenHash;
@@ -49,21 +59,25 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// them: with the default of 16, at most 8 MB of reader page cache.
 const READER_CACHE_KIB: i64 = 512;
 
+/// The most writes one transaction takes.
+const MAX_BATCH: usize = 256;
+
+/// Prepared statements the writer keeps: every write's statements plus the
+/// transaction and savepoint statements (rusqlite keeps 16 by default).
+const WRITER_STATEMENT_CACHE: usize = 64;
+
 /// SQLite implementation of [`Store`].
 pub struct SqliteStore {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    writer: Mutex<Connection>,
-    readers: Readers,
+    readers: Arc<Readers>,
+    writer: Writer,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+/// Opens the writer connection, creating the file and making it WAL.
+fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -76,6 +90,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(WRITER_STATEMENT_CACHE);
     Ok(conn)
 }
 
@@ -93,49 +108,35 @@ impl SqliteStore {
     /// Opens (creating when missing) the database file and its directory.
     pub async fn open(path: &Path, max_connections: u32) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    unavailable(format!("cannot create `{}`: {e}", parent.display()))
+        let (writer_conn, first_reader) = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || -> Result<_, StoreError> {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        unavailable(format!("cannot create `{}`: {e}", parent.display()))
+                    })?;
+                }
+                let mut writer = open_writer(&path)
+                    .map_err(|e| unavailable(format!("cannot open `{}`: {e}", path.display())))?;
+                migrate(&mut writer).map_err(|e| unavailable(format!("migration failed: {e}")))?;
+                // One reader up front, so that the first lookups run inline.
+                let reader = open_reader(&path).map_err(|e| {
+                    unavailable(format!("cannot open `{}` for reading: {e}", path.display()))
                 })?;
+                Ok((writer, reader))
             }
-            let mut writer = open_connection(&path)
-                .map_err(|e| unavailable(format!("cannot open `{}`: {e}", path.display())))?;
-            migrate(&mut writer).map_err(|e| unavailable(format!("migration failed: {e}")))?;
-            // One reader up front, so that the first lookups run inline.
-            let reader = open_reader(&path).map_err(|e| {
-                unavailable(format!("cannot open `{}` for reading: {e}", path.display()))
-            })?;
-            Ok(SqliteStore {
-                inner: Arc::new(Inner {
-                    writer: Mutex::new(writer),
-                    readers: Readers {
-                        path,
-                        idle: Mutex::new(vec![reader]),
-                        max_idle: max_connections.max(1) as usize,
-                    },
-                }),
-            })
         })
         .await
-        .map_err(unavailable)?
-    }
-
-    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner
-                .writer
-                .lock()
-                .map_err(|_| unavailable("writer connection poisoned"))?;
-            f(&mut conn).map_err(unavailable)
+        .map_err(unavailable)??;
+        let readers = Readers {
+            path,
+            idle: Mutex::new(vec![first_reader]),
+            max_idle: max_connections.max(1) as usize,
+        };
+        Ok(SqliteStore {
+            readers: Arc::new(readers),
+            writer: Writer::start(writer_conn)?,
         })
-        .await
-        .map_err(unavailable)?
     }
 
     /// Runs a read inline when it can, else on the blocking pool.
@@ -144,13 +145,30 @@ impl SqliteStore {
         T: Send + 'static,
         F: Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        if let Some(answer) = self.inner.readers.read_inline(&query) {
+        if let Some(answer) = self.readers.read_inline(&query) {
             return answer;
         }
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.readers.read_waiting(&query))
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.read_waiting(&query))
             .await
             .map_err(unavailable)?
+    }
+
+    /// Queues a write for the writer thread and waits for its batch.
+    async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.writer.queue(Box::new(PendingWrite {
+            write: Some(write),
+            outcome: None,
+            reply,
+        }))?;
+        answer
+            .await
+            .map_err(|_| unavailable(WriteFailure::WriterStopped))?
     }
 }
 
@@ -244,6 +262,223 @@ impl Readers {
         result
     }
 }
+
+// ---------------------------------------------------------------------------
+// The writer thread
+
+/// Why a write was not done, beside the database's own errors.
+#[derive(Debug, Clone, thiserror::Error)]
+enum WriteFailure {
+    #[error("the SQLite writer thread has stopped")]
+    WriterStopped,
+    #[error("the write panicked and was rolled back")]
+    Panicked,
+    #[error("the write was rolled back with its batch: {0}")]
+    BatchRolledBack(String),
+}
+
+/// A write queued for the writer thread.
+trait WriteJob: Send {
+    /// Runs the write (inside its savepoint) and keeps the outcome; returns
+    /// whether it succeeded, that is whether its changes should stay.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Records that the write failed around its own code (it panicked).
+    fn fail(&mut self, failure: WriteFailure);
+    /// Answers the caller: its outcome when the batch was committed (`None`),
+    /// else the reason the batch was rolled back.
+    fn answer(self: Box<Self>, rolled_back: Option<&WriteFailure>);
+}
+
+struct PendingWrite<T, F> {
+    write: Option<F>,
+    outcome: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteJob for PendingWrite<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(write) = self.write.take() else {
+            return false;
+        };
+        let outcome = write(conn).map_err(unavailable);
+        let succeeded = outcome.is_ok();
+        self.outcome = Some(outcome);
+        succeeded
+    }
+
+    fn fail(&mut self, failure: WriteFailure) {
+        self.outcome = Some(Err(unavailable(failure)));
+    }
+
+    fn answer(self: Box<Self>, rolled_back: Option<&WriteFailure>) {
+        let answer = match (self.outcome, rolled_back) {
+            // A write that failed on its own keeps its own error.
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(value)), None) => Ok(value),
+            (_, Some(why)) => Err(unavailable(why)),
+            (None, None) => Err(unavailable(WriteFailure::BatchRolledBack(
+                "the write did not run".to_string(),
+            ))),
+        };
+        // The caller may have stopped waiting; the write stands regardless.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The handle on the writer thread: dropping it lets the thread finish
+/// what is queued, close the connection and exit.
+struct Writer {
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Box<dyn WriteJob>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(conn: Connection) -> Result<Self, StoreError> {
+        let (jobs, queue) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".to_string())
+            .spawn(move || run_writer(conn, queue))
+            .map_err(|e| unavailable(format!("cannot start the SQLite writer thread: {e}")))?;
+        Ok(Writer {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    fn queue(&self, job: Box<dyn WriteJob>) -> Result<(), StoreError> {
+        self.jobs
+            .as_ref()
+            .ok_or(WriteFailure::WriterStopped)
+            .and_then(|jobs| jobs.send(job).map_err(|_| WriteFailure::WriterStopped))
+            .map_err(unavailable)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop once the queue is empty;
+        // joining it closes the connection before the store is gone, as a
+        // reopened store or another process may expect.
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run_writer(conn: Connection, queue: mpsc::Receiver<Box<dyn WriteJob>>) {
+    // `recv` fails once the store is dropped and the queue is empty.
+    while let Ok(first) = queue.recv() {
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, batch);
+    }
+}
+
+/// Runs a statement without parameters or rows, prepared once.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+fn rolled_back(e: rusqlite::Error) -> WriteFailure {
+    WriteFailure::BatchRolledBack(e.to_string())
+}
+
+/// Rolls back the open transaction, if there is one.
+fn abandon(conn: &Connection) {
+    if !conn.is_autocommit() {
+        if let Err(e) = exec(conn, "ROLLBACK") {
+            tracing::error!(error = %e, "SQLite: rolling back a failed write batch failed");
+        }
+    }
+}
+
+/// Runs the writes of one batch in one transaction and answers them.
+fn run_batch(conn: &Connection, batch: Vec<Box<dyn WriteJob>>) {
+    // The writes of the open transaction, answered when it ends.
+    let mut in_transaction: Vec<Box<dyn WriteJob>> = Vec::with_capacity(batch.len());
+    for mut job in batch {
+        if conn.is_autocommit() {
+            if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
+                job.answer(Some(&rolled_back(e)));
+                continue;
+            }
+        }
+        match run_in_savepoint(conn, job.as_mut()) {
+            Ok(()) => in_transaction.push(job),
+            Err(why) => {
+                // The transaction cannot go on: what it held is lost. The
+                // writes after this one start a new one.
+                abandon(conn);
+                job.answer(Some(&why));
+                for done in in_transaction.drain(..) {
+                    done.answer(Some(&why));
+                }
+            }
+        }
+    }
+    if conn.is_autocommit() {
+        return;
+    }
+    match exec(conn, "COMMIT") {
+        Ok(()) => {
+            for done in in_transaction {
+                done.answer(None);
+            }
+        }
+        Err(e) => {
+            abandon(conn);
+            let why = rolled_back(e);
+            for done in in_transaction {
+                done.answer(Some(&why));
+            }
+        }
+    }
+}
+
+/// Runs one write in its own savepoint, rolled back when the write fails.
+/// An error means the enclosing transaction is no longer usable.
+fn run_in_savepoint(conn: &Connection, job: &mut dyn WriteJob) -> Result<(), WriteFailure> {
+    exec(conn, "SAVEPOINT write").map_err(rolled_back)?;
+    let succeeded = match catch_unwind(AssertUnwindSafe(|| job.run(conn))) {
+        Ok(succeeded) => succeeded,
+        Err(_) => {
+            job.fail(WriteFailure::Panicked);
+            false
+        }
+    };
+    if !succeeded {
+        // Some errors (a full disk, an I/O error) make SQLite roll back the
+        // whole transaction, savepoints and all.
+        if conn.is_autocommit() {
+            return Err(WriteFailure::BatchRolledBack(
+                "a failed write in the batch took the transaction with it".to_string(),
+            ));
+        }
+        exec(conn, "ROLLBACK TO write").map_err(rolled_back)?;
+    }
+    exec(conn, "RELEASE write").map_err(rolled_back)?;
+    if conn.is_autocommit() {
+        return Err(WriteFailure::BatchRolledBack(
+            "the transaction ended inside a write".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Queries
 
 /// The grant columns every grant query reads, in [`grant_from_row`]'s order;
 /// a macro so that the SQL texts are built at compile time.
@@ -369,6 +604,9 @@ fn to_json_text(value: &Option<serde_json::Value>) -> Option<String> {
     value.as_ref().map(|v| v.to_string())
 }
 
+// Every write below runs inside its own savepoint of the writer's batch
+// transaction (see `run_batch`): it is atomic on its own without opening a
+// transaction, and returning an error undoes all of it.
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -388,10 +626,9 @@ impl Store for SqliteStore {
         let grant = grant.clone();
         let tokens = tokens.to_vec();
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let audience = (!grant.audience.is_empty())
                 .then(|| serde_json::Value::from(grant.audience.clone()).to_string());
-            tx.prepare_cached(
+            conn.prepare_cached(
                 "INSERT INTO grants (id, client_id, subject, scopes, audience, actor, issuer, \
                  claims, custom, version, created_at, revoked) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0)",
@@ -409,8 +646,7 @@ impl Store for SqliteStore {
                 grant.version,
                 grant.created_at
             ])?;
-            insert_tokens(&tx, &grant.id, &tokens)?;
-            tx.commit()
+            insert_tokens(conn, &grant.id, &tokens)
         })
         .await
     }
@@ -437,9 +673,11 @@ impl Store for SqliteStore {
     ) -> Result<Rotation, StoreError> {
         let old = *old;
         let new_tokens = new_tokens.to_vec();
+        // Writes run one after another on the writer thread, so of
+        // concurrent rotations of one token the later ones see the first
+        // one's `consumed_at`.
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let found = tx
+            let found = conn
                 .prepare_cached(
                     "SELECT t.grant_id, t.kind, t.expires_at, t.revoked, t.consumed_at, g.revoked \
                      FROM tokens t JOIN grants g ON g.id = t.grant_id WHERE t.hash = ?1",
@@ -468,22 +706,18 @@ impl Store for SqliteStore {
                 // a replay like any other, not a free second success.
                 Some(at) if grace > 0 && now - at < grace => {}
                 Some(_) => {
-                    tx.execute(
-                        "UPDATE grants SET revoked = 1 WHERE id = ?1",
-                        params![grant_id],
-                    )?;
-                    tx.commit()?;
+                    // Kept: the caller hears `Replayed` only once the
+                    // batch holding this revocation is committed.
+                    conn.prepare_cached("UPDATE grants SET revoked = 1 WHERE id = ?1")?
+                        .execute(params![grant_id])?;
                     return Ok(Rotation::Replayed);
                 }
                 None => {
-                    tx.execute(
-                        "UPDATE tokens SET consumed_at = ?2 WHERE hash = ?1",
-                        params![&old.0[..], now],
-                    )?;
+                    conn.prepare_cached("UPDATE tokens SET consumed_at = ?2 WHERE hash = ?1")?
+                        .execute(params![&old.0[..], now])?;
                 }
             }
-            insert_tokens(&tx, &grant_id, &new_tokens)?;
-            tx.commit()?;
+            insert_tokens(conn, &grant_id, &new_tokens)?;
             Ok(Rotation::Rotated)
         })
         .await
@@ -518,13 +752,11 @@ impl Store for SqliteStore {
         let id = id.to_string();
         let change = change.clone();
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current = tx
-                .query_row(
-                    "SELECT version, revoked FROM grants WHERE id = ?1",
-                    params![id],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? != 0)),
-                )
+            let current = conn
+                .prepare_cached("SELECT version, revoked FROM grants WHERE id = ?1")?
+                .query_row(params![id], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? != 0))
+                })
                 .optional()?;
             let version = match current {
                 None | Some((_, true)) => return Ok(GrantUpdate::Gone),
@@ -532,34 +764,27 @@ impl Store for SqliteStore {
                 Some((v, false)) => v + 1,
             };
             if let Some(scopes) = &change.scopes {
-                tx.execute(
-                    "UPDATE grants SET scopes = ?2 WHERE id = ?1",
-                    params![id, join_scopes(scopes)],
-                )?;
+                conn.prepare_cached("UPDATE grants SET scopes = ?2 WHERE id = ?1")?
+                    .execute(params![id, join_scopes(scopes)])?;
             }
             if let Some(custom) = &change.custom_sealed {
-                tx.execute(
-                    "UPDATE grants SET custom = ?2 WHERE id = ?1",
-                    params![id, custom],
-                )?;
+                conn.prepare_cached("UPDATE grants SET custom = ?2 WHERE id = ?1")?
+                    .execute(params![id, custom])?;
             }
             if change.revoke_refresh_tokens {
-                tx.execute(
+                conn.prepare_cached(
                     "UPDATE tokens SET revoked = 1 WHERE grant_id = ?1 AND kind = ?2",
-                    params![id, TokenKind::Refresh.code()],
-                )?;
+                )?
+                .execute(params![id, TokenKind::Refresh.code()])?;
             }
             if let Some(hash) = &change.reset_token_scopes {
-                tx.execute(
+                conn.prepare_cached(
                     "UPDATE tokens SET scopes = NULL WHERE hash = ?1 AND grant_id = ?2",
-                    params![&hash.0[..], id],
-                )?;
+                )?
+                .execute(params![&hash.0[..], id])?;
             }
-            tx.execute(
-                "UPDATE grants SET version = ?2 WHERE id = ?1",
-                params![id, version],
-            )?;
-            tx.commit()?;
+            conn.prepare_cached("UPDATE grants SET version = ?2 WHERE id = ?1")?
+                .execute(params![id, version])?;
             Ok(GrantUpdate::Updated(version))
         })
         .await
@@ -597,15 +822,16 @@ impl Store for SqliteStore {
 
     async fn purge_expired(&self, before: UnixTime) -> Result<u64, StoreError> {
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let gone = tx.execute("DELETE FROM tokens WHERE expires_at < ?1", params![before])?;
-            tx.execute("DELETE FROM leases WHERE until < ?1", params![before])?;
-            tx.execute(
+            let gone = conn
+                .prepare_cached("DELETE FROM tokens WHERE expires_at < ?1")?
+                .execute(params![before])?;
+            conn.prepare_cached("DELETE FROM leases WHERE until < ?1")?
+                .execute(params![before])?;
+            conn.prepare_cached(
                 "DELETE FROM grants WHERE NOT EXISTS \
                  (SELECT 1 FROM tokens t WHERE t.grant_id = grants.id)",
-                [],
-            )?;
-            tx.commit()?;
+            )?
+            .execute([])?;
             Ok(gone as u64)
         })
         .await

@@ -201,15 +201,17 @@ count_instructions() {
     done
     local touch=("$TOKENS_BIN" touch --proxy "$url" --path /api/count --tokens "$tokens" --concurrency 4)
     on_client_cpus "${touch[@]}" >/dev/null 2>>"$WORK/bench_tokens.log" || die "$name: the warm-up failed"
-    callgrind_control -i on "$pid" >/dev/null
+    callgrind_control -i on "$pid" >/dev/null 2>&1
     on_client_cpus "${touch[@]}" >/dev/null 2>>"$WORK/bench_tokens.log" || die "$name: the measured requests failed"
-    callgrind_control -i off "$pid" >/dev/null
-    callgrind_control -d "$pid" >/dev/null
-    stop_server "$pid"
+    callgrind_control -i off "$pid" >/dev/null 2>&1
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    # The profile is written: no need to wait for a graceful stop.
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
     local dump total
-    dump=$(ls -t "$out".* 2>/dev/null | head -1)
+    dump=$(ls -t "$out".* 2>/dev/null | head -1) || true
     [[ -n $dump ]] || die "$name: callgrind wrote no profile (log: $log)"
-    total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+    total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n {gsub(",", "", $1); print $1; n = 1}') || true
     [[ -n $total ]] || die "$name: no instruction total in $dump"
     printf -v "$var" '%s' $((total / requests))
 }

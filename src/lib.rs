@@ -10,11 +10,13 @@
 //! The request path and the module map:
 //!
 //! - [`config`]: the TOML file, validated into [`config::Config`];
-//! - [`store`]: the [`store::Store`] trait and its SQLite implementation —
-//!   grants and token hashes, custom data sealed;
+//! - [`store`]: the [`store::Store`] trait, SQLite (embedded) and
+//!   PostgreSQL (shared by several instances) — grants and token hashes,
+//!   custom data sealed;
 //! - [`crypto`]: token generation and hashing, secret checks, sealing;
-//! - [`lookup`]: token → grant lookups through the moka cache, shared by
-//!   introspection and the gateway;
+//! - [`lookup`]: token lookups through the token cache (one compact entry
+//!   per token: its state and a view of its grant), shared by introspection
+//!   and the gateway;
 //! - [`token`]: the token service endpoints, one file per endpoint and grant;
 //! - [`gateway`]: the pingora proxy — admission, credential refresh, OBO;
 //! - [`credential`]: downstream credentials stored in custom data;

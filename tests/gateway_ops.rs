@@ -187,9 +187,23 @@ async fn metrics_count_requests_cache_lookups_refreshes_and_upstream_latency() {
     let response = get(format!("{}/photos/a", server.proxy), Some(&refused)).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 
-    let response = http().get(&metrics_url).send().await.expect("metrics");
-    assert_eq!(response.status(), StatusCode::OK);
-    let text = response.text().await.expect("metrics text");
+    // A request is counted in pingora's logging hook, after its answer
+    // went out: wait until the last one has been.
+    let mut text = String::new();
+    for _ in 0..50 {
+        let response = http().get(&metrics_url).send().await.expect("metrics");
+        assert_eq!(response.status(), StatusCode::OK);
+        text = response.text().await.expect("metrics text");
+        let counted: f64 = parse_metrics(&text)
+            .iter()
+            .filter(|s| s.name == "refgate_requests_total")
+            .map(|s| s.value)
+            .sum();
+        if counted >= 7.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let samples = parse_metrics(&text);
     let requests = |status: &str| {
         value(

@@ -54,8 +54,8 @@ fn obtained(credential: Arc<Credential>) -> Arc<Credential> {
     Arc::new(credential.as_obtained())
 }
 
-/// A stored credential as the proxy uses it.
-fn usable(stored: &StoredCredential) -> Arc<Credential> {
+/// A stored credential in the form the proxy uses.
+fn for_use(stored: &StoredCredential) -> Arc<Credential> {
     Arc::new(Credential::from_stored(stored))
 }
 
@@ -323,7 +323,7 @@ impl Refresher {
             return Err(GatewayError::ReauthRequired(name.to_string()));
         }
         if !Self::still_needed(&current, need, skew) {
-            return Ok(usable(&current));
+            return Ok(for_use(&current));
         }
         if self.failed_since(key, waiting_since) {
             return Self::fall_back(&current);
@@ -370,7 +370,7 @@ impl Refresher {
                 .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
             if !Self::still_needed(&current, need, skew) {
                 let _ = store.release_lease(key, &self.holder).await;
-                return Ok(usable(&current));
+                return Ok(for_use(&current));
             }
         }
         let result = self.refresh_now(state, grant_id, name, key, current).await;
@@ -388,7 +388,7 @@ impl Refresher {
     /// Old token while it is valid, else 503.
     fn fall_back(current: &StoredCredential) -> Result<Arc<Credential>, GatewayError> {
         if current.still_valid(now()) {
-            Ok(usable(current))
+            Ok(for_use(current))
         } else {
             Err(GatewayError::AuthorityUnavailable)
         }
@@ -416,7 +416,7 @@ impl Refresher {
                 return self.exchange_again(state, grant_id, name).await;
             }
             return if current.still_valid(now()) {
-                Ok(usable(&current))
+                Ok(for_use(&current))
             } else {
                 Err(GatewayError::ReauthRequired(name.to_string()))
             };
@@ -605,7 +605,7 @@ impl Refresher {
     ) -> Result<Arc<Credential>, GatewayError> {
         let skew = state.config.gateway.refresh_skew.as_secs() as i64;
         if let Some(stored) = self.stored(grant_id, name).await? {
-            let current = usable(&stored);
+            let current = for_use(&stored);
             let usable = |c: &Credential| c.is_sendable() && !c.reauth_required();
             if usable(&current) && !current.needs_refresh(now(), skew) {
                 // Another request got here first.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use crate::credential::Credentials;
+use crate::store::GrantRecord;
 
 /// A grant's scopes: a small, shared, ordered set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,40 +69,29 @@ struct GrantExtra {
     claims: Option<Value>,
 }
 
-/// The parts of a grant a lookup is made of.
-pub struct GrantParts {
-    pub id: String,
-    pub client_id: String,
-    pub subject: String,
-    pub scopes: Vec<String>,
-    pub issuer: Option<String>,
-    pub audience: Vec<String>,
-    pub actor: Option<Value>,
-    pub claims: Option<Value>,
-    pub credentials: Credentials,
-    pub version: i64,
-}
-
 impl Grant {
-    /// Builds a grant, sharing the strings `interner` already has.
-    pub fn new(parts: GrantParts, interner: &Interner) -> Self {
-        let extra = (!parts.audience.is_empty() || parts.actor.is_some() || parts.claims.is_some())
-            .then(|| {
-                Box::new(GrantExtra {
-                    audience: parts.audience,
-                    actor: parts.actor,
-                    claims: parts.claims,
-                })
-            });
+    /// The view of a stored grant whose credentials were prepared already,
+    /// sharing the strings `interner` already has. The sealed custom data
+    /// is left behind.
+    pub fn new(record: GrantRecord, credentials: Credentials, interner: &Interner) -> Self {
+        let extra =
+            (!record.audience.is_empty() || record.actor.is_some() || record.claims.is_some())
+                .then(|| {
+                    Box::new(GrantExtra {
+                        audience: record.audience,
+                        actor: record.actor,
+                        claims: record.claims,
+                    })
+                });
         Grant {
-            id: parts.id.into_boxed_str(),
-            client_id: interner.string(&parts.client_id),
-            subject: parts.subject.into_boxed_str(),
-            scopes: interner.scopes(&parts.scopes),
-            issuer: parts.issuer.map(|i| interner.string(&i)),
+            id: record.id.into_boxed_str(),
+            client_id: interner.string(&record.client_id),
+            subject: record.subject.into_boxed_str(),
+            scopes: interner.scopes(&record.scopes),
+            issuer: record.issuer.map(|i| interner.string(&i)),
             extra,
-            credentials: parts.credentials,
-            version: parts.version,
+            credentials,
+            version: record.version,
         }
     }
 

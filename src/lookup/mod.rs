@@ -23,7 +23,7 @@ use crate::credential::Credentials;
 use crate::crypto::{hash_token, token_kind, DataKey, TokenHash, TokenKind};
 use crate::store::{GrantRecord, Store, StoreError, TokenRecord, UnixTime};
 use cache::{Cacheable, TokenCache};
-use grant::{GrantParts, Interner};
+use grant::Interner;
 
 /// The per-token part of a lookup.
 #[derive(Debug, Clone)]
@@ -147,21 +147,7 @@ impl TokenLookup {
                 Credentials::from_json(&plain).ok_or(LookupError::Sealed)?
             }
         };
-        Ok(Grant::new(
-            GrantParts {
-                id: record.id,
-                client_id: record.client_id,
-                subject: record.subject,
-                scopes: record.scopes,
-                issuer: record.issuer,
-                audience: record.audience,
-                actor: record.actor,
-                claims: record.claims,
-                credentials,
-                version: record.version,
-            },
-            &self.interner,
-        ))
+        Ok(Grant::new(record, credentials, &self.interner))
     }
 
     /// A stored grant's custom data: a JSON object, empty when none was

@@ -7,7 +7,6 @@
 //! prepared header text, the expiry and two flags, nothing a request does
 //! not need (no refresh token, which only the refresh reads, from the store).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -43,14 +42,23 @@ impl StoredCredential {
 
     /// Whether it must be refreshed before use at `now` with `skew` seconds.
     pub fn needs_refresh(&self, now: i64, skew: i64) -> bool {
-        self.expires_at
-            .is_some_and(|exp| exp.saturating_sub(skew) <= now)
+        expiring(self.expires_at, now, skew)
     }
 
     /// Whether the access token is still valid at `now`.
     pub fn still_valid(&self, now: i64) -> bool {
-        self.expires_at.is_none_or(|exp| exp > now)
+        valid(self.expires_at, now)
     }
+}
+
+/// Whether a credential expiring at `expires_at` (`None`: never) must be
+/// refreshed at `now` with `skew` seconds.
+fn expiring(expires_at: Option<i64>, now: i64, skew: i64) -> bool {
+    expires_at.is_some_and(|exp| exp.saturating_sub(skew) <= now)
+}
+
+fn valid(expires_at: Option<i64>, now: i64) -> bool {
+    expires_at.is_none_or(|exp| exp > now)
 }
 
 /// The expiry of a credential that states none (it never needs a refresh).
@@ -125,12 +133,16 @@ impl Credential {
 
     /// Whether it must be refreshed before use at `now` with `skew` seconds.
     pub fn needs_refresh(&self, now: i64, skew: i64) -> bool {
-        self.expires_at != NEVER && self.expires_at.saturating_sub(skew) <= now
+        expiring(self.expiry(), now, skew)
     }
 
     /// Whether the access token is still valid at `now`.
     pub fn still_valid(&self, now: i64) -> bool {
-        self.expires_at == NEVER || self.expires_at > now
+        valid(self.expiry(), now)
+    }
+
+    fn expiry(&self) -> Option<i64> {
+        (self.expires_at != NEVER).then_some(self.expires_at)
     }
 
     pub fn reauth_required(&self) -> bool {
@@ -157,22 +169,10 @@ fn header_text(scheme: &str, token: &str) -> Option<Box<str>> {
 pub struct Credentials(Box<[(Box<str>, Arc<Credential>)]>);
 
 impl Credentials {
-    /// Reads every credential under `credentials` of parsed custom data.
-    /// Entries of the wrong shape are skipped (a route that needs one
-    /// answers `credential_missing`).
-    pub fn from_custom(custom: &Map<String, Value>) -> Self {
-        match custom.get("credentials") {
-            Some(Value::Object(all)) => Credentials::from_entries(
-                all.iter()
-                    .filter_map(|(name, v)| Some((name, StoredCredential::deserialize(v).ok()?))),
-            ),
-            _ => Credentials::default(),
-        }
-    }
-
-    /// Reads the credentials straight from custom data's JSON text, without
-    /// building a tree of the rest of it. `None` when the text is not a JSON
-    /// object.
+    /// Reads every credential under `credentials` straight from custom
+    /// data's JSON text, without building a tree of the rest of it. Entries
+    /// of the wrong shape are skipped (a route that needs one answers
+    /// `credential_missing`). `None` when the text is not a JSON object.
     pub fn from_json(text: &[u8]) -> Option<Self> {
         #[derive(Deserialize)]
         struct Custom {
@@ -185,27 +185,15 @@ impl Credentials {
             return None;
         }
         let custom: Custom = serde_json::from_slice(text).ok()?;
-        Some(match custom.credentials {
-            Some(Value::Object(all)) => {
-                Credentials::from_entries(all.into_iter().filter_map(|(name, v)| {
-                    Some((name, serde_json::from_value::<StoredCredential>(v).ok()?))
-                }))
-            }
-            _ => Credentials::default(),
-        })
-    }
-
-    fn from_entries<N: AsRef<str>>(entries: impl Iterator<Item = (N, StoredCredential)>) -> Self {
-        Credentials(
-            entries
-                .map(|(name, stored)| {
-                    (
-                        Box::from(name.as_ref()),
-                        Arc::new(Credential::from_stored(&stored)),
-                    )
-                })
-                .collect(),
-        )
+        let Some(Value::Object(all)) = custom.credentials else {
+            return Some(Credentials::default());
+        };
+        let usable = all.into_iter().filter_map(|(name, value)| {
+            let stored: StoredCredential = serde_json::from_value(value).ok()?;
+            let credential = Arc::new(Credential::from_stored(&stored));
+            Some((name.into_boxed_str(), credential))
+        });
+        Some(Credentials(usable.collect()))
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Credential>> {
@@ -225,17 +213,6 @@ impl Credentials {
 pub fn stored(custom: &Map<String, Value>, name: &str) -> Option<StoredCredential> {
     let value = custom.get("credentials")?.get(name)?;
     StoredCredential::deserialize(value).ok()
-}
-
-/// Every credential of parsed custom data, in the stored shape (for tests
-/// and tools; the proxy uses [`Credentials`]).
-pub fn stored_all(custom: &Map<String, Value>) -> HashMap<String, StoredCredential> {
-    let Some(Value::Object(all)) = custom.get("credentials") else {
-        return HashMap::new();
-    };
-    all.iter()
-        .filter_map(|(name, v)| Some((name.clone(), StoredCredential::deserialize(v).ok()?)))
-        .collect()
 }
 
 #[cfg(test)]

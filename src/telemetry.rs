@@ -135,7 +135,7 @@ pub struct RouteMetrics {
     requests: prometheus::IntCounterVec,
     /// By [`STATUS_LABELS`] index; a series is created when first counted,
     /// so `/metrics` lists only statuses that happened.
-    by_status: Box<[std::sync::OnceLock<prometheus::IntCounter>]>,
+    by_status: [std::sync::OnceLock<prometheus::IntCounter>; STATUS_LABELS.len()],
 }
 
 impl RouteMetrics {
@@ -146,7 +146,7 @@ impl RouteMetrics {
             upstream_seconds: metrics.upstream_seconds.with_label_values(&[route]),
             route: route.to_string(),
             requests: metrics.requests.clone(),
-            by_status: STATUS_LABELS.iter().map(|_| Default::default()).collect(),
+            by_status: Default::default(),
         }
     }
 

@@ -11,7 +11,7 @@ use pingora::proxy::Session;
 use super::bearer::{self, Bearer};
 use super::errors::GatewayError;
 use super::proxy::{Gateway, RequestCtx};
-use super::refresh::{Need, REQUEST_ID};
+use super::refresh::Need;
 use super::routing::route_path;
 use crate::config::RouteAccess;
 use crate::credential::Credential;
@@ -84,11 +84,16 @@ pub async fn admit(
                 return Err(GatewayError::ReauthRequired(name.clone()));
             }
             let fresh = if stored.needs_refresh(now(), skew) {
-                let refresh =
-                    gateway
-                        .refresher
-                        .refresh(state.clone(), grant_id, name, Need::Expiring);
-                REQUEST_ID.scope(ctx.request_id.clone(), refresh).await?
+                gateway
+                    .refresher
+                    .refresh(
+                        state.clone(),
+                        grant_id,
+                        name,
+                        Need::Expiring,
+                        &ctx.request_id,
+                    )
+                    .await?
             } else {
                 stored
             };
@@ -100,18 +105,29 @@ pub async fn admit(
             let fresh = match stored {
                 Some(c) if !c.needs_refresh(now(), skew) && c.is_sendable() => c,
                 Some(c) if c.refreshable() => {
-                    let refresh =
-                        gateway
-                            .refresher
-                            .refresh(state.clone(), grant_id, name, Need::Expiring);
-                    REQUEST_ID.scope(ctx.request_id.clone(), refresh).await?
+                    gateway
+                        .refresher
+                        .refresh(
+                            state.clone(),
+                            grant_id,
+                            name,
+                            Need::Expiring,
+                            &ctx.request_id,
+                        )
+                        .await?
                 }
                 _ => {
-                    let exchange =
-                        gateway
-                            .refresher
-                            .exchange(state.clone(), grant_id, name, exchange, token);
-                    REQUEST_ID.scope(ctx.request_id.clone(), exchange).await?
+                    gateway
+                        .refresher
+                        .exchange(
+                            state.clone(),
+                            grant_id,
+                            name,
+                            exchange,
+                            token,
+                            &ctx.request_id,
+                        )
+                        .await?
                 }
             };
             (name, fresh)

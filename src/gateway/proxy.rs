@@ -16,7 +16,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use super::admit::credential_name;
 use super::errors::{self, GatewayError};
-use super::refresh::{Need, Refresher, REQUEST_ID};
+use super::refresh::{Need, Refresher};
 use super::routing::{upstream_path, RouteEntry};
 use super::GatewayState;
 use crate::credential::Credential;
@@ -364,11 +364,9 @@ impl Gateway {
         };
         ctx.refreshed = true;
         let need = Need::Rejected { sent: sent.clone() };
-        let refreshed = REQUEST_ID
-            .scope(
-                ctx.request_id.clone(),
-                self.refresher.refresh(state, &grant.id, name, need),
-            )
+        let refreshed = self
+            .refresher
+            .refresh(state, &grant.id, name, need, &ctx.request_id)
             .await;
         match refreshed {
             Ok(fresh) if !fresh.same_header(&sent) => {

@@ -32,17 +32,11 @@ use crate::lookup::{now, TokenLookup};
 use crate::telemetry::Metrics;
 use crate::token::{patch_custom, OAuthError, TokenResponse, TokenService};
 
-tokio::task_local! {
-    /// The id of the request being served, set by the proxy around the
-    /// work that may start a refresh: the refresh runs as a task of its
-    /// own, and its log lines carry this id.
-    pub static REQUEST_ID: String;
-}
-
-/// A span for work done on behalf of the current request.
-fn request_span() -> tracing::Span {
-    let id = REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default();
-    tracing::info_span!("refresh", request_id = %id)
+/// A span for work done on behalf of a request: a refresh runs as a task
+/// of its own, and its log lines carry the id of the request that started
+/// it.
+fn request_span(request_id: &str) -> tracing::Span {
+    tracing::info_span!("refresh", request_id = %request_id)
 }
 
 /// The same credential, marked as just obtained for the request at hand:
@@ -150,12 +144,13 @@ impl Refresher {
         grant_id: &str,
         name: &str,
         need: Need,
+        request_id: &str,
     ) -> Result<Arc<Credential>, GatewayError> {
         let patience = state.config.gateway.authority_timeout;
         let this = self.clone();
         let (task_grant_id, task_name) = (grant_id.to_string(), name.to_string());
         let waiting_since = Instant::now();
-        let span = request_span();
+        let span = request_span(request_id);
         let task = self.control.spawn(
             async move {
                 let key = format!("{task_grant_id}/{task_name}");
@@ -216,6 +211,7 @@ impl Refresher {
         route_name: &str,
         exchange: &RouteExchange,
         subject_token: &str,
+        request_id: &str,
     ) -> Result<Arc<Credential>, GatewayError> {
         let this = self.clone();
         let (grant_id, name) = (grant_id.to_string(), route_name.to_string());
@@ -233,7 +229,7 @@ impl Refresher {
                     this.land(&key, flight);
                     result
                 }
-                .instrument(request_span()),
+                .instrument(request_span(request_id)),
             )
             .await
             .map_err(|_| GatewayError::AuthorityUnavailable)?

@@ -235,8 +235,8 @@ impl<T: Cacheable> TokenCache<T> {
         entries.clear();
     }
 
-    /// Entries held, for tests and diagnostics.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.as_ref().map_or(0, |e| e.len())
     }
 }

@@ -205,17 +205,17 @@ impl TokenLookup {
         &self,
         hash: TokenHash,
     ) -> Result<(Option<ActiveToken>, bool), LookupError> {
+        // Expiry is checked once: by the load (`is_active`) for a value
+        // just read, by the cache for a cached one.
         let (found, hit) = self
             .cache
             .get_or_load(hash, || self.load_token(hash))
             .await?;
-        let active = found
-            .filter(|c| c.token.expires_at > now())
-            .map(|c| ActiveToken {
-                hash,
-                token: c.token,
-                grant: c.grant,
-            });
+        let active = found.map(|c| ActiveToken {
+            hash,
+            token: c.token,
+            grant: c.grant,
+        });
         Ok((active, hit))
     }
 
@@ -261,11 +261,6 @@ impl TokenLookup {
     /// Forgets everything (e.g. after losing the invalidation feed).
     pub fn invalidate_all(&self) {
         self.cache.invalidate_all();
-    }
-
-    /// Tokens (active or not) the cache holds.
-    pub fn cached_tokens(&self) -> usize {
-        self.cache.len()
     }
 }
 

@@ -37,10 +37,18 @@ impl OidcAs {
             .spawn()
             .expect("start node");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read LISTENING line");
+        // Read on a thread of its own: a peer that hangs before printing
+        // fails the test after a while instead of hanging the suite.
+        let (sender, first_line) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = sender.send(line);
+        });
+        let Ok(line) = first_line.recv_timeout(std::time::Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!("oidc-as printed no LISTENING line within 60 s");
+        };
         let port = line
             .trim()
             .strip_prefix("LISTENING ")

@@ -27,18 +27,6 @@ async fn mutate_scope(
     server.token(client, &params).await
 }
 
-async fn refresh(server: &Refgate, client: &str, refresh_token: &str) -> (StatusCode, Value) {
-    server
-        .token(
-            client,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token),
-            ],
-        )
-        .await
-}
-
 fn assert_error(status: StatusCode, body: &Value, code: &str) {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], code, "{body}");
@@ -90,7 +78,7 @@ async fn mutated_scope_shows_at_once_on_the_same_token_without_extending_exp() {
 
     // The same refresh token still works and its access token carries the
     // new scope.
-    let (status, refreshed) = refresh(&server, "app", &refresh_token).await;
+    let (status, refreshed) = server.refresh("app", &refresh_token).await;
     assert_eq!(status, StatusCode::OK, "{refreshed}");
     let view = server.introspect(str_of(&refreshed, "access_token")).await;
     assert_eq!(
@@ -117,7 +105,7 @@ async fn mutated_scope_without_offline_access_revokes_the_refresh_token() {
         json!({"active": false}),
         "the refresh token outlived a scope set without offline_access"
     );
-    let (status, body) = refresh(&server, "app", &refresh_token).await;
+    let (status, body) = server.refresh("app", &refresh_token).await;
     assert_error(status, &body, "invalid_grant");
     // The access token lives on with the narrower scope.
     let view = server.introspect(&access).await;

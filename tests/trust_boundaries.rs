@@ -61,18 +61,6 @@ async fn exchange(
     server.token(client, &params).await
 }
 
-async fn refresh(server: &Refgate, client: &str, refresh_token: &str) -> (StatusCode, Value) {
-    server
-        .token(
-            client,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token),
-            ],
-        )
-        .await
-}
-
 async fn access_token_of(server: &Refgate, client: &str) -> String {
     str_of(&server.client_token(client, None).await, "access_token").to_string()
 }
@@ -143,24 +131,17 @@ async fn arbitrary_json_may_not_carry_a_credential_refgate_would_not_trust() {
                 .await
         }
     };
-    let (status, body) = mint(json!({"credentials": {"photos":
-        {"access_token": "x", "refresh_token": "rgrt_x", "authority": "self"}}}))
-    .await;
-    assert_refused(
-        status,
-        &body,
-        "invalid_request",
-        "credentials.photos.authority",
-    );
-    let (status, body) =
-        mint(json!({"credentials": {"photos": {"access_token": "x", "authority": "nowhere"}}}))
-            .await;
-    assert_refused(
-        status,
-        &body,
-        "invalid_request",
-        "credentials.photos.authority",
-    );
+    for authority in ["self", "nowhere"] {
+        let (status, body) = mint(json!({"credentials": {"photos":
+            {"access_token": "x", "refresh_token": "rgrt_x", "authority": authority}}}))
+        .await;
+        assert_refused(
+            status,
+            &body,
+            "invalid_request",
+            "credentials.photos.authority",
+        );
+    }
     let (status, body) =
         mint(json!({"credentials": {"photos": {"access_token": "x", "authority": "photos-as"}}}))
             .await;
@@ -233,7 +214,7 @@ async fn a_forged_self_credential_in_stored_data_is_never_redeemed() {
     }
     assert!(upstream.requests().is_empty(), "something was forwarded");
     // The victim's refresh token was never redeemed: it still works, once.
-    let (status, body) = refresh(&server, "app", &app_refresh).await;
+    let (status, body) = server.refresh("app", &app_refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -368,7 +349,7 @@ async fn revoking_a_grant_revokes_the_grants_exchanged_from_it() {
             "a derived token outlived the revocation of its source"
         );
     }
-    let (status, body) = refresh(&server, "from-app", &first_refresh).await;
+    let (status, body) = server.refresh("from-app", &first_refresh).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_grant");
 }
@@ -380,10 +361,10 @@ async fn a_refresh_token_replay_revokes_the_grants_exchanged_from_the_grant() {
     let (status, derived) = exchange(&server, "from-app", &app, &[]).await;
     assert_eq!(status, StatusCode::OK, "{derived}");
     let derived = str_of(&derived, "access_token").to_string();
-    let (status, _) = refresh(&server, "app", &app_refresh).await;
+    let (status, _) = server.refresh("app", &app_refresh).await;
     assert_eq!(status, StatusCode::OK);
     // The stolen copy comes back: the grant and what was made from it end.
-    let (status, _) = refresh(&server, "app", &app_refresh).await;
+    let (status, _) = server.refresh("app", &app_refresh).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(server.introspect(&derived).await, json!({"active": false}));
 }
@@ -416,7 +397,9 @@ async fn a_derived_grant_never_outlives_its_source() {
         );
     }
     // A refresh does not stretch it either.
-    let (status, refreshed) = refresh(&server, "from-app", str_of(&derived, "refresh_token")).await;
+    let (status, refreshed) = server
+        .refresh("from-app", str_of(&derived, "refresh_token"))
+        .await;
     assert_eq!(status, StatusCode::OK, "{refreshed}");
     let view = server.introspect(str_of(&refreshed, "access_token")).await;
     assert!(view["exp"].as_i64().expect("exp") <= source_exp, "{view}");

@@ -393,6 +393,18 @@ data_key = "{DATA_KEY}"
             .await
     }
 
+    /// `grant_type=refresh_token` as `client`.
+    pub async fn refresh(&self, client: &str, refresh_token: &str) -> (StatusCode, Value) {
+        self.token(
+            client,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ],
+        )
+        .await
+    }
+
     /// A client_credentials token for `client`, asserting success.
     pub async fn client_token(&self, client: &str, scope: Option<&str>) -> Value {
         let mut params = vec![("grant_type", "client_credentials")];

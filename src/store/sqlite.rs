@@ -32,7 +32,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Tran
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::crypto::TokenHash;
+use crate::crypto::{KeyId, TokenHash};
 
 /// Migrations in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -94,6 +94,55 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Creates a missing directory (and its parents) readable by the owner only.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// The store's files hold token hashes and sealed data: owner only (0600).
+/// A missing database file is created so, before SQLite opens it, and
+/// SQLite gives its `-wal` and `-shm` files the database file's mode. Files
+/// of an existing store that group or others may read are narrowed.
+fn make_files_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let name = path.as_os_str().to_owned();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = name.clone();
+        file.push(suffix);
+        let file = PathBuf::from(file);
+        let mode = match std::fs::metadata(&file) {
+            Ok(m) => m.permissions().mode() & 0o777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))?;
+            tracing::warn!(
+                file = %file.display(),
+                "the store file was readable by group or others (mode {mode:04o}); now owner only"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let done: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -112,10 +161,16 @@ impl SqliteStore {
             let path = path.clone();
             move || -> Result<_, StoreError> {
                 if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| {
+                    create_private_dir(parent).map_err(|e| {
                         unavailable(format!("cannot create `{}`: {e}", parent.display()))
                     })?;
                 }
+                make_files_private(&path).map_err(|e| {
+                    unavailable(format!(
+                        "cannot restrict `{}` to its owner: {e}",
+                        path.display()
+                    ))
+                })?;
                 let mut writer = open_writer(&path)
                     .map_err(|e| unavailable(format!("cannot open `{}`: {e}", path.display())))?;
                 migrate(&mut writer).map_err(|e| unavailable(format!("migration failed: {e}")))?;
@@ -786,6 +841,76 @@ impl Store for SqliteStore {
             conn.prepare_cached("UPDATE grants SET version = ?2 WHERE id = ?1")?
                 .execute(params![id, version])?;
             Ok(GrantUpdate::Updated(version))
+        })
+        .await
+    }
+
+    async fn sealed_otherwise(
+        &self,
+        header: &[u8],
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<SealedCustom>, StoreError> {
+        let (header, after) = (header.to_vec(), after.to_string());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, version, custom FROM grants \
+                 WHERE revoked = 0 AND custom IS NOT NULL AND substr(custom, 1, ?2) <> ?1 \
+                 AND id > ?3 ORDER BY id LIMIT ?4",
+            )?
+            .query_map(params![header, header.len() as i64, after, limit], |row| {
+                Ok(SealedCustom {
+                    grant_id: row.get(0)?,
+                    version: row.get(1)?,
+                    sealed: row.get(2)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn reseal_custom(
+        &self,
+        current: &SealedCustom,
+        resealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let (current, resealed) = (current.clone(), resealed.to_vec());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE grants SET custom = ?4 \
+                 WHERE id = ?1 AND version = ?2 AND custom = ?3 AND revoked = 0",
+            )?
+            .execute(params![
+                current.grant_id,
+                current.version,
+                current.sealed,
+                resealed
+            ])
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn count_sealed_by_key(&self) -> Result<Vec<(Option<KeyId>, u64)>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT CASE WHEN substr(custom, 1, 1) = ?1 THEN substr(custom, 2, ?2) END AS k, \
+                 count(*) FROM grants WHERE revoked = 0 AND custom IS NOT NULL GROUP BY k",
+            )?
+            .query_map(
+                params![
+                    &[crate::crypto::SEAL_FORMAT_NAMED][..],
+                    crate::crypto::KEY_ID_LEN as i64
+                ],
+                |row| {
+                    Ok((
+                        key_id_column(row.get(0)?),
+                        row.get::<_, i64>(1)?.max(0) as u64,
+                    ))
+                },
+            )?
+            .collect()
         })
         .await
     }

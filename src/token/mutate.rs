@@ -120,7 +120,11 @@ pub async fn patch_custom(
             }
         }
         let version = record.version;
-        let mut merged = Value::Object(service.lookup.open_custom(&record)?);
+        let Ok(custom) = service.lookup.open_custom(&record) else {
+            // Unreadable custom data (logged): the grant counts as inactive.
+            return Err(gone());
+        };
+        let mut merged = Value::Object(custom);
         json_patch::merge(&mut merged, patch);
         let Value::Object(merged) = merged else {
             return Err(OAuthError::invalid_request("patch must be a JSON object"));
@@ -134,7 +138,8 @@ pub async fn patch_custom(
             ));
         }
         let change = GrantChange {
-            custom_sealed: Some(service.lookup.seal_custom(grant_id, &merged)),
+            // Sealed for the version this write gives the grant.
+            custom_sealed: Some(service.lookup.seal_custom(grant_id, version + 1, &merged)),
             ..GrantChange::default()
         };
         match store.update_grant(grant_id, version, &change).await? {

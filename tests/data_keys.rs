@@ -281,7 +281,7 @@ async fn a_store_sealed_with_a_key_that_is_not_configured_refuses_to_start() {
     server.stop();
     configure_keys(&server, KEY_B, "");
     let log = serve_expecting_refusal(&server);
-    assert!(log.contains("1 grants"), "{log}");
+    assert!(log.contains("1 grant(s)"), "{log}");
     assert!(log.contains("not configured"), "{log}");
     assert!(log.contains("previous_data_keys"), "{log}");
     assert!(!log.contains(DATA_KEY) && !log.contains(KEY_B), "{log}");

@@ -113,7 +113,8 @@ impl Unreadable {
         };
         tracing::error!(
             grant = grant_id,
-            "{unreadable}; the grant is treated as inactive"
+            reason = %unreadable.why,
+            "custom data cannot be read; the grant is treated as inactive"
         );
         unreadable
     }

@@ -51,7 +51,7 @@ pub async fn check_keys(lookup: &TokenLookup) -> Result<(), String> {
         let grants: u64 = unknown.iter().map(|(_, n)| n).sum();
         let ids: Vec<String> = unknown.iter().map(|(id, _)| id.to_string()).collect();
         return Err(format!(
-            "the custom data of {grants} grants is sealed with a data key that is not \
+            "the custom data of {grants} grant(s) is sealed with a data key that is not \
              configured (key id {}); list that key in [store] previous_data_keys or \
              previous_data_keys_env and start again: refgate then seals that data again \
              with the current key, after which the old key can be removed",

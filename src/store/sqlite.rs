@@ -1009,6 +1009,69 @@ mod tests {
         Arc::new(store.expect("the store opens on a fresh file"))
     }
 
+    #[tokio::test]
+    async fn sealing_again_replaces_only_the_blob_that_was_read_and_keeps_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let current = [2u8, 1, 1, 1, 1, 1, 1, 1, 1];
+        for (id, blob) in [
+            ("a-old-key", vec![2u8, 9, 9, 9, 9, 9, 9, 9, 9, 0xaa]),
+            ("b-current", [&current[..], &[0xbb]].concat()),
+            ("c-unnamed", vec![1u8, 0xcc]),
+            ("d-changed", vec![2u8, 9, 9, 9, 9, 9, 9, 9, 9, 0xdd]),
+        ] {
+            let mut g = grant(id);
+            g.custom_sealed = Some(blob);
+            store.create_grant(&g, &[access(id)]).await.unwrap();
+        }
+        let mut counts = store.count_sealed_by_key().await.unwrap();
+        counts.sort_by_key(|(id, _)| id.map(|k| k.0));
+        assert_eq!(
+            counts,
+            vec![
+                (None, 1),
+                (Some(KeyId([1; 8])), 1),
+                (Some(KeyId([9; 8])), 2)
+            ]
+        );
+
+        let stale = store.sealed_otherwise(&current, "", 10).await.unwrap();
+        let ids: Vec<&str> = stale.iter().map(|s| s.grant_id.as_str()).collect();
+        assert_eq!(ids, ["a-old-key", "c-unnamed", "d-changed"]);
+        let page = store
+            .sealed_otherwise(&current, "a-old-key", 1)
+            .await
+            .unwrap();
+        assert_eq!(page[0].grant_id, "c-unnamed", "pages follow the id order");
+
+        // `d` changes between the read and the write: its new blob stays.
+        let change = GrantChange {
+            custom_sealed: Some(Some(vec![2, 1, 1, 1, 1, 1, 1, 1, 1, 0xde])),
+            ..GrantChange::default()
+        };
+        assert_eq!(
+            store.update_grant("d-changed", 1, &change).await.unwrap(),
+            GrantUpdate::Updated(2)
+        );
+        store.revoke_grant("c-unnamed").await.unwrap();
+        let mut replaced = Vec::new();
+        for s in &stale {
+            let resealed = [&current[..], &[0x11]].concat();
+            replaced.push(store.reseal_custom(s, &resealed).await.unwrap());
+        }
+        assert_eq!(replaced, [true, false, false]);
+        let a = store.find_grant("a-old-key").await.unwrap().unwrap();
+        assert_eq!(a.version, 1, "the version stays");
+        assert_eq!(a.custom_sealed.unwrap()[..9], current);
+        let d = store.find_grant("d-changed").await.unwrap().unwrap();
+        assert_eq!(d.custom_sealed.unwrap().last(), Some(&0xde));
+        assert!(store
+            .sealed_otherwise(&current, "", 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
     /// Keeps the writer thread busy inside a write until `release` is used,
     /// so that every write queued meanwhile lands in its next batch.
     async fn hold_writer(store: &Arc<SqliteStore>) -> mpsc::Sender<()> {

@@ -75,6 +75,9 @@ pub struct Credential {
     reauth_required: bool,
     /// It has a refresh token (in the store).
     refreshable: bool,
+    /// The authority it names, as stored (checked against the
+    /// configuration where it is used: the configuration may change).
+    authority: Option<Box<str>>,
     /// This process obtained it from its authority for the request at hand
     /// (a refresh or an exchange), rather than reading it from the store:
     /// an upstream 401 to it is final, refreshing again would not help.
@@ -94,6 +97,7 @@ impl Credential {
             expires_at: stored.expires_at.unwrap_or(NEVER),
             reauth_required: stored.reauth_required(),
             refreshable: stored.refresh_token.is_some(),
+            authority: stored.authority.as_deref().map(Box::from),
             just_obtained: false,
         }
     }
@@ -147,6 +151,24 @@ impl Credential {
 
     pub fn reauth_required(&self) -> bool {
         self.reauth_required
+    }
+
+    /// The authority it names.
+    pub fn authority(&self) -> Option<&str> {
+        self.authority.as_deref()
+    }
+
+    /// Whether refgate obtained it itself (a transparent exchange).
+    pub fn is_own(&self) -> bool {
+        self.authority() == Some(SELF_AUTHORITY)
+    }
+
+    /// The access token it sends.
+    pub fn access_token(&self) -> Option<&str> {
+        self.header
+            .as_deref()
+            .and_then(|h| h.split_once(' '))
+            .map(|(_, token)| token)
     }
 
     pub fn refreshable(&self) -> bool {
@@ -209,6 +231,88 @@ impl Credentials {
     }
 }
 
+/// A client's write to custom data that would plant a credential refgate
+/// must not trust; `member` is the JSON path of the offending member.
+#[derive(Debug, thiserror::Error)]
+#[error("{member} {reason}")]
+pub struct CredentialRefused {
+    pub member: String,
+    pub reason: &'static str,
+}
+
+/// Checks what a client's merge `patch` does to `credentials.<name>`
+/// entries, given custom data `before` and `after` the patch. Every entry
+/// the patch touches and keeps must be an object whose `authority` names a
+/// configured authority (`is_authority`). `"self"` entries are refgate's
+/// own (a transparent exchange's result): a client may not create one,
+/// nor put a token into one; it may change their other members or delete
+/// them. Custom data is written by clients, and the gateway acts on these
+/// entries: without this a client could make it redeem a refresh token
+/// that is not its own, as the token's owner.
+pub fn check_client_write(
+    patch: &Value,
+    before: &Map<String, Value>,
+    after: &Map<String, Value>,
+    is_authority: impl Fn(&str) -> bool,
+) -> Result<(), CredentialRefused> {
+    let refuse = |member: String, reason| Err(CredentialRefused { member, reason });
+    let touched = match patch.get("credentials") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Object(entries)) => entries,
+        Some(_) => return refuse("credentials".into(), "must be an object of credentials"),
+    };
+    let entry_of = |data: &Map<String, Value>, name: &str| {
+        data.get("credentials")
+            .and_then(|c| c.get(name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    for (name, change) in touched {
+        if change.is_null() {
+            continue;
+        }
+        let was_self =
+            entry_of(before, name).get("authority") == Some(&Value::from(SELF_AUTHORITY));
+        if let Value::Object(members) = change {
+            if members.get("authority") == Some(&Value::from(SELF_AUTHORITY)) {
+                return refuse(
+                    format!("credentials.{name}.authority"),
+                    "may not be \"self\": refgate writes its own credentials itself",
+                );
+            }
+            for token in ["access_token", "refresh_token"] {
+                if was_self && members.get(token).is_some_and(|v| !v.is_null()) {
+                    return refuse(
+                        format!("credentials.{name}.{token}"),
+                        "may not be written into a credential refgate obtained itself",
+                    );
+                }
+            }
+        }
+        let entry = entry_of(after, name);
+        let Value::Object(members) = &entry else {
+            return refuse(format!("credentials.{name}"), "must be an object");
+        };
+        match members.get("authority") {
+            Some(Value::String(a)) if a == SELF_AUTHORITY && was_self => {}
+            Some(Value::String(a)) if is_authority(a) => {}
+            Some(_) => {
+                return refuse(
+                    format!("credentials.{name}.authority"),
+                    "names no configured [[authorities]] entry",
+                )
+            }
+            None => {
+                return refuse(
+                    format!("credentials.{name}.authority"),
+                    "is missing: name the [[authorities]] entry that issued the credential",
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One stored credential of parsed custom data, in its stored shape.
 pub fn stored(custom: &Map<String, Value>, name: &str) -> Option<StoredCredential> {
     let value = custom.get("credentials")?.get(name)?;
@@ -218,6 +322,90 @@ pub fn stored(custom: &Map<String, Value>, name: &str) -> Option<StoredCredentia
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(patch: Value, before: Value) -> Result<(), String> {
+        let before = before.as_object().cloned().unwrap_or_default();
+        let mut after = Value::Object(before.clone());
+        json_patch::merge(&mut after, &patch);
+        let after = after.as_object().cloned().unwrap_or_default();
+        check_client_write(&patch, &before, &after, |a| a == "photos-as").map_err(|e| e.member)
+    }
+
+    #[test]
+    fn client_writes_to_credentials_are_checked() {
+        use serde_json::json;
+        let ok =
+            json!({"credentials": {"photos": {"access_token": "a", "authority": "photos-as"}}});
+        assert_eq!(check(ok.clone(), json!({})), Ok(()));
+        assert_eq!(check(json!({"other": 1}), json!({})), Ok(()));
+        assert_eq!(check(json!({"credentials": null}), json!({})), Ok(()));
+        assert_eq!(
+            check(
+                json!({"credentials": {"photos": {"access_token": "a", "authority": "elsewhere"}}}),
+                json!({})
+            ),
+            Err("credentials.photos.authority".into())
+        );
+        assert_eq!(
+            check(
+                json!({"credentials": {"photos": {"access_token": "a"}}}),
+                json!({})
+            ),
+            Err("credentials.photos.authority".into())
+        );
+        assert_eq!(
+            check(
+                json!({"credentials": {"photos": {"refresh_token": "r", "authority": "self"}}}),
+                json!({})
+            ),
+            Err("credentials.photos.authority".into())
+        );
+        assert_eq!(
+            check(json!({"credentials": "x"}), json!({})),
+            Err("credentials".into())
+        );
+        assert_eq!(
+            check(json!({"credentials": {"photos": 7}}), json!({})),
+            Err("credentials.photos".into())
+        );
+        let mine =
+            json!({"credentials": {"reports": {"access_token": "rgat_x", "authority": "self"}}});
+        // Refgate's own entries: other members and deletion are fine...
+        assert_eq!(
+            check(
+                json!({"credentials": {"reports": {"expires_at": 1}}}),
+                mine.clone()
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(json!({"credentials": {"reports": null}}), mine.clone()),
+            Ok(())
+        );
+        // ...tokens are not.
+        assert_eq!(
+            check(
+                json!({"credentials": {"reports": {"refresh_token": "rgrt_x"}}}),
+                mine.clone()
+            ),
+            Err("credentials.reports.refresh_token".into())
+        );
+        assert_eq!(
+            check(
+                json!({"credentials": {"reports": {"access_token": "a"}}}),
+                mine
+            ),
+            Err("credentials.reports.access_token".into())
+        );
+        // Even with another authority: a client deletes refgate's entry first.
+        assert_eq!(
+            check(
+                ok,
+                json!({"credentials": {"photos": {"access_token": "old", "authority": "self"}}})
+            ),
+            Err("credentials.photos.access_token".into())
+        );
+    }
 
     #[test]
     fn header_injection_is_refused() {

@@ -23,13 +23,16 @@
 //! - [`gateway`]: the pingora proxy — admission, credential refresh, OBO;
 //! - [`credential`]: downstream credentials stored in custom data;
 //! - [`reload`]: configuration reload on SIGHUP and file change;
-//! - [`server`]: wiring: open the store, bind listeners, run until shutdown;
+//! - [`listeners`]: the sockets, bound from `[listen]` or inherited;
+//! - [`server`]: wiring: open the store, start the listeners, run until
+//!   shutdown;
 //! - [`telemetry`]: logging and Prometheus metrics.
 
 pub mod config;
 pub mod credential;
 pub mod crypto;
 pub mod gateway;
+pub mod listeners;
 pub mod lookup;
 pub mod reload;
 pub mod server;

@@ -94,7 +94,14 @@ fn serve(path: &std::path::Path, format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match refgate::serve(config, shutdown_signal()) {
+    let listeners = match refgate::listeners::Listeners::open(&config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match refgate::serve(config, listeners, shutdown_signal()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

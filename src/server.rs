@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::gateway::{Drain, Gateway, GatewayState, Refresher};
+use crate::listeners::{Listeners, PreBound};
 use crate::lookup::{now, CacheSettings, TokenLookup};
 use crate::reload::Reloader;
 use crate::telemetry::Metrics;
@@ -40,6 +41,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// `main` synchronous, since pingora and the control runtime are built here.
 pub fn serve(
     config: Config,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // pingora and reqwest both use rustls with ring; one provider for all.
@@ -51,20 +53,25 @@ pub fn serve(
         .build()
         .context("cannot start the control runtime")?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Poll the shutdown signal once before anything listens: a signal
+    // handler it installs is then in place before the first request can be
+    // answered, so a SIGTERM right after start is a clean stop, not a kill.
+    let mut shutdown = Box::pin(shutdown);
+    let signalled = control.block_on(async { futures::poll!(shutdown.as_mut()).is_ready() });
     let parts = control.block_on(Parts::open(config))?;
 
-    let token_listener = control
-        .block_on(tokio::net::TcpListener::bind(parts.listen.token_service))
-        .with_context(|| format!("cannot listen on {}", parts.listen.token_service))?;
-    tracing::info!(address = %parts.listen.token_service, "token service listening");
+    let Listeners {
+        token_service,
+        proxy,
+        metrics,
+    } = listeners;
+    let token_listener =
+        control.block_on(async { tokio_listener(token_service, "token service") })?;
     let app = crate::token::router(parts.tokens.clone());
     let token_task = control.spawn(serve_http(token_listener, app, stop_rx.clone()));
 
-    if let Some(addr) = parts.listen.metrics {
-        let listener = control
-            .block_on(tokio::net::TcpListener::bind(addr))
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        tracing::info!(address = %addr, "metrics listening");
+    if let Some(listener) = metrics {
+        let listener = control.block_on(async { tokio_listener(listener, "metrics") })?;
         let metrics = parts.metrics.clone();
         let app = axum::Router::new().route(
             "/metrics",
@@ -94,12 +101,14 @@ pub fn serve(
         .watch(stop_rx.clone()),
     );
     control.spawn(async move {
-        shutdown.await;
+        if !signalled {
+            shutdown.await;
+        }
         let _ = stop_tx.send(true);
     });
 
-    match parts.listen.proxy {
-        Some(addr) => run_proxy(&control, &parts, addr, stop_rx.clone())?,
+    match proxy {
+        Some(listener) => run_proxy(&control, &parts, listener, stop_rx.clone())?,
         None => {
             let mut stop = stop_rx.clone();
             control.block_on(async move {
@@ -118,9 +127,20 @@ pub fn serve(
     Ok(())
 }
 
+/// Hands a bound socket to tokio and logs the address it listens on.
+fn tokio_listener(
+    listener: std::net::TcpListener,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let address = listener.local_addr().context("listener address")?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .with_context(|| format!("cannot listen on {address}"))?;
+    tracing::info!(%address, "{what} listening");
+    Ok(listener)
+}
+
 /// Everything built at start.
 struct Parts {
-    listen: crate::config::Listen,
     config: Arc<ArcSwap<Config>>,
     gateway: Arc<ArcSwap<GatewayState>>,
     lookup: Arc<TokenLookup>,
@@ -153,7 +173,6 @@ impl Parts {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("cannot build the HTTP client")?;
-        let listen = config.listen.clone();
         let config = Arc::new(config);
         let gateway = GatewayState::build(config.clone()).map_err(anyhow::Error::msg)?;
         let config = Arc::new(ArcSwap::new(config));
@@ -171,7 +190,6 @@ impl Parts {
             tokio::runtime::Handle::current(),
         ));
         Ok(Parts {
-            listen,
             config,
             gateway: Arc::new(ArcSwap::from_pointee(gateway)),
             lookup,
@@ -186,11 +204,10 @@ impl Parts {
 fn run_proxy(
     control: &tokio::runtime::Runtime,
     parts: &Parts,
-    addr: std::net::SocketAddr,
+    listener: std::net::TcpListener,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    // pingora reports a failed bind only inside its own task: check first.
-    std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let addr = listener.local_addr().context("proxy listener address")?;
     let mut server = Server::new_with_opt_and_conf(None, proxy_server_conf());
     server.bootstrap();
     let drain = Arc::new(Drain::default());
@@ -218,7 +235,7 @@ fn run_proxy(
         }
         None => service.add_tcp(&addr.to_string()),
     }
-    server.add_service(service);
+    server.add_service(PreBound::new(service, listener));
     control.spawn(async move {
         tokio::time::sleep(Duration::from_secs(2)).await;
         if tokio::net::TcpStream::connect(addr).await.is_err() {

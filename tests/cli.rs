@@ -6,6 +6,7 @@ mod common;
 use common::*;
 
 use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -441,18 +442,20 @@ fn log_format_json_is_accepted_before_and_after_the_subcommand() {
 
 /// Runs `refgate` with `args` on the config at `path` until it answers
 /// `/healthz`, stops it with SIGTERM, and returns exit code and stderr.
-fn serve_and_stop(args: &[&str], path: &Path, port: u16) -> (Option<i32>, String) {
+fn serve_and_stop(args: &[&str], path: &Path, listener: &TcpListener) -> (Option<i32>, String) {
+    let port = listener.local_addr().expect("address").port();
     let log_path = path.with_extension("log");
     let log = std::fs::File::create(&log_path).expect("create log");
-    let mut child = refgate()
+    let mut command = refgate();
+    command
         .args(args)
         .arg("--config")
         .arg(path)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start refgate");
+        .stderr(log);
+    pass_listeners(&mut command, &[("token_service", listener)]);
+    let mut child = command.spawn().expect("start refgate");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !raw_get_ok(port, "/healthz") {
         if let Ok(Some(status)) = child.try_wait() {
@@ -509,9 +512,10 @@ fn serve_writes_json_log_lines_with_the_flag_before_or_after_the_subcommand() {
         &["--log-format", "json", "serve"][..],
         &["serve", "--log-format", "json"],
     ] {
-        let port = free_port();
+        let listener = loopback_listener();
+        let port = listener.local_addr().expect("address").port();
         let (_dir, path) = write_config(&serve_config(port));
-        let (code, log) = serve_and_stop(args, &path, port);
+        let (code, log) = serve_and_stop(args, &path, &listener);
         assert_eq!(code, Some(0), "{args:?}:\n{log}");
         assert_json_lines(&log);
     }
@@ -519,9 +523,10 @@ fn serve_writes_json_log_lines_with_the_flag_before_or_after_the_subcommand() {
 
 #[test]
 fn serve_writes_text_log_lines_by_default() {
-    let port = free_port();
+    let listener = loopback_listener();
+    let port = listener.local_addr().expect("address").port();
     let (dir, path) = write_config(&serve_config(port));
-    let (code, log) = serve_and_stop(&["serve"], &path, port);
+    let (code, log) = serve_and_stop(&["serve"], &path, &listener);
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("listening"), "{log}");
     let first = log.lines().next().unwrap_or_default();
@@ -554,10 +559,159 @@ fn a_missing_key_file_is_created_for_a_new_store_but_refused_for_existing_data()
 }
 
 #[test]
+fn serve_on_port_zero_logs_the_address_it_bound() {
+    let (_dir, path) = write_config(&serve_config(0).replace(
+        "issuer = \"http://127.0.0.1:0\"",
+        "issuer = \"http://refgate.test\"",
+    ));
+    let log_path = path.with_extension("log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let mut child = refgate()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start refgate");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let port = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let bound = log
+            .lines()
+            .filter(|l| l.contains("token service listening"))
+            .find_map(|l| l.split("address=127.0.0.1:").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse::<u16>().ok());
+        if let Some(port) = bound {
+            break port;
+        }
+        assert!(Instant::now() < deadline, "no address logged:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(port, 0);
+    let answered = raw_get_ok(port, "/healthz");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answered, "the logged address does not answer");
+}
+
+#[test]
+fn serve_refuses_inherited_sockets_it_cannot_place() {
+    let listener = loopback_listener();
+    let port = listener.local_addr().expect("address").port();
+    let (_dir, path) = write_config(&serve_config(port));
+    // `metrics` is not enabled in [listen]: refgate must say so and exit,
+    // not leave the socket unserved.
+    let mut command = refgate();
+    command
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    pass_listeners(&mut command, &[("metrics", &listener)]);
+    let output = command.output().expect("run refgate");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("\"metrics\""), "{stderr}");
+
+    // Names that do not add up to LISTEN_FDS are refused, clearly.
+    let output = refgate()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", "token_service")
+        .output()
+        .expect("run refgate");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("LISTEN_FDNAMES"), "{stderr}");
+}
+
+#[test]
+fn check_says_which_clients_an_exchange_route_client_may_not_exchange() {
+    let hash = secret_hash("s");
+    let text = config_text(&format!(
+        r#"[[clients]]
+id = "app"
+secret_hash = "{hash}"
+grant_types = ["client_credentials"]
+scopes = ["reports.read"]
+
+[[clients]]
+id = "partner"
+secret_hash = "{hash}"
+grant_types = ["client_credentials"]
+scopes = ["reports.read"]
+
+[[clients]]
+id = "gateway"
+secret_hash = "{hash}"
+grant_types = ["urn:ietf:params:oauth:grant-type:token-exchange"]
+scopes = ["reports.read"]
+exchange_from = ["app"]
+
+[[routes]]
+name = "reports"
+path_prefix = "/reports/"
+upstream = "http://127.0.0.1:9200"
+required_scopes = ["reports.read"]
+[routes.exchange]
+client = "gateway"
+scopes = ["reports.read"]
+"#
+    ));
+    let (_dir, path) = write_config(&text);
+    let output = check(&path);
+    let errors = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{errors}");
+    assert_problem(
+        &errors,
+        &path,
+        "routes[0].exchange.client",
+        line_of(&text, "client = \"gateway\""),
+    );
+    assert!(errors.contains("`partner`"), "{errors}");
+    assert!(!errors.contains("`app`"), "{errors}");
+    assert!(errors.contains("exchange_from"), "{errors}");
+
+    // With the partner listed, the same file is valid.
+    let fixed = text.replace(
+        "exchange_from = [\"app\"]",
+        "exchange_from = [\"app\", \"partner\"]",
+    );
+    let (_dir, path) = write_config(&fixed);
+    let output = check(&path);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn check_refuses_exchange_from_naming_an_unknown_client() {
+    let hash = secret_hash("s");
+    let text = config_text(&format!(
+        r#"[[clients]]
+id = "gateway"
+secret_hash = "{hash}"
+grant_types = ["urn:ietf:params:oauth:grant-type:token-exchange"]
+exchange_from = ["ap"]
+"#
+    ));
+    let (_dir, path) = write_config(&text);
+    let output = check(&path);
+    let errors = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{errors}");
+    assert_problem(
+        &errors,
+        &path,
+        "clients[0].exchange_from[0]",
+        line_of(&text, "exchange_from"),
+    );
+}
+
+#[test]
 fn a_data_key_file_that_others_may_read_is_refused_by_check_and_serve() {
     use std::os::unix::fs::PermissionsExt;
-    let port = free_port();
-    let text = serve_config(port).replace(
+    let text = serve_config(0).replace(
         &format!("data_key = \"{DATA_KEY}\""),
         "data_key_file = \"refgate.key\"",
     );
@@ -587,7 +741,7 @@ fn a_data_key_file_that_others_may_read_is_refused_by_check_and_serve() {
     let log = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{log}");
     assert!(log.contains(&fix), "{log}");
-    assert!(!raw_get_ok(port, "/healthz"));
+    assert!(!log.contains("listening"), "{log}");
 
     // Group-readable is refused too; owner-only is fine.
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o640)).expect("chmod");

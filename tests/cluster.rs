@@ -73,7 +73,7 @@ async fn revocation_on_one_instance_is_rejected_by_the_other_within_100ms() {
     store_credential(
         &cluster.a,
         &at,
-        json!({ "access_token": "down-1", "expires_at": unix_now() + 3600, "authority": "none" }),
+        json!({ "access_token": "down-1", "expires_at": unix_now() + 3600, "authority": "photos-as" }),
     )
     .await;
     // Warm B's cache: the token is now served from memory on B.
@@ -256,7 +256,7 @@ async fn store_outage_fails_closed_and_recovers_without_restart() {
     store_credential(
         &cluster.a,
         &at,
-        json!({ "access_token": "down-1", "expires_at": unix_now() + 3600, "authority": "none" }),
+        json!({ "access_token": "down-1", "expires_at": unix_now() + 3600, "authority": "photos-as" }),
     )
     .await;
     assert_eq!(call(&cluster.a.proxy, &at).await.status(), StatusCode::OK);

@@ -134,13 +134,26 @@ fn wait_for_log(server: &Refgate, marker: &str, text: &str) -> String {
     }
 }
 
-/// Starts refgate on the server's configuration expecting it to refuse to
-/// start; returns what it logged.
+/// Starts refgate on (a copy of) the server's configuration expecting it to
+/// refuse to start; returns what it logged. The copy listens on ports of
+/// its own: the server's are held for its next start.
 fn serve_expecting_refusal(server: &Refgate) -> String {
+    let text = std::fs::read_to_string(&server.config_path).expect("read config");
+    let text = text
+        .replace(
+            &format!("127.0.0.1:{}\"", server.token_port),
+            "127.0.0.1:0\"",
+        )
+        .replace(
+            &format!("127.0.0.1:{}\"", server.proxy_port),
+            "127.0.0.1:0\"",
+        );
+    let config = server.config_path.with_file_name("refused.toml");
+    std::fs::write(&config, text).expect("write config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_refgate"))
         .arg("serve")
         .arg("--config")
-        .arg(&server.config_path)
+        .arg(&config)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -424,7 +424,7 @@ async fn exchange_with_a_resource_that_is_not_an_absolute_uri_is_invalid_target(
 async fn exchange_for_an_audience_outside_the_client_list_is_invalid_target() {
     let server = Refgate::start_with(Options {
         extra: format!(
-            "[[clients]]\nid = \"fenced\"\nsecret_hash = \"{}\"\ngrant_types = [\"{EXCHANGE}\"]\nscopes = [\"reports.read\"]\naudiences = [\"reports-api\", \"https://reports.example.com/\"]\n",
+            "[[clients]]\nid = \"fenced\"\nsecret_hash = \"{}\"\ngrant_types = [\"{EXCHANGE}\"]\nscopes = [\"reports.read\"]\naudiences = [\"reports-api\", \"https://reports.example.com/\"]\nexchange_from = [\"other\"]\n",
             secret_hash("fenced-secret")
         ),
         ..Options::default()
@@ -505,6 +505,50 @@ async fn id_token_from_trusted_issuer_is_exchanged_for_its_subject() {
     assert_eq!(view["scope"], "photos.read");
     // refgate issues the token; the id_token's issuer is not passed on.
     assert_eq!(view["iss"], server.base.as_str());
+}
+
+#[tokio::test]
+async fn an_id_token_subject_keeps_its_issuer_apart_from_client_subjects() {
+    let server = Refgate::start_with(Options {
+        extra: trusted_issuer_file(),
+        ..Options::default()
+    });
+    // A user of the IdP who happens to be called like a client.
+    let id_token = good_id_token(&id_claims("middle"));
+    let (status, body) = exchange(&server, "app", &id_token, ID_TOKEN_TYPE, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let from_idp = server.introspect(str_of(&body, "access_token")).await;
+    assert_eq!(from_idp["sub"], "middle");
+    assert_eq!(from_idp["idp"], TRUSTED_ISSUER, "{from_idp}");
+    let client = server.client_token("middle", None).await;
+    let client_view = server.introspect(str_of(&client, "access_token")).await;
+    assert_eq!(client_view["sub"], "middle");
+    assert!(client_view.get("idp").is_none(), "{client_view}");
+    // A grant exchanged from it stays the IdP's subject.
+    let (status, again) = exchange(
+        &server,
+        "app",
+        str_of(&body, "access_token"),
+        ACCESS_TOKEN_TYPE,
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    let view = server.introspect(str_of(&again, "access_token")).await;
+    assert_eq!(view["idp"], TRUSTED_ISSUER, "{view}");
+}
+
+#[tokio::test]
+async fn id_tokens_are_exchanged_only_by_clients_that_list_their_issuer() {
+    let server = Refgate::start_with(Options {
+        extra: trusted_issuer_file(),
+        ..Options::default()
+    });
+    // `gateway` may exchange every client's tokens ("*"), but no id_token.
+    let id_token = good_id_token(&id_claims("user-42"));
+    let (status, body) = exchange(&server, "gateway", &id_token, ID_TOKEN_TYPE, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_grant", "{body}");
 }
 
 #[tokio::test]

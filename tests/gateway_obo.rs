@@ -56,6 +56,7 @@ id = "gateway"
 secret_hash = "{gateway}"
 grant_types = ["urn:ietf:params:oauth:grant-type:token-exchange", "refresh_token"]
 scopes = ["reports.read", "offline_access"]
+exchange_from = ["app", "middle"]
 access_token_ttl = "{gateway_ttl}"
 "#,
         app = secret_hash("app-secret"),
@@ -351,16 +352,7 @@ async fn upstream_401_to_an_exchanged_token_gets_a_new_one_and_replays() {
     assert_eq!(status, StatusCode::OK);
     let first = setup.sent_token(0);
 
-    // The upstream stops accepting it (say, it was revoked).
-    let (status, _) = setup
-        .server
-        .post_form(
-            "/oauth2/revoke",
-            Some(("gateway", "gateway-secret")),
-            &[("token", &first)],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    // The upstream stops accepting it (say, it keeps a deny list).
     setup.upstream.reject(&format!("Bearer {first}"));
 
     let (status, body) = setup.get(&app, "/reports/q").await;
@@ -371,4 +363,33 @@ async fn upstream_401_to_an_exchanged_token_gets_a_new_one_and_replays() {
     assert_ne!(second, first);
     assert_exchanged_for(&setup.server, &second, "app").await;
     assert_eq!(setup.stored(&app).await["access_token"], second.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchanged_token_revoked_at_refgate_is_renewed_before_it_is_sent() {
+    let setup = Setup::start(r#""reports.read""#).await;
+    let app = setup.app_token().await;
+    let (status, _) = setup.get(&app, "/reports/q").await;
+    assert_eq!(status, StatusCode::OK);
+    let first = setup.sent_token(0);
+    let (status, _) = setup
+        .server
+        .post_form(
+            "/oauth2/revoke",
+            Some(("gateway", "gateway-secret")),
+            &[("token", &first)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, body) = setup.get(&app, "/reports/q").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        setup.upstream.requests().len(),
+        2,
+        "the revoked token was sent"
+    );
+    let second = setup.sent_token(1);
+    assert_ne!(second, first);
+    assert_exchanged_for(&setup.server, &second, "app").await;
 }

@@ -124,7 +124,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Turns on the metrics listener (a restart: listeners are not reloaded)
 /// and returns its `/metrics` URL.
 async fn enable_metrics(server: &mut Refgate) -> String {
-    let port = free_port();
+    let port = server.reserve_metrics_port();
     let config = std::fs::read_to_string(&server.config_path).expect("read config");
     let config = config.replacen(
         "[listen]\n",
@@ -286,6 +286,7 @@ async fn metrics_count_requests_cache_lookups_refreshes_and_upstream_latency() {
 async fn request_ids_are_in_the_log_lines_of_their_requests() {
     let oidc = OidcAs::start(3600);
     let upstream = Upstream::start().await;
+    let dead = closed_port();
     let server = Refgate::start_with(Options {
         gateway: "authority_timeout = \"20s\"".into(),
         extra: format!(
@@ -293,11 +294,7 @@ async fn request_ids_are_in_the_log_lines_of_their_requests() {
             oidc.authority_toml("photos-as"),
             photos_route(&upstream.url()),
             public_route(&upstream.url(), "open", "/open/"),
-            public_route(
-                &format!("http://127.0.0.1:{}", free_port()),
-                "dead",
-                "/dead/"
-            )
+            public_route(&format!("http://127.0.0.1:{}", dead.port), "dead", "/dead/")
         ),
         ..Options::default()
     });

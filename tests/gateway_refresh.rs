@@ -763,23 +763,34 @@ async fn a_credential_naming_an_unknown_authority_is_never_sent_anywhere() {
     let body = setup.server.client_token("app", None).await;
     let app = str_of(&body, "access_token").to_string();
     // Custom data may say anything; refgate only talks to configured
-    // authorities.
-    let (status, answer) = setup
-        .server
-        .mutate(&json!({"token": app, "patch": {"credentials": {"photos": {
-            "access_token": access, "refresh_token": refresh,
-            "expires_at": unix_now() - 10, "authority": "elsewhere",
-            "token_endpoint": setup.oidc.url("/token"),
-        }}}}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
+    // authorities. One stored (as clients could before writes were
+    // checked) is never used...
+    let credential = json!({
+        "access_token": access, "refresh_token": refresh,
+        "expires_at": unix_now() - 10, "authority": "elsewhere",
+        "token_endpoint": setup.oidc.url("/token"),
+    });
+    plant_custom(
+        &setup.server,
+        &app,
+        json!({"credentials": {"photos": credential}}),
+    )
+    .await;
 
     let answer = setup.get(&app, "/photos/x").await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
+    assert_eq!(answer.body["error"], "credential_invalid", "{answer:?}");
     assert_eq!(answer.body["credential"], "photos", "{answer:?}");
     assert!(setup.upstream.requests().is_empty());
     let stats = setup.oidc.stats().await;
     assert_eq!(stats["refresh"], 0, "{stats}");
+
+    // ...and a client cannot store one any more.
+    let (status, answer) = setup
+        .server
+        .mutate(&json!({"token": app, "patch": {"credentials": {"photos": credential}}}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

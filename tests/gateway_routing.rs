@@ -411,7 +411,8 @@ async fn client_never_receives_the_downstream_token() {
     // The origin answers without echoing anything: whatever the client sees
     // of the credential would have been added by the gateway.
     let origin = Origin::start().await;
-    let closed = free_port();
+    let closed = closed_port();
+    let closed = closed.port;
     let routes = [
         photos_route(&origin.url()),
         route(

@@ -23,6 +23,7 @@ fn grant(id: &str) -> GrantRecord {
         version: 1,
         created_at: NOW,
         revoked: false,
+        ..GrantRecord::default()
     }
 }
 
@@ -160,7 +161,7 @@ async fn of_fifty_concurrent_rotations_of_one_refresh_token_exactly_one_rotates(
     for call in calls {
         match call.await.unwrap() {
             (i, Ok(Rotation::Rotated)) => rotated.push(i),
-            (_, Ok(Rotation::Replayed)) => replayed += 1,
+            (_, Ok(Rotation::Replayed(_))) => replayed += 1,
             (_, Ok(Rotation::Inactive)) => inactive += 1,
             (i, Err(e)) => panic!("rotation {i}: {e}"),
         }

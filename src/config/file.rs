@@ -93,6 +93,8 @@ pub struct Client {
     pub allowed_issuers: Vec<String>,
     /// When set, the only `audience` values this client may request.
     pub audiences: Option<Vec<String>>,
+    /// Whose tokens this client may use as a token-exchange subject.
+    pub exchange_from: Option<Vec<String>>,
     pub access_token_ttl: Option<String>,
     pub refresh_token_ttl: Option<String>,
 }
@@ -130,6 +132,8 @@ pub struct Route {
     pub ca_file: Option<String>,
     pub auth: Option<String>,
     pub exchange: Option<RouteExchange>,
+    /// Tokens whose `aud` does not contain this are refused here.
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -131,8 +131,35 @@ pub struct Client {
     pub mutate: bool,
     pub allowed_issuers: Vec<String>,
     pub audiences: Option<Vec<String>>,
+    pub exchange_from: ExchangeFrom,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+}
+
+/// Whose tokens a client may present as a token-exchange subject
+/// (`exchange_from`). A client may always exchange its own access tokens;
+/// beyond that only what is listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExchangeFrom {
+    /// `"*"`: the access tokens of every client.
+    pub any_client: bool,
+    /// Client ids whose access tokens it may exchange.
+    pub clients: Vec<String>,
+    /// Trusted issuers whose id_tokens it may exchange.
+    pub issuers: Vec<String>,
+}
+
+impl ExchangeFrom {
+    /// Whether a client `own` may exchange an access token issued to
+    /// `subject_client`.
+    pub fn allows_client(&self, own: &str, subject_client: &str) -> bool {
+        own == subject_client || self.any_client || self.clients.iter().any(|c| c == subject_client)
+    }
+
+    /// Whether id_tokens of `issuer` may be exchanged.
+    pub fn allows_issuer(&self, issuer: &str) -> bool {
+        self.issuers.iter().any(|i| i == issuer)
+    }
 }
 
 impl Client {
@@ -186,6 +213,8 @@ pub struct Route {
     pub required_scopes: Vec<String>,
     pub access: RouteAccess,
     pub ca_file: Option<PathBuf>,
+    /// Tokens whose grant has an `aud` without this are refused here.
+    pub audience: Option<String>,
 }
 
 /// What a route does with the inbound token.

@@ -131,6 +131,7 @@ pub(super) fn validate(
     let gateway = gateway_settings(&mut c, &file.gateway);
     let clients = clients(&mut c, &file.clients, &tokens);
     let trusted_issuers = trusted_issuers(&mut c, &file.trusted_issuers);
+    check_exchange_sources(&mut c, &file.clients, &clients, &trusted_issuers);
     let authorities = authorities(&mut c, &file.authorities);
     let routes = routes(&mut c, &file.routes, &clients, &authorities);
 
@@ -503,6 +504,22 @@ fn clients(
             f.refresh_token_ttl.as_ref(),
             tokens.refresh_token_ttl,
         );
+        let mut exchange_from = ExchangeFrom::default();
+        for entry in f.exchange_from.iter().flatten() {
+            if entry == "*" {
+                exchange_from.any_client = true;
+            } else if entry.contains("://") {
+                exchange_from.issuers.push(entry.clone());
+            } else {
+                exchange_from.clients.push(entry.clone());
+            }
+        }
+        if f.exchange_from.is_some() && !grant_types.contains(&GrantType::TokenExchange) {
+            c.report(
+                key("exchange_from"),
+                "only matters with the token-exchange grant type",
+            );
+        }
         let client = Client {
             id: f.id.clone(),
             secret,
@@ -513,6 +530,7 @@ fn clients(
             mutate: f.mutate,
             allowed_issuers: f.allowed_issuers.clone(),
             audiences: f.audiences.clone(),
+            exchange_from,
             access_token_ttl,
             refresh_token_ttl,
         };
@@ -521,6 +539,38 @@ fn clients(
         }
     }
     out
+}
+
+/// Every `exchange_from` entry names a configured client or trusted issuer:
+/// a typo would silently refuse every exchange it was meant to allow.
+fn check_exchange_sources(
+    c: &mut Checker<'_>,
+    list: &[file::Client],
+    clients: &HashMap<String, Arc<Client>>,
+    issuers: &[Arc<TrustedIssuer>],
+) {
+    for (i, f) in list.iter().enumerate() {
+        for (j, entry) in f.exchange_from.iter().flatten().enumerate() {
+            if entry.contains("://") {
+                // Allowed but inert until the issuer is trusted: an issuer
+                // may be taken out of [[trusted_issuers]] for a while.
+                if !issuers.iter().any(|t| t.issuer == *entry) {
+                    tracing::warn!(
+                        key = %format!("clients[{i}].exchange_from[{j}]"),
+                        issuer = %entry,
+                        "exchange_from names an issuer that is not in [[trusted_issuers]]"
+                    );
+                }
+                continue;
+            }
+            if entry != "*" && !clients.contains_key(entry) {
+                c.report(
+                    format!("clients[{i}].exchange_from[{j}]"),
+                    format!("`{entry}` is neither \"*\", a [[clients]] id nor an issuer URL"),
+                );
+            }
+        }
+    }
 }
 
 fn trusted_issuers(c: &mut Checker<'_>, list: &[file::TrustedIssuer]) -> Vec<Arc<TrustedIssuer>> {
@@ -692,6 +742,30 @@ fn routes(
                                 );
                             }
                         }
+                        let mut uncovered: Vec<&str> = clients
+                            .values()
+                            .filter(|other| {
+                                f.required_scopes.iter().all(|s| other.has_scope(s))
+                                    && !cl.exchange_from.allows_client(&cl.id, &other.id)
+                            })
+                            .map(|other| other.id.as_str())
+                            .collect();
+                        uncovered.sort_unstable();
+                        if !uncovered.is_empty() {
+                            c.report(
+                                key("exchange.client"),
+                                format!(
+                                    "tokens of {} can reach this route, but client `{}` may not \
+                                     exchange them: add them (or \"*\") to its exchange_from",
+                                    uncovered
+                                        .iter()
+                                        .map(|id| format!("`{id}`"))
+                                        .collect::<Vec<_>>()
+                                        .join(", "),
+                                    x.client
+                                ),
+                            );
+                        }
                     }
                     Some(_) => c.report(
                         key("exchange.client"),
@@ -720,6 +794,21 @@ fn routes(
             .ca_file
             .as_deref()
             .map(|p| c.existing_file(&key("ca_file"), p));
+        if f.audience
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty() || a.chars().any(char::is_control))
+        {
+            c.report(
+                key("audience"),
+                "must be a non-empty audience without control characters",
+            );
+        }
+        if public && f.audience.is_some() {
+            c.report(
+                key("audience"),
+                "a public route (auth = \"none\") checks no token",
+            );
+        }
         if let Some(upstream) = upstream {
             out.push(Arc::new(Route {
                 name: f.name.clone(),
@@ -730,6 +819,7 @@ fn routes(
                 required_scopes: f.required_scopes.clone(),
                 access,
                 ca_file,
+                audience: f.audience.clone(),
             }));
         }
     }

@@ -69,6 +69,7 @@ pub async fn admit(
             route.required_scopes.join(" "),
         ));
     }
+    check_destination(route, &active.grant)?;
 
     let skew = state.config.gateway.refresh_skew.as_secs() as i64;
     let grant_id = &*active.grant.id;
@@ -80,6 +81,19 @@ pub async fn admit(
                 .get(name)
                 .cloned()
                 .ok_or_else(|| GatewayError::CredentialMissing(name.clone()))?;
+            // Custom data is written by clients: only a credential of a
+            // configured authority is ever sent or refreshed.
+            let configured = stored
+                .authority()
+                .is_some_and(|a| state.config.authorities.contains_key(a));
+            if !configured {
+                tracing::warn!(
+                    request_id = %ctx.request_id,
+                    credential = %name,
+                    "the credential names no configured authority; it is not used"
+                );
+                return Err(GatewayError::CredentialInvalid(name.clone()));
+            }
             if stored.reauth_required() {
                 return Err(GatewayError::ReauthRequired(name.clone()));
             }
@@ -102,8 +116,32 @@ pub async fn admit(
         RouteAccess::Exchange(exchange) => {
             let name = route.name.as_str();
             let stored = active.grant.credentials.get(name).cloned();
+            if stored.as_ref().is_some_and(|c| !c.is_own()) {
+                tracing::warn!(
+                    request_id = %ctx.request_id,
+                    credential = %name,
+                    "an exchange route's credential was not obtained by refgate; it is not used"
+                );
+                return Err(GatewayError::CredentialInvalid(name.to_string()));
+            }
             let fresh = match stored {
-                Some(c) if !c.needs_refresh(now(), skew) && c.is_sendable() => c,
+                Some(c) if !c.needs_refresh(now(), skew) && c.is_sendable() => {
+                    if own_credential_alive(gateway, &c, &active.grant, name, exchange).await? {
+                        c
+                    } else {
+                        // Its grant ended early: renew it now.
+                        gateway
+                            .refresher
+                            .refresh(
+                                state.clone(),
+                                grant_id,
+                                name,
+                                Need::Rejected { sent: c },
+                                &ctx.request_id,
+                            )
+                            .await?
+                    }
+                }
                 Some(c) if c.refreshable() => {
                     gateway
                         .refresher
@@ -119,14 +157,7 @@ pub async fn admit(
                 _ => {
                     gateway
                         .refresher
-                        .exchange(
-                            state.clone(),
-                            grant_id,
-                            name,
-                            exchange,
-                            token,
-                            &ctx.request_id,
-                        )
+                        .exchange(state.clone(), grant_id, name, exchange, &ctx.request_id)
                         .await?
                 }
             };
@@ -143,6 +174,75 @@ pub async fn admit(
     // Keeps up to 64 KiB of the body so a 401 can be replayed once.
     session.enable_retry_buffering();
     Ok(())
+}
+
+/// Refuses an active token that is not meant for `route`: one whose `aud`
+/// lacks the route's `audience`, and one the gateway minted for another
+/// route's upstream (a transparent exchange's token is for that upstream
+/// only, whatever else it would pass).
+fn check_destination(
+    route: &crate::config::Route,
+    grant: &crate::lookup::Grant,
+) -> Result<(), GatewayError> {
+    if let Some(minted_for) = grant.route() {
+        if minted_for != route.name {
+            return Err(GatewayError::NotForThisRoute(format!(
+                "the token was issued by the gateway for route `{minted_for}`, not `{}`",
+                route.name
+            )));
+        }
+    }
+    if let Some(audience) = &route.audience {
+        let aud = grant.audience();
+        if !aud.is_empty() && !aud.iter().any(|a| a == audience) {
+            return Err(GatewayError::NotForThisRoute(format!(
+                "the token's audience does not include `{audience}`, the audience of this route"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a stored credential of an exchange route is a live token of a
+/// grant that this route's exchange made for `caller`. A dead one (its
+/// grant ended) is `false`, to be renewed; one that belongs elsewhere is
+/// never sent.
+async fn own_credential_alive(
+    gateway: &Gateway,
+    credential: &Credential,
+    caller: &crate::lookup::Grant,
+    route_name: &str,
+    exchange: &crate::config::RouteExchange,
+) -> Result<bool, GatewayError> {
+    let invalid = || GatewayError::CredentialInvalid(route_name.to_string());
+    let token = credential.access_token().ok_or_else(invalid)?;
+    if token_kind(token) != Some(TokenKind::Access) {
+        return Err(invalid());
+    }
+    let found = gateway
+        .lookup
+        .find_active_hash(hash_token(token))
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "token lookup failed");
+            GatewayError::StoreUnavailable
+        })?;
+    let Some(own) = found else {
+        return Ok(false);
+    };
+    let derived = &own.grant;
+    let linked = *derived.client_id == *exchange.client
+        && derived.parent_id() == Some(&*caller.id)
+        && derived.route() == Some(route_name)
+        && derived.same_subject(caller);
+    if !linked {
+        tracing::warn!(
+            credential = %route_name,
+            "an exchange route's credential belongs to another grant; it is not used"
+        );
+        return Err(invalid());
+    }
+    Ok(true)
 }
 
 /// The name of the credential a route forwards with: the one it names, or

@@ -21,6 +21,10 @@ pub enum GatewayError {
     Malformed(&'static str),
     #[error("the token is unknown, expired or revoked")]
     InvalidToken,
+    /// An active token that is not meant for this route (its audience, or
+    /// the route the gateway minted it for); the text says which.
+    #[error("{0}")]
+    NotForThisRoute(String),
     #[error("the token lacks a required scope")]
     InsufficientScope(String),
     #[error("the token holds no credential `{0}`")]
@@ -48,6 +52,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) | GatewayError::Malformed(_) => 400,
             GatewayError::MissingToken
             | GatewayError::InvalidToken
+            | GatewayError::NotForThisRoute(_)
             | GatewayError::CredentialMissing(_)
             | GatewayError::CredentialInvalid(_)
             | GatewayError::ReauthRequired(_) => 401,
@@ -63,7 +68,7 @@ impl GatewayError {
             GatewayError::NoRoute => "not_found",
             GatewayError::MissingToken => "missing_token",
             GatewayError::BadRequest(_) | GatewayError::Malformed(_) => "invalid_request",
-            GatewayError::InvalidToken => "invalid_token",
+            GatewayError::InvalidToken | GatewayError::NotForThisRoute(_) => "invalid_token",
             GatewayError::InsufficientScope(_) => "insufficient_scope",
             GatewayError::CredentialMissing(_) => "credential_missing",
             GatewayError::CredentialInvalid(_) => "credential_invalid",
@@ -79,6 +84,7 @@ impl GatewayError {
             GatewayError::MissingToken => Some(REALM.to_string()),
             GatewayError::Malformed(_) => Some(format!("{REALM}, error=\"invalid_request\"")),
             GatewayError::InvalidToken
+            | GatewayError::NotForThisRoute(_)
             | GatewayError::CredentialMissing(_)
             | GatewayError::CredentialInvalid(_)
             | GatewayError::ReauthRequired(_) => Some(format!("{REALM}, error=\"invalid_token\"")),

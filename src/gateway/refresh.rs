@@ -30,7 +30,7 @@ use crate::config::{AuthMethod, Authority, RouteAccess, RouteExchange};
 use crate::credential::{Credential, StoredCredential, SELF_AUTHORITY};
 use crate::lookup::{now, TokenLookup};
 use crate::telemetry::Metrics;
-use crate::token::{patch_custom, OAuthError, TokenResponse, TokenService};
+use crate::token::{patch_custom, OAuthError, OwnRefresh, TokenResponse, TokenService};
 
 /// A span for work done on behalf of a request: a refresh runs as a task
 /// of its own, and its log lines carry the id of the request that started
@@ -60,6 +60,18 @@ pub enum Need {
     Expiring,
     /// The upstream answered 401 to this credential.
     Rejected { sent: Arc<Credential> },
+}
+
+/// The exchange settings of the exchange route `name`.
+fn exchange_route(state: &GatewayState, name: &str) -> Option<RouteExchange> {
+    state
+        .config
+        .routes
+        .iter()
+        .find_map(|route| match &route.access {
+            RouteAccess::Exchange(exchange) if route.name == name => Some(exchange.clone()),
+            _ => None,
+        })
 }
 
 /// Largest token response read from an authority.
@@ -203,19 +215,18 @@ impl Refresher {
     }
 
     /// The credential for a transparent on-behalf-of route: the stored one
-    /// when usable, else a new token exchange with `subject_token` as subject.
+    /// when usable, else a new token exchange for the subject of the grant.
     pub async fn exchange(
         self: &Arc<Self>,
         state: Arc<GatewayState>,
         grant_id: &str,
         route_name: &str,
         exchange: &RouteExchange,
-        subject_token: &str,
         request_id: &str,
     ) -> Result<Arc<Credential>, GatewayError> {
         let this = self.clone();
         let (grant_id, name) = (grant_id.to_string(), route_name.to_string());
-        let (exchange, subject) = (exchange.clone(), subject_token.to_string());
+        let exchange = exchange.clone();
         self.control
             .spawn(
                 async move {
@@ -223,7 +234,7 @@ impl Refresher {
                     let flight = this.flight(&key);
                     let result = {
                         let _turn = flight.lock().await;
-                        this.exchange_in_turn(&state, &grant_id, &name, &key, &exchange, &subject)
+                        this.exchange_in_turn(&state, &grant_id, &name, &key, &exchange)
                             .await
                     };
                     this.land(&key, flight);
@@ -420,7 +431,8 @@ impl Refresher {
         };
         let started = Instant::now();
         let outcome = if authority_name == SELF_AUTHORITY {
-            self.refresh_with_self(&refresh_token).await
+            self.refresh_with_self(state, grant_id, name, &refresh_token)
+                .await?
         } else {
             match state.config.authorities.get(&authority_name) {
                 Some(authority) => {
@@ -520,18 +532,54 @@ impl Refresher {
         }
     }
 
-    async fn refresh_with_self(&self, refresh_token: &str) -> Outcome {
-        match self.tokens.refresh_as_owner(refresh_token).await {
-            Ok(response) => Outcome::Fresh(TokenFields {
+    /// Refreshes a credential refgate obtained itself for the exchange
+    /// route `name`, only if its refresh token belongs to a grant that the
+    /// route's exchange made for this grant: custom data never decides whose
+    /// refresh token refgate redeems.
+    async fn refresh_with_self(
+        &self,
+        state: &GatewayState,
+        grant_id: &str,
+        name: &str,
+        refresh_token: &str,
+    ) -> Result<Outcome, GatewayError> {
+        let invalid = || GatewayError::CredentialInvalid(name.to_string());
+        let exchange = exchange_route(state, name).ok_or_else(invalid)?;
+        let caller = self.fresh_grant(grant_id).await?;
+        let refreshed = self
+            .tokens
+            .refresh_derived(refresh_token, &caller, &exchange.client, name)
+            .await;
+        Ok(match refreshed {
+            OwnRefresh::Fresh(response) => Outcome::Fresh(TokenFields {
                 access_token: response.access_token,
                 refresh_token: response.refresh_token,
                 token_type: Some(response.token_type.to_string()),
                 expires_in: Some(response.expires_in),
                 scope: Some(response.scope).filter(|s| !s.is_empty()),
             }),
-            Err(e) if e.code == "invalid_grant" => Outcome::Refused,
-            Err(e) => Outcome::Unavailable(e.description),
-        }
+            OwnRefresh::Refused => Outcome::Refused,
+            OwnRefresh::Foreign => {
+                tracing::warn!(
+                    credential = name,
+                    "a self credential's refresh token belongs to another grant; it is not redeemed"
+                );
+                return Err(invalid());
+            }
+            OwnRefresh::Failed(why) => Outcome::Unavailable(why),
+        })
+    }
+
+    /// The grant, read from the store; `InvalidToken` when it is gone.
+    async fn fresh_grant(&self, grant_id: &str) -> Result<Arc<crate::lookup::Grant>, GatewayError> {
+        self.lookup
+            .find_grant_fresh(grant_id)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "store unavailable while renewing a credential");
+                GatewayError::StoreUnavailable
+            })?
+            .ok_or(GatewayError::InvalidToken)
     }
 
     async fn refresh_with(
@@ -598,7 +646,6 @@ impl Refresher {
         name: &str,
         key: &str,
         exchange: &RouteExchange,
-        subject_token: &str,
     ) -> Result<Arc<Credential>, GatewayError> {
         let skew = state.config.gateway.refresh_skew.as_secs() as i64;
         if let Some(stored) = self.stored(grant_id, name).await? {
@@ -623,25 +670,7 @@ impl Refresher {
                 }
             }
         }
-        let started = Instant::now();
-        let result = self
-            .tokens
-            .exchange_for(
-                &exchange.client,
-                subject_token,
-                &exchange.scopes,
-                exchange.audience.as_deref(),
-            )
-            .await;
-        self.metrics
-            .refresh_seconds
-            .with_label_values(&[SELF_AUTHORITY])
-            .observe(started.elapsed().as_secs_f64());
-        let response = match result {
-            Ok(r) => r,
-            Err(e) => return Err(self.exchange_failed(name, e)),
-        };
-        Ok(self.store_exchanged(grant_id, name, response).await)
+        self.exchange_now(grant_id, name, exchange).await
     }
 
     /// Renews a transparent on-behalf-of credential by a new exchange for
@@ -653,38 +682,34 @@ impl Refresher {
         grant_id: &str,
         name: &str,
     ) -> Result<Arc<Credential>, GatewayError> {
-        let exchange = state
-            .config
-            .routes
-            .iter()
-            .find_map(|route| match &route.access {
-                RouteAccess::Exchange(exchange) if route.name == name => Some(exchange.clone()),
-                _ => None,
-            })
-            .ok_or_else(|| {
-                tracing::warn!(
-                    credential = name,
-                    "no exchange route of that name any more; the credential cannot be renewed"
-                );
-                GatewayError::CredentialInvalid(name.to_string())
-            })?;
-        let grant = self
-            .lookup
-            .find_grant_fresh(grant_id)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "store unavailable while exchanging a credential");
-                GatewayError::StoreUnavailable
-            })?
-            .ok_or(GatewayError::InvalidToken)?;
+        let exchange = exchange_route(state, name).ok_or_else(|| {
+            tracing::warn!(
+                credential = name,
+                "no exchange route of that name any more; the credential cannot be renewed"
+            );
+            GatewayError::CredentialInvalid(name.to_string())
+        })?;
+        self.exchange_now(grant_id, name, &exchange).await
+    }
+
+    /// A new exchange for the subject of the grant, as the route `name`
+    /// says; the result is stored as the route's credential.
+    async fn exchange_now(
+        &self,
+        grant_id: &str,
+        name: &str,
+        exchange: &RouteExchange,
+    ) -> Result<Arc<Credential>, GatewayError> {
+        let grant = self.fresh_grant(grant_id).await?;
         let started = Instant::now();
         let result = self
             .tokens
-            .exchange_for_grant(
+            .exchange_for_route(
                 &exchange.client,
                 &grant,
                 &exchange.scopes,
                 exchange.audience.as_deref(),
+                name,
             )
             .await;
         self.metrics

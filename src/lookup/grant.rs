@@ -67,6 +67,9 @@ struct GrantExtra {
     audience: Vec<String>,
     actor: Option<Value>,
     claims: Option<Value>,
+    parent_id: Option<Box<str>>,
+    idp: Option<Box<str>>,
+    route: Option<Box<str>>,
 }
 
 impl Grant {
@@ -74,15 +77,22 @@ impl Grant {
     /// sharing the strings `interner` already has. The sealed custom data
     /// is left behind.
     pub fn new(record: GrantRecord, credentials: Credentials, interner: &Interner) -> Self {
-        let extra =
-            (!record.audience.is_empty() || record.actor.is_some() || record.claims.is_some())
-                .then(|| {
-                    Box::new(GrantExtra {
-                        audience: record.audience,
-                        actor: record.actor,
-                        claims: record.claims,
-                    })
-                });
+        let rare = !record.audience.is_empty()
+            || record.actor.is_some()
+            || record.claims.is_some()
+            || record.parent_id.is_some()
+            || record.idp.is_some()
+            || record.route.is_some();
+        let extra = rare.then(|| {
+            Box::new(GrantExtra {
+                audience: record.audience,
+                actor: record.actor,
+                claims: record.claims,
+                parent_id: record.parent_id.map(String::into_boxed_str),
+                idp: record.idp.map(String::into_boxed_str),
+                route: record.route.map(String::into_boxed_str),
+            })
+        });
         Grant {
             id: record.id.into_boxed_str(),
             client_id: interner.string(&record.client_id),
@@ -108,6 +118,34 @@ impl Grant {
     /// Extra top-level introspection claims (a JSON object).
     pub fn claims(&self) -> Option<&Value> {
         self.extra.as_ref().and_then(|e| e.claims.as_ref())
+    }
+
+    /// The grant this one was exchanged from.
+    pub fn parent_id(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.parent_id.as_deref())
+    }
+
+    /// The issuer of the id_token (or the asserted issuer of the token) the
+    /// subject came from, as introspection's `idp` shows it.
+    pub fn idp(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.idp.as_deref())
+    }
+
+    /// The route the gateway minted this grant for.
+    pub fn route(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.route.as_deref())
+    }
+
+    /// The namespace of `subject`: `sub` values of different issuers are
+    /// different subjects. `None` is refgate's own namespace (client ids and
+    /// subjects of its own tokens).
+    pub fn subject_issuer(&self) -> Option<&str> {
+        self.idp().or(self.issuer.as_deref())
+    }
+
+    /// Whether two grants are for the same subject of the same issuer.
+    pub fn same_subject(&self, other: &Grant) -> bool {
+        self.subject == other.subject && self.subject_issuer() == other.subject_issuer()
     }
 }
 

@@ -23,7 +23,7 @@ pub use sqlite::SqliteStore;
 pub type UnixTime = i64;
 
 /// A grant as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct GrantRecord {
     pub id: String,
     pub client_id: String,
@@ -42,6 +42,18 @@ pub struct GrantRecord {
     pub version: i64,
     pub created_at: UnixTime,
     pub revoked: bool,
+    /// The grant this one was made from by token exchange: revoking that
+    /// one revokes this one.
+    pub parent_id: Option<String>,
+    /// No token of this grant lives past this time (the source grant's end).
+    pub not_after: Option<UnixTime>,
+    /// The issuer of the id_token the subject came from; `None` when the
+    /// subject is a client of refgate's or came from one of its tokens
+    /// without an issuer.
+    pub idp: Option<String>,
+    /// The route whose upstream the gateway minted this grant for (a
+    /// transparent exchange); its tokens are admitted on no other route.
+    pub route: Option<String>,
 }
 
 /// A token handle as stored.
@@ -75,8 +87,9 @@ pub enum Rotation {
     /// The token was consumed and the new tokens stored.
     Rotated,
     /// The token was consumed before, outside the grace window: the whole
-    /// grant has been revoked.
-    Replayed,
+    /// grant has been revoked, with every grant derived from it (their ids,
+    /// the grant's first).
+    Replayed(Vec<String>),
     /// Unknown, expired, revoked, or its grant is revoked.
     Inactive,
 }
@@ -159,8 +172,15 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes one token; returns whether it existed.
     async fn revoke_token(&self, hash: &TokenHash) -> Result<bool, StoreError>;
 
-    /// Revokes a grant and so every token pointing at it.
-    async fn revoke_grant(&self, id: &str) -> Result<(), StoreError>;
+    /// Revokes a grant and so every token pointing at it, and every grant
+    /// derived from it by exchange, transitively. Returns the ids of all
+    /// grants revoked (the grant's own first; empty when it does not exist).
+    async fn revoke_grant(&self, id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// The latest expiry among the live tokens of a grant, capped by its
+    /// own `not_after`: how long the grant can still be used. `None` when it
+    /// has no live token (or does not exist).
+    async fn grant_expiry(&self, id: &str, now: UnixTime) -> Result<Option<UnixTime>, StoreError>;
 
     /// Applies `change` if the grant is at `expected_version`, bumping it.
     /// Sealed custom data is bound to the version: a change that keeps the

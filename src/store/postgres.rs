@@ -16,9 +16,10 @@ use super::*;
 use crate::crypto::{KeyId, TokenHash};
 
 /// Migrations in order; `refgate_migrations` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!(
-    "migrations/postgres/0001_grants_and_tokens.sql"
-)];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres/0001_grants_and_tokens.sql"),
+    include_str!("migrations/postgres/0002_grant_lineage.sql"),
+];
 /// The notification channel.
 const CHANNEL: &str = "refgate_invalidate";
 /// Arbitrary key of the advisory lock that serialises migrations.
@@ -135,7 +136,8 @@ async fn notify(tx: &mut Transaction<'_, Postgres>, what: Invalidation) -> sqlx:
 }
 
 const GRANT_COLUMNS: &str = "g.id, g.client_id, g.subject, g.scopes, g.audience, g.actor, \
-     g.issuer, g.claims, g.custom, g.version, g.created_at, g.revoked";
+     g.issuer, g.claims, g.custom, g.version, g.created_at, g.revoked, \
+     g.parent_id, g.not_after, g.idp, g.route";
 
 fn json_column(text: Option<String>) -> Result<Option<serde_json::Value>, StoreError> {
     text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
@@ -164,7 +166,37 @@ fn grant_from_row(row: &PgRow, at: usize) -> Result<GrantRecord, StoreError> {
         version: row.try_get(at + 9).map_err(get)?,
         created_at: row.try_get(at + 10).map_err(get)?,
         revoked: row.try_get(at + 11).map_err(get)?,
+        parent_id: row.try_get(at + 12).map_err(get)?,
+        not_after: row.try_get(at + 13).map_err(get)?,
+        idp: row.try_get(at + 14).map_err(get)?,
+        route: row.try_get(at + 15).map_err(get)?,
     })
+}
+
+/// Revokes a grant and every grant derived from it, transitively, and
+/// tells every instance; returns their ids, the grant's own first.
+async fn revoke_tree(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut ids: Vec<String> = sqlx::query_scalar(
+        "WITH RECURSIVE tree(id) AS (SELECT id FROM grants WHERE id = $1 \
+         UNION SELECT g.id FROM grants g JOIN tree ON g.parent_id = tree.id) \
+         UPDATE grants SET revoked = TRUE WHERE id IN (SELECT id FROM tree) RETURNING id",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(unavailable)?;
+    if let Some(own) = ids.iter().position(|g| g == id) {
+        ids.swap(0, own);
+    }
+    for grant in &ids {
+        notify(tx, Invalidation::Grant(grant.clone()))
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(ids)
 }
 
 async fn insert_tokens(
@@ -209,8 +241,8 @@ impl Store for PostgresStore {
             .then(|| serde_json::Value::from(grant.audience.clone()).to_string());
         sqlx::query(
             "INSERT INTO grants (id, client_id, subject, scopes, audience, actor, issuer, \
-             claims, custom, version, created_at, revoked) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, FALSE)",
+             claims, custom, version, created_at, revoked, parent_id, not_after, idp, route) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, FALSE, $12, $13, $14, $15)",
         )
         .bind(&grant.id)
         .bind(&grant.client_id)
@@ -223,6 +255,10 @@ impl Store for PostgresStore {
         .bind(&grant.custom_sealed)
         .bind(grant.version)
         .bind(grant.created_at)
+        .bind(&grant.parent_id)
+        .bind(grant.not_after)
+        .bind(&grant.idp)
+        .bind(&grant.route)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -314,16 +350,9 @@ impl Store for PostgresStore {
             // it can be earlier than `at`; with no grace that is a replay.
             Some(at) if grace > 0 && now - at < grace => {}
             Some(_) => {
-                sqlx::query("UPDATE grants SET revoked = TRUE WHERE id = $1")
-                    .bind(&grant_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                notify(&mut tx, Invalidation::Grant(grant_id))
-                    .await
-                    .map_err(unavailable)?;
+                let revoked = revoke_tree(&mut tx, &grant_id).await?;
                 tx.commit().await.map_err(unavailable)?;
-                return Ok(Rotation::Replayed);
+                return Ok(Rotation::Replayed(revoked));
             }
             None => {
                 sqlx::query("UPDATE tokens SET consumed_at = $2 WHERE hash = $1")
@@ -360,17 +389,31 @@ impl Store for PostgresStore {
         Ok(done)
     }
 
-    async fn revoke_grant(&self, id: &str) -> Result<(), StoreError> {
+    async fn revoke_grant(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        sqlx::query("UPDATE grants SET revoked = TRUE WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        notify(&mut tx, Invalidation::Grant(id.to_string()))
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
+        let revoked = revoke_tree(&mut tx, id).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(revoked)
+    }
+
+    async fn grant_expiry(&self, id: &str, now: UnixTime) -> Result<Option<UnixTime>, StoreError> {
+        let row = sqlx::query(
+            "SELECT CASE WHEN g.not_after IS NULL THEN max(t.expires_at) \
+             ELSE LEAST(max(t.expires_at), g.not_after) END \
+             FROM grants g JOIN tokens t ON t.grant_id = g.id \
+             WHERE g.id = $1 AND NOT g.revoked AND NOT t.revoked AND t.expires_at > $2 \
+             AND t.consumed_at IS NULL GROUP BY g.id, g.not_after",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+        match row {
+            Some(row) => row.try_get::<Option<i64>, _>(0).map_err(get),
+            None => Ok(None),
+        }
     }
 
     async fn update_grant(

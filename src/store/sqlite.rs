@@ -38,6 +38,7 @@ use crate::crypto::{KeyId, TokenHash};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_grants_and_tokens.sql"),
     include_str!("migrations/sqlite/0002_leases.sql"),
+    include_str!("migrations/sqlite/0003_grant_lineage.sql"),
 ];
 
 /// How long the writer, and a read moved off the calling thread, wait for
@@ -540,7 +541,8 @@ fn run_in_savepoint(conn: &Connection, job: &mut dyn WriteJob) -> Result<(), Wri
 macro_rules! grant_columns {
     () => {
         "g.id, g.client_id, g.subject, g.scopes, g.audience, g.actor, \
-         g.issuer, g.claims, g.custom, g.version, g.created_at, g.revoked"
+         g.issuer, g.claims, g.custom, g.version, g.created_at, g.revoked, \
+         g.parent_id, g.not_after, g.idp, g.route"
     };
 }
 
@@ -589,6 +591,10 @@ fn grant_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<GrantR
         version: row.get(at + 9)?,
         created_at: row.get(at + 10)?,
         revoked: row.get::<_, i64>(at + 11)? != 0,
+        parent_id: row.get(at + 12)?,
+        not_after: row.get(at + 13)?,
+        idp: row.get(at + 14)?,
+        route: row.get(at + 15)?,
     })
 }
 
@@ -655,6 +661,30 @@ fn insert_tokens(conn: &Connection, grant_id: &str, tokens: &[NewToken]) -> rusq
     Ok(())
 }
 
+/// Revokes a grant and every grant derived from it, transitively; returns
+/// their ids, the grant's own first (none when it does not exist).
+fn revoke_tree(conn: &Connection, id: &str) -> rusqlite::Result<Vec<String>> {
+    let mut ids: Vec<String> = conn
+        .prepare_cached(
+            "WITH RECURSIVE tree(id) AS (SELECT id FROM grants WHERE id = ?1 \
+             UNION SELECT g.id FROM grants g JOIN tree ON g.parent_id = tree.id) \
+             UPDATE grants SET revoked = 1 WHERE id IN (SELECT id FROM tree) RETURNING id",
+        )?
+        .query_map(params![id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if let Some(own) = ids.iter().position(|g| g == id) {
+        ids.swap(0, own);
+    }
+    Ok(ids)
+}
+
+/// See [`Store::grant_expiry`].
+const GRANT_EXPIRY_SQL: &str = "SELECT CASE WHEN g.not_after IS NULL THEN max(t.expires_at) \
+     ELSE min(max(t.expires_at), g.not_after) END \
+     FROM grants g JOIN tokens t ON t.grant_id = g.id \
+     WHERE g.id = ?1 AND g.revoked = 0 AND t.revoked = 0 AND t.expires_at > ?2 \
+     AND t.consumed_at IS NULL GROUP BY g.id";
+
 fn to_json_text(value: &Option<serde_json::Value>) -> Option<String> {
     value.as_ref().map(|v| v.to_string())
 }
@@ -685,8 +715,8 @@ impl Store for SqliteStore {
                 .then(|| serde_json::Value::from(grant.audience.clone()).to_string());
             conn.prepare_cached(
                 "INSERT INTO grants (id, client_id, subject, scopes, audience, actor, issuer, \
-                 claims, custom, version, created_at, revoked) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0)",
+                 claims, custom, version, created_at, revoked, parent_id, not_after, idp, route) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 grant.id,
@@ -699,7 +729,11 @@ impl Store for SqliteStore {
                 to_json_text(&grant.claims),
                 grant.custom_sealed,
                 grant.version,
-                grant.created_at
+                grant.created_at,
+                grant.parent_id,
+                grant.not_after,
+                grant.idp,
+                grant.route
             ])?;
             insert_tokens(conn, &grant.id, &tokens)
         })
@@ -763,9 +797,7 @@ impl Store for SqliteStore {
                 Some(_) => {
                     // Kept: the caller hears `Replayed` only once the
                     // batch holding this revocation is committed.
-                    conn.prepare_cached("UPDATE grants SET revoked = 1 WHERE id = ?1")?
-                        .execute(params![grant_id])?;
-                    return Ok(Rotation::Replayed);
+                    return Ok(Rotation::Replayed(revoke_tree(conn, &grant_id)?));
                 }
                 None => {
                     conn.prepare_cached("UPDATE tokens SET consumed_at = ?2 WHERE hash = ?1")?
@@ -788,12 +820,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn revoke_grant(&self, id: &str) -> Result<(), StoreError> {
+    async fn revoke_grant(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let id = id.to_string();
-        self.write(move |conn| {
-            conn.prepare_cached("UPDATE grants SET revoked = 1 WHERE id = ?1")?
-                .execute(params![id])
-                .map(|_| ())
+        self.write(move |conn| revoke_tree(conn, &id)).await
+    }
+
+    async fn grant_expiry(&self, id: &str, now: UnixTime) -> Result<Option<UnixTime>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached(GRANT_EXPIRY_SQL)?
+                .query_row(params![id, now], |r| r.get::<_, Option<i64>>(0))
         })
         .await
     }
@@ -991,6 +1027,7 @@ mod tests {
             version: 1,
             created_at: NOW,
             revoked: false,
+            ..GrantRecord::default()
         }
     }
 

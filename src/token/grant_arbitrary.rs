@@ -26,6 +26,7 @@ const RESERVED_CLAIMS: &[&str] = &[
     "cnf",
     "custom",
     "version",
+    "idp",
 ];
 
 pub async fn grant(
@@ -55,6 +56,11 @@ pub async fn grant(
             }
         },
     };
+    let patch = serde_json::Value::Object(custom.clone());
+    crate::credential::check_client_write(&patch, &serde_json::Map::new(), &custom, |a| {
+        config.authorities.contains_key(a)
+    })
+    .map_err(|e| OAuthError::invalid_request(format!("arbitrary_json: {e}")))?;
     if serde_json::to_vec(&custom).map_or(0, |v| v.len()) > config.tokens.custom_data_max {
         return Err(OAuthError::invalid_request(format!(
             "arbitrary_json exceeds {} bytes",
@@ -86,6 +92,7 @@ pub async fn grant(
                 custom,
                 access_ttl,
                 allow_refresh: true,
+                ..NewGrant::default()
             },
         )
         .await

@@ -27,6 +27,7 @@ pub async fn grant(
                 custom: Default::default(),
                 access_ttl: whole_seconds(client.access_token_ttl),
                 allow_refresh: false,
+                ..NewGrant::default()
             },
         )
         .await

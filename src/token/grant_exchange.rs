@@ -10,6 +10,7 @@ use super::request::Form;
 use super::{scope, TokenService};
 use crate::config::{Client, Config};
 use crate::crypto::TokenKind;
+use crate::lookup::{now, Grant};
 
 pub async fn grant(
     service: &TokenService,
@@ -34,7 +35,7 @@ pub async fn grant(
     let audience = audiences(client, form)?;
     let scopes = scope::for_client(client, form.get("scope"))?;
 
-    let (subject, prior_actor) = match subject_type {
+    let subject = match subject_type {
         ACCESS_TOKEN_TYPE => {
             let active = service
                 .lookup
@@ -44,10 +45,16 @@ pub async fn grant(
                 .ok_or_else(|| {
                     OAuthError::invalid_request("the subject_token is not an active access token")
                 })?;
-            (
-                active.grant.subject.to_string(),
-                active.grant.actor().cloned(),
-            )
+            if !client
+                .exchange_from
+                .allows_client(&client.id, &active.grant.client_id)
+            {
+                return Err(OAuthError::invalid_grant(format!(
+                    "client `{}` may not exchange tokens issued to `{}` (see exchange_from)",
+                    client.id, active.grant.client_id
+                )));
+            }
+            Subject::of_grant(service, &active.grant).await?
         }
         ID_TOKEN_TYPE => {
             let verified = service
@@ -55,8 +62,20 @@ pub async fn grant(
                 .verify(&config.trusted_issuers, subject_token)
                 .await
                 .map_err(|e| OAuthError::invalid_request(e.0))?;
+            if !client.exchange_from.allows_issuer(&verified.issuer) {
+                return Err(OAuthError::invalid_grant(format!(
+                    "client `{}` may not exchange id_tokens of `{}` (see exchange_from)",
+                    client.id, verified.issuer
+                )));
+            }
             tracing::debug!(issuer = %verified.issuer, "id_token subject verified");
-            (verified.subject, None)
+            Subject {
+                subject: verified.subject,
+                idp: Some(verified.issuer),
+                prior_actor: None,
+                parent_id: None,
+                not_after: None,
+            }
         }
         other => {
             return Err(OAuthError::invalid_request(format!(
@@ -65,36 +84,73 @@ pub async fn grant(
         }
     };
 
-    issue_exchanged(service, client, subject, prior_actor, scopes, audience).await
+    issue_exchanged(service, client, subject, scopes, audience, None).await
+}
+
+/// Who an exchange is for, and what the new grant inherits from its source.
+pub(super) struct Subject {
+    pub subject: String,
+    /// The issuer the subject belongs to (`None`: refgate's own subjects).
+    pub idp: Option<String>,
+    pub prior_actor: Option<serde_json::Value>,
+    /// The source grant, when the subject came from a refgate token.
+    pub parent_id: Option<String>,
+    /// When the source grant ends.
+    pub not_after: Option<i64>,
+}
+
+impl Subject {
+    /// The subject of a live refgate grant: the derived grant is linked to
+    /// it and ends when it ends.
+    pub async fn of_grant(service: &TokenService, grant: &Grant) -> Result<Self, OAuthError> {
+        let not_after = service
+            .lookup
+            .store()
+            .grant_expiry(&grant.id, now())
+            .await?
+            .ok_or_else(|| {
+                OAuthError::invalid_request("the subject_token is not an active access token")
+            })?;
+        Ok(Subject {
+            subject: grant.subject.to_string(),
+            idp: grant.subject_issuer().map(str::to_string),
+            prior_actor: grant.actor().cloned(),
+            parent_id: Some(grant.id.to_string()),
+            not_after: Some(not_after),
+        })
+    }
 }
 
 /// Issues the new grant of an exchange: the subject's, made for `client`,
 /// with `act` naming the client on top of any earlier actor (RFC 8693 §4.1).
+/// `route` names the gateway route it is minted for, if any.
 pub(super) async fn issue_exchanged(
     service: &TokenService,
     client: &Client,
-    subject: String,
-    prior_actor: Option<serde_json::Value>,
+    subject: Subject,
     scopes: Vec<String>,
     audience: Vec<String>,
+    route: Option<&str>,
 ) -> Result<TokenResponse, OAuthError> {
     let mut actor = json!({ "sub": client.id });
-    if let Some(prior) = prior_actor {
+    if let Some(prior) = subject.prior_actor {
         actor["act"] = prior;
     }
     let mut response = service
         .issue(
             client,
             NewGrant {
-                subject,
+                subject: subject.subject,
                 scopes,
                 audience,
                 actor: Some(actor),
-                issuer: None,
-                claims: None,
-                custom: Default::default(),
                 access_ttl: whole_seconds(client.access_token_ttl),
                 allow_refresh: true,
+                parent_id: subject.parent_id,
+                not_after: subject.not_after,
+                idp: subject.idp,
+                route: route.map(str::to_string),
+                ..NewGrant::default()
             },
         )
         .await?;

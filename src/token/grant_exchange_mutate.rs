@@ -40,7 +40,16 @@ pub async fn grant(
             "only the token's own client or a mutate client may change its scopes",
         ));
     }
-    let scopes = scope::for_client(client, form.get("scope"))?;
+    // The ceiling is what the token's own client may hold: a mutate client
+    // changes which of those scopes a token has, it does not lend its own.
+    let config = service.config();
+    let owner = config
+        .clients
+        .get(&*active.grant.client_id)
+        .ok_or_else(|| {
+            OAuthError::invalid_request("the subject_token's client is no longer configured")
+        })?;
+    let scopes = scope::for_client(owner, form.get("scope"))?;
     let change = GrantChange {
         scopes: Some(scopes.clone()),
         custom_sealed: None,

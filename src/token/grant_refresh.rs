@@ -3,7 +3,7 @@
 //! consumed one again (outside `refresh_grace`) revokes the whole grant.
 
 use super::error::OAuthError;
-use super::issue::{whole_seconds, TokenResponse};
+use super::issue::{capped_expiry, whole_seconds, TokenResponse};
 use super::request::Form;
 use super::{scope, TokenService};
 use crate::config::{Client, Config};
@@ -60,21 +60,29 @@ pub async fn grant(
     };
     let access = service.random.token(TokenKind::Access);
     let refresh = service.random.token(TokenKind::Refresh);
-    let access_ttl = whole_seconds(client.access_token_ttl);
+    if grant.not_after.is_some_and(|end| end <= now) {
+        // The grant it was derived from has ended, and so has this one.
+        return Err(invalid());
+    }
+    let access_expiry = capped_expiry(now, whole_seconds(client.access_token_ttl), grant.not_after);
     let new_tokens = [
         NewToken {
             hash: hash_token(&access),
             kind: TokenKind::Access,
             scopes: (scopes != grant.scopes).then(|| scopes.clone()),
             issued_at: now,
-            expires_at: now + access_ttl,
+            expires_at: access_expiry,
         },
         NewToken {
             hash: hash_token(&refresh),
             kind: TokenKind::Refresh,
             scopes: token.scopes.clone(),
             issued_at: now,
-            expires_at: now + whole_seconds(client.refresh_token_ttl),
+            expires_at: capped_expiry(
+                now,
+                whole_seconds(client.refresh_token_ttl),
+                grant.not_after,
+            ),
         },
     ];
     let grace = whole_seconds(config.tokens.refresh_grace);
@@ -84,17 +92,20 @@ pub async fn grant(
         Rotation::Rotated => Ok(TokenResponse {
             access_token: access,
             token_type: "Bearer",
-            expires_in: access_ttl,
+            expires_in: access_expiry - now,
             scope: scope::join(&scopes),
             refresh_token: Some(refresh),
             issued_token_type: None,
         }),
-        Rotation::Replayed => {
-            service.lookup.invalidate_grant(&grant.id).await;
+        Rotation::Replayed(revoked) => {
+            for id in &revoked {
+                service.lookup.invalidate_grant(id).await;
+            }
             tracing::warn!(
                 client = %client.id,
                 grant = %grant.id,
-                "a consumed refresh token was presented again; the grant is revoked"
+                derived = revoked.len().saturating_sub(1),
+                "a consumed refresh token was presented again; the grant and the grants derived from it are revoked"
             );
             Err(OAuthError::invalid_grant(
                 "the refresh token was already used; the grant has been revoked",

@@ -139,6 +139,9 @@ pub fn describe(active: &ActiveToken, revealed: Option<Revealed>, issuer: &str) 
     if let Some(actor) = grant.actor() {
         out.insert("act".into(), actor.clone());
     }
+    if let Some(idp) = grant.idp() {
+        out.insert("idp".into(), Value::from(idp));
+    }
     if let Some(revealed) = revealed {
         out.insert("custom".into(), Value::Object(revealed.custom));
         out.insert("version".into(), Value::from(revealed.version));

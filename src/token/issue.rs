@@ -46,6 +46,7 @@ impl IntoResponse for TokenResponse {
 }
 
 /// What a new grant is made of.
+#[derive(Default)]
 pub struct NewGrant {
     pub subject: String,
     pub scopes: Vec<String>,
@@ -58,6 +59,21 @@ pub struct NewGrant {
     pub access_ttl: i64,
     /// Whether `offline_access` may add a refresh token.
     pub allow_refresh: bool,
+    /// The lineage of an exchanged grant: its source grant, which it never
+    /// outlives (`not_after`).
+    pub parent_id: Option<String>,
+    pub not_after: Option<i64>,
+    /// Issuer of the id_token the subject came from.
+    pub idp: Option<String>,
+    /// The route the gateway minted it for.
+    pub route: Option<String>,
+}
+
+/// A token's expiry: `ttl` seconds from `issued_at`, but never past the
+/// grant's `not_after`.
+pub fn capped_expiry(issued_at: i64, ttl: i64, not_after: Option<i64>) -> i64 {
+    let natural = issued_at.saturating_add(ttl);
+    not_after.map_or(natural, |end| natural.min(end))
 }
 
 impl TokenService {
@@ -69,13 +85,19 @@ impl TokenService {
     ) -> Result<TokenResponse, OAuthError> {
         let issued_at = now();
         let grant_id = self.random.grant_id();
+        if grant.not_after.is_some_and(|end| end <= issued_at) {
+            return Err(OAuthError::invalid_grant(
+                "the grant this one would derive from has ended",
+            ));
+        }
         let access = self.random.token(TokenKind::Access);
+        let access_expiry = capped_expiry(issued_at, grant.access_ttl, grant.not_after);
         let mut tokens = vec![NewToken {
             hash: hash_token(&access),
             kind: TokenKind::Access,
             scopes: None,
             issued_at,
-            expires_at: issued_at + grant.access_ttl,
+            expires_at: access_expiry,
         }];
         let refresh =
             (grant.allow_refresh && scope::has_offline_access(&grant.scopes)).then(|| {
@@ -85,7 +107,11 @@ impl TokenService {
                     kind: TokenKind::Refresh,
                     scopes: None,
                     issued_at,
-                    expires_at: issued_at + whole_seconds(client.refresh_token_ttl),
+                    expires_at: capped_expiry(
+                        issued_at,
+                        whole_seconds(client.refresh_token_ttl),
+                        grant.not_after,
+                    ),
                 });
                 token
             });
@@ -103,12 +129,16 @@ impl TokenService {
             version: 1,
             created_at: issued_at,
             revoked: false,
+            parent_id: grant.parent_id,
+            not_after: grant.not_after,
+            idp: grant.idp,
+            route: grant.route,
         };
         self.lookup.store().create_grant(&record, &tokens).await?;
         Ok(TokenResponse {
             access_token: access,
             token_type: "Bearer",
-            expires_in: grant.access_ttl,
+            expires_in: access_expiry - issued_at,
             scope: scope::join(&record.scopes),
             refresh_token: refresh,
             issued_token_type: None,

@@ -38,6 +38,7 @@ use crate::crypto::{Random, TokenHash};
 use crate::lookup::TokenLookup;
 
 pub use error::OAuthError;
+pub use in_process::OwnRefresh;
 pub use issue::TokenResponse;
 pub use mutate::patch_custom;
 

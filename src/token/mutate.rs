@@ -80,23 +80,44 @@ async fn mutate(service: &TokenService, request: Request<Body>) -> Result<i64, O
             OAuthError::invalid_request("the token is not an active access token")
                 .with_code("invalid_token")
         })?;
-    patch_custom(
+    apply_patch(
         service,
         &active.grant.id,
         &request.patch,
         request.if_version,
+        Writer::Client,
     )
     .await
 }
 
+/// Who writes custom data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// A client of the mutate endpoint: its credential entries are checked
+    /// ([`crate::credential::check_client_write`]).
+    Client,
+    /// refgate itself (the gateway storing a credential it obtained).
+    Refgate,
+}
+
 /// Applies a merge patch to a grant's custom data and returns the new
-/// version. Shared with the gateway, which stores refreshed credentials
-/// this way.
+/// version. The gateway stores the credentials it refreshed or obtained
+/// this way; no client-facing check applies to what refgate writes itself.
 pub async fn patch_custom(
     service: &TokenService,
     grant_id: &str,
     patch: &Value,
     if_version: Option<i64>,
+) -> Result<i64, OAuthError> {
+    apply_patch(service, grant_id, patch, if_version, Writer::Refgate).await
+}
+
+async fn apply_patch(
+    service: &TokenService,
+    grant_id: &str,
+    patch: &Value,
+    if_version: Option<i64>,
+    writer: Writer,
 ) -> Result<i64, OAuthError> {
     let max = service.config().tokens.custom_data_max;
     let store = service.lookup.store();
@@ -120,15 +141,22 @@ pub async fn patch_custom(
             }
         }
         let version = record.version;
-        let Ok(custom) = service.lookup.open_custom(&record) else {
+        let Ok(before) = service.lookup.open_custom(&record) else {
             // Unreadable custom data (logged): the grant counts as inactive.
             return Err(gone());
         };
-        let mut merged = Value::Object(custom);
+        let mut merged = Value::Object(before.clone());
         json_patch::merge(&mut merged, patch);
         let Value::Object(merged) = merged else {
             return Err(OAuthError::invalid_request("patch must be a JSON object"));
         };
+        if writer == Writer::Client {
+            let config = service.config();
+            crate::credential::check_client_write(patch, &before, &merged, |a| {
+                config.authorities.contains_key(a)
+            })
+            .map_err(|e| OAuthError::invalid_request(e.to_string()))?;
+        }
         let size = serde_json::to_vec(&merged).map_or(usize::MAX, |v| v.len());
         if size > max {
             return Err(OAuthError::new(

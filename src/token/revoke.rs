@@ -62,8 +62,10 @@ async fn revoke(service: &TokenService, request: Request<Body>) -> Result<(), OA
     }
     match record.kind {
         TokenKind::Refresh => {
-            service.lookup.store().revoke_grant(&grant.id).await?;
-            service.notify_grant_changed(&grant.id).await;
+            // Grants exchanged from this one end with it.
+            for id in service.lookup.store().revoke_grant(&grant.id).await? {
+                service.notify_grant_changed(&id).await;
+            }
         }
         TokenKind::Access => {
             service.lookup.store().revoke_token(&hash).await?;

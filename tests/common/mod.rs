@@ -1,5 +1,7 @@
 //! Test harness: starts the real `refgate` binary on a temporary SQLite file
-//! with free loopback ports, and talks HTTP to it.
+//! and talks HTTP to it. The harness binds refgate's loopback sockets itself
+//! (port 0) and passes them to the process (`LISTEN_FDS`), keeping them
+//! across restarts: no other process can take a port in between.
 #![allow(dead_code)]
 
 pub mod oidc;
@@ -18,13 +20,71 @@ pub use reqwest::StatusCode;
 /// A fixed data key for tests (base64 of 32 bytes).
 pub const DATA_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
-/// A free loopback port (bound then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local address")
-        .port()
+/// A loopback listening socket on a port of the kernel's choosing.
+pub fn loopback_listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")
+}
+
+/// A loopback port where nothing listens, reserved for as long as this
+/// lives (bound without listening: a connection is refused, and no other
+/// process can take the port meanwhile).
+pub struct ClosedPort {
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+/// See [`ClosedPort`].
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind an ephemeral port");
+    let port = socket.local_addr().expect("local address").port();
+    ClosedPort {
+        port,
+        _socket: socket,
+    }
+}
+
+/// Makes `command` start with `sockets` as its inherited listeners
+/// (`LISTEN_FDS`, names in `LISTEN_FDNAMES`, descriptors from 3 on).
+pub fn pass_listeners(command: &mut Command, sockets: &[(&str, &TcpListener)]) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    const MAX: usize = 8;
+    assert!(sockets.len() <= MAX, "too many sockets");
+    let mut fds = [-1; MAX];
+    for (slot, (_, listener)) in fds.iter_mut().zip(sockets) {
+        *slot = listener.as_raw_fd();
+    }
+    let count = sockets.len();
+    let names: Vec<&str> = sockets.iter().map(|(name, _)| *name).collect();
+    command
+        .env("LISTEN_FDS", count.to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .env_remove("LISTEN_PID");
+    // SAFETY: only async-signal-safe calls (fcntl, dup2, close) on
+    // descriptors this process owns, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            // Move every source above the target range first, so that no
+            // dup2 below overwrites a source that is still to be moved.
+            let mut high = [-1; MAX];
+            for i in 0..count {
+                high[i] = libc::fcntl(fds[i], libc::F_DUPFD, 64);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, fd) in high.iter().enumerate().take(count) {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(*fd);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// `sha256:<hex>` of a secret, as `refgate secret hash` prints it.
@@ -44,7 +104,8 @@ pub fn standard_clients() -> String {
         client(
             "app",
             r#"grant_types = ["client_credentials", "refresh_token", "urn:ietf:params:oauth:grant-type:token-exchange", "urn:ietf:params:oauth:grant-type:token-exchange-mutate"]
-scopes = ["photos.read", "photos.write", "reports.read", "offline_access"]"#,
+scopes = ["photos.read", "photos.write", "reports.read", "offline_access"]
+exchange_from = ["*", "https://accounts.test.example"]"#,
         ),
         client(
             "other",
@@ -75,7 +136,8 @@ access_token_ttl = "10m""#,
         client(
             "gateway",
             r#"grant_types = ["urn:ietf:params:oauth:grant-type:token-exchange", "refresh_token"]
-scopes = ["reports.read", "offline_access"]"#,
+scopes = ["reports.read", "offline_access"]
+exchange_from = ["*"]"#,
         ),
     ]
     .join("\n")
@@ -120,6 +182,8 @@ pub struct Refgate {
     pub proxy: String,
     /// The store URL in the configuration.
     pub store_url: String,
+    /// The sockets passed to every start of this instance, by name.
+    listeners: Vec<(&'static str, TcpListener)>,
     child: Option<Child>,
     /// A database this instance created and drops at the end.
     owned_database: Option<PgDatabase>,
@@ -133,8 +197,10 @@ impl Refgate {
 
     pub fn start_with(options: Options) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let token_port = free_port();
-        let proxy_port = free_port();
+        let token_listener = loopback_listener();
+        let proxy_listener = loopback_listener();
+        let token_port = token_listener.local_addr().expect("address").port();
+        let proxy_port = proxy_listener.local_addr().expect("address").port();
         let db_path = dir.path().join("data").join("refgate.db");
         let (store_url, owned_database) = match options.store_url.clone() {
             Some(url) => (url, None),
@@ -163,6 +229,8 @@ data_key = "{DATA_KEY}"
 
 {clients}
 
+{authority}
+
 {extra}
 "#,
             tokens = options.tokens,
@@ -171,6 +239,14 @@ data_key = "{DATA_KEY}"
                 standard_clients()
             } else {
                 String::new()
+            },
+            // Stored credentials must name a configured authority: tests
+            // that store one without running an authority get `photos-as`,
+            // which is never called.
+            authority = if options.extra.contains("name = \"photos-as\"") {
+                ""
+            } else {
+                AUTHORITY
             },
             extra = options.extra,
         );
@@ -187,6 +263,7 @@ data_key = "{DATA_KEY}"
             token_port,
             proxy_port,
             store_url,
+            listeners: vec![("token_service", token_listener), ("proxy", proxy_listener)],
             child: None,
             owned_database,
         };
@@ -200,16 +277,19 @@ data_key = "{DATA_KEY}"
             .append(true)
             .open(&self.log_path)
             .expect("open log");
-        let child = Command::new(env!("CARGO_BIN_EXE_refgate"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_refgate"));
+        command
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
             .env("RUST_LOG", "info,refgate=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start refgate");
+            .stderr(log);
+        let sockets: Vec<(&str, &TcpListener)> =
+            self.listeners.iter().map(|(n, l)| (*n, l)).collect();
+        pass_listeners(&mut command, &sockets);
+        let child = command.spawn().expect("start refgate");
         self.child = Some(child);
         self.wait_ready();
     }
@@ -256,6 +336,16 @@ data_key = "{DATA_KEY}"
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A metrics listener for the next start (listeners take a restart);
+    /// the caller adds `metrics = "127.0.0.1:<port>"` to `[listen]`.
+    pub fn reserve_metrics_port(&mut self) -> u16 {
+        let listener = loopback_listener();
+        let port = listener.local_addr().expect("address").port();
+        self.listeners.retain(|(name, _)| *name != "metrics");
+        self.listeners.push(("metrics", listener));
+        port
     }
 
     /// Stops and starts again on the same configuration and data.
@@ -522,4 +612,48 @@ pub fn sorted_scopes(value: &serde_json::Value) -> Vec<String> {
         .collect();
     scopes.sort_unstable();
     scopes
+}
+
+/// Writes `custom` as the custom data of the grant of `token`, straight
+/// into the store refgate uses, sealed with its data key: data as an older
+/// refgate (or a store restored from elsewhere) may have left it, which the
+/// endpoints would refuse to write today. Call it before refgate has
+/// looked the token up (SQLite instances do not hear of other processes'
+/// writes until their cache entry expires).
+pub async fn plant_custom(server: &Refgate, token: &str, custom: serde_json::Value) {
+    use refgate::config::{Secret, StoreUrl};
+    use refgate::lookup::{CacheSettings, TokenLookup};
+    use refgate::store::{GrantChange, GrantUpdate};
+    let url = if server.store_url.starts_with("postgres") {
+        StoreUrl::Postgres(Secret::new(server.store_url.clone()))
+    } else {
+        StoreUrl::Sqlite(server.db_path.clone())
+    };
+    let store = refgate::store::open(&url, 2).await.expect("open the store");
+    let key = refgate::crypto::DataKey::from_base64(DATA_KEY).expect("data key");
+    let settings = CacheSettings {
+        capacity: 0,
+        max_ttl: Duration::from_secs(1),
+        negative_ttl: Duration::from_secs(1),
+    };
+    let keys = refgate::crypto::DataKeys::new(key, Vec::new());
+    let lookup = TokenLookup::new(store.clone(), std::sync::Arc::new(keys), &settings);
+    let (_, grant) = store
+        .find_token(&refgate::crypto::hash_token(token))
+        .await
+        .expect("store")
+        .expect("the token is stored");
+    let serde_json::Value::Object(custom) = custom else {
+        panic!("custom data is an object");
+    };
+    let change = GrantChange {
+        // Sealed for the version this write gives the grant.
+        custom_sealed: Some(lookup.seal_custom(&grant.id, grant.version + 1, &custom)),
+        ..GrantChange::default()
+    };
+    let updated = store
+        .update_grant(&grant.id, grant.version, &change)
+        .await
+        .expect("store");
+    assert!(matches!(updated, GrantUpdate::Updated(_)), "{updated:?}");
 }

@@ -402,3 +402,49 @@ async fn sqlite_files_are_readable_by_their_owner_only() {
     }
     assert_eq!(revealed_note(&server, &access).await, "written again");
 }
+
+#[tokio::test]
+async fn instances_sharing_postgres_rotate_in_three_steps_and_always_read_each_others_data() {
+    // PostgreSQL on purpose, whichever store the rest of the run uses.
+    let db = PgDatabase::create();
+    let shared = || Options {
+        store_url: Some(db.url.clone()),
+        ..Options::default()
+    };
+    let (mut one, mut two) = (Refgate::start_with(shared()), Refgate::start_with(shared()));
+    let access = token_with_note(&one, "sealed-with-a").await;
+    let with_a_current = format!("previous_data_keys = [\"{KEY_B}\"]");
+    let with_b_current = format!("previous_data_keys = [\"{DATA_KEY}\"]");
+
+    // 1. Every instance learns B while A still seals.
+    for server in [&mut one, &mut two] {
+        server.stop();
+        configure_keys(server, DATA_KEY, &with_a_current);
+        server.restart();
+    }
+    // 2. B seals, one instance at a time: meanwhile each instance reads
+    // what the other wrote.
+    one.stop();
+    configure_keys(&one, KEY_B, &with_b_current);
+    one.mark_log("step 2");
+    one.restart();
+    wait_for_log(&one, "step 2", "sealed custom data again");
+    assert_eq!(revealed_note(&two, &access).await, "sealed-with-a");
+    set_note(&two, &access, "written-with-a").await;
+    assert_eq!(revealed_note(&one, &access).await, "written-with-a");
+    set_note(&one, &access, "written-with-b").await;
+    assert_eq!(revealed_note(&two, &access).await, "written-with-b");
+    two.stop();
+    configure_keys(&two, KEY_B, &with_b_current);
+    two.mark_log("step 2");
+    two.restart();
+    wait_for_log(&two, "step 2", "previous data keys can be removed");
+
+    // 3. A goes everywhere.
+    for server in [&mut one, &mut two] {
+        server.stop();
+        configure_keys(server, KEY_B, "");
+        server.restart();
+        assert_eq!(revealed_note(server, &access).await, "written-with-b");
+    }
+}

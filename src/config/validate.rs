@@ -343,9 +343,13 @@ fn check_private(c: &mut Checker<'_>, path: &Path) -> bool {
 
 fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // Owner only, like the SQLite directory it usually shares.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)

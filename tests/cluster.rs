@@ -110,6 +110,72 @@ async fn revocation_on_one_instance_is_rejected_by_the_other_within_100ms() {
 }
 
 #[tokio::test]
+async fn revoking_a_source_grant_on_one_instance_ends_its_derived_tokens_on_the_other() {
+    let upstream = Upstream::start().await;
+    let cluster = start_cluster(&route(&upstream));
+    let (source, source_refresh) = refreshable(&cluster.a, "photos.read offline_access").await;
+    // `app` exchanges its token again: a derived grant, used at B.
+    let (status, derived) = cluster
+        .a
+        .token(
+            "app",
+            &[
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
+                ("subject_token", &source),
+                (
+                    "subject_token_type",
+                    "urn:ietf:params:oauth:token-type:access_token",
+                ),
+                ("scope", "photos.read"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{derived}");
+    let derived = str_of(&derived, "access_token").to_string();
+    store_credential(
+        &cluster.a,
+        &derived,
+        json!({ "access_token": "down-1", "expires_at": unix_now() + 3600, "authority": "photos-as" }),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            call(&cluster.b.proxy, &derived).await.status(),
+            StatusCode::OK
+        );
+    }
+    let (status, _) = cluster
+        .a
+        .post_form(
+            "/oauth2/revoke",
+            Some(("app", "app-secret")),
+            &[("token", &source_refresh)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let revoked_at = Instant::now();
+    loop {
+        let status = call(&cluster.b.proxy, &derived).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK, "unexpected status while waiting");
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "B kept accepting a token derived from a revoked grant"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    println!(
+        "the derived grant's revocation reached the other instance after {:?}",
+        revoked_at.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn expired_credential_stampede_across_instances_refreshes_once() {
     let oidc = OidcAs::start(300);
     let upstream = Upstream::start().await;

@@ -529,6 +529,19 @@ async fn a_token_the_gateway_minted_for_one_route_is_refused_on_every_other() {
         1,
         "the billing upstream was called"
     );
+
+    // Exchanging it does not launder it: what is made from it stays bound.
+    let (status, body) = exchange(&server, "app", &minted, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let laundered = str_of(&body, "access_token").to_string();
+    let (status, body) = get(&server, &laundered, "/billing/a").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "invalid_token", "{body}");
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "the billing upstream was called"
+    );
 }
 
 // --- 4. smaller holes ---------------------------------------------------

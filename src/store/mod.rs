@@ -56,6 +56,13 @@ pub struct GrantRecord {
     pub route: Option<String>,
 }
 
+impl GrantRecord {
+    /// The namespace of `subject` (see [`crate::lookup::Grant::subject_issuer`]).
+    pub fn subject_issuer(&self) -> Option<&str> {
+        self.idp.as_deref().or(self.issuer.as_deref())
+    }
+}
+
 /// A token handle as stored.
 #[derive(Debug, Clone)]
 pub struct TokenRecord {

@@ -75,6 +75,7 @@ pub async fn grant(
                 prior_actor: None,
                 parent_id: None,
                 not_after: None,
+                route: None,
             }
         }
         other => {
@@ -97,6 +98,9 @@ pub(super) struct Subject {
     pub parent_id: Option<String>,
     /// When the source grant ends.
     pub not_after: Option<i64>,
+    /// The route the source grant is bound to: a grant made from a token
+    /// the gateway minted for one route's upstream stays bound to it.
+    pub route: Option<String>,
 }
 
 impl Subject {
@@ -117,13 +121,15 @@ impl Subject {
             prior_actor: grant.actor().cloned(),
             parent_id: Some(grant.id.to_string()),
             not_after: Some(not_after),
+            route: grant.route().map(str::to_string),
         })
     }
 }
 
 /// Issues the new grant of an exchange: the subject's, made for `client`,
 /// with `act` naming the client on top of any earlier actor (RFC 8693 §4.1).
-/// `route` names the gateway route it is minted for, if any.
+/// `route` names the gateway route it is minted for, if any; otherwise it
+/// keeps the subject's binding.
 pub(super) async fn issue_exchanged(
     service: &TokenService,
     client: &Client,
@@ -149,7 +155,7 @@ pub(super) async fn issue_exchanged(
                 parent_id: subject.parent_id,
                 not_after: subject.not_after,
                 idp: subject.idp,
-                route: route.map(str::to_string),
+                route: route.map(str::to_string).or(subject.route),
                 ..NewGrant::default()
             },
         )

@@ -98,11 +98,11 @@ impl TokenService {
         let Some((_, record)) = found else {
             return OwnRefresh::Foreign;
         };
-        let derived = crate::lookup::Grant::new(record, Default::default(), &Default::default());
-        let linked = *derived.client_id == *client_id
-            && derived.parent_id() == Some(&*caller.id)
-            && derived.route() == Some(route)
-            && derived.same_subject(caller);
+        let linked = record.client_id == client_id
+            && record.parent_id.as_deref() == Some(&*caller.id)
+            && record.route.as_deref() == Some(route)
+            && *record.subject == *caller.subject
+            && record.subject_issuer() == caller.subject_issuer();
         if !linked {
             return OwnRefresh::Foreign;
         }

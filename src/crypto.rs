@@ -15,8 +15,6 @@ pub const REFRESH_PREFIX: &str = "rgrt_";
 const TOKEN_BYTES: usize = 32;
 /// Length of the base64url body of a token.
 const TOKEN_BODY_LEN: usize = 43;
-/// First byte of a sealed blob: the sealing format, so it can change later.
-const SEAL_FORMAT: u8 = 1;
 
 /// The kind of an opaque token, read from its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -162,22 +160,17 @@ pub fn secret_hash_text(secret: &str) -> String {
     format!("sha256:{}", hex::encode(digest.as_ref()))
 }
 
-/// The key that seals custom data at rest (AES-256-GCM).
+/// One data key (AES-256-GCM) with its key id.
 pub struct DataKey {
     key: LessSafeKey,
-    random: Random,
+    id: KeyId,
 }
 
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DataKey(..)")
+        write!(f, "DataKey({})", self.id)
     }
 }
-
-/// Sealed data could not be opened: wrong key, or tampered with.
-#[derive(Debug, thiserror::Error)]
-#[error("sealed data could not be opened (wrong data key or corrupted record)")]
-pub struct OpenError;
 
 impl DataKey {
     /// Builds the key from 32 raw bytes.
@@ -185,7 +178,7 @@ impl DataKey {
         let unbound = UnboundKey::new(&AES_256_GCM, bytes).expect("32 bytes is an AES-256 key");
         DataKey {
             key: LessSafeKey::new(unbound),
-            random: Random::default(),
+            id: KeyId::of(bytes),
         }
     }
 
@@ -196,18 +189,167 @@ impl DataKey {
         Some(DataKey::new(&bytes))
     }
 
-    /// Seals `plain`, binding it to `context` (the grant id) so a sealed blob
-    /// cannot be moved to another record.
-    pub fn seal(&self, context: &str, plain: &[u8]) -> Vec<u8> {
+    /// The id that blobs sealed with this key carry.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    fn open_in(&self, nonce: [u8; NONCE_LEN], aad: &[u8], body: &[u8]) -> Option<Vec<u8>> {
+        let mut body = body.to_vec();
+        let plain = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut body,
+            )
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+/// Names a data key without revealing it: the first bytes of a SHA-256 of
+/// the key under a fixed label. Sealed blobs carry it in the clear, so a
+/// store can tell which key sealed what, and it may appear in logs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(pub [u8; KEY_ID_LEN]);
+
+impl KeyId {
+    fn of(key: &[u8; 32]) -> Self {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(b"refgate data key id\0");
+        context.update(key);
+        let digest = context.finish();
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&digest.as_ref()[..KEY_ID_LEN]);
+        KeyId(id)
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// Bytes of a key id in a sealed blob.
+pub const KEY_ID_LEN: usize = 8;
+/// First byte of a blob sealed before blobs carried a key id: nonce and
+/// ciphertext follow, bound to the grant id only.
+pub const SEAL_FORMAT_UNNAMED: u8 = 1;
+/// First byte of a blob that names its key: key id, nonce and ciphertext
+/// follow, bound to the header, the grant id and the grant version.
+pub const SEAL_FORMAT_NAMED: u8 = 2;
+/// The clear header of a blob that names its key: format byte and key id.
+pub const SEAL_HEADER_LEN: usize = 1 + KEY_ID_LEN;
+
+/// Why sealed data did not open. None of these reveal key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// The blob names a key that is not configured.
+    #[error("sealed with data key {0}, which is not configured")]
+    UnknownKey(KeyId),
+    /// The named key is configured but the blob does not open under it
+    /// for this grant and version: it was altered, copied from another
+    /// grant, or rolled back to an older version of this grant.
+    #[error("does not open for this grant and version (altered or rolled back)")]
+    Rejected,
+    /// A blob from before key ids that opens with no configured key.
+    #[error("sealed before key ids and opens with no configured data key")]
+    NoKeyOpens,
+    /// Too short, or a format this version does not know.
+    #[error("not a sealed blob this version can read")]
+    Malformed,
+}
+
+/// Custom data opened from a blob.
+#[derive(Debug)]
+pub struct Opened {
+    pub plain: Vec<u8>,
+    /// Whether the blob should be sealed again: it was sealed with a
+    /// previous key, or before blobs named their key and version.
+    pub stale: bool,
+}
+
+/// The data keys: the current one seals, every one of them opens.
+///
+/// A blob is `[2][key id: 8][nonce: 12][ciphertext + tag]`, and the AEAD's
+/// associated data is the header, the grant version and the grant id. So a
+/// blob opens only for the grant and the version it was written for: copied
+/// to another grant, or put back in place of a newer version of its grant,
+/// it is refused. Blobs written before key ids (`[1][nonce][ciphertext]`,
+/// bound to the grant id only) still open with any configured key until
+/// they are sealed again.
+pub struct DataKeys {
+    current: DataKey,
+    previous: Vec<DataKey>,
+    random: Random,
+}
+
+impl std::fmt::Debug for DataKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKeys")
+            .field("current", &self.current)
+            .field("previous", &self.previous)
+            .finish()
+    }
+}
+
+impl DataKeys {
+    /// The current key and the previous ones that still open old blobs.
+    pub fn new(current: DataKey, previous: Vec<DataKey>) -> Self {
+        DataKeys {
+            current,
+            previous,
+            random: Random::default(),
+        }
+    }
+
+    /// The id of the key that seals.
+    pub fn current_id(&self) -> KeyId {
+        self.current.id
+    }
+
+    /// Whether any previous keys are configured.
+    pub fn has_previous(&self) -> bool {
+        !self.previous.is_empty()
+    }
+
+    /// Whether a key of this id is configured (current or previous).
+    pub fn knows(&self, id: KeyId) -> bool {
+        self.find(id).is_some()
+    }
+
+    /// The header every blob sealed with the current key starts with.
+    pub fn current_header(&self) -> [u8; SEAL_HEADER_LEN] {
+        header(self.current.id)
+    }
+
+    fn find(&self, id: KeyId) -> Option<&DataKey> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.id == id)
+    }
+
+    /// Seals `plain` with the current key for grant `grant_id` at `version`.
+    pub fn seal(&self, grant_id: &str, version: i64, plain: &[u8]) -> Vec<u8> {
+        let head = self.current_header();
         let nonce_bytes = self.random.bytes::<NONCE_LEN>();
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + plain.len() + 16);
-        out.push(SEAL_FORMAT);
+        let mut out = Vec::with_capacity(SEAL_HEADER_LEN + NONCE_LEN + plain.len() + 16);
+        out.extend_from_slice(&head);
         out.extend_from_slice(&nonce_bytes);
         let mut body = plain.to_vec();
-        self.key
+        self.current
+            .key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce_bytes),
-                Aad::from(context.as_bytes()),
+                Aad::from(associated_data(&head, grant_id, version)),
                 &mut body,
             )
             .expect("AES-GCM sealing of an in-memory buffer cannot fail");
@@ -215,24 +357,65 @@ impl DataKey {
         out
     }
 
-    /// Opens a blob made by [`DataKey::seal`] with the same context.
-    pub fn open(&self, context: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
-        if sealed.len() < 1 + NONCE_LEN || sealed[0] != SEAL_FORMAT {
-            return Err(OpenError);
+    /// Opens a blob of grant `grant_id` at `version`.
+    pub fn open(&self, grant_id: &str, version: i64, sealed: &[u8]) -> Result<Opened, OpenError> {
+        match sealed.first() {
+            Some(&SEAL_FORMAT_NAMED) => {
+                let id = named_key_id(sealed).ok_or(OpenError::Malformed)?;
+                let key = self.find(id).ok_or(OpenError::UnknownKey(id))?;
+                let rest = &sealed[SEAL_HEADER_LEN..];
+                let nonce = nonce_of(rest).ok_or(OpenError::Malformed)?;
+                let aad = associated_data(&sealed[..SEAL_HEADER_LEN], grant_id, version);
+                let plain = key
+                    .open_in(nonce, &aad, &rest[NONCE_LEN..])
+                    .ok_or(OpenError::Rejected)?;
+                Ok(Opened {
+                    plain,
+                    stale: id != self.current.id,
+                })
+            }
+            Some(&SEAL_FORMAT_UNNAMED) => {
+                let rest = &sealed[1..];
+                let nonce = nonce_of(rest).ok_or(OpenError::Malformed)?;
+                std::iter::once(&self.current)
+                    .chain(&self.previous)
+                    .find_map(|key| key.open_in(nonce, grant_id.as_bytes(), &rest[NONCE_LEN..]))
+                    .map(|plain| Opened { plain, stale: true })
+                    .ok_or(OpenError::NoKeyOpens)
+            }
+            _ => Err(OpenError::Malformed),
         }
-        let nonce_bytes: [u8; NONCE_LEN] =
-            sealed[1..1 + NONCE_LEN].try_into().map_err(|_| OpenError)?;
-        let mut body = sealed[1 + NONCE_LEN..].to_vec();
-        let plain = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce_bytes),
-                Aad::from(context.as_bytes()),
-                &mut body,
-            )
-            .map_err(|_| OpenError)?;
-        Ok(plain.to_vec())
     }
+}
+
+/// The key id a blob names, when it names one.
+pub fn named_key_id(sealed: &[u8]) -> Option<KeyId> {
+    if sealed.first() != Some(&SEAL_FORMAT_NAMED) {
+        return None;
+    }
+    let id: [u8; KEY_ID_LEN] = sealed.get(1..SEAL_HEADER_LEN)?.try_into().ok()?;
+    Some(KeyId(id))
+}
+
+fn header(id: KeyId) -> [u8; SEAL_HEADER_LEN] {
+    let mut out = [0u8; SEAL_HEADER_LEN];
+    out[0] = SEAL_FORMAT_NAMED;
+    out[1..].copy_from_slice(&id.0);
+    out
+}
+
+fn nonce_of(rest: &[u8]) -> Option<[u8; NONCE_LEN]> {
+    rest.get(..NONCE_LEN)?.try_into().ok()
+}
+
+/// Header, version (8 bytes, big-endian), grant id: fixed-length fields
+/// first, so no two (grant, version) pairs give the same bytes.
+fn associated_data(head: &[u8], grant_id: &str, version: i64) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(head.len() + 8 + grant_id.len());
+    aad.extend_from_slice(head);
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad.extend_from_slice(grant_id.as_bytes());
+    aad
 }
 
 #[cfg(test)]
@@ -252,15 +435,106 @@ mod tests {
         assert_eq!(token_kind("Bearer x"), None);
     }
 
+    fn keys(current: u8, previous: &[u8]) -> DataKeys {
+        DataKeys::new(
+            DataKey::new(&[current; 32]),
+            previous.iter().map(|b| DataKey::new(&[*b; 32])).collect(),
+        )
+    }
+
     #[test]
-    fn sealed_data_opens_only_in_its_context() {
-        let key = DataKey::new(&[7u8; 32]);
-        let sealed = key.seal("grant-a", b"marker-123");
+    fn sealed_data_opens_only_for_its_grant_and_version() {
+        let keys = keys(7, &[]);
+        let sealed = keys.seal("grant-a", 3, b"marker-123");
         assert!(!sealed.windows(10).any(|w| w == b"marker-123"));
-        assert_eq!(key.open("grant-a", &sealed).unwrap(), b"marker-123");
-        assert!(key.open("grant-b", &sealed).is_err());
-        let other = DataKey::new(&[8u8; 32]);
-        assert!(other.open("grant-a", &sealed).is_err());
+        let opened = keys.open("grant-a", 3, &sealed).unwrap();
+        assert_eq!(opened.plain, b"marker-123");
+        assert!(!opened.stale);
+        assert_eq!(
+            keys.open("grant-b", 3, &sealed).unwrap_err(),
+            OpenError::Rejected
+        );
+        assert_eq!(
+            keys.open("grant-a", 4, &sealed).unwrap_err(),
+            OpenError::Rejected
+        );
+        let mut altered = sealed.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        assert_eq!(
+            keys.open("grant-a", 3, &altered).unwrap_err(),
+            OpenError::Rejected
+        );
+        let other = self::keys(8, &[]);
+        assert_eq!(
+            other.open("grant-a", 3, &sealed).unwrap_err(),
+            OpenError::UnknownKey(keys.current_id())
+        );
+        assert_eq!(
+            keys.open("grant-a", 3, &[]).unwrap_err(),
+            OpenError::Malformed
+        );
+        assert_eq!(
+            keys.open("grant-a", 3, &[2, 1]).unwrap_err(),
+            OpenError::Malformed
+        );
+    }
+
+    #[test]
+    fn previous_keys_open_and_the_current_one_seals() {
+        let old = keys(1, &[]);
+        let sealed = old.seal("g", 1, b"{}");
+        let rotated = keys(2, &[1]);
+        let opened = rotated.open("g", 1, &sealed).unwrap();
+        assert_eq!(opened.plain, b"{}");
+        assert!(opened.stale, "sealed with a previous key");
+        let resealed = rotated.seal("g", 1, &opened.plain);
+        assert_eq!(resealed[..SEAL_HEADER_LEN], rotated.current_header());
+        assert_eq!(named_key_id(&resealed), Some(rotated.current_id()));
+        assert!(keys(2, &[]).open("g", 1, &resealed).is_ok());
+        assert!(rotated.knows(old.current_id()));
+        assert!(!keys(2, &[]).knows(old.current_id()));
+    }
+
+    /// A blob as sealed before blobs named their key: `[1][nonce][body]`,
+    /// bound to the grant id only.
+    fn seal_unnamed(key: &[u8; 32], grant_id: &str, plain: &[u8]) -> Vec<u8> {
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap());
+        let nonce = [9u8; NONCE_LEN];
+        let mut body = plain.to_vec();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(grant_id.as_bytes()),
+            &mut body,
+        )
+        .unwrap();
+        [&[SEAL_FORMAT_UNNAMED][..], &nonce, &body].concat()
+    }
+
+    #[test]
+    fn blobs_sealed_before_key_ids_open_with_any_configured_key() {
+        let sealed = seal_unnamed(&[1; 32], "g", b"old");
+        for keys in [keys(1, &[]), keys(2, &[1])] {
+            let opened = keys.open("g", 5, &sealed).unwrap();
+            assert_eq!(opened.plain, b"old");
+            assert!(opened.stale, "to be sealed again with a key id");
+        }
+        assert_eq!(
+            keys(2, &[]).open("g", 5, &sealed).unwrap_err(),
+            OpenError::NoKeyOpens
+        );
+        assert_eq!(
+            keys(1, &[]).open("h", 5, &sealed).unwrap_err(),
+            OpenError::NoKeyOpens
+        );
+    }
+
+    #[test]
+    fn a_key_id_names_the_key_without_revealing_it() {
+        let a = DataKey::new(&[1; 32]).id();
+        assert_eq!(a, DataKey::new(&[1; 32]).id());
+        assert_ne!(a, DataKey::new(&[2; 32]).id());
+        assert_eq!(format!("{a}").len(), 2 * KEY_ID_LEN);
     }
 
     #[test]

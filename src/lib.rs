@@ -13,10 +13,12 @@
 //! - [`store`]: the [`store::Store`] trait, SQLite (embedded) and
 //!   PostgreSQL (shared by several instances) — grants and token hashes,
 //!   custom data sealed;
-//! - [`crypto`]: token generation and hashing, secret checks, sealing;
+//! - [`crypto`]: token generation and hashing, secret checks, sealing with
+//!   the data keys (current and previous);
 //! - [`lookup`]: token lookups through the token cache (one compact entry
 //!   per token: its state and a view of its grant), shared by introspection
-//!   and the gateway;
+//!   and the gateway; opening and sealing grants' custom data, and sealing
+//!   it again with the current data key;
 //! - [`token`]: the token service endpoints, one file per endpoint and grant;
 //! - [`gateway`]: the pingora proxy — admission, credential refresh, OBO;
 //! - [`credential`]: downstream credentials stored in custom data;

@@ -29,6 +29,9 @@ const DRAIN: Duration = Duration::from_secs(5);
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// Expired tokens are kept this long before they are deleted.
 const PURGE_AFTER: i64 = 3600;
+/// How often custom data sealed with a previous data key is sealed again
+/// with the current one (also once at start).
+const RESEAL_EVERY: Duration = Duration::from_secs(3600);
 /// Open connections one HTTP listener accepts.
 const MAX_CONNECTIONS: usize = 8192;
 /// Time a client has to send a complete request head.
@@ -81,6 +84,7 @@ pub fn serve(
     }
 
     control.spawn(purge(parts.lookup.store().clone(), stop_rx.clone()));
+    control.spawn(reseal(parts.lookup.clone(), stop_rx.clone()));
     if let Some(feed) = parts.lookup.store().subscribe() {
         control.spawn(follow_invalidations(
             feed,
@@ -157,9 +161,12 @@ impl Parts {
         };
         let lookup = Arc::new(TokenLookup::new(
             store,
-            config.store.data_key.clone(),
+            config.store.data_keys.clone(),
             &cache,
         ));
+        crate::lookup::reseal::check_keys(&lookup)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("refgate/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
@@ -392,6 +399,23 @@ async fn purge(store: Arc<dyn crate::store::Store>, mut stop: watch::Receiver<bo
                 Ok(n) => tracing::info!(tokens = n, "purged expired tokens"),
                 Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),
             },
+        }
+    }
+}
+
+/// Seals custom data again with the current data key, at start and then
+/// every [`RESEAL_EVERY`].
+async fn reseal(lookup: Arc<TokenLookup>, mut stop: watch::Receiver<bool>) {
+    let holder = crate::crypto::Random::default().grant_id();
+    let mut every = tokio::time::interval(RESEAL_EVERY);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = every.tick() => {
+                if let Err(e) = crate::lookup::reseal::reseal_stale(&lookup, &holder).await {
+                    tracing::warn!(error = %e, "sealing custom data again failed; retrying later");
+                }
+            }
         }
     }
 }

@@ -707,3 +707,112 @@ exchange_from = ["ap"]
         line_of(&text, "exchange_from"),
     );
 }
+
+#[test]
+fn a_data_key_file_that_others_may_read_is_refused_by_check_and_serve() {
+    use std::os::unix::fs::PermissionsExt;
+    let text = serve_config(0).replace(
+        &format!("data_key = \"{DATA_KEY}\""),
+        "data_key_file = \"refgate.key\"",
+    );
+    let (dir, path) = write_config(&text);
+    let key_path = dir.path().join("refgate.key");
+    std::fs::write(&key_path, format!("{DATA_KEY}\n")).expect("write key");
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+    let output = check(&path);
+    let errors = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{errors}");
+    assert_problem(
+        &errors,
+        &path,
+        "store.data_key_file",
+        line_of(&text, "data_key_file"),
+    );
+    let fix = format!("chmod 600 {}", key_path.display());
+    assert!(errors.contains(&fix), "{errors}");
+    assert!(!errors.contains(DATA_KEY), "the key was echoed: {errors}");
+
+    let output = run(refgate()
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null()));
+    let log = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(log.contains(&fix), "{log}");
+    assert!(!log.contains("listening"), "{log}");
+
+    // Group-readable is refused too; owner-only is fine.
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    assert_eq!(check(&path).status.code(), Some(1));
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let output = check(&path);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn check_reports_previous_data_keys_that_are_not_keys_or_not_set() {
+    let variable = format!("REFGATE_TEST_UNSET_PREVIOUS_{}", std::process::id());
+    let short = STANDARD.encode([7u8; 16]);
+    let other = STANDARD.encode([9u8; 32]);
+    let text = config_text("").replace(
+        &format!("data_key = \"{DATA_KEY}\""),
+        &format!(
+            "data_key = \"{DATA_KEY}\"\nprevious_data_keys = [\n  \"{other}\",\n  \"{short}\",\n]\n\
+             previous_data_keys_env = [\"{variable}\"]"
+        ),
+    );
+    let (_dir, path) = write_config(&text);
+
+    let output = run(refgate()
+        .env_remove(&variable)
+        .arg("check")
+        .arg("--config")
+        .arg(&path));
+    let errors = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{errors}");
+    assert_problem(
+        &errors,
+        &path,
+        "store.previous_data_keys[1]",
+        line_of(&text, &format!("\"{short}\"")),
+    );
+    assert_problem(
+        &errors,
+        &path,
+        "store.previous_data_keys_env[0]",
+        line_of(&text, "previous_data_keys_env"),
+    );
+    assert!(errors.contains(&variable), "{errors}");
+    assert!(!errors.contains("previous_data_keys[0]"), "{errors}");
+    assert!(!errors.contains(&short), "the key was echoed: {errors}");
+
+    // The variable holding something that is not a key: refused, not echoed.
+    let output = run(refgate()
+        .env(&variable, "not-a-key-but-secret-material")
+        .arg("check")
+        .arg("--config")
+        .arg(&path));
+    let errors = stderr(&output);
+    assert_problem(
+        &errors,
+        &path,
+        "store.previous_data_keys_env[0]",
+        line_of(&text, "previous_data_keys_env"),
+    );
+    assert!(
+        !errors.contains("not-a-key-but-secret-material"),
+        "{errors}"
+    );
+
+    // Valid keys everywhere: accepted.
+    let fixed = text.replace(&format!("  \"{short}\",\n"), "");
+    std::fs::write(&path, &fixed).expect("write config");
+    let output = run(refgate()
+        .env(&variable, DATA_KEY)
+        .arg("check")
+        .arg("--config")
+        .arg(&path));
+    assert!(output.status.success(), "{}", stderr(&output));
+}

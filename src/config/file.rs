@@ -45,6 +45,10 @@ pub struct Store {
     pub data_key_env: Option<String>,
     /// A file holding the base64 key; created with a fresh key when missing.
     pub data_key_file: Option<String>,
+    /// Older data keys that still open sealed data during a rotation.
+    pub previous_data_keys: Option<Vec<String>>,
+    /// Names of environment variables holding older data keys.
+    pub previous_data_keys_env: Option<Vec<String>>,
     /// Upper bound of the store's connection pool.
     pub max_connections: Option<u32>,
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::crypto::{DataKey, SecretHash};
+use crate::crypto::{DataKeys, SecretHash};
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -58,7 +58,8 @@ pub enum StoreUrl {
 #[derive(Debug)]
 pub struct StoreConfig {
     pub url: StoreUrl,
-    pub data_key: Arc<DataKey>,
+    /// The current data key and the previous ones (a rotation).
+    pub data_keys: Arc<DataKeys>,
     pub max_connections: u32,
 }
 

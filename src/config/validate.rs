@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::file;
 use super::*;
-use crate::crypto::{DataKey, Random, SecretHash};
+use crate::crypto::{DataKey, DataKeys, Random, SecretHash};
 
 /// Problems found, as (key path, message).
 type Problems = Vec<(String, String)>;
@@ -201,7 +201,7 @@ fn store_config(c: &mut Checker<'_>, s: &file::Store) -> Option<StoreConfig> {
     };
     let key = match encoded {
         Some(text) => match DataKey::from_base64(&text) {
-            Some(k) => Some(Arc::new(k)),
+            Some(k) => Some(k),
             None => {
                 c.report(
                     key_name,
@@ -211,6 +211,15 @@ fn store_config(c: &mut Checker<'_>, s: &file::Store) -> Option<StoreConfig> {
             }
         },
         None => None,
+    };
+    let previous = previous_data_keys(c, s);
+    let data_keys = match (key, previous) {
+        (Some(current), Some(mut previous)) => {
+            // The current key listed again changes nothing.
+            previous.retain(|p| p.id() != current.id());
+            Some(Arc::new(DataKeys::new(current, previous)))
+        }
+        _ => None,
     };
     let max_connections = match s.max_connections {
         Some(0) => {
@@ -222,7 +231,7 @@ fn store_config(c: &mut Checker<'_>, s: &file::Store) -> Option<StoreConfig> {
     };
     Some(StoreConfig {
         url: url?,
-        data_key: key?,
+        data_keys: data_keys?,
         max_connections,
     })
 }
@@ -231,7 +240,7 @@ fn store_config(c: &mut Checker<'_>, s: &file::Store) -> Option<StoreConfig> {
 /// writes a fresh key readable by the owner only.
 fn data_key_file(c: &mut Checker<'_>, path: &Path, data_exists: bool) -> Option<String> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Some(text),
+        Ok(text) => check_private(c, path).then_some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && data_exists => {
             c.report(
                 "store.data_key_file",
@@ -270,11 +279,77 @@ fn data_key_file(c: &mut Checker<'_>, path: &Path, data_exists: bool) -> Option<
     }
 }
 
+/// The older keys of a rotation, inline and from the environment; `None`
+/// when one of them is not a key (each is reported by its index).
+fn previous_data_keys(c: &mut Checker<'_>, s: &file::Store) -> Option<Vec<DataKey>> {
+    let mut keys = Vec::new();
+    let mut all_valid = true;
+    let not_a_key = "not standard base64 of exactly 32 bytes (see `refgate key generate`)";
+    for (i, text) in s.previous_data_keys.iter().flatten().enumerate() {
+        match DataKey::from_base64(text) {
+            Some(k) => keys.push(k),
+            None => {
+                c.report(format!("store.previous_data_keys[{i}]"), not_a_key);
+                all_valid = false;
+            }
+        }
+    }
+    for (i, name) in s.previous_data_keys_env.iter().flatten().enumerate() {
+        let key_name = format!("store.previous_data_keys_env[{i}]");
+        match c.env_secret(&key_name, name) {
+            Some(text) => match DataKey::from_base64(&text) {
+                Some(k) => keys.push(k),
+                None => {
+                    c.report(
+                        key_name,
+                        format!("environment variable `{name}` is {not_a_key}"),
+                    );
+                    all_valid = false;
+                }
+            },
+            None => all_valid = false,
+        }
+    }
+    all_valid.then_some(keys)
+}
+
+/// Refuses a key file that group or others may read or write: the data key
+/// opens every grant's custom data.
+fn check_private(c: &mut Checker<'_>, path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match std::fs::metadata(path) {
+        Ok(m) => m.permissions().mode() & 0o777,
+        Err(e) => {
+            c.report(
+                "store.data_key_file",
+                format!("cannot read `{}`: {e}", path.display()),
+            );
+            return false;
+        }
+    };
+    if mode & 0o077 != 0 {
+        c.report(
+            "store.data_key_file",
+            format!(
+                "`{path}` is accessible by group or others (mode {mode:04o}); the data key \
+                 must be readable by refgate's user only: run `chmod 600 {path}`",
+                path = path.display()
+            ),
+        );
+        return false;
+    }
+    true
+}
+
 fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // Owner only, like the SQLite directory it usually shares.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -298,10 +298,11 @@ impl Refresher {
             .map_err(|e| unavailable(&e))?
             .filter(|g| !g.revoked)
             .ok_or(GatewayError::InvalidToken)?;
+        // Unreadable custom data (logged): the grant counts as inactive.
         let custom = self
             .lookup
             .open_custom(&record)
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|_| GatewayError::InvalidToken)?;
         Ok(crate::credential::stored(&custom, name))
     }
 

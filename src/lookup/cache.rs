@@ -484,7 +484,9 @@ mod tests {
                     loads.fetch_add(1, Ordering::SeqCst);
                     async {
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        Err::<Option<Value>, _>(LookupError::Sealed)
+                        Err::<Option<Value>, _>(LookupError::from(
+                            crate::store::StoreError::Unavailable("down".into()),
+                        ))
                     }
                 })
                 .await

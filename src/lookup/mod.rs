@@ -4,7 +4,8 @@
 //! - `grant`: the compact view of a grant that lookups return and the cache
 //!   keeps ([`Grant`]);
 //! - `cache`: the bounded token cache with its deadlines, coalesced misses
-//!   and invalidation fences.
+//!   and invalidation fences;
+//! - [`reseal`]: keeps sealed custom data on the current data key.
 //!
 //! A lookup of a token reads its handle and its grant in one store call and
 //! caches both in one entry. Changes made through this process invalidate
@@ -13,6 +14,7 @@
 
 mod cache;
 mod grant;
+pub mod reseal;
 
 use std::sync::Arc;
 
@@ -20,8 +22,10 @@ pub use cache::CacheSettings;
 pub use grant::{Grant, Scopes};
 
 use crate::credential::Credentials;
-use crate::crypto::{hash_token, token_kind, DataKey, TokenHash, TokenKind};
-use crate::store::{GrantRecord, Store, StoreError, TokenRecord, UnixTime};
+use crate::crypto::{hash_token, token_kind, DataKeys, OpenError, TokenHash, TokenKind};
+use crate::store::{
+    GrantChange, GrantRecord, GrantUpdate, Store, StoreError, TokenRecord, UnixTime,
+};
 use cache::{Cacheable, TokenCache};
 use grant::Interner;
 
@@ -89,8 +93,31 @@ impl Cacheable for Cached {
 pub enum LookupError {
     #[error(transparent)]
     Store(Arc<StoreError>),
-    #[error("a grant's custom data could not be opened")]
-    Sealed,
+}
+
+/// A grant whose custom data does not open: sealed with a data key that is
+/// not configured, altered, or rolled back to an older version's blob.
+/// Such a grant is treated as inactive everywhere; its data is never shown.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the custom data of grant {grant_id} cannot be read: {why}")]
+pub struct Unreadable {
+    pub grant_id: String,
+    why: String,
+}
+
+impl Unreadable {
+    fn new(grant_id: &str, why: impl std::fmt::Display) -> Self {
+        let unreadable = Unreadable {
+            grant_id: grant_id.to_string(),
+            why: why.to_string(),
+        };
+        tracing::error!(
+            grant = grant_id,
+            reason = %unreadable.why,
+            "custom data cannot be read; the grant is treated as inactive"
+        );
+        unreadable
+    }
 }
 
 impl From<StoreError> for LookupError {
@@ -110,16 +137,16 @@ pub fn now() -> UnixTime {
 /// Looks tokens up, through the cache.
 pub struct TokenLookup {
     store: Arc<dyn Store>,
-    data_key: Arc<DataKey>,
+    data_keys: Arc<DataKeys>,
     cache: TokenCache<Cached>,
     interner: Interner,
 }
 
 impl TokenLookup {
-    pub fn new(store: Arc<dyn Store>, data_key: Arc<DataKey>, settings: &CacheSettings) -> Self {
+    pub fn new(store: Arc<dyn Store>, data_keys: Arc<DataKeys>, settings: &CacheSettings) -> Self {
         TokenLookup {
             store,
-            data_key,
+            data_keys,
             cache: TokenCache::new(settings),
             interner: Interner::default(),
         }
@@ -129,22 +156,20 @@ impl TokenLookup {
         &self.store
     }
 
-    pub fn data_key(&self) -> &Arc<DataKey> {
-        &self.data_key
+    pub fn data_keys(&self) -> &Arc<DataKeys> {
+        &self.data_keys
     }
 
     /// Opens a stored grant into the lookup view: checks that its custom
-    /// data opens with the data key and prepares the downstream credentials
-    /// in it.
-    pub fn open_grant(&self, record: GrantRecord) -> Result<Grant, LookupError> {
+    /// data opens with the data keys and prepares the downstream
+    /// credentials in it.
+    pub fn open_grant(&self, record: GrantRecord) -> Result<Grant, Unreadable> {
         let credentials = match &record.custom_sealed {
             None => Credentials::default(),
             Some(sealed) => {
-                let plain = self
-                    .data_key
-                    .open(&record.id, sealed)
-                    .map_err(|_| LookupError::Sealed)?;
-                Credentials::from_json(&plain).ok_or(LookupError::Sealed)?
+                let plain = self.open_sealed(&record.id, record.version, sealed)?;
+                Credentials::from_json(&plain)
+                    .ok_or_else(|| Unreadable::new(&record.id, "not a JSON object"))?
             }
         };
         Ok(Grant::new(record, credentials, &self.interner))
@@ -155,31 +180,84 @@ impl TokenLookup {
     pub fn open_custom(
         &self,
         record: &GrantRecord,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, LookupError> {
+    ) -> Result<serde_json::Map<String, serde_json::Value>, Unreadable> {
         let Some(sealed) = record.custom_sealed.as_deref() else {
             return Ok(serde_json::Map::new());
         };
-        let plain = self
-            .data_key
-            .open(&record.id, sealed)
-            .map_err(|_| LookupError::Sealed)?;
+        let plain = self.open_sealed(&record.id, record.version, sealed)?;
         match serde_json::from_slice(&plain) {
             Ok(serde_json::Value::Object(map)) => Ok(map),
-            _ => Err(LookupError::Sealed),
+            _ => Err(Unreadable::new(&record.id, "not a JSON object")),
         }
     }
 
-    /// Seals custom data for storage; `None` for an empty object.
+    fn open_sealed(
+        &self,
+        grant_id: &str,
+        version: i64,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, Unreadable> {
+        self.data_keys
+            .open(grant_id, version, sealed)
+            .map(|opened| opened.plain)
+            .map_err(|e: OpenError| Unreadable::new(grant_id, e))
+    }
+
+    /// Seals custom data for storage in grant `grant_id` at `version`;
+    /// `None` for an empty object.
     pub fn seal_custom(
         &self,
         grant_id: &str,
+        version: i64,
         custom: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<Vec<u8>> {
         if custom.is_empty() {
             return None;
         }
         let plain = serde_json::to_vec(custom).expect("a JSON map always serializes");
-        Some(self.data_key.seal(grant_id, &plain))
+        Some(self.data_keys.seal(grant_id, version, &plain))
+    }
+
+    /// The custom data of `record` sealed again for the version that a
+    /// write at `record.version` gives the grant. Sealed blobs are bound to
+    /// their grant's version, so every write that bumps the version and
+    /// leaves the custom data as it is must carry this (see
+    /// [`TokenLookup::update_grant`]). `None`: the grant has no custom data.
+    pub fn reseal_for_next_version(
+        &self,
+        record: &GrantRecord,
+    ) -> Result<Option<Vec<u8>>, Unreadable> {
+        let Some(sealed) = record.custom_sealed.as_deref() else {
+            return Ok(None);
+        };
+        let plain = self.open_sealed(&record.id, record.version, sealed)?;
+        Ok(Some(self.data_keys.seal(
+            &record.id,
+            record.version + 1,
+            &plain,
+        )))
+    }
+
+    /// Applies `change` to the grant `record` describes, if it is still at
+    /// `record.version`. A change that leaves the custom data alone carries
+    /// it sealed again for the new version, read from `record`: the
+    /// compare-and-set on the version guarantees it is still the stored one.
+    pub async fn update_grant(
+        &self,
+        record: &GrantRecord,
+        mut change: GrantChange,
+    ) -> Result<Result<GrantUpdate, Unreadable>, StoreError> {
+        if change.custom_sealed.is_none() {
+            match self.reseal_for_next_version(record) {
+                Ok(None) => {}
+                Ok(Some(resealed)) => change.custom_sealed = Some(Some(resealed)),
+                Err(unreadable) => return Ok(Err(unreadable)),
+            }
+        }
+        self.store
+            .update_grant(&record.id, record.version, &change)
+            .await
+            .map(Ok)
     }
 
     /// Finds an active token of any kind. `Ok(None)` means inactive: unknown,
@@ -220,10 +298,10 @@ impl TokenLookup {
     }
 
     /// Loads a grant from the store, bypassing the cache; `None` when it is
-    /// revoked or gone.
+    /// revoked, gone or unreadable.
     pub async fn find_grant_fresh(&self, id: &str) -> Result<Option<Arc<Grant>>, LookupError> {
         match self.store.find_grant(id).await? {
-            Some(record) if !record.revoked => Ok(Some(Arc::new(self.open_grant(record)?))),
+            Some(record) if !record.revoked => Ok(self.open_grant(record).ok().map(Arc::new)),
             _ => Ok(None),
         }
     }
@@ -235,6 +313,9 @@ impl TokenLookup {
         if !is_active(&token, &grant) {
             return Ok(None);
         }
+        let Ok(grant) = self.open_grant(grant) else {
+            return Ok(None);
+        };
         Ok(Some(Cached {
             token: TokenState {
                 kind: token.kind,
@@ -242,7 +323,7 @@ impl TokenLookup {
                 issued_at: token.issued_at,
                 expires_at: token.expires_at,
             },
-            grant: Arc::new(self.open_grant(grant)?),
+            grant: Arc::new(grant),
         }))
     }
 

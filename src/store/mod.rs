@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::StoreUrl;
-use crate::crypto::{TokenHash, TokenKind};
+use crate::crypto::{KeyId, TokenHash, TokenKind};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -124,6 +124,14 @@ pub struct GrantChange {
     pub reset_token_scopes: Option<TokenHash>,
 }
 
+/// A grant's sealed custom data as stored, for sealing it again.
+#[derive(Debug, Clone)]
+pub struct SealedCustom {
+    pub grant_id: String,
+    pub version: i64,
+    pub sealed: Vec<u8>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
@@ -182,12 +190,38 @@ pub trait Store: Send + Sync + 'static {
     async fn grant_expiry(&self, id: &str, now: UnixTime) -> Result<Option<UnixTime>, StoreError>;
 
     /// Applies `change` if the grant is at `expected_version`, bumping it.
+    /// Sealed custom data is bound to the version: a change that keeps the
+    /// custom data must carry it sealed again for the new version, which
+    /// [`crate::lookup::TokenLookup::update_grant`] does.
     async fn update_grant(
         &self,
         id: &str,
         expected_version: i64,
         change: &GrantChange,
     ) -> Result<GrantUpdate, StoreError>;
+
+    /// Live (not revoked) grants whose sealed custom data does not start
+    /// with `header`, with ids after `after`, in id order, at most `limit`.
+    async fn sealed_otherwise(
+        &self,
+        header: &[u8],
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<SealedCustom>, StoreError>;
+
+    /// Replaces a grant's sealed custom data with `resealed` (the same data
+    /// sealed again) if it is still `current.sealed` at `current.version`
+    /// and the grant is live. The version stays as it is. Returns whether
+    /// it was replaced.
+    async fn reseal_custom(
+        &self,
+        current: &SealedCustom,
+        resealed: &[u8],
+    ) -> Result<bool, StoreError>;
+
+    /// How many live grants hold custom data, by the key id their blob
+    /// names (`None`: sealed before blobs named their key).
+    async fn count_sealed_by_key(&self) -> Result<Vec<(Option<KeyId>, u64)>, StoreError>;
 
     /// Takes the lease `key` for `holder` until `until`, unless another
     /// holder has it past `now`. Returns whether `holder` holds it now.
@@ -254,6 +288,15 @@ pub async fn open(url: &StoreUrl, max_connections: u32) -> Result<Arc<dyn Store>
             PostgresStore::open(url.expose(), max_connections).await?,
         )),
     }
+}
+
+/// The key id named by the first bytes of a blob, as the stores' survey
+/// queries return them: the format byte and, for a blob that names its
+/// key, the key id.
+pub(crate) fn key_id_column(bytes: Option<Vec<u8>>) -> Option<KeyId> {
+    let bytes = bytes?;
+    let id: [u8; crate::crypto::KEY_ID_LEN] = bytes.as_slice().try_into().ok()?;
+    Some(KeyId(id))
 }
 
 /// Joins scopes for storage.

@@ -32,7 +32,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Tran
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::crypto::TokenHash;
+use crate::crypto::{KeyId, TokenHash};
 
 /// Migrations in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -95,6 +95,55 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Creates a missing directory (and its parents) readable by the owner only.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// The store's files hold token hashes and sealed data: owner only (0600).
+/// A missing database file is created so, before SQLite opens it, and
+/// SQLite gives its `-wal` and `-shm` files the database file's mode. Files
+/// of an existing store that group or others may read are narrowed.
+fn make_files_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let name = path.as_os_str().to_owned();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = name.clone();
+        file.push(suffix);
+        let file = PathBuf::from(file);
+        let mode = match std::fs::metadata(&file) {
+            Ok(m) => m.permissions().mode() & 0o777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))?;
+            tracing::warn!(
+                file = %file.display(),
+                "the store file was readable by group or others (mode {mode:04o}); now owner only"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let done: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -113,10 +162,16 @@ impl SqliteStore {
             let path = path.clone();
             move || -> Result<_, StoreError> {
                 if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| {
+                    create_private_dir(parent).map_err(|e| {
                         unavailable(format!("cannot create `{}`: {e}", parent.display()))
                     })?;
                 }
+                make_files_private(&path).map_err(|e| {
+                    unavailable(format!(
+                        "cannot restrict `{}` to its owner: {e}",
+                        path.display()
+                    ))
+                })?;
                 let mut writer = open_writer(&path)
                     .map_err(|e| unavailable(format!("cannot open `{}`: {e}", path.display())))?;
                 migrate(&mut writer).map_err(|e| unavailable(format!("migration failed: {e}")))?;
@@ -826,6 +881,76 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn sealed_otherwise(
+        &self,
+        header: &[u8],
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<SealedCustom>, StoreError> {
+        let (header, after) = (header.to_vec(), after.to_string());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, version, custom FROM grants \
+                 WHERE revoked = 0 AND custom IS NOT NULL AND substr(custom, 1, ?2) <> ?1 \
+                 AND id > ?3 ORDER BY id LIMIT ?4",
+            )?
+            .query_map(params![header, header.len() as i64, after, limit], |row| {
+                Ok(SealedCustom {
+                    grant_id: row.get(0)?,
+                    version: row.get(1)?,
+                    sealed: row.get(2)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn reseal_custom(
+        &self,
+        current: &SealedCustom,
+        resealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let (current, resealed) = (current.clone(), resealed.to_vec());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE grants SET custom = ?4 \
+                 WHERE id = ?1 AND version = ?2 AND custom = ?3 AND revoked = 0",
+            )?
+            .execute(params![
+                current.grant_id,
+                current.version,
+                current.sealed,
+                resealed
+            ])
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn count_sealed_by_key(&self) -> Result<Vec<(Option<KeyId>, u64)>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT CASE WHEN substr(custom, 1, 1) = ?1 THEN substr(custom, 2, ?2) END AS k, \
+                 count(*) FROM grants WHERE revoked = 0 AND custom IS NOT NULL GROUP BY k",
+            )?
+            .query_map(
+                params![
+                    &[crate::crypto::SEAL_FORMAT_NAMED][..],
+                    crate::crypto::KEY_ID_LEN as i64
+                ],
+                |row| {
+                    Ok((
+                        key_id_column(row.get(0)?),
+                        row.get::<_, i64>(1)?.max(0) as u64,
+                    ))
+                },
+            )?
+            .collect()
+        })
+        .await
+    }
+
     async fn try_lease(
         &self,
         key: &str,
@@ -919,6 +1044,69 @@ mod tests {
     async fn open(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
         let store = SqliteStore::open(&dir.path().join("store.db"), 4).await;
         Arc::new(store.expect("the store opens on a fresh file"))
+    }
+
+    #[tokio::test]
+    async fn sealing_again_replaces_only_the_blob_that_was_read_and_keeps_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let current = [2u8, 1, 1, 1, 1, 1, 1, 1, 1];
+        for (id, blob) in [
+            ("a-old-key", vec![2u8, 9, 9, 9, 9, 9, 9, 9, 9, 0xaa]),
+            ("b-current", [&current[..], &[0xbb]].concat()),
+            ("c-unnamed", vec![1u8, 0xcc]),
+            ("d-changed", vec![2u8, 9, 9, 9, 9, 9, 9, 9, 9, 0xdd]),
+        ] {
+            let mut g = grant(id);
+            g.custom_sealed = Some(blob);
+            store.create_grant(&g, &[access(id)]).await.unwrap();
+        }
+        let mut counts = store.count_sealed_by_key().await.unwrap();
+        counts.sort_by_key(|(id, _)| id.map(|k| k.0));
+        assert_eq!(
+            counts,
+            vec![
+                (None, 1),
+                (Some(KeyId([1; 8])), 1),
+                (Some(KeyId([9; 8])), 2)
+            ]
+        );
+
+        let stale = store.sealed_otherwise(&current, "", 10).await.unwrap();
+        let ids: Vec<&str> = stale.iter().map(|s| s.grant_id.as_str()).collect();
+        assert_eq!(ids, ["a-old-key", "c-unnamed", "d-changed"]);
+        let page = store
+            .sealed_otherwise(&current, "a-old-key", 1)
+            .await
+            .unwrap();
+        assert_eq!(page[0].grant_id, "c-unnamed", "pages follow the id order");
+
+        // `d` changes between the read and the write: its new blob stays.
+        let change = GrantChange {
+            custom_sealed: Some(Some(vec![2, 1, 1, 1, 1, 1, 1, 1, 1, 0xde])),
+            ..GrantChange::default()
+        };
+        assert_eq!(
+            store.update_grant("d-changed", 1, &change).await.unwrap(),
+            GrantUpdate::Updated(2)
+        );
+        store.revoke_grant("c-unnamed").await.unwrap();
+        let mut replaced = Vec::new();
+        for s in &stale {
+            let resealed = [&current[..], &[0x11]].concat();
+            replaced.push(store.reseal_custom(s, &resealed).await.unwrap());
+        }
+        assert_eq!(replaced, [true, false, false]);
+        let a = store.find_grant("a-old-key").await.unwrap().unwrap();
+        assert_eq!(a.version, 1, "the version stays");
+        assert_eq!(a.custom_sealed.unwrap()[..9], current);
+        let d = store.find_grant("d-changed").await.unwrap().unwrap();
+        assert_eq!(d.custom_sealed.unwrap().last(), Some(&0xde));
+        assert!(store
+            .sealed_otherwise(&current, "", 10)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     /// Keeps the writer thread busy inside a write until `release` is used,

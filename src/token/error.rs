@@ -117,10 +117,6 @@ impl From<LookupError> for OAuthError {
                     "the token store is unavailable; retry shortly",
                 )
             }
-            LookupError::Sealed => {
-                tracing::error!("a grant's custom data could not be opened: wrong data key?");
-                Self::server_error("a stored record could not be read")
-            }
         }
     }
 }

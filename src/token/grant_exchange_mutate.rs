@@ -57,19 +57,22 @@ pub async fn grant(
         reset_token_scopes: Some(active.hash),
     };
     let store = service.lookup.store();
-    let mut version = active.grant.version;
     let mut updated = false;
     for _ in 0..CAS_ATTEMPTS {
-        match store
-            .update_grant(&active.grant.id, version, &change)
-            .await?
-        {
-            GrantUpdate::Updated(_) => {
+        // The record, not the cached view: the write carries the grant's
+        // custom data sealed again for the version it bumps to.
+        let record = match store.find_grant(&active.grant.id).await? {
+            Some(record) if !record.revoked => record,
+            _ => return Err(inactive()),
+        };
+        match service.lookup.update_grant(&record, change.clone()).await? {
+            Ok(GrantUpdate::Updated(_)) => {
                 updated = true;
                 break;
             }
-            GrantUpdate::Conflict(current) => version = current,
-            GrantUpdate::Gone => return Err(inactive()),
+            Ok(GrantUpdate::Conflict(_)) => continue,
+            // Unreadable custom data (logged): the grant counts as inactive.
+            Ok(GrantUpdate::Gone) | Err(_) => return Err(inactive()),
         }
     }
     service.notify_grant_changed(&active.grant.id).await;

@@ -55,11 +55,16 @@ async fn introspect(service: &TokenService, request: Request<Body>) -> Result<Va
     let custom = if client.reveal_custom {
         // Custom data is not cached: read it, with its version, from the
         // grant's record.
+        // Unreadable custom data (logged) makes the token inactive: a
+        // caller never sees data that did not open for this version.
         match service.lookup.store().find_grant(&active.grant.id).await? {
-            Some(record) if !record.revoked => Some(Revealed {
-                custom: service.lookup.open_custom(&record)?,
-                version: record.version,
-            }),
+            Some(record) if !record.revoked => match service.lookup.open_custom(&record) {
+                Ok(custom) => Some(Revealed {
+                    custom,
+                    version: record.version,
+                }),
+                Err(_) => return Ok(inactive),
+            },
             _ => return Ok(inactive),
         }
     } else {

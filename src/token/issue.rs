@@ -115,8 +115,9 @@ impl TokenService {
                 });
                 token
             });
+        // A new grant starts at version 1; its custom data is sealed for it.
         let record = GrantRecord {
-            custom_sealed: self.lookup.seal_custom(&grant_id, &grant.custom),
+            custom_sealed: self.lookup.seal_custom(&grant_id, 1, &grant.custom),
             id: grant_id,
             client_id: client.id.clone(),
             subject: grant.subject,

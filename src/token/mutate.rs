@@ -141,7 +141,10 @@ async fn apply_patch(
             }
         }
         let version = record.version;
-        let before = service.lookup.open_custom(&record)?;
+        let Ok(before) = service.lookup.open_custom(&record) else {
+            // Unreadable custom data (logged): the grant counts as inactive.
+            return Err(gone());
+        };
         let mut merged = Value::Object(before.clone());
         json_patch::merge(&mut merged, patch);
         let Value::Object(merged) = merged else {
@@ -163,7 +166,8 @@ async fn apply_patch(
             ));
         }
         let change = GrantChange {
-            custom_sealed: Some(service.lookup.seal_custom(grant_id, &merged)),
+            // Sealed for the version this write gives the grant.
+            custom_sealed: Some(service.lookup.seal_custom(grant_id, version + 1, &merged)),
             ..GrantChange::default()
         };
         match store.update_grant(grant_id, version, &change).await? {

@@ -648,7 +648,8 @@ pub async fn plant_custom(server: &Refgate, token: &str, custom: serde_json::Val
         max_ttl: Duration::from_secs(1),
         negative_ttl: Duration::from_secs(1),
     };
-    let lookup = TokenLookup::new(store.clone(), std::sync::Arc::new(key), &settings);
+    let keys = refgate::crypto::DataKeys::new(key, Vec::new());
+    let lookup = TokenLookup::new(store.clone(), std::sync::Arc::new(keys), &settings);
     let (_, grant) = store
         .find_token(&refgate::crypto::hash_token(token))
         .await
@@ -658,7 +659,8 @@ pub async fn plant_custom(server: &Refgate, token: &str, custom: serde_json::Val
         panic!("custom data is an object");
     };
     let change = GrantChange {
-        custom_sealed: Some(lookup.seal_custom(&grant.id, &custom)),
+        // Sealed for the version this write gives the grant.
+        custom_sealed: Some(lookup.seal_custom(&grant.id, grant.version + 1, &custom)),
         ..GrantChange::default()
     };
     let updated = store

@@ -242,9 +242,13 @@ pub fn proxy_server_conf() -> ServerConf {
 }
 
 /// The proxy listener's HTTP options: HTTP/1.1 and h2c on one port.
+/// CONNECT is let through to the gateway's own filter, which refuses it
+/// with the JSON error every other refusal has (pingora's own refusal has
+/// an empty body).
 pub fn proxy_server_options() -> pingora::apps::HttpServerOptions {
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2c = true;
+    options.allow_connect_method_proxying = true;
     options
 }
 

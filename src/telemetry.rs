@@ -2,7 +2,12 @@
 //! filtered by `RUST_LOG`, default `info`) and the gateway's Prometheus
 //! metrics.
 
-use tracing_subscriber::EnvFilter;
+use std::fmt;
+
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,11 +28,93 @@ pub fn init(format: LogFormat) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.finish().with(PingoraLogs).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(PingoraLogs)
+            .try_init(),
     };
     if let Err(e) = result {
         eprintln!("logging was already initialised: {e}");
+    }
+}
+
+/// What pingora may log, whatever `RUST_LOG` says.
+///
+/// - Nothing below `info`: at `debug` and `trace` pingora logs request and
+///   response headers (the upstream `Authorization` among them) and bodies.
+/// - Not `failed to acquire reusable stream`: logged at `error` when a
+///   request on one thread takes an idle upstream connection whose idle
+///   watch, on another thread, has released its lock but not yet its
+///   reference. The connection is closed and a new one opened; the client
+///   sees nothing. An operator's error log should not fill with it.
+struct PingoraLogs;
+
+/// pingora's crates log under their own names (`pingora_core::…`).
+fn is_pingora(target: &str) -> bool {
+    target.starts_with("pingora")
+}
+
+const POOL_RACE: &str = "failed to acquire reusable stream";
+
+impl<S: Subscriber> Layer<S> for PingoraLogs {
+    fn enabled(&self, metadata: &Metadata<'_>, _: Context<'_, S>) -> bool {
+        !is_pingora(metadata.target()) || *metadata.level() <= Level::INFO
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        let metadata = event.metadata();
+        if metadata.target() != "pingora_core::connectors" {
+            return true;
+        }
+        let mut message = MessageIs(POOL_RACE, false);
+        event.record(&mut message);
+        !message.1
+    }
+}
+
+/// Whether an event's message is a given text.
+struct MessageIs(&'static str, bool);
+
+impl tracing::field::Visit for MessageIs {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.1 = format!("{value:?}") == self.0;
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.1 = value == self.0;
+        }
+    }
+}
+
+/// A value from outside refgate's configuration (a credential's authority
+/// name, an authority's error text) as it is safe to write into a text log
+/// line: control characters (newlines, ANSI escapes) escaped, so the value
+/// cannot end the line or forge another one. JSON logs escape by
+/// themselves.
+pub struct Untrusted<'a>(pub &'a str);
+
+impl fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        for c in self.0.chars() {
+            // Controls, the escape character itself, and what reorders or
+            // breaks lines on a terminal.
+            let unsafe_char = c.is_control()
+                || c == '\\'
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if unsafe_char {
+                write!(f, "{}", c.escape_unicode())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 

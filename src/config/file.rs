@@ -69,6 +69,9 @@ pub struct Gateway {
     pub authority_timeout: Option<String>,
     /// Timeout to connect to an upstream.
     pub upstream_connect_timeout: Option<String>,
+    /// Least time between two refreshes of one credential that upstream
+    /// 401s trigger.
+    pub min_refresh_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +129,9 @@ pub struct Route {
     pub ca_file: Option<String>,
     pub auth: Option<String>,
     pub exchange: Option<RouteExchange>,
+    /// Send the client's `Host` upstream instead of the upstream's own.
+    #[serde(default)]
+    pub preserve_host: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -79,6 +79,8 @@ pub struct GatewaySettings {
     pub ca_file: Option<PathBuf>,
     pub authority_timeout: Duration,
     pub upstream_connect_timeout: Duration,
+    /// At most one upstream-401-triggered refresh per credential this often.
+    pub min_refresh_interval: Duration,
 }
 
 /// The grant types refgate implements.
@@ -185,6 +187,8 @@ pub struct Route {
     pub required_scopes: Vec<String>,
     pub access: RouteAccess,
     pub ca_file: Option<PathBuf>,
+    /// Send the client's `Host` upstream (default: the upstream's authority).
+    pub preserve_host: bool,
 }
 
 /// What a route does with the inbound token.
@@ -383,7 +387,12 @@ fn first_line(message: &str) -> String {
 
 /// Parses a duration written as `"90s"`, `"15m"`, `"1h"` or `"30d"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{:?} has whitespace or control characters; write a duration such as \"90s\"",
+            text
+        ));
+    }
     let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &text[digits.len()..];
     let value: u64 = digits.parse().map_err(|_| {
@@ -424,6 +433,8 @@ mod tests {
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("99999999999d").is_err());
+        assert!(parse_duration("30d\n").is_err());
+        assert!(parse_duration(" 30d").is_err());
     }
 
     #[test]

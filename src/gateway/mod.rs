@@ -23,6 +23,7 @@ use crate::config::Config;
 pub use errors::GatewayError;
 pub use proxy::{Drain, Gateway};
 pub use refresh::Refresher;
+pub use routing::route_path;
 use routing::{RouteEntry, RouteTable};
 
 /// The configuration the proxy serves with, prepared: routes ordered for

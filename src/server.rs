@@ -16,7 +16,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::gateway::{Drain, Gateway, GatewayState, Refresher};
+use crate::gateway::{Drain, Gateway, GatewayState, ProxyListener, Refresher};
 use crate::lookup::{now, CacheSettings, TokenLookup};
 use crate::reload::Reloader;
 use crate::telemetry::Metrics;
@@ -187,18 +187,24 @@ fn run_proxy(
     let mut server = Server::new_with_opt_and_conf(None, proxy_server_conf());
     server.bootstrap();
     let drain = Arc::new(Drain::default());
-    let gateway = Gateway::new(
-        parts.gateway.clone(),
-        parts.lookup.clone(),
-        parts.refresher.clone(),
-        parts.metrics.clone(),
-        drain.clone(),
+    let proxy = |h2c: bool| {
+        let gateway = Gateway::new(
+            parts.gateway.clone(),
+            parts.lookup.clone(),
+            parts.refresher.clone(),
+            parts.metrics.clone(),
+            drain.clone(),
+        );
+        let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+        let mut options = proxy_server_options();
+        options.h2c = h2c;
+        proxy.server_options = Some(options);
+        proxy
+    };
+    let mut service = pingora::services::listening::Service::new(
+        "gateway".to_string(),
+        ProxyListener::new(proxy(false), proxy(true)),
     );
-    let mut service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
-    if let Some(logic) = service.app_logic_mut() {
-        logic.server_options = Some(proxy_server_options());
-    }
     let tls = parts.config.load().listen.tls.clone();
     match tls {
         Some(tls) => {
@@ -241,7 +247,8 @@ pub fn proxy_server_conf() -> ServerConf {
     }
 }
 
-/// The proxy listener's HTTP options: HTTP/1.1 and h2c on one port.
+/// The proxy listener's HTTP options: HTTP/1.1 and h2c on one port (the
+/// gateway's `ProxyListener` tells them apart before pingora sees them).
 /// CONNECT is let through to the gateway's own filter, which refuses it
 /// with the JSON error every other refusal has (pingora's own refusal has
 /// an empty body).

@@ -687,3 +687,42 @@ async fn nothing_secret_reaches_the_log_even_at_trace() {
         upstream.clear();
     }
 }
+
+// ---------------------------------------------------------------------------
+// HTTP/1 or h2c
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn requests_shorter_than_the_h2_preface_are_answered_and_a_split_preface_is_h2c() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream, "", "");
+    wait_for_proxy(&server).await;
+    let short = b"GET /open/ HTTP/1.0\r\n\r\n";
+    assert!(short.len() < 24);
+    let started = Instant::now();
+    let reply = send_raw(server.proxy_port, short).await.expect("answer");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // The preface in two writes: still HTTP/2, answered with SETTINGS.
+    let mut stream = TcpStream::connect(("127.0.0.1", server.proxy_port))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(b"\r\nSM\r\n\r\n").await.expect("write");
+    // An empty SETTINGS frame.
+    stream
+        .write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0])
+        .await
+        .expect("write");
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut frame))
+        .await
+        .expect("an answer in time")
+        .expect("a frame");
+    assert_eq!(frame[3], 0x4, "not a SETTINGS frame: {frame:?}");
+}

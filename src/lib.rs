@@ -22,9 +22,12 @@
 //! - [`credential`]: downstream credentials stored in custom data;
 //! - [`reload`]: configuration reload on SIGHUP and file change;
 //! - [`server`]: wiring: open the store, bind listeners, run until shutdown;
+//! - [`connections`]: per listener, the connection limit and the deadline
+//!   to a first request head;
 //! - [`telemetry`]: logging and Prometheus metrics.
 
 pub mod config;
+pub mod connections;
 pub mod credential;
 pub mod crypto;
 pub mod gateway;

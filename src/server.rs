@@ -16,6 +16,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::connections::{Admission, Opening};
 use crate::gateway::{Drain, Gateway, GatewayState, ProxyListener, Refresher};
 use crate::lookup::{now, CacheSettings, TokenLookup};
 use crate::reload::Reloader;
@@ -28,10 +29,15 @@ const DRAIN: Duration = Duration::from_secs(5);
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// Expired tokens are kept this long before they are deleted.
 const PURGE_AFTER: i64 = 3600;
-/// Open connections one HTTP listener accepts.
-const MAX_CONNECTIONS: usize = 8192;
-/// Time a client has to send a complete request head.
+/// Time a client has to send a complete request head once it began one
+/// (the first one on a connection also within `request_head_timeout` of
+/// accept).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a proxy HTTP/2 connection may be idle, and how often the token
+/// service pings an HTTP/2 client (closing it after a ping goes unanswered
+/// for `H2_PING_TIMEOUT`).
+const H2_IDLE: Duration = Duration::from_secs(60);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs refgate until `shutdown` completes. Blocks the calling thread: keep
 /// `main` synchronous, since pingora and the control runtime are built here.
@@ -55,7 +61,18 @@ pub fn serve(
         .with_context(|| format!("cannot listen on {}", parts.listen.token_service))?;
     tracing::info!(address = %parts.listen.token_service, "token service listening");
     let app = crate::token::router(parts.tokens.clone());
-    let token_task = control.spawn(serve_http(token_listener, app, stop_rx.clone()));
+    let admission = || {
+        Admission::new(
+            parts.listen.max_connections,
+            parts.listen.request_head_timeout,
+        )
+    };
+    let token_task = control.spawn(serve_http(
+        token_listener,
+        app,
+        admission(),
+        stop_rx.clone(),
+    ));
 
     if let Some(addr) = parts.listen.metrics {
         let listener = control
@@ -70,7 +87,7 @@ pub fn serve(
                 async move { metrics.render() }
             }),
         );
-        control.spawn(serve_http(listener, app, stop_rx.clone()));
+        control.spawn(serve_http(listener, app, admission(), stop_rx.clone()));
     }
 
     control.spawn(purge(parts.lookup.store().clone(), stop_rx.clone()));
@@ -201,9 +218,13 @@ fn run_proxy(
         proxy.server_options = Some(options);
         proxy
     };
+    let admission = Admission::new(
+        parts.listen.max_connections,
+        parts.listen.request_head_timeout,
+    );
     let mut service = pingora::services::listening::Service::new(
         "gateway".to_string(),
-        ProxyListener::new(proxy(false), proxy(true)),
+        ProxyListener::new(proxy(false), proxy(true), admission),
     );
     let tls = parts.config.load().listen.tls.clone();
     match tls {
@@ -256,6 +277,7 @@ pub fn proxy_server_options() -> pingora::apps::HttpServerOptions {
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2c = true;
     options.allow_connect_method_proxying = true;
+    options.h2_idle_timeout = Some(H2_IDLE);
     options
 }
 
@@ -298,6 +320,7 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    admission: Arc<Admission>,
     mut stop: watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -305,7 +328,6 @@ async fn serve_http(
     use hyper_util::service::TowerToHyperService;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -316,7 +338,9 @@ async fn serve_http(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(64 * 1024)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(H2_IDLE))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     loop {
         let accepted = tokio::select! {
             _ = stopped(&mut stop) => break,
@@ -331,18 +355,23 @@ async fn serve_http(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!("too many connections; refusing one");
+        let Some(mut ticket) = admission.admit() else {
+            tracing::warn!("every connection is busy; refusing one");
             continue;
         };
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
+            use std::os::fd::AsFd;
+            if ticket.first_request(stream.as_fd()).await == Opening::Close {
+                return;
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let _ = watcher.watch(connection).await;
+            drop(ticket);
         });
     }
     if tokio::time::timeout(DRAIN, graceful.shutdown())

@@ -468,8 +468,8 @@ async fn repeated_upstream_401s_refresh_at_most_once_per_interval() {
 // Logs
 // ---------------------------------------------------------------------------
 
-/// refgate restarted on `server`'s configuration with `RUST_LOG=trace` and
-/// the given log format, logging to its own file.
+/// refgate restarted on `server`'s configuration with `RUST_LOG` and
+/// the log format given, logging to its own file.
 struct TraceRun {
     child: std::process::Child,
     log_path: std::path::PathBuf,
@@ -477,13 +477,17 @@ struct TraceRun {
 
 impl TraceRun {
     fn start(server: &mut Refgate, format: &str) -> Self {
+        Self::start_logging(server, format, "trace")
+    }
+
+    fn start_logging(server: &mut Refgate, format: &str, filter: &str) -> Self {
         server.stop();
         let log_path = server.dir.path().join(format!("trace-{format}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_refgate"))
             .args(["--log-format", format, "serve", "--config"])
             .arg(&server.config_path)
-            .env("RUST_LOG", "trace")
+            .env("RUST_LOG", filter)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -725,4 +729,96 @@ async fn requests_shorter_than_the_h2_preface_are_answered_and_a_split_preface_i
         .expect("an answer in time")
         .expect("a frame");
     assert_eq!(frame[3], 0x4, "not a SETTINGS frame: {frame:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Idle and slow connections
+// ---------------------------------------------------------------------------
+
+/// Opens `n` connections that send nothing.
+async fn idle_sockets(port: u16, n: usize) -> Vec<TcpStream> {
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        sockets.push(
+            TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect an idle socket"),
+        );
+    }
+    sockets
+}
+
+/// How long until the server closes a connection that sends `start` and
+/// then one more byte every 300 ms.
+async fn trickle_until_closed(port: u16, start: &[u8]) -> Duration {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.write_all(start).await.expect("write");
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let written = stream.write_all(b"X").await;
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_millis(10), stream.read(&mut buf)).await;
+        let closed = written.is_err() || matches!(read, Ok(Ok(0)) | Ok(Err(_)));
+        if closed || started.elapsed() > Duration::from_secs(20) {
+            return started.elapsed();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_trickling_connections_neither_lock_out_clients_nor_stay() {
+    let upstream = Upstream::start().await;
+    let mut server = start(&upstream, "", "");
+    let config = std::fs::read_to_string(&server.config_path).expect("config");
+    let config = config.replacen(
+        "[listen]\n",
+        "[listen]\nmax_connections = 300\nrequest_head_timeout = \"2s\"\n",
+        1,
+    );
+    std::fs::write(&server.config_path, config).expect("config");
+    let run = TraceRun::start_logging(&mut server, "text", "info");
+    for (port, request) in [
+        (
+            server.proxy_port,
+            "GET /open/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            server.token_port,
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        ),
+    ] {
+        // Twice as many silent sockets as the listener holds.
+        let mut idle = idle_sockets(port, 600).await;
+        let started = Instant::now();
+        let reply = send_raw(port, request.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("port {port}: {e}\n{}", run.log()));
+        assert_eq!(reply.status, 200, "port {port}: {reply:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "port {port}: a real client waited {:?} behind idle sockets",
+            started.elapsed()
+        );
+        // A silent socket is closed at the deadline (or earlier, to make
+        // room).
+        let last = idle.last_mut().expect("sockets");
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), last.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "port {port}: a silent socket stayed open: {read:?}"
+        );
+        drop(idle);
+        // One byte every 300 ms never completes a head: cut at about 2 s.
+        let lasted =
+            trickle_until_closed(port, b"GET /open/x HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
+        assert!(
+            lasted >= Duration::from_millis(1500) && lasted < Duration::from_secs(5),
+            "port {port}: a trickling connection lasted {lasted:?}"
+        );
+    }
+    drop(run);
 }

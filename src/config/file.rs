@@ -30,6 +30,10 @@ pub struct Listen {
     pub token_service: String,
     pub metrics: Option<String>,
     pub tls: Option<ListenTls>,
+    /// Open connections each listener (proxy, token service) holds.
+    pub max_connections: Option<i64>,
+    /// Time from accept to a complete first request head.
+    pub request_head_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -38,6 +38,10 @@ pub struct Listen {
     pub token_service: SocketAddr,
     pub metrics: Option<SocketAddr>,
     pub tls: Option<ProxyTls>,
+    /// Open connections each of the proxy and the token service holds.
+    pub max_connections: usize,
+    /// Time from accept to a complete first request head.
+    pub request_head_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -151,7 +151,23 @@ pub(super) fn validate(
             cert: c.existing_file("listen.tls.cert", &t.cert),
             key: c.existing_file("listen.tls.key", &t.key),
         }),
+        max_connections: match file.listen.max_connections {
+            None => 8192,
+            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+            Some(_) => {
+                c.report("listen.max_connections", "must be between 1 and 1000000");
+                8192
+            }
+        },
+        request_head_timeout: c.duration(
+            "listen.request_head_timeout",
+            file.listen.request_head_timeout.as_ref(),
+            Duration::from_secs(10),
+        ),
     };
+    if listen.request_head_timeout.is_zero() {
+        c.report("listen.request_head_timeout", "must be longer than 0s");
+    }
 
     let store = store_config(&mut c, &file.store);
     let tokens = token_settings(&mut c, &file.tokens);

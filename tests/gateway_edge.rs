@@ -822,3 +822,81 @@ async fn idle_and_trickling_connections_neither_lock_out_clients_nor_stay() {
     }
     drop(run);
 }
+
+// ---------------------------------------------------------------------------
+// Pipelining
+// ---------------------------------------------------------------------------
+
+/// Reads answers until the connection closes or `n` complete ones came.
+async fn read_answers(stream: &mut TcpStream, n: usize) -> Vec<Reply> {
+    let mut buf = Vec::new();
+    let mut answers = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        while let Some(reply) = parse_reply(&buf) {
+            let used = reply_len(&buf);
+            buf.drain(..used);
+            answers.push(reply);
+        }
+        if answers.len() >= n {
+            return answers;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return answers,
+            Ok(Ok(k)) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+}
+
+/// The length of the complete answer at the start of `buf`.
+fn reply_len(buf: &[u8]) -> usize {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    end + 4 + length
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream, "", "");
+    wait_for_proxy(&server).await;
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    // In one write, and in several.
+    for split in [false, true] {
+        upstream.clear();
+        let mut stream = TcpStream::connect(("127.0.0.1", server.proxy_port))
+            .await
+            .expect("connect");
+        let post = "POST /open/2 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 31\r\n\r\nGET /open/smuggled HTTP/1.1\r\n\r\n";
+        let all = [request("/open/1"), post.to_string(), request("/open/3")];
+        if split {
+            for r in &all {
+                stream.write_all(r.as_bytes()).await.expect("write");
+            }
+        } else {
+            stream
+                .write_all(all.concat().as_bytes())
+                .await
+                .expect("write");
+        }
+        let answers = read_answers(&mut stream, 3).await;
+        let paths: Vec<String> = answers
+            .iter()
+            .map(|a| a.json()["path"].as_str().unwrap_or("-").to_string())
+            .collect();
+        assert_eq!(paths, ["/open/1", "/open/2", "/open/3"], "split: {split}");
+        assert_eq!(answers[1].json()["body_len"], 31);
+        let seen: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(seen, ["/open/1", "/open/2", "/open/3"], "split: {split}");
+    }
+}

@@ -135,6 +135,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // Requests a client pipelines (sends before reading the answers)
+        // are served one after another, answers in order (RFC 9112
+        // §9.3.2), rather than the connection closing after the first.
+        session.as_downstream_mut().set_pipelining_enabled(true);
         ctx.started = Some(Instant::now());
         ctx.request_id = self.ids.for_request(session.req_header());
         match super::admit::admit(self, session, ctx).await {

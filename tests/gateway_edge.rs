@@ -820,6 +820,24 @@ async fn idle_and_trickling_connections_neither_lock_out_clients_nor_stay() {
             "port {port}: a trickling connection lasted {lasted:?}"
         );
     }
+    // After its first request, a kept-alive connection to the token
+    // service is closed when no next request head comes within 10 s.
+    let mut kept = TcpStream::connect(("127.0.0.1", server.token_port))
+        .await
+        .expect("connect");
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let answers = read_answers(&mut kept, 1).await;
+    assert_eq!(answers.first().map(|a| a.status), Some(200));
+    let idle_since = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(15), kept.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle keep-alive connection stayed open: {read:?}"
+    );
+    assert!(idle_since.elapsed() >= Duration::from_secs(9));
     drop(run);
 }
 

@@ -89,11 +89,11 @@ pub struct Ticket {
 }
 
 /// How a connection began.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opening {
     /// A complete HTTP/1.x request head (or bytes refgate leaves the HTTP
-    /// server to judge).
-    Http1,
+    /// server to judge): the bytes seen, still unread.
+    Http1(Vec<u8>),
     /// The HTTP/2 connection preface.
     H2,
     /// Nothing usable in time, or closed to make room: drop it.
@@ -151,7 +151,7 @@ impl Drop for Ticket {
 /// Peeks at a socket until its bytes decide how the connection began.
 async fn request_head(socket: BorrowedFd<'_>) -> Opening {
     let Ok(duplicate) = socket.try_clone_to_owned() else {
-        return Opening::Http1;
+        return Opening::Http1(Vec::new());
     };
     // Non-blocking already: the flag belongs to the socket, which both
     // descriptors share.
@@ -160,19 +160,23 @@ async fn request_head(socket: BorrowedFd<'_>) -> Opening {
     // until the `AsyncFd` that owns `socket` is dropped.
     let registered = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) };
     let Ok(watched) = registered else {
-        return Opening::Http1;
+        return Opening::Http1(Vec::new());
     };
     loop {
         let Ok(mut ready) = watched.readable().await else {
-            return Opening::Http1;
+            return Opening::Http1(Vec::new());
         };
         let mut bytes = vec![0u8; HEAD_PEEK];
         match ready.get_inner().peek(&mut bytes) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
             // Closed or failed: the HTTP server sees it too.
-            Err(_) | Ok(0) => return Opening::Http1,
+            Err(_) | Ok(0) => return Opening::Http1(Vec::new()),
             Ok(n) => match judge(&bytes[..n]) {
-                Some(opening) => return opening,
+                Some(Protocol::Http1) => {
+                    bytes.truncate(n);
+                    return Opening::Http1(bytes);
+                }
+                Some(Protocol::H2) => return Opening::H2,
                 // More to come: wait for the next bytes.
                 None => ready.clear_ready(),
             },
@@ -180,16 +184,23 @@ async fn request_head(socket: BorrowedFd<'_>) -> Opening {
     }
 }
 
+/// What the first bytes say.
+#[derive(Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    H2,
+}
+
 /// What the first bytes of a connection say, if they say enough yet.
-fn judge(bytes: &[u8]) -> Option<Opening> {
+fn judge(bytes: &[u8]) -> Option<Protocol> {
     let shared = bytes.len().min(H2_PREFACE.len());
     if bytes[..shared] == H2_PREFACE[..shared] {
-        return (bytes.len() >= H2_PREFACE.len()).then_some(Opening::H2);
+        return (bytes.len() >= H2_PREFACE.len()).then_some(Protocol::H2);
     }
     let complete = bytes.windows(4).any(|w| w == b"\r\n\r\n")
         || bytes.windows(2).any(|w| w == b"\n\n")
         || bytes.len() >= HEAD_PEEK;
-    complete.then_some(Opening::Http1)
+    complete.then_some(Protocol::Http1)
 }
 
 #[cfg(test)]
@@ -198,14 +209,14 @@ mod tests {
 
     #[test]
     fn openings() {
-        assert_eq!(judge(b"GET / HTTP/1.0\r\n\r\n"), Some(Opening::Http1));
+        assert_eq!(judge(b"GET / HTTP/1.0\r\n\r\n"), Some(Protocol::Http1));
         assert_eq!(judge(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
         assert_eq!(judge(b"G"), None);
         assert_eq!(judge(b"PRI * HTTP/2.0\r\n"), None);
-        assert_eq!(judge(H2_PREFACE), Some(Opening::H2));
+        assert_eq!(judge(H2_PREFACE), Some(Protocol::H2));
         assert_eq!(judge(b"PRX"), None);
-        assert_eq!(judge(b"PRX\r\n\r\n"), Some(Opening::Http1));
-        assert_eq!(judge(&[b'a'; HEAD_PEEK]), Some(Opening::Http1));
+        assert_eq!(judge(b"PRX\r\n\r\n"), Some(Protocol::Http1));
+        assert_eq!(judge(&[b'a'; HEAD_PEEK]), Some(Protocol::Http1));
     }
 
     #[test]

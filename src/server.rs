@@ -364,7 +364,7 @@ async fn serve_http(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             use std::os::fd::AsFd;
-            if ticket.first_request(stream.as_fd()).await == Opening::Close {
+            if matches!(ticket.first_request(stream.as_fd()).await, Opening::Close) {
                 return;
             }
             let connection = builder

@@ -918,3 +918,30 @@ async fn pipelined_requests_are_answered_in_order() {
         assert_eq!(seen, ["/open/1", "/open/2", "/open/3"], "split: {split}");
     }
 }
+
+#[tokio::test]
+async fn an_absolute_form_request_to_a_foreign_host_gets_the_json_error() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream, "", "");
+    wait_for_proxy(&server).await;
+    for request in [
+        "GET http://evil.test/open/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        "GET http://127.0.0.1/open/x HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
+        "GET /open/x HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
+        "GET http://user@127.0.0.1/open/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let reply = send_raw(server.proxy_port, request.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{request:?}: {e}"));
+        assert_invalid_request(&reply, request);
+    }
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    // The client's own request id is kept.
+    let reply = send_raw(
+        server.proxy_port,
+        b"GET http://evil.test/x HTTP/1.1\r\nHost: a.test\r\nX-Request-Id: mine-1\r\n\r\n",
+    )
+    .await
+    .expect("answer");
+    assert_eq!(reply.header("x-request-id"), Some("mine-1"));
+}

@@ -13,10 +13,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::authority::validate_request_authority;
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::errors::GatewayError;
+use super::proxy::RequestIds;
 use super::Gateway;
 use crate::connections::{Admission, Opening};
 
@@ -26,6 +31,7 @@ pub struct ProxyListener {
     http1: Arc<HttpProxy<Gateway>>,
     h2c: Arc<HttpProxy<Gateway>>,
     admission: Arc<Admission>,
+    ids: RequestIds,
 }
 
 impl ProxyListener {
@@ -39,6 +45,7 @@ impl ProxyListener {
             http1: Arc::new(http1),
             h2c: Arc::new(h2c),
             admission,
+            ids: RequestIds::new(),
         }
     }
 }
@@ -62,7 +69,21 @@ impl ServerApp for ProxyListener {
             let socket = unsafe { BorrowedFd::borrow_raw(stream.id()) };
             match ticket.first_request(socket).await {
                 Opening::H2 => &self.h2c,
-                Opening::Http1 => &self.http1,
+                Opening::Http1(head) => {
+                    if let Some((why, request_id)) = self.refusal(&head) {
+                        let mut stream = stream;
+                        // Read what was only peeked: closing a socket with
+                        // unread bytes resets it, and the answer with it.
+                        let mut seen = vec![0u8; head.len()];
+                        let _ = stream.read_exact(&mut seen).await;
+                        let answer = GatewayError::BadRequest(why).http1_answer(&request_id);
+                        let _ = stream.write_all(&answer).await;
+                        let _ = stream.flush().await;
+                        let _ = stream.shutdown().await;
+                        return None;
+                    }
+                    &self.http1
+                }
                 Opening::Close => return None,
             }
         };
@@ -74,5 +95,33 @@ impl ServerApp for ProxyListener {
     async fn cleanup(&self) {
         self.http1.cleanup().await;
         self.h2c.cleanup().await;
+    }
+}
+
+impl ProxyListener {
+    /// Why pingora would refuse this first request head before any of
+    /// refgate's filters run (and answer a bare 400), with the request id
+    /// for refgate's own answer instead: the request-target's authority
+    /// disagrees with `Host` (an absolute-form request to a foreign host),
+    /// `Host` is repeated, or the authority is ambiguous. A head that does
+    /// not parse is left to pingora, which repairs some of them.
+    fn refusal(&self, head: &[u8]) -> Option<(&'static str, String)> {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut parsed = httparse::Request::new(&mut headers);
+        if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(_))) {
+            return None;
+        }
+        let mut request =
+            RequestHeader::build(parsed.method?, parsed.path?.as_bytes(), None).ok()?;
+        for header in parsed.headers.iter() {
+            request
+                .append_header(header.name.to_string(), header.value)
+                .ok()?;
+        }
+        validate_request_authority(&request).err()?;
+        Some((
+            "the request-target and Host name different hosts, or the host is ambiguous",
+            self.ids.for_request(&request),
+        ))
     }
 }

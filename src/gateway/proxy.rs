@@ -505,13 +505,13 @@ fn strip_reference_token(upstream: &mut RequestHeader) {
 
 /// Request ids: the client's `x-request-id` when it is sane, else a
 /// process-unique one.
-struct RequestIds {
+pub(super) struct RequestIds {
     prefix: String,
     counter: AtomicU64,
 }
 
 impl RequestIds {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let random = crate::crypto::Random::default().grant_id();
         RequestIds {
             prefix: random[..8].to_string(),
@@ -519,7 +519,7 @@ impl RequestIds {
         }
     }
 
-    fn for_request(&self, request: &RequestHeader) -> String {
+    pub(super) fn for_request(&self, request: &RequestHeader) -> String {
         if let Some(given) = request
             .headers
             .get("x-request-id")

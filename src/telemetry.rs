@@ -65,29 +65,45 @@ impl<S: Subscriber> Layer<S> for PingoraLogs {
     }
 
     fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
-        let metadata = event.metadata();
-        if metadata.target() != "pingora_core::connectors" {
+        // pingora logs through the `log` crate: its events arrive with the
+        // target `log` and the real one in a `log.target` field.
+        let target = event.metadata().target();
+        if target != "log" && target != POOL_RACE_TARGET {
             return true;
         }
-        let mut message = MessageIs(POOL_RACE, false);
-        event.record(&mut message);
-        !message.1
+        let mut seen = PoolRace {
+            target: target == POOL_RACE_TARGET,
+            message: false,
+        };
+        event.record(&mut seen);
+        !(seen.target && seen.message)
     }
 }
 
-/// Whether an event's message is a given text.
-struct MessageIs(&'static str, bool);
+const POOL_RACE_TARGET: &str = "pingora_core::connectors";
 
-impl tracing::field::Visit for MessageIs {
+/// Whether an event is the pool race line.
+struct PoolRace {
+    target: bool,
+    message: bool,
+}
+
+impl tracing::field::Visit for PoolRace {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            self.1 = format!("{value:?}") == self.0;
+        match field.name() {
+            "message" => self.message = format!("{value:?}") == POOL_RACE,
+            "log.target" => {
+                self.target |= format!("{value:?}").trim_matches('"') == POOL_RACE_TARGET
+            }
+            _ => {}
         }
     }
 
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        if field.name() == "message" {
-            self.1 = value == self.0;
+        match field.name() {
+            "message" => self.message = value == POOL_RACE,
+            "log.target" => self.target |= value == POOL_RACE_TARGET,
+            _ => {}
         }
     }
 }
@@ -301,6 +317,75 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log lines written while `f` runs, with `filter` as RUST_LOG.
+    fn logged(filter: &str, f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new(filter))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish()
+            .with(PingoraLogs);
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = lines.0.lock().expect("lock").clone();
+        String::from_utf8(bytes).expect("UTF-8")
+    }
+
+    #[test]
+    fn pingora_logs_stay_at_info_and_the_pool_race_is_dropped() {
+        let out = logged("trace", || {
+            tracing::debug!(target: "pingora_proxy::proxy_h1", "authorization: Bearer secret");
+            tracing::trace!(target: "pingora_core::protocols", "body bytes");
+            tracing::error!(target: "pingora_core::connectors", "failed to acquire reusable stream");
+            tracing::error!(target: "pingora_core::connectors", "something that matters");
+            tracing::info!(target: "pingora_core::server", "Server starting");
+            tracing::debug!(target: "refgate::gateway", "refgate's own debug line");
+        });
+        assert!(!out.contains("Bearer secret"), "{out}");
+        assert!(!out.contains("body bytes"), "{out}");
+        assert!(!out.contains("reusable stream"), "{out}");
+        assert!(out.contains("something that matters"), "{out}");
+        assert!(out.contains("Server starting"), "{out}");
+        assert!(out.contains("refgate's own debug line"), "{out}");
+    }
+
+    /// pingora logs through the `log` crate, as the running process sees it.
+    #[test]
+    fn pingora_log_records_are_filtered_too() {
+        let _ = tracing_log::LogTracer::init();
+        let out = logged("trace", || {
+            log::error!(target: "pingora_core::connectors", "failed to acquire reusable stream");
+            log::error!(target: "pingora_core::connectors", "a pool error that matters");
+            log::debug!(target: "pingora_proxy::proxy_h1", "authorization: Bearer secret");
+        });
+        assert!(!out.contains("reusable stream"), "{out}");
+        assert!(!out.contains("Bearer secret"), "{out}");
+        assert!(out.contains("a pool error that matters"), "{out}");
+    }
+
+    #[test]
+    fn untrusted_values_cannot_break_a_line() {
+        let shown = Untrusted("a\nb\u{1b}[31m\\c\u{202e}d é").to_string();
+        assert_eq!(shown, "a\\u{a}b\\u{1b}[31m\\u{5c}c\\u{202e}d é");
+        let out = logged("info", || {
+            tracing::warn!(authority = %Untrusted("x\nFORGED"), "refresh failed");
+        });
+        assert_eq!(out.lines().count(), 1, "{out}");
+    }
 
     #[test]
     fn status_labels_name_their_codes() {

@@ -26,9 +26,12 @@
 //! - [`listeners`]: the sockets, bound from `[listen]` or inherited;
 //! - [`server`]: wiring: open the store, start the listeners, run until
 //!   shutdown;
+//! - [`connections`]: per listener, the connection limit and the deadline
+//!   to a first request head;
 //! - [`telemetry`]: logging and Prometheus metrics.
 
 pub mod config;
+pub mod connections;
 pub mod credential;
 pub mod crypto;
 pub mod gateway;

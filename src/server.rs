@@ -16,7 +16,8 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::gateway::{Drain, Gateway, GatewayState, Refresher};
+use crate::connections::{Admission, Opening};
+use crate::gateway::{Drain, Gateway, GatewayState, ProxyListener, Refresher};
 use crate::listeners::{Listeners, PreBound};
 use crate::lookup::{now, CacheSettings, TokenLookup};
 use crate::reload::Reloader;
@@ -32,10 +33,15 @@ const PURGE_AFTER: i64 = 3600;
 /// How often custom data sealed with a previous data key is sealed again
 /// with the current one (also once at start).
 const RESEAL_EVERY: Duration = Duration::from_secs(3600);
-/// Open connections one HTTP listener accepts.
-const MAX_CONNECTIONS: usize = 8192;
-/// Time a client has to send a complete request head.
+/// Time a client has to send a complete request head once it began one
+/// (the first one on a connection also within `request_head_timeout` of
+/// accept).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a proxy HTTP/2 connection may be idle, and how often the token
+/// service pings an HTTP/2 client (closing it after a ping goes unanswered
+/// for `H2_PING_TIMEOUT`).
+const H2_IDLE: Duration = Duration::from_secs(60);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs refgate until `shutdown` completes. Blocks the calling thread: keep
 /// `main` synchronous, since pingora and the control runtime are built here.
@@ -68,7 +74,18 @@ pub fn serve(
     let token_listener =
         control.block_on(async { tokio_listener(token_service, "token service") })?;
     let app = crate::token::router(parts.tokens.clone());
-    let token_task = control.spawn(serve_http(token_listener, app, stop_rx.clone()));
+    let admission = || {
+        Admission::new(
+            parts.listen.max_connections,
+            parts.listen.request_head_timeout,
+        )
+    };
+    let token_task = control.spawn(serve_http(
+        token_listener,
+        app,
+        admission(),
+        stop_rx.clone(),
+    ));
 
     if let Some(listener) = metrics {
         let listener = control.block_on(async { tokio_listener(listener, "metrics") })?;
@@ -80,7 +97,7 @@ pub fn serve(
                 async move { metrics.render() }
             }),
         );
-        control.spawn(serve_http(listener, app, stop_rx.clone()));
+        control.spawn(serve_http(listener, app, admission(), stop_rx.clone()));
     }
 
     control.spawn(purge(parts.lookup.store().clone(), stop_rx.clone()));
@@ -141,6 +158,7 @@ fn tokio_listener(
 
 /// Everything built at start.
 struct Parts {
+    listen: crate::config::Listen,
     config: Arc<ArcSwap<Config>>,
     gateway: Arc<ArcSwap<GatewayState>>,
     lookup: Arc<TokenLookup>,
@@ -173,6 +191,7 @@ impl Parts {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("cannot build the HTTP client")?;
+        let listen = config.listen.clone();
         let config = Arc::new(config);
         let gateway = GatewayState::build(config.clone()).map_err(anyhow::Error::msg)?;
         let config = Arc::new(ArcSwap::new(config));
@@ -190,6 +209,7 @@ impl Parts {
             tokio::runtime::Handle::current(),
         ));
         Ok(Parts {
+            listen,
             config,
             gateway: Arc::new(ArcSwap::from_pointee(gateway)),
             lookup,
@@ -211,18 +231,28 @@ fn run_proxy(
     let mut server = Server::new_with_opt_and_conf(None, proxy_server_conf());
     server.bootstrap();
     let drain = Arc::new(Drain::default());
-    let gateway = Gateway::new(
-        parts.gateway.clone(),
-        parts.lookup.clone(),
-        parts.refresher.clone(),
-        parts.metrics.clone(),
-        drain.clone(),
+    let proxy = |h2c: bool| {
+        let gateway = Gateway::new(
+            parts.gateway.clone(),
+            parts.lookup.clone(),
+            parts.refresher.clone(),
+            parts.metrics.clone(),
+            drain.clone(),
+        );
+        let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+        let mut options = proxy_server_options();
+        options.h2c = h2c;
+        proxy.server_options = Some(options);
+        proxy
+    };
+    let admission = Admission::new(
+        parts.listen.max_connections,
+        parts.listen.request_head_timeout,
     );
-    let mut service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
-    if let Some(logic) = service.app_logic_mut() {
-        logic.server_options = Some(proxy_server_options());
-    }
+    let mut service = pingora::services::listening::Service::new(
+        "gateway".to_string(),
+        ProxyListener::new(proxy(false), proxy(true), admission),
+    );
     let tls = parts.config.load().listen.tls.clone();
     match tls {
         Some(tls) => {
@@ -265,10 +295,16 @@ pub fn proxy_server_conf() -> ServerConf {
     }
 }
 
-/// The proxy listener's HTTP options: HTTP/1.1 and h2c on one port.
+/// The proxy listener's HTTP options: HTTP/1.1 and h2c on one port (the
+/// gateway's `ProxyListener` tells them apart before pingora sees them).
+/// CONNECT is let through to the gateway's own filter, which refuses it
+/// with the JSON error every other refusal has (pingora's own refusal has
+/// an empty body).
 pub fn proxy_server_options() -> pingora::apps::HttpServerOptions {
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2c = true;
+    options.allow_connect_method_proxying = true;
+    options.h2_idle_timeout = Some(H2_IDLE);
     options
 }
 
@@ -311,6 +347,7 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    admission: Arc<Admission>,
     mut stop: watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -318,7 +355,6 @@ async fn serve_http(
     use hyper_util::service::TowerToHyperService;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -329,7 +365,9 @@ async fn serve_http(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(64 * 1024)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(H2_IDLE))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     loop {
         let accepted = tokio::select! {
             _ = stopped(&mut stop) => break,
@@ -344,18 +382,23 @@ async fn serve_http(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!("too many connections; refusing one");
+        let Some(mut ticket) = admission.admit() else {
+            tracing::warn!("every connection is busy; refusing one");
             continue;
         };
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
+            use std::os::fd::AsFd;
+            if matches!(ticket.first_request(stream.as_fd()).await, Opening::Close) {
+                return;
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let _ = watcher.watch(connection).await;
+            drop(ticket);
         });
     }
     if tokio::time::timeout(DRAIN, graceful.shutdown())

@@ -2,7 +2,12 @@
 //! filtered by `RUST_LOG`, default `info`) and the gateway's Prometheus
 //! metrics.
 
-use tracing_subscriber::EnvFilter;
+use std::fmt;
+
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,11 +28,109 @@ pub fn init(format: LogFormat) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.finish().with(PingoraLogs).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(PingoraLogs)
+            .try_init(),
     };
     if let Err(e) = result {
         eprintln!("logging was already initialised: {e}");
+    }
+}
+
+/// What pingora may log, whatever `RUST_LOG` says.
+///
+/// - Nothing below `info`: at `debug` and `trace` pingora logs request and
+///   response headers (the upstream `Authorization` among them) and bodies.
+/// - Not `failed to acquire reusable stream`: logged at `error` when a
+///   request on one thread takes an idle upstream connection whose idle
+///   watch, on another thread, has released its lock but not yet its
+///   reference. The connection is closed and a new one opened; the client
+///   sees nothing. An operator's error log should not fill with it.
+struct PingoraLogs;
+
+/// pingora's crates log under their own names (`pingora_core::…`).
+fn is_pingora(target: &str) -> bool {
+    target.starts_with("pingora")
+}
+
+const POOL_RACE: &str = "failed to acquire reusable stream";
+
+impl<S: Subscriber> Layer<S> for PingoraLogs {
+    fn enabled(&self, metadata: &Metadata<'_>, _: Context<'_, S>) -> bool {
+        !is_pingora(metadata.target()) || *metadata.level() <= Level::INFO
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        // pingora logs through the `log` crate: its events arrive with the
+        // target `log` and the real one in a `log.target` field.
+        let target = event.metadata().target();
+        if target != "log" && target != POOL_RACE_TARGET {
+            return true;
+        }
+        let mut seen = PoolRace {
+            target: target == POOL_RACE_TARGET,
+            message: false,
+        };
+        event.record(&mut seen);
+        !(seen.target && seen.message)
+    }
+}
+
+const POOL_RACE_TARGET: &str = "pingora_core::connectors";
+
+/// Whether an event is the pool race line.
+struct PoolRace {
+    target: bool,
+    message: bool,
+}
+
+impl tracing::field::Visit for PoolRace {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}") == POOL_RACE,
+            "log.target" => {
+                self.target |= format!("{value:?}").trim_matches('"') == POOL_RACE_TARGET
+            }
+            _ => {}
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "message" => self.message = value == POOL_RACE,
+            "log.target" => self.target |= value == POOL_RACE_TARGET,
+            _ => {}
+        }
+    }
+}
+
+/// A value from outside refgate's configuration (a credential's authority
+/// name, an authority's error text) as it is safe to write into a text log
+/// line: control characters (newlines, ANSI escapes) escaped, so the value
+/// cannot end the line or forge another one. JSON logs escape by
+/// themselves.
+pub struct Untrusted<'a>(pub &'a str);
+
+impl fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        for c in self.0.chars() {
+            // Controls, the escape character itself, and what reorders or
+            // breaks lines on a terminal.
+            let unsafe_char = c.is_control()
+                || c == '\\'
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if unsafe_char {
+                write!(f, "{}", c.escape_unicode())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -214,6 +317,75 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log lines written while `f` runs, with `filter` as RUST_LOG.
+    fn logged(filter: &str, f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new(filter))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish()
+            .with(PingoraLogs);
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = lines.0.lock().expect("lock").clone();
+        String::from_utf8(bytes).expect("UTF-8")
+    }
+
+    #[test]
+    fn pingora_logs_stay_at_info_and_the_pool_race_is_dropped() {
+        let out = logged("trace", || {
+            tracing::debug!(target: "pingora_proxy::proxy_h1", "authorization: Bearer secret");
+            tracing::trace!(target: "pingora_core::protocols", "body bytes");
+            tracing::error!(target: "pingora_core::connectors", "failed to acquire reusable stream");
+            tracing::error!(target: "pingora_core::connectors", "something that matters");
+            tracing::info!(target: "pingora_core::server", "Server starting");
+            tracing::debug!(target: "refgate::gateway", "refgate's own debug line");
+        });
+        assert!(!out.contains("Bearer secret"), "{out}");
+        assert!(!out.contains("body bytes"), "{out}");
+        assert!(!out.contains("reusable stream"), "{out}");
+        assert!(out.contains("something that matters"), "{out}");
+        assert!(out.contains("Server starting"), "{out}");
+        assert!(out.contains("refgate's own debug line"), "{out}");
+    }
+
+    /// pingora logs through the `log` crate, as the running process sees it.
+    #[test]
+    fn pingora_log_records_are_filtered_too() {
+        let _ = tracing_log::LogTracer::init();
+        let out = logged("trace", || {
+            log::error!(target: "pingora_core::connectors", "failed to acquire reusable stream");
+            log::error!(target: "pingora_core::connectors", "a pool error that matters");
+            log::debug!(target: "pingora_proxy::proxy_h1", "authorization: Bearer secret");
+        });
+        assert!(!out.contains("reusable stream"), "{out}");
+        assert!(!out.contains("Bearer secret"), "{out}");
+        assert!(out.contains("a pool error that matters"), "{out}");
+    }
+
+    #[test]
+    fn untrusted_values_cannot_break_a_line() {
+        let shown = Untrusted("a\nb\u{1b}[31m\\c\u{202e}d é").to_string();
+        assert_eq!(shown, "a\\u{a}b\\u{1b}[31m\\u{5c}c\\u{202e}d é");
+        let out = logged("info", || {
+            tracing::warn!(authority = %Untrusted("x\nFORGED"), "refresh failed");
+        });
+        assert_eq!(out.lines().count(), 1, "{out}");
+    }
 
     #[test]
     fn status_labels_name_their_codes() {

@@ -816,3 +816,63 @@ fn check_reports_previous_data_keys_that_are_not_keys_or_not_set() {
         .arg(&path));
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+#[test]
+fn check_refuses_whitespace_control_characters_and_absurd_sizes() {
+    let text = config_text(
+        r#"[tokens]
+refresh_token_ttl = "30d\n"
+access_token_ttl = " 1h"
+
+[gateway]
+cache_capacity = 9223372036854775807
+
+[[authorities]]
+name = "photos-as	"
+token_endpoint = "http://127.0.0.1:9/token"
+client_id = "gateway"
+client_secret = "unused"
+
+[[routes]]
+name = "reports"
+path_prefix = "/reports/\t"
+upstream = "http://127.0.0.1:9200"
+auth = "none"
+
+[[routes]]
+name = "merged"
+path_prefix = "/a//b/"
+upstream = "http://127.0.0.1:9200	"
+auth = "none"
+
+[[routes]]
+name = "encoded"
+path_prefix = "/%70hotos/"
+upstream = "http://127.0.0.1:9200"
+auth = "none"
+"#,
+    );
+    let (_dir, path) = write_config(&text);
+    let output = check(&path);
+    let errors = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{errors}");
+    for (key, line) in [
+        ("tokens.refresh_token_ttl", "refresh_token_ttl"),
+        ("tokens.access_token_ttl", "access_token_ttl"),
+        ("gateway.cache_capacity", "cache_capacity"),
+        ("authorities[0].name", "name = \"photos-as"),
+        ("routes[0].path_prefix", "path_prefix = \"/reports/"),
+        ("routes[1].path_prefix", "path_prefix = \"/a//b/"),
+        ("routes[1].upstream", "upstream = \"http://127.0.0.1:9200\t"),
+        ("routes[2].path_prefix", "path_prefix = \"/%70hotos/"),
+    ] {
+        assert_problem(&errors, &path, key, line_of(&text, line));
+    }
+    // Problems are one line each: a newline in a value is shown escaped.
+    assert!(
+        errors
+            .lines()
+            .all(|l| l.starts_with(&path.display().to_string())),
+        "{errors}"
+    );
+}

@@ -654,7 +654,8 @@ async fn strip_prefix_maps_the_path_and_keeps_the_query() {
         // The prefix is matched and stripped as the upstream reads the path:
         // percent-encoded unreserved characters are the same characters.
         ("/%70hotos/x?q=%2F", "/x?q=%2F"),
-        ("/photos/a%2Fb", "/a%2Fb"),
+        // Other escapes stay as they are (an encoded `/` is refused).
+        ("/photos/a%20b", "/a%20b"),
         ("/kept/x?q=1", "/kept/x?q=1"),
     ] {
         let response = http()

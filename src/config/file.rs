@@ -30,6 +30,10 @@ pub struct Listen {
     pub token_service: String,
     pub metrics: Option<String>,
     pub tls: Option<ListenTls>,
+    /// Open connections each listener (proxy, token service) holds.
+    pub max_connections: Option<i64>,
+    /// Time from accept to a complete first request head.
+    pub request_head_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +77,9 @@ pub struct Gateway {
     pub authority_timeout: Option<String>,
     /// Timeout to connect to an upstream.
     pub upstream_connect_timeout: Option<String>,
+    /// Least time between two refreshes of one credential that upstream
+    /// 401s trigger.
+    pub min_refresh_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +141,9 @@ pub struct Route {
     pub exchange: Option<RouteExchange>,
     /// Tokens whose `aud` does not contain this are refused here.
     pub audience: Option<String>,
+    /// Send the client's `Host` upstream instead of the upstream's own.
+    #[serde(default)]
+    pub preserve_host: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -38,6 +38,10 @@ pub struct Listen {
     pub token_service: SocketAddr,
     pub metrics: Option<SocketAddr>,
     pub tls: Option<ProxyTls>,
+    /// Open connections each of the proxy and the token service holds.
+    pub max_connections: usize,
+    /// Time from accept to a complete first request head.
+    pub request_head_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +84,8 @@ pub struct GatewaySettings {
     pub ca_file: Option<PathBuf>,
     pub authority_timeout: Duration,
     pub upstream_connect_timeout: Duration,
+    /// At most one upstream-401-triggered refresh per credential this often.
+    pub min_refresh_interval: Duration,
 }
 
 /// The grant types refgate implements.
@@ -215,6 +221,8 @@ pub struct Route {
     pub ca_file: Option<PathBuf>,
     /// Tokens whose grant has an `aud` without this are refused here.
     pub audience: Option<String>,
+    /// Send the client's `Host` upstream (default: the upstream's authority).
+    pub preserve_host: bool,
 }
 
 /// What a route does with the inbound token.
@@ -413,7 +421,12 @@ fn first_line(message: &str) -> String {
 
 /// Parses a duration written as `"90s"`, `"15m"`, `"1h"` or `"30d"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{:?} has whitespace or control characters; write a duration such as \"90s\"",
+            text
+        ));
+    }
     let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &text[digits.len()..];
     let value: u64 = digits.parse().map_err(|_| {
@@ -454,6 +467,8 @@ mod tests {
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("99999999999d").is_err());
+        assert!(parse_duration("30d\n").is_err());
+        assert!(parse_duration(" 30d").is_err());
     }
 
     #[test]

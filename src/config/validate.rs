@@ -15,6 +15,10 @@ use crate::crypto::{DataKey, DataKeys, Random, SecretHash};
 /// Problems found, as (key path, message).
 type Problems = Vec<(String, String)>;
 
+/// Most cached token lookups: at a few hundred bytes an entry, a hundred
+/// million is tens of gigabytes already.
+const MAX_CACHE_CAPACITY: i64 = 100_000_000;
+
 struct Checker<'a> {
     base: &'a Path,
     mode: LoadMode,
@@ -77,7 +81,30 @@ impl Checker<'_> {
         }
     }
 
+    /// A name or other word that cannot hold whitespace or control
+    /// characters: a trailing tab would otherwise make a name that nothing
+    /// ever matches.
+    fn word(&mut self, key: &str, value: &str) -> bool {
+        if value.is_empty() {
+            self.report(key, "must not be empty");
+            return false;
+        }
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.report(
+                key,
+                format!("{value:?} has whitespace or control characters"),
+            );
+            return false;
+        }
+        true
+    }
+
     fn http_url(&mut self, key: &str, value: &str) -> Option<url::Url> {
+        // The URL parser silently drops tabs, newlines and surrounding
+        // spaces; a value holding them is a mistake.
+        if !self.word(key, value) {
+            return None;
+        }
         match url::Url::parse(value) {
             Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {
                 Some(u)
@@ -124,7 +151,23 @@ pub(super) fn validate(
             cert: c.existing_file("listen.tls.cert", &t.cert),
             key: c.existing_file("listen.tls.key", &t.key),
         }),
+        max_connections: match file.listen.max_connections {
+            None => 8192,
+            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+            Some(_) => {
+                c.report("listen.max_connections", "must be between 1 and 1000000");
+                8192
+            }
+        },
+        request_head_timeout: c.duration(
+            "listen.request_head_timeout",
+            file.listen.request_head_timeout.as_ref(),
+            Duration::from_secs(10),
+        ),
     };
+    if listen.request_head_timeout.is_zero() {
+        c.report("listen.request_head_timeout", "must be longer than 0s");
+    }
 
     let store = store_config(&mut c, &file.store);
     let tokens = token_settings(&mut c, &file.tokens);
@@ -222,8 +265,8 @@ fn store_config(c: &mut Checker<'_>, s: &file::Store) -> Option<StoreConfig> {
         _ => None,
     };
     let max_connections = match s.max_connections {
-        Some(0) => {
-            c.report("store.max_connections", "must be at least 1");
+        Some(n) if !(1..=10_000).contains(&n) => {
+            c.report("store.max_connections", "must be between 1 and 10000");
             1
         }
         Some(n) => n,
@@ -404,9 +447,12 @@ fn token_settings(c: &mut Checker<'_>, t: &file::Tokens) -> TokenSettings {
 fn gateway_settings(c: &mut Checker<'_>, g: &file::Gateway) -> GatewaySettings {
     let cache_capacity = match g.cache_capacity {
         None => 100_000,
-        Some(n) if n >= 0 => n as u64,
+        Some(n) if (0..=MAX_CACHE_CAPACITY).contains(&n) => n as u64,
         Some(_) => {
-            c.report("gateway.cache_capacity", "must not be negative");
+            c.report(
+                "gateway.cache_capacity",
+                format!("must be between 0 and {MAX_CACHE_CAPACITY} entries"),
+            );
             0
         }
     };
@@ -441,6 +487,11 @@ fn gateway_settings(c: &mut Checker<'_>, g: &file::Gateway) -> GatewaySettings {
             g.upstream_connect_timeout.as_ref(),
             Duration::from_secs(5),
         ),
+        min_refresh_interval: c.duration(
+            "gateway.min_refresh_interval",
+            g.min_refresh_interval.as_ref(),
+            Duration::from_secs(30),
+        ),
     }
 }
 
@@ -459,11 +510,8 @@ fn clients(
     let mut out = HashMap::new();
     for (i, f) in list.iter().enumerate() {
         let key = |k: &str| format!("clients[{i}].{k}");
-        if f.id.is_empty() || f.id.contains(':') || f.id.chars().any(char::is_control) {
-            c.report(
-                key("id"),
-                "must be non-empty, without ':' or control characters",
-            );
+        if c.word(&key("id"), &f.id) && f.id.contains(':') {
+            c.report(key("id"), "must not contain ':'");
         }
         let secret = SecretHash::parse(&f.secret_hash).unwrap_or_else(|| {
             c.report(
@@ -634,6 +682,8 @@ fn authorities(c: &mut Checker<'_>, list: &[file::Authority]) -> HashMap<String,
                 "`self` is reserved for refgate's own token service",
             );
         }
+        c.word(&key("name"), &f.name);
+        c.word(&key("client_id"), &f.client_id);
         if let Some(u) = c.http_url(&key("token_endpoint"), &f.token_endpoint) {
             warn_plain_http(&u, &key("token_endpoint"));
         }
@@ -686,16 +736,38 @@ fn routes(
     let mut names = HashSet::new();
     for (i, f) in list.iter().enumerate() {
         let key = |k: &str| format!("routes[{i}].{k}");
-        if f.name.is_empty() || !names.insert(f.name.clone()) {
+        if c.word(&key("name"), &f.name) && !names.insert(f.name.clone()) {
             c.report(
                 key("name"),
-                format!("route name `{}` is empty or used twice", f.name),
+                format!("route name `{}` is used twice", f.name),
             );
         }
         if !f.path_prefix.starts_with('/') {
             c.report(key("path_prefix"), "must start with '/'");
+        } else if c.word(&key("path_prefix"), &f.path_prefix) {
+            // A prefix is matched against request paths in their routing
+            // form; one that is not in that form can never match.
+            match crate::gateway::route_path(&f.path_prefix) {
+                Ok(p) if p == f.path_prefix => {}
+                Ok(p) => c.report(
+                    key("path_prefix"),
+                    format!(
+                        "write it as `{p}` (percent-encoded letters, digits and -._~ are decoded)"
+                    ),
+                ),
+                Err(e) => c.report(key("path_prefix"), e.describe()),
+            }
+        }
+        for (j, s) in f.required_scopes.iter().enumerate() {
+            if !valid_scope_token(s) {
+                c.report(
+                    format!("routes[{i}].required_scopes[{j}]"),
+                    format!("{s:?} is not a valid scope"),
+                );
+            }
         }
         let host = f.host.as_deref().map(|h| {
+            c.word(&key("host"), h);
             let h = h.to_ascii_lowercase();
             match h.strip_prefix("*.") {
                 Some(rest) if !rest.is_empty() && !rest.contains('*') => {
@@ -730,9 +802,7 @@ fn routes(
                 RouteAccess::Public
             }
             (false, Some(name), None) => {
-                if name.is_empty() {
-                    c.report(key("credential"), "must not be empty");
-                }
+                c.word(&key("credential"), name);
                 RouteAccess::Credential(name.clone())
             }
             (false, None, Some(x)) => {
@@ -824,6 +894,7 @@ fn routes(
                 access,
                 ca_file,
                 audience: f.audience.clone(),
+                preserve_host: f.preserve_host,
             }));
         }
     }

@@ -12,7 +12,7 @@ use super::bearer::{self, Bearer};
 use super::errors::GatewayError;
 use super::proxy::{Gateway, RequestCtx};
 use super::refresh::Need;
-use super::routing::route_path;
+use super::routing::{route_path, upstream_target, PathError};
 use crate::config::RouteAccess;
 use crate::credential::Credential;
 use crate::crypto::{hash_token, token_kind, TokenKind};
@@ -25,14 +25,29 @@ pub async fn admit(
 ) -> Result<(), GatewayError> {
     let state = gateway.state.load_full();
     let request = session.req_header();
+    if request.method == http::Method::CONNECT {
+        return Err(GatewayError::BadRequest(
+            "CONNECT is not served: this is a gateway, not a forward proxy",
+        ));
+    }
+    // On every route, public ones too: a token in a URL ends up in logs
+    // and caches along the way (RFC 6750 §2.3).
+    if bearer::query_has_token(request.uri.query()) {
+        return Err(GatewayError::Malformed(
+            "tokens are accepted in the Authorization header only",
+        ));
+    }
     let host = request_host(request)?;
-    let path =
-        route_path(request.uri.path()).map_err(|e| GatewayError::BadRequest(e.describe()))?;
+    let bad_path = |e: PathError| GatewayError::BadRequest(e.describe());
+    let path = route_path(request.uri.path()).map_err(bad_path)?;
     let entry = state
         .routes
         .find(host, &path)
+        .map_err(bad_path)?
         .ok_or(GatewayError::NoRoute)?
         .clone();
+    ctx.upstream_target = upstream_target(&entry.route, &path, request.uri.query());
+    ctx.client_host = host.map(str::to_string);
     ctx.route = Some(entry.clone());
     let route = &entry.route;
     if let RouteAccess::Public = route.access {

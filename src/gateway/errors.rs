@@ -116,6 +116,32 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// The whole HTTP/1.1 answer, closing the connection, for a client
+    /// refused before pingora has a session for it.
+    pub fn http1_answer(&self, request_id: &str) -> Vec<u8> {
+        let body = self.body();
+        let status =
+            http::StatusCode::from_u16(self.status()).unwrap_or(http::StatusCode::BAD_REQUEST);
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if let Some(challenge) = self.www_authenticate() {
+            out.push_str(&format!("www-authenticate: {challenge}\r\n"));
+        }
+        if !request_id.is_empty() {
+            out.push_str(&format!("x-request-id: {request_id}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes
+    }
+}
+
 /// Writes the error to the client, keeping the connection usable.
 pub async fn respond(session: &mut Session, error: &GatewayError, request_id: &str) {
     let body = error.body();

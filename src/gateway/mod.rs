@@ -6,11 +6,13 @@
 //!   credential (SPEC 4.1);
 //! - `refresh`: credential refresh and transparent OBO exchange (4.2, 4.4);
 //! - `routing`, `bearer`, `upstream`: route matching, token extraction,
-//!   upstream peers; `errors`: the one mapping of failures to responses (4.5).
+//!   upstream peers; `errors`: the one mapping of failures to responses (4.5);
+//! - `listener`: HTTP/1.x or h2c, decided by a connection's first bytes.
 
 mod admit;
 mod bearer;
 mod errors;
+mod listener;
 mod proxy;
 mod refresh;
 mod routing;
@@ -21,8 +23,10 @@ use std::sync::Arc;
 use crate::config::Config;
 
 pub use errors::GatewayError;
+pub use listener::ProxyListener;
 pub use proxy::{Drain, Gateway};
 pub use refresh::Refresher;
+pub use routing::route_path;
 use routing::{RouteEntry, RouteTable};
 
 /// The configuration the proxy serves with, prepared: routes ordered for

@@ -17,7 +17,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use super::admit::credential_name;
 use super::errors::{self, GatewayError};
 use super::refresh::{Need, Refresher};
-use super::routing::{upstream_path, RouteEntry};
+use super::routing::RouteEntry;
 use super::GatewayState;
 use crate::credential::Credential;
 use crate::lookup::{Grant, TokenLookup};
@@ -93,6 +93,10 @@ pub struct RequestCtx {
     answer_instead: Option<GatewayError>,
     /// Status of a response refgate wrote itself.
     local_status: u16,
+    /// The request target the upstream gets (origin-form, as routed).
+    pub(super) upstream_target: String,
+    /// The host the client addressed (its `Host`, or the URI's authority).
+    pub(super) client_host: Option<String>,
 }
 
 impl Gateway {
@@ -131,6 +135,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // Requests a client pipelines (sends before reading the answers)
+        // are served one after another, answers in order (RFC 9112
+        // §9.3.2), rather than the connection closing after the first.
+        session.as_downstream_mut().set_pipelining_enabled(true);
         ctx.started = Some(Instant::now());
         ctx.request_id = self.ids.for_request(session.req_header());
         match super::admit::admit(self, session, ctx).await {
@@ -142,6 +150,10 @@ impl ProxyHttp for Gateway {
             }
             Err(error) => {
                 ctx.local_status = error.status();
+                if session.req_header().method == http::Method::CONNECT {
+                    // What follows a CONNECT is not HTTP.
+                    session.set_keepalive(None);
+                }
                 errors::respond(session, &error, &ctx.request_id).await;
                 Ok(true)
             }
@@ -157,11 +169,11 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _: &mut Session,
+        session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        prepare_upstream_request(upstream, ctx);
+        prepare_upstream_request(session, upstream, ctx);
         ctx.upstream_started = Some(Instant::now());
         Ok(())
     }
@@ -277,10 +289,15 @@ impl ProxyHttp for Gateway {
     }
 
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
-        // pingora's own error lines about a request carry its id too.
+        // What pingora's own error lines say about a request. Never the
+        // query (it may hold a token or other secret) nor the client's
+        // headers: the route and the request id find the rest.
+        let request = session.req_header();
+        let route = ctx.route.as_ref().map_or("-", |e| e.route.name.as_str());
         format!(
-            "{}, request_id: {}",
-            session.as_ref().request_summary(),
+            "{} {}, route: {route}, request_id: {}",
+            request.method,
+            request.uri.path(),
             ctx.request_id
         )
     }
@@ -400,17 +417,26 @@ impl Gateway {
     }
 }
 
-/// Rewrites the request for the upstream: path, credential, request id.
-fn prepare_upstream_request(upstream: &mut RequestHeader, ctx: &RequestCtx) {
+/// Rewrites the request for the upstream: target, `Host`, forwarding
+/// headers, credential, request id.
+fn prepare_upstream_request(session: &Session, upstream: &mut RequestHeader, ctx: &RequestCtx) {
     if let Some(entry) = &ctx.route {
-        let rewritten = upstream
-            .uri
-            .path_and_query()
-            .and_then(|pq| upstream_path(&entry.route, pq.as_str()));
-        if let Some(path) = rewritten.and_then(|p| p.parse::<http::Uri>().ok()) {
-            upstream.set_uri(path);
+        if let Ok(target) = ctx.upstream_target.parse::<http::Uri>() {
+            upstream.set_uri(target);
         }
+        let host = if entry.route.preserve_host {
+            ctx.client_host
+                .as_deref()
+                .and_then(|h| http::HeaderValue::from_str(h).ok())
+        } else {
+            None
+        };
+        let _ = upstream.insert_header(
+            http::header::HOST,
+            host.unwrap_or_else(|| entry.upstream_host.clone()),
+        );
     }
+    set_forwarding_headers(session, upstream, ctx);
     match ctx.credential.as_ref().and_then(|c| c.header_value()) {
         Some(header) => {
             let _ = upstream.insert_header(http::header::AUTHORIZATION, header);
@@ -418,6 +444,42 @@ fn prepare_upstream_request(upstream: &mut RequestHeader, ctx: &RequestCtx) {
         None => strip_reference_token(upstream),
     }
     let _ = upstream.insert_header(&REQUEST_ID_HEADER, ctx.request_id.as_str());
+}
+
+/// Headers an upstream may trust to describe the client. Whatever the
+/// client sent under these names is dropped, so that it cannot claim
+/// another address or host.
+static CLIENT_CLAIMS: [&str; 6] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+];
+
+/// `X-Forwarded-For` (the client's address as refgate saw it, never a
+/// chain the client made up), `X-Forwarded-Proto` and `X-Forwarded-Host`.
+fn set_forwarding_headers(session: &Session, upstream: &mut RequestHeader, ctx: &RequestCtx) {
+    for name in CLIENT_CLAIMS {
+        upstream.remove_header(name);
+    }
+    if let Some(ip) = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+    {
+        let _ = upstream.insert_header("x-forwarded-for", ip.to_string());
+    }
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let _ = upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" });
+    if let Some(host) = ctx
+        .client_host
+        .as_deref()
+        .and_then(|h| http::HeaderValue::from_str(h).ok())
+    {
+        let _ = upstream.insert_header("x-forwarded-host", host);
+    }
 }
 
 /// `x-request-id`, made once.
@@ -443,13 +505,13 @@ fn strip_reference_token(upstream: &mut RequestHeader) {
 
 /// Request ids: the client's `x-request-id` when it is sane, else a
 /// process-unique one.
-struct RequestIds {
+pub(super) struct RequestIds {
     prefix: String,
     counter: AtomicU64,
 }
 
 impl RequestIds {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let random = crate::crypto::Random::default().grant_id();
         RequestIds {
             prefix: random[..8].to_string(),
@@ -457,7 +519,7 @@ impl RequestIds {
         }
     }
 
-    fn for_request(&self, request: &RequestHeader) -> String {
+    pub(super) fn for_request(&self, request: &RequestHeader) -> String {
         if let Some(given) = request
             .headers
             .get("x-request-id")

@@ -29,7 +29,7 @@ use super::GatewayState;
 use crate::config::{AuthMethod, Authority, RouteAccess, RouteExchange};
 use crate::credential::{Credential, StoredCredential, SELF_AUTHORITY};
 use crate::lookup::{now, TokenLookup};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Untrusted};
 use crate::token::{patch_custom, OAuthError, OwnRefresh, TokenResponse, TokenService};
 
 /// A span for work done on behalf of a request: a refresh runs as a task
@@ -123,6 +123,9 @@ pub struct Refresher {
     /// When the last refresh of a credential failed for want of its
     /// authority, by flight key.
     failures: Mutex<HashMap<String, Instant>>,
+    /// When an upstream 401 last made this instance refresh a credential,
+    /// by flight key (`min_refresh_interval`).
+    rejections: Mutex<HashMap<String, Instant>>,
 }
 
 impl Refresher {
@@ -143,6 +146,7 @@ impl Refresher {
             holder,
             flights: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            rejections: Mutex::new(HashMap::new()),
         }
     }
 
@@ -270,6 +274,23 @@ impl Refresher {
         failures.get(key).is_some_and(|at| *at >= since)
     }
 
+    /// Whether an upstream 401 may refresh `key` now: at most once per
+    /// `interval`. Claims the turn when it may.
+    fn rejection_may_refresh(&self, key: &str, interval: Duration) -> bool {
+        let mut rejections = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
+        if rejections
+            .get(key)
+            .is_some_and(|at| at.elapsed() < interval)
+        {
+            return false;
+        }
+        if rejections.len() >= 1024 {
+            rejections.retain(|_, at| at.elapsed() < interval);
+        }
+        rejections.insert(key.to_string(), Instant::now());
+        true
+    }
+
     fn note_failure(&self, key: &str, failed: bool) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if failed {
@@ -335,6 +356,17 @@ impl Refresher {
         }
         if self.failed_since(key, waiting_since) {
             return Self::fall_back(&current);
+        }
+        if matches!(need, Need::Rejected { .. })
+            && !self.rejection_may_refresh(key, state.config.gateway.min_refresh_interval)
+        {
+            // A path that always answers 401 must not rotate the
+            // credential on every request: the caller passes the 401 on.
+            tracing::debug!(
+                credential = name,
+                "the upstream rejected a credential refreshed for a 401 shortly before; not refreshing again yet"
+            );
+            return Ok(for_use(&current));
         }
         let store = self.lookup.store();
         let call_limit = Self::call_limit(state);
@@ -442,7 +474,7 @@ impl Refresher {
                 None => {
                     tracing::warn!(
                         credential = name,
-                        authority = %authority_name,
+                        authority = %Untrusted(&authority_name),
                         "the credential names no configured authority; it cannot be refreshed"
                     );
                     return Err(GatewayError::CredentialInvalid(name.to_string()));
@@ -487,7 +519,7 @@ impl Refresher {
                 self.count(&authority_name, "refused");
                 tracing::info!(
                     credential = name,
-                    authority = %authority_name,
+                    authority = %Untrusted(&authority_name),
                     "the authority refused the refresh; the credential needs re-consent"
                 );
                 let patch = json!({ "credentials": { name: { "reauth_required": true } } });
@@ -498,7 +530,7 @@ impl Refresher {
             }
             Outcome::Unavailable(why) => {
                 self.count(&authority_name, "unavailable");
-                tracing::warn!(credential = name, authority = %authority_name, reason = %why, "credential refresh failed");
+                tracing::warn!(credential = name, authority = %Untrusted(&authority_name), reason = %Untrusted(&why), "credential refresh failed");
                 Self::fall_back(&current)
             }
         }
@@ -751,7 +783,7 @@ impl Refresher {
         if e.code == "temporarily_unavailable" {
             return GatewayError::StoreUnavailable;
         }
-        tracing::error!(route = name, error = e.code, reason = %e.description, "transparent exchange failed");
+        tracing::error!(route = name, error = e.code, reason = %Untrusted(&e.description), "transparent exchange failed");
         GatewayError::CredentialInvalid(name.to_string())
     }
 }

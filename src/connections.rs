@@ -1,0 +1,240 @@
+//! Open connections on a listener: how many, and how long a new one may
+//! take to send its first request head.
+//!
+//! A listener holds at most `max_connections`. When it is full, the oldest
+//! connection that has not yet sent a complete request head is closed to
+//! make room: a flood of idle or trickling sockets cannot lock a real
+//! client out. Only when every open connection is serving requests is a
+//! new one refused. A new connection has `request_head_timeout` from accept
+//! to send a complete request head (for HTTP/2, its preface), whether it
+//! sends nothing at all or one byte at a time.
+//!
+//! The head is waited for by peeking at the socket, through a duplicate of
+//! its descriptor registered for readiness, so that the HTTP servers
+//! (pingora, hyper) read the bytes as if nobody had looked.
+
+use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::oneshot;
+
+/// RFC 9113 §3.4.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Most bytes looked at for the end of a request head; a longer head is
+/// left to the HTTP server's own limits.
+const HEAD_PEEK: usize = 16 * 1024;
+
+/// The limits of one listener.
+pub struct Admission {
+    max_connections: usize,
+    head_timeout: Duration,
+    state: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    count: usize,
+    next_id: u64,
+    /// Connections still waiting for their first request head, oldest
+    /// first, with the means to close them.
+    waiting: BTreeMap<u64, oneshot::Sender<()>>,
+}
+
+impl Admission {
+    pub fn new(max_connections: usize, head_timeout: Duration) -> Arc<Self> {
+        Arc::new(Admission {
+            max_connections,
+            head_timeout,
+            state: Mutex::new(Open::default()),
+        })
+    }
+
+    /// Admits a new connection, closing the oldest one still waiting for
+    /// its first request head if the listener is full; `None` when every
+    /// open connection is busy.
+    pub fn admit(self: &Arc<Self>) -> Option<Ticket> {
+        let mut open = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if open.count >= self.max_connections {
+            let (_, close) = open.waiting.pop_first()?;
+            let _ = close.send(());
+        }
+        open.count += 1;
+        open.next_id += 1;
+        let id = open.next_id;
+        let (close, closed) = oneshot::channel();
+        open.waiting.insert(id, close);
+        Some(Ticket {
+            admission: self.clone(),
+            id,
+            closed: Some(closed),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).count
+    }
+}
+
+/// One admitted connection; it counts as open until dropped.
+pub struct Ticket {
+    admission: Arc<Admission>,
+    id: u64,
+    closed: Option<oneshot::Receiver<()>>,
+}
+
+/// How a connection began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opening {
+    /// A complete HTTP/1.x request head (or bytes refgate leaves the HTTP
+    /// server to judge): the bytes seen, still unread.
+    Http1(Vec<u8>),
+    /// The HTTP/2 connection preface.
+    H2,
+    /// Nothing usable in time, or closed to make room: drop it.
+    Close,
+}
+
+impl Ticket {
+    /// Waits until the connection has sent a complete request head or the
+    /// HTTP/2 preface, at most the head timeout from now (call it right
+    /// after accepting), and no longer counts it as waiting afterwards.
+    pub async fn first_request(&mut self, socket: BorrowedFd<'_>) -> Opening {
+        let deadline = tokio::time::Instant::now() + self.admission.head_timeout;
+        let closed = self.closed.take();
+        let opening = tokio::select! {
+            opening = tokio::time::timeout_at(deadline, request_head(socket)) => {
+                opening.unwrap_or(Opening::Close)
+            }
+            _ = async {
+                match closed {
+                    Some(closed) => { let _ = closed.await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => Opening::Close,
+        };
+        self.served();
+        opening
+    }
+
+    /// The connection is no longer waiting for a first request (or is
+    /// not watched for one, as on TLS, where the HTTP server reads the
+    /// decrypted bytes).
+    pub fn served(&mut self) {
+        let mut open = self
+            .admission
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        open.waiting.remove(&self.id);
+        self.closed = None;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut open = self
+            .admission
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        open.waiting.remove(&self.id);
+        open.count = open.count.saturating_sub(1);
+    }
+}
+
+/// Peeks at a socket until its bytes decide how the connection began.
+async fn request_head(socket: BorrowedFd<'_>) -> Opening {
+    let Ok(duplicate) = socket.try_clone_to_owned() else {
+        return Opening::Http1(Vec::new());
+    };
+    // Non-blocking already: the flag belongs to the socket, which both
+    // descriptors share.
+    let socket = std::net::TcpStream::from(duplicate);
+    // SAFETY: `socket` owns its descriptor, which stays open and the same
+    // until the `AsyncFd` that owns `socket` is dropped.
+    let registered = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) };
+    let Ok(watched) = registered else {
+        return Opening::Http1(Vec::new());
+    };
+    loop {
+        let Ok(mut ready) = watched.readable().await else {
+            return Opening::Http1(Vec::new());
+        };
+        let mut bytes = vec![0u8; HEAD_PEEK];
+        match ready.get_inner().peek(&mut bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
+            // Closed or failed: the HTTP server sees it too.
+            Err(_) | Ok(0) => return Opening::Http1(Vec::new()),
+            Ok(n) => match judge(&bytes[..n]) {
+                Some(Protocol::Http1) => {
+                    bytes.truncate(n);
+                    return Opening::Http1(bytes);
+                }
+                Some(Protocol::H2) => return Opening::H2,
+                // More to come: wait for the next bytes.
+                None => ready.clear_ready(),
+            },
+        }
+    }
+}
+
+/// What the first bytes say.
+#[derive(Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    H2,
+}
+
+/// What the first bytes of a connection say, if they say enough yet.
+fn judge(bytes: &[u8]) -> Option<Protocol> {
+    let shared = bytes.len().min(H2_PREFACE.len());
+    if bytes[..shared] == H2_PREFACE[..shared] {
+        return (bytes.len() >= H2_PREFACE.len()).then_some(Protocol::H2);
+    }
+    let complete = bytes.windows(4).any(|w| w == b"\r\n\r\n")
+        || bytes.windows(2).any(|w| w == b"\n\n")
+        || bytes.len() >= HEAD_PEEK;
+    complete.then_some(Protocol::Http1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openings() {
+        assert_eq!(judge(b"GET / HTTP/1.0\r\n\r\n"), Some(Protocol::Http1));
+        assert_eq!(judge(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(judge(b"G"), None);
+        assert_eq!(judge(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(judge(H2_PREFACE), Some(Protocol::H2));
+        assert_eq!(judge(b"PRX"), None);
+        assert_eq!(judge(b"PRX\r\n\r\n"), Some(Protocol::Http1));
+        assert_eq!(judge(&[b'a'; HEAD_PEEK]), Some(Protocol::Http1));
+    }
+
+    #[test]
+    fn a_full_listener_closes_the_oldest_waiting_connection() {
+        let admission = Admission::new(2, Duration::from_secs(1));
+        let mut first = admission.admit().expect("room");
+        let mut second = admission.admit().expect("room");
+        let third = admission.admit().expect("room made");
+        assert!(first.closed.as_mut().expect("waiting").try_recv().is_ok());
+        assert!(second.closed.as_mut().expect("waiting").try_recv().is_err());
+        drop(first);
+        second.served();
+        let mut third = third;
+        third.served();
+        assert_eq!(admission.open(), 2);
+        // Everything open is busy: refused.
+        assert!(admission.admit().is_none());
+        drop(second);
+        assert!(admission.admit().is_some());
+    }
+}

@@ -1,0 +1,948 @@
+//! The gateway's edge as a hostile client meets it: paths that other
+//! servers read differently from refgate's route match, the `Host` and
+//! forwarding headers the upstream trusts, tokens in URLs, requests that
+//! are not for a gateway at all, and upstream 401s repeated to make
+//! refgate rotate a credential again and again.
+//!
+//! `/open/` is public and `/open/admin/` needs a scope throughout: every
+//! bypass below would otherwise reach the admin resource without a token
+//! at an upstream that merges slashes, cuts `;` parameters, ignores case
+//! or decodes `%2F`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::oidc::OidcAs;
+use common::upstream::Upstream;
+use common::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An answer read off a raw socket.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// Sends `bytes` as they are and reads one answer (the request should ask
+/// for `Connection: close`, or the answer carry a length).
+async fn send_raw(port: u16, bytes: &[u8]) -> Result<Reply, String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .write_all(bytes)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(reply) = parse_reply(&buf) {
+            return Ok(reply);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Err(_) => return Err(format!("no answer in time; got {:?}", lossy(&buf))),
+            Ok(Err(e)) => return Err(format!("read: {e}")),
+            Ok(Ok(0)) => {
+                return parse_reply(&buf)
+                    .ok_or_else(|| format!("closed without an answer: {:?}", lossy(&buf)))
+            }
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_string()
+}
+
+/// A complete answer at the start of `buf` (framed by Content-Length).
+fn parse_reply(buf: &[u8]) -> Option<Reply> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let body = buf.get(end + 4..end + 4 + length)?.to_vec();
+    Some(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A GET of `target` with `headers` (each ending in CRLF), closing after.
+fn get_request(target: &str, headers: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n")
+        .into_bytes()
+}
+
+/// refgate with `/open/` public and `/open/admin/` needing `photos.write`
+/// and credential `photos`, plus `extra` TOML.
+fn start(upstream: &Upstream, gateway: &str, extra: &str) -> Refgate {
+    let url = upstream.url();
+    Refgate::start_with(Options {
+        gateway: gateway.to_string(),
+        extra: format!(
+            r#"{AUTHORITY}
+[[routes]]
+name = "open"
+path_prefix = "/open/"
+upstream = "{url}"
+auth = "none"
+
+[[routes]]
+name = "admin"
+path_prefix = "/open/admin/"
+upstream = "{url}"
+required_scopes = ["photos.write"]
+credential = "photos"
+
+{extra}
+"#
+        ),
+        ..Options::default()
+    })
+}
+
+/// Waits until the proxy accepts connections.
+async fn wait_for_proxy(server: &Refgate) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", server.proxy_port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "no proxy:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Asserts a 400 `invalid_request` JSON answer with a request id.
+fn assert_invalid_request(reply: &Reply, what: &str) {
+    assert_eq!(reply.status, 400, "{what}: {reply:?}");
+    let body = reply.json();
+    assert_eq!(body["error"], "invalid_request", "{what}: {reply:?}");
+    assert!(body["error_description"].is_string(), "{what}: {body}");
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json"),
+        "{what}"
+    );
+    assert!(reply.header("x-request-id").is_some(), "{what}: {reply:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Routing
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn paths_other_servers_map_onto_a_scoped_route_are_refused() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream, "", "");
+    wait_for_proxy(&server).await;
+
+    // The scoped route itself needs a token.
+    let reply = send_raw(server.proxy_port, &get_request("/open/admin/x", ""))
+        .await
+        .expect("answer");
+    assert_eq!(reply.status, 401, "{reply:?}");
+
+    let bypasses: [&[u8]; 13] = [
+        b"/open//admin/x",
+        b"/open/admin;jsessionid=1/x",
+        b"/open/admin;/x",
+        b"/open/ADMIN/x",
+        b"/open/Admin/x",
+        b"/open/admin%2Fx",
+        b"/open/admin%2fx",
+        b"/open/admin%5Cx",
+        b"/open/admin%5cx",
+        b"/open/admin\\x",
+        b"/open/admin/%00x",
+        b"/open/adm\x7fin/x",
+        b"/open/\xc3\xa4dmin/x",
+    ];
+    for path in bypasses {
+        let mut request = b"GET ".to_vec();
+        request.extend_from_slice(path);
+        request.extend_from_slice(b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let what = lossy(path);
+        let reply = send_raw(server.proxy_port, &request)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(reply.status, 400, "{what}: {reply:?}");
+        // The few bytes the HTTP parser itself refuses get its bare 400;
+        // everything that reaches routing gets the JSON error.
+        if !reply.body.is_empty() {
+            assert_invalid_request(&reply, &what);
+        }
+    }
+    // A path that matches no route exactly is not forwarded at all, in
+    // whatever case: 404.
+    let reply = send_raw(server.proxy_port, &get_request("/OPEN/admin/x", ""))
+        .await
+        .expect("answer");
+    assert_eq!(reply.status, 404, "{reply:?}");
+    assert!(
+        upstream.requests().is_empty(),
+        "a bypass reached the upstream: {:?}",
+        upstream.requests()
+    );
+
+    // The public route still serves what is plainly its own.
+    let reply = send_raw(server.proxy_port, &get_request("/open/x/y?q=1", ""))
+        .await
+        .expect("answer");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(upstream.requests()[0].path, "/open/x/y?q=1");
+}
+
+#[tokio::test]
+async fn the_upstream_gets_exactly_the_routed_path() {
+    let upstream = Upstream::start().await;
+    let url = upstream.url();
+    let server = start(
+        &upstream,
+        "",
+        &format!(
+            "[[routes]]\nname = \"short\"\npath_prefix = \"/s\"\nupstream = \"{url}\"\nauth = \"none\"\nstrip_prefix = true\n"
+        ),
+    );
+    wait_for_proxy(&server).await;
+    let port = server.proxy_port;
+    for (target, expected) in [
+        // Percent-encoded unreserved characters are forwarded decoded: the
+        // path the upstream reads is the path that was routed.
+        ("/%6Fpen/%7Euser", "/open/~user"),
+        ("/open/a%20b?x=%2F", "/open/a%20b?x=%2F"),
+        // A prefix covers whole segments; `strip_prefix` leaves a path.
+        ("/s/x", "/x"),
+        ("/s", "/"),
+        ("/s?q", "/?q"),
+        // Absolute-form is forwarded in origin-form (RFC 9112 §3.2.1).
+        (
+            &format!("http://127.0.0.1:{port}/open/abs?q=1"),
+            "/open/abs?q=1",
+        ),
+    ] {
+        upstream.clear();
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        let reply = send_raw(port, request.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{target}: {e}"));
+        assert_eq!(reply.status, 200, "{target}: {reply:?}");
+        let seen = upstream.requests();
+        assert_eq!(seen.len(), 1, "{target}");
+        assert_eq!(seen[0].path, expected, "{target}");
+    }
+    // `/s../admin` is not under `/s`: no route, and never `/../admin`.
+    upstream.clear();
+    for target in [
+        "/s../admin",
+        "/s%2e%2e/admin",
+        "/s/../admin",
+        "/s/%2E%2E/admin",
+    ] {
+        let reply = send_raw(port, &get_request(target, ""))
+            .await
+            .unwrap_or_else(|e| panic!("{target}: {e}"));
+        assert!(
+            reply.status == 404 || reply.status == 400,
+            "{target}: {reply:?}"
+        );
+        assert!(reply.json()["error"].is_string(), "{target}: {reply:?}");
+    }
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+}
+
+#[tokio::test]
+async fn prefixes_differing_only_in_case_are_ambiguous() {
+    let upstream = Upstream::start().await;
+    let url = upstream.url();
+    let server = start(
+        &upstream,
+        "",
+        &format!("[[routes]]\nname = \"upper\"\npath_prefix = \"/open/Reports/\"\nupstream = \"{url}\"\nauth = \"none\"\n"),
+    );
+    wait_for_proxy(&server).await;
+    // Exactly `/open/`'s, but `/open/Reports/`'s to a server ignoring case.
+    let reply = send_raw(server.proxy_port, &get_request("/open/reports/x", ""))
+        .await
+        .expect("answer");
+    assert_invalid_request(&reply, "/open/reports/x");
+    assert!(upstream.requests().is_empty());
+    // Written as the prefix is, it is that route's either way.
+    let reply = send_raw(server.proxy_port, &get_request("/open/Reports/x", ""))
+        .await
+        .expect("answer");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(upstream.requests()[0].path, "/open/Reports/x");
+}
+
+// ---------------------------------------------------------------------------
+// Host and forwarding headers
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_upstream_gets_its_own_host_and_forwarding_headers_refgate_set() {
+    let upstream = Upstream::start().await;
+    let url = upstream.url();
+    let server = start(
+        &upstream,
+        "",
+        &format!("[[routes]]\nname = \"kept\"\npath_prefix = \"/kept/\"\nupstream = \"{url}\"\nauth = \"none\"\npreserve_host = true\n"),
+    );
+    wait_for_proxy(&server).await;
+    let claims = "X-Forwarded-For: 10.6.6.6\r\nX-Forwarded-Host: evil.test\r\nX-Forwarded-Proto: https\r\nForwarded: for=10.6.6.6;host=evil.test\r\nX-Real-IP: 10.6.6.6\r\nX-Forwarded-Port: 443\r\n";
+    for (path, expected_host) in [
+        ("/open/x", format!("127.0.0.1:{}", upstream.port)),
+        ("/kept/x", "internal-admin.corp".to_string()),
+    ] {
+        upstream.clear();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: internal-admin.corp\r\n{claims}Connection: close\r\n\r\n"
+        );
+        let reply = send_raw(server.proxy_port, request.as_bytes())
+            .await
+            .expect("answer");
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        let seen = &upstream.requests()[0];
+        assert_eq!(seen.header("host"), Some(expected_host), "{path}");
+        assert_eq!(seen.header_count("host"), 1, "{path}");
+        assert_eq!(seen.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+        assert_eq!(seen.header_count("x-forwarded-for"), 1);
+        assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("http"));
+        assert_eq!(seen.header_count("x-forwarded-proto"), 1);
+        assert_eq!(
+            seen.header("x-forwarded-host").as_deref(),
+            Some("internal-admin.corp")
+        );
+        assert_eq!(seen.header_count("x-forwarded-host"), 1);
+        for gone in ["forwarded", "x-real-ip", "x-forwarded-port"] {
+            assert_eq!(
+                seen.header(gone),
+                None,
+                "{path}: {gone} reached the upstream"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tokens in URLs; requests for a forward proxy
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_token_in_the_query_is_refused_on_every_route() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream, "", "");
+    wait_for_proxy(&server).await;
+    for target in [
+        "/open/x?access_token=rgat_abcdefabcdefabcdefabcdef",
+        "/open/x?a=1&access%5Ftoken=rgat_x",
+        "/open/admin/x?access_token=rgat_x",
+    ] {
+        let reply = send_raw(server.proxy_port, &get_request(target, ""))
+            .await
+            .expect("answer");
+        assert_invalid_request(&reply, target);
+        assert!(reply
+            .header("www-authenticate")
+            .is_some_and(|v| v.contains("invalid_request")));
+    }
+    assert!(upstream.requests().is_empty());
+    let log = server.log();
+    assert!(!log.contains("rgat_abcdef"), "the token was logged:\n{log}");
+}
+
+#[tokio::test]
+async fn connect_gets_the_json_error_and_the_connection_closes() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream, "", "");
+    wait_for_proxy(&server).await;
+    let reply = send_raw(
+        server.proxy_port,
+        b"CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n",
+    )
+    .await
+    .expect("answer");
+    assert_invalid_request(&reply, "CONNECT");
+    assert!(upstream.requests().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Upstream 401s
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_upstream_401s_refresh_at_most_once_per_interval() {
+    let oidc = OidcAs::start(3600);
+    let upstream = Upstream::start().await;
+    let server = Refgate::start_with(Options {
+        gateway: "min_refresh_interval = \"4s\"\nauthority_timeout = \"20s\"".into(),
+        extra: format!(
+            "{}\n{}",
+            oidc.authority_toml("photos-as"),
+            photos_route(&upstream.url())
+        ),
+        ..Options::default()
+    });
+    wait_for_proxy(&server).await;
+    let (access, refresh, _) = oidc.mint("mallory").await;
+    let app = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let (status, body) = server
+        .mutate(&json!({"token": app, "patch": {"credentials": {"photos": {
+            "access_token": access,
+            "refresh_token": refresh,
+            "token_type": "Bearer",
+            "expires_at": unix_now() + 3600,
+            "authority": "photos-as",
+        }}}}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let get = || async {
+        http()
+            .get(format!("{}/photos/x", server.proxy))
+            .bearer_auth(&app)
+            .send()
+            .await
+            .expect("request")
+            .status()
+    };
+    // The path answers 401 to every credential it is sent.
+    upstream.reject(&format!("Bearer {access}"));
+    assert_eq!(get().await, StatusCode::OK, "first 401: refresh and replay");
+    assert_eq!(oidc.refresh_count().await, 1);
+    let fresh = upstream.requests()[1]
+        .header("authorization")
+        .expect("replayed with a credential");
+    upstream.reject(&fresh);
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(get().await, StatusCode::UNAUTHORIZED);
+    }
+    assert!(started.elapsed() < Duration::from_secs(4), "test too slow");
+    assert_eq!(
+        oidc.refresh_count().await,
+        1,
+        "a 401 within min_refresh_interval refreshed again"
+    );
+    // Once the interval has passed, one more 401 may refresh once more.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(started.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get().await, StatusCode::OK);
+    assert_eq!(oidc.refresh_count().await, 2);
+}
+
+// ---------------------------------------------------------------------------
+// Logs
+// ---------------------------------------------------------------------------
+
+/// refgate restarted on `server`'s configuration with `RUST_LOG` and
+/// the log format given, logging to its own file.
+struct TraceRun {
+    child: std::process::Child,
+    log_path: std::path::PathBuf,
+}
+
+impl TraceRun {
+    fn start(server: &mut Refgate, format: &str) -> Self {
+        Self::start_logging(server, format, "trace")
+    }
+
+    fn start_logging(server: &mut Refgate, format: &str, filter: &str) -> Self {
+        server.stop();
+        let log_path = server.dir.path().join(format!("trace-{format}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_refgate"))
+            .args(["--log-format", format, "serve", "--config"])
+            .arg(&server.config_path)
+            .env("RUST_LOG", filter)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start refgate");
+        let run = TraceRun { child, log_path };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(raw_get_ok(server.token_port, "/healthz")
+            && std::net::TcpStream::connect(("127.0.0.1", server.proxy_port)).is_ok())
+        {
+            assert!(Instant::now() < deadline, "not ready:\n{}", run.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        run
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for TraceRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue, exchange, mutate, proxy (with an upstream 401, a refresh at the
+/// authority and a replay), refresh, revoke — and a failing upstream, a
+/// token in a query, a credential naming a forged authority — with
+/// everything logged at `trace`. Returns the secrets that must not appear.
+async fn walk_through(server: &Refgate, oidc: &OidcAs, upstream: &Upstream) -> Vec<String> {
+    let mut secrets: Vec<String> = ["app-secret", "middle-secret", "gateway-secret", DATA_KEY]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    // Basic credentials as they travel.
+    for (id, secret) in [("app", "app-secret"), ("middle", "middle-secret")] {
+        use base64::Engine;
+        secrets.push(base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")));
+    }
+    let issued = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let (access, refresh) = refreshable(server, "photos.read offline_access").await;
+    let (down_access, down_refresh, _) = oidc.mint("walker").await;
+    let custom = "custom-value-4f1d9c";
+    let (status, body) = server
+        .mutate(&json!({"token": access, "patch": {
+            "note": custom,
+            "credentials": {
+                "photos": {
+                    "access_token": down_access,
+                    "refresh_token": down_refresh,
+                    "token_type": "Bearer",
+                    "expires_at": unix_now() + 3600,
+                    "authority": "photos-as",
+                },
+                "forged": {
+                    "access_token": "forged-down-token-77",
+                    "refresh_token": "forged-down-refresh-77",
+                    "token_type": "Bearer",
+                    "expires_at": unix_now() - 10,
+                    "authority": "x\n2031-01-01T00:00:00Z ERROR FORGED-LINE \u{1b}[31m",
+                },
+            },
+        }}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    upstream.reject(&format!("Bearer {down_access}"));
+    let response = http()
+        .get(format!("{}/photos/x?q=query-secret-5e2", server.proxy))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .expect("proxy");
+    assert_eq!(response.status(), StatusCode::OK);
+    let replayed = upstream
+        .requests()
+        .last()
+        .and_then(|r| r.header("authorization"))
+        .expect("replayed");
+    let refreshed_down = replayed.trim_start_matches("Bearer ").to_string();
+    assert_ne!(refreshed_down, down_access);
+
+    // A credential whose authority is no configured one.
+    let response = http()
+        .get(format!("{}/forged/x", server.proxy))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .expect("forged");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // An upstream that is down, with a query: pingora logs the failure.
+    let response = http()
+        .get(format!("{}/down/x?secret=query-secret-5e2", server.proxy))
+        .send()
+        .await
+        .expect("down");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let response = http()
+        .get(format!("{}/down/x?access_token={issued}", server.proxy))
+        .send()
+        .await
+        .expect("query token");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    let (status, body) = server
+        .token(
+            "app",
+            &[("grant_type", "refresh_token"), ("refresh_token", &refresh)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new_access = str_of(&body, "access_token").to_string();
+    let new_refresh = str_of(&body, "refresh_token").to_string();
+    let (status, _) = server
+        .post_form(
+            "/oauth2/revoke",
+            Some(("app", "app-secret")),
+            &[("token", &new_refresh)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    secrets.extend([
+        issued,
+        access,
+        refresh,
+        new_access,
+        new_refresh,
+        down_access,
+        down_refresh,
+        refreshed_down,
+        custom.to_string(),
+        "forged-down-token-77".into(),
+        "forged-down-refresh-77".into(),
+        "query-secret-5e2".into(),
+    ]);
+    secrets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_secret_reaches_the_log_even_at_trace() {
+    let oidc = OidcAs::start(3600);
+    let down = closed_port();
+    let upstream = Upstream::start().await;
+    let url = upstream.url();
+    let mut server = Refgate::start_with(Options {
+        gateway: "authority_timeout = \"20s\"".into(),
+        extra: format!(
+            "{}\n{}\n{}\n{}",
+            oidc.authority_toml("photos-as"),
+            photos_route(&url),
+            route(
+                "forged",
+                "/forged/",
+                &url,
+                "required_scopes = [\"photos.read\"]\ncredential = \"forged\""
+            ),
+            route(
+                "down",
+                "/down/",
+                &format!("http://127.0.0.1:{}", down.port),
+                "auth = \"none\""
+            ),
+        ),
+        ..Options::default()
+    });
+    for format in ["text", "json"] {
+        let run = TraceRun::start(&mut server, format);
+        let secrets = walk_through(&server, &oidc, &upstream).await;
+        // Let the last lines land.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let log = run.log();
+        assert!(
+            log.contains("TRACE"),
+            "{format}: trace logging is not on:\n{log}"
+        );
+        for secret in &secrets {
+            if let Some(line) = log.lines().find(|l| l.contains(secret.as_str())) {
+                panic!("{format}: {secret:?} was logged:\n{line}");
+            }
+        }
+        // pingora's own crates stay at info whatever RUST_LOG says.
+        for line in log.lines() {
+            let pingora_detail =
+                (line.contains("DEBUG") || line.contains("TRACE")) && line.contains("pingora");
+            assert!(!pingora_detail, "{format}: {line}");
+        }
+        // A value from custom data cannot start a line of its own.
+        assert!(
+            !log.lines()
+                .any(|l| l.starts_with("2031-01-01") || l.contains('\u{1b}')),
+            "{format}: a forged line:\n{log}"
+        );
+        assert!(
+            log.contains("FORGED-LINE"),
+            "{format}: the warning is missing"
+        );
+        drop(run);
+        upstream.clear();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/1 or h2c
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn requests_shorter_than_the_h2_preface_are_answered_and_a_split_preface_is_h2c() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream, "", "");
+    wait_for_proxy(&server).await;
+    let short = b"GET /open/ HTTP/1.0\r\n\r\n";
+    assert!(short.len() < 24);
+    let started = Instant::now();
+    let reply = send_raw(server.proxy_port, short).await.expect("answer");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // The preface in two writes: still HTTP/2, answered with SETTINGS.
+    let mut stream = TcpStream::connect(("127.0.0.1", server.proxy_port))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(b"\r\nSM\r\n\r\n").await.expect("write");
+    // An empty SETTINGS frame.
+    stream
+        .write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0])
+        .await
+        .expect("write");
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut frame))
+        .await
+        .expect("an answer in time")
+        .expect("a frame");
+    assert_eq!(frame[3], 0x4, "not a SETTINGS frame: {frame:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Idle and slow connections
+// ---------------------------------------------------------------------------
+
+/// Opens `n` connections that send nothing.
+async fn idle_sockets(port: u16, n: usize) -> Vec<TcpStream> {
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        sockets.push(
+            TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect an idle socket"),
+        );
+    }
+    sockets
+}
+
+/// How long until the server closes a connection that sends `start` and
+/// then one more byte every 300 ms.
+async fn trickle_until_closed(port: u16, start: &[u8]) -> Duration {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.write_all(start).await.expect("write");
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let written = stream.write_all(b"X").await;
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_millis(10), stream.read(&mut buf)).await;
+        let closed = written.is_err() || matches!(read, Ok(Ok(0)) | Ok(Err(_)));
+        if closed || started.elapsed() > Duration::from_secs(20) {
+            return started.elapsed();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_trickling_connections_neither_lock_out_clients_nor_stay() {
+    let upstream = Upstream::start().await;
+    let mut server = start(&upstream, "", "");
+    let config = std::fs::read_to_string(&server.config_path).expect("config");
+    let config = config.replacen(
+        "[listen]\n",
+        "[listen]\nmax_connections = 300\nrequest_head_timeout = \"2s\"\n",
+        1,
+    );
+    std::fs::write(&server.config_path, config).expect("config");
+    let run = TraceRun::start_logging(&mut server, "text", "info");
+    for (port, request) in [
+        (
+            server.proxy_port,
+            "GET /open/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            server.token_port,
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        ),
+    ] {
+        // Twice as many silent sockets as the listener holds.
+        let mut idle = idle_sockets(port, 600).await;
+        let started = Instant::now();
+        let reply = send_raw(port, request.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("port {port}: {e}\n{}", run.log()));
+        assert_eq!(reply.status, 200, "port {port}: {reply:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "port {port}: a real client waited {:?} behind idle sockets",
+            started.elapsed()
+        );
+        // A silent socket is closed at the deadline (or earlier, to make
+        // room).
+        let last = idle.last_mut().expect("sockets");
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), last.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "port {port}: a silent socket stayed open: {read:?}"
+        );
+        drop(idle);
+        // One byte every 300 ms never completes a head: cut at about 2 s.
+        let lasted =
+            trickle_until_closed(port, b"GET /open/x HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
+        assert!(
+            lasted >= Duration::from_millis(1500) && lasted < Duration::from_secs(5),
+            "port {port}: a trickling connection lasted {lasted:?}"
+        );
+    }
+    // After its first request, a kept-alive connection to the token
+    // service is closed when no next request head comes within 10 s.
+    let mut kept = TcpStream::connect(("127.0.0.1", server.token_port))
+        .await
+        .expect("connect");
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let answers = read_answers(&mut kept, 1).await;
+    assert_eq!(answers.first().map(|a| a.status), Some(200));
+    let idle_since = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(15), kept.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle keep-alive connection stayed open: {read:?}"
+    );
+    assert!(idle_since.elapsed() >= Duration::from_secs(9));
+    drop(run);
+}
+
+// ---------------------------------------------------------------------------
+// Pipelining
+// ---------------------------------------------------------------------------
+
+/// Reads answers until the connection closes or `n` complete ones came.
+async fn read_answers(stream: &mut TcpStream, n: usize) -> Vec<Reply> {
+    let mut buf = Vec::new();
+    let mut answers = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        while let Some(reply) = parse_reply(&buf) {
+            let used = reply_len(&buf);
+            buf.drain(..used);
+            answers.push(reply);
+        }
+        if answers.len() >= n {
+            return answers;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return answers,
+            Ok(Ok(k)) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+}
+
+/// The length of the complete answer at the start of `buf`.
+fn reply_len(buf: &[u8]) -> usize {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    end + 4 + length
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream, "", "");
+    wait_for_proxy(&server).await;
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    // In one write, and in several.
+    for split in [false, true] {
+        upstream.clear();
+        let mut stream = TcpStream::connect(("127.0.0.1", server.proxy_port))
+            .await
+            .expect("connect");
+        let post = "POST /open/2 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 31\r\n\r\nGET /open/smuggled HTTP/1.1\r\n\r\n";
+        let all = [request("/open/1"), post.to_string(), request("/open/3")];
+        if split {
+            for r in &all {
+                stream.write_all(r.as_bytes()).await.expect("write");
+            }
+        } else {
+            stream
+                .write_all(all.concat().as_bytes())
+                .await
+                .expect("write");
+        }
+        let answers = read_answers(&mut stream, 3).await;
+        let paths: Vec<String> = answers
+            .iter()
+            .map(|a| a.json()["path"].as_str().unwrap_or("-").to_string())
+            .collect();
+        assert_eq!(paths, ["/open/1", "/open/2", "/open/3"], "split: {split}");
+        assert_eq!(answers[1].json()["body_len"], 31);
+        let seen: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(seen, ["/open/1", "/open/2", "/open/3"], "split: {split}");
+    }
+}
+
+#[tokio::test]
+async fn an_absolute_form_request_to_a_foreign_host_gets_the_json_error() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream, "", "");
+    wait_for_proxy(&server).await;
+    for request in [
+        "GET http://evil.test/open/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        "GET http://127.0.0.1/open/x HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
+        "GET /open/x HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
+        "GET http://user@127.0.0.1/open/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let reply = send_raw(server.proxy_port, request.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{request:?}: {e}"));
+        assert_invalid_request(&reply, request);
+    }
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    // The client's own request id is kept.
+    let reply = send_raw(
+        server.proxy_port,
+        b"GET http://evil.test/x HTTP/1.1\r\nHost: a.test\r\nX-Request-Id: mine-1\r\n\r\n",
+    )
+    .await
+    .expect("answer");
+    assert_eq!(reply.header("x-request-id"), Some("mine-1"));
+}

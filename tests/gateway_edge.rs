@@ -484,7 +484,8 @@ impl TraceRun {
         server.stop();
         let log_path = server.dir.path().join(format!("trace-{format}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_refgate"))
+        let child = server
+            .command()
             .args(["--log-format", format, "serve", "--config"])
             .arg(&server.config_path)
             .env("RUST_LOG", filter)
@@ -534,6 +535,20 @@ async fn walk_through(server: &Refgate, oidc: &OidcAs, upstream: &Upstream) -> V
     let (access, refresh) = refreshable(server, "photos.read offline_access").await;
     let (down_access, down_refresh, _) = oidc.mint("walker").await;
     let custom = "custom-value-4f1d9c";
+    // A credential naming a forged authority, as data stored before such
+    // writes were refused may hold one (its name is written to the log).
+    plant_custom(
+        server,
+        &access,
+        json!({"credentials": {"forged": {
+            "access_token": "forged-down-token-77",
+            "refresh_token": "forged-down-refresh-77",
+            "token_type": "Bearer",
+            "expires_at": unix_now() - 10,
+            "authority": "x\n2031-01-01T00:00:00Z ERROR FORGED-LINE \u{1b}[31m",
+        }}}),
+    )
+    .await;
     let (status, body) = server
         .mutate(&json!({"token": access, "patch": {
             "note": custom,
@@ -544,13 +559,6 @@ async fn walk_through(server: &Refgate, oidc: &OidcAs, upstream: &Upstream) -> V
                     "token_type": "Bearer",
                     "expires_at": unix_now() + 3600,
                     "authority": "photos-as",
-                },
-                "forged": {
-                    "access_token": "forged-down-token-77",
-                    "refresh_token": "forged-down-refresh-77",
-                    "token_type": "Bearer",
-                    "expires_at": unix_now() - 10,
-                    "authority": "x\n2031-01-01T00:00:00Z ERROR FORGED-LINE \u{1b}[31m",
                 },
             },
         }}))

@@ -1632,7 +1632,14 @@ async fn server_still_answers_correctly_after_the_barrage() {
 
     assert!(
         raw_get_ok(server.token_port, "/healthz"),
-        "healthz after the barrage"
+        "healthz after the barrage: {}",
+        server
+            .log()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     // The token issued before the barrage is still active.

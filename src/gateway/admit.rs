@@ -104,7 +104,8 @@ pub async fn admit(
             if !configured {
                 tracing::warn!(
                     request_id = %ctx.request_id,
-                    credential = %name,
+                    credential = %crate::telemetry::Untrusted(name),
+                    authority = %crate::telemetry::Untrusted(stored.authority().unwrap_or_default()),
                     "the credential names no configured authority; it is not used"
                 );
                 return Err(GatewayError::CredentialInvalid(name.clone()));

@@ -277,7 +277,7 @@ data_key = "{DATA_KEY}"
             .append(true)
             .open(&self.log_path)
             .expect("open log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_refgate"));
+        let mut command = self.command();
         command
             .arg("serve")
             .arg("--config")
@@ -286,9 +286,6 @@ data_key = "{DATA_KEY}"
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        let sockets: Vec<(&str, &TcpListener)> =
-            self.listeners.iter().map(|(n, l)| (*n, l)).collect();
-        pass_listeners(&mut command, &sockets);
         let child = command.spawn().expect("start refgate");
         self.child = Some(child);
         self.wait_ready();
@@ -336,6 +333,17 @@ data_key = "{DATA_KEY}"
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The `refgate` binary, set to start with this instance's sockets;
+    /// the caller adds the arguments. For tests that run it their own way
+    /// (another log filter or format) while this instance is stopped.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_refgate"));
+        let sockets: Vec<(&str, &TcpListener)> =
+            self.listeners.iter().map(|(n, l)| (*n, l)).collect();
+        pass_listeners(&mut command, &sockets);
+        command
     }
 
     /// A metrics listener for the next start (listeners take a restart);

@@ -177,6 +177,13 @@ async fn request_head(socket: BorrowedFd<'_>) -> Opening {
                     return Opening::Http1(bytes);
                 }
                 Some(Protocol::H2) => return Opening::H2,
+                // The client sent part of a head and shut its side: no
+                // more bytes will come (and the socket stays readable, so
+                // waiting would spin). The HTTP server answers what it got.
+                None if ready.ready().is_read_closed() => {
+                    bytes.truncate(n);
+                    return Opening::Http1(bytes);
+                }
                 // More to come: wait for the next bytes.
                 None => ready.clear_ready(),
             },

@@ -54,11 +54,11 @@ pub fn serve(
         .build()
         .context("cannot start the control runtime")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    // Polled once before any listener answers, so that whatever the
-    // shutdown future sets up on its first poll (signal handlers) is in
-    // place by the time a client can see refgate running.
+    // Poll the shutdown signal once before anything listens: a signal
+    // handler it installs is then in place before the first request can be
+    // answered, so a SIGTERM right after start is a clean stop, not a kill.
     let mut shutdown = Box::pin(shutdown);
-    let early = control.block_on(async { futures::poll!(shutdown.as_mut()).is_ready() });
+    let signalled = control.block_on(async { futures::poll!(shutdown.as_mut()).is_ready() });
     let parts = control.block_on(Parts::open(config))?;
 
     let token_listener = control
@@ -112,7 +112,7 @@ pub fn serve(
         .watch(stop_rx.clone()),
     );
     control.spawn(async move {
-        if !early {
+        if !signalled {
             shutdown.await;
         }
         let _ = stop_tx.send(true);

@@ -166,19 +166,21 @@ async fn request_head(socket: BorrowedFd<'_>) -> Opening {
         let Ok(mut ready) = watched.readable().await else {
             return Opening::Http1(Vec::new());
         };
-        // The peer finished sending: no more bytes will decide. tokio keeps
-        // this readiness once seen, so waiting again would not wait.
-        let finished = ready.ready().is_read_closed();
         let mut bytes = vec![0u8; HEAD_PEEK];
         match ready.get_inner().peek(&mut bytes) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
             // Closed or failed: the HTTP server sees it too.
             Err(_) | Ok(0) => return Opening::Http1(Vec::new()),
-            // A complete head, or all there will be (the HTTP server
-            // answers an incomplete one itself).
-            Ok(n) => match judge(&bytes[..n]).or(finished.then_some(Protocol::Http1)) {
-                Some(Protocol::H2) => return Opening::H2,
+            Ok(n) => match judge(&bytes[..n]) {
                 Some(Protocol::Http1) => {
+                    bytes.truncate(n);
+                    return Opening::Http1(bytes);
+                }
+                Some(Protocol::H2) => return Opening::H2,
+                // The client sent part of a head and shut its side: no
+                // more bytes will come (and the socket stays readable, so
+                // waiting would spin). The HTTP server answers what it got.
+                None if ready.ready().is_read_closed() => {
                     bytes.truncate(n);
                     return Opening::Http1(bytes);
                 }

@@ -954,3 +954,43 @@ async fn an_absolute_form_request_to_a_foreign_host_gets_the_json_error() {
     .expect("answer");
     assert_eq!(reply.header("x-request-id"), Some("mine-1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_head_then_a_half_close_is_answered_at_once() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream, "", "");
+    wait_for_proxy(&server).await;
+    for (port, path) in [
+        (server.proxy_port, "/open/x"),
+        (server.token_port, "/healthz"),
+    ] {
+        let mut halves = Vec::new();
+        for _ in 0..20 {
+            let mut stream = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            stream
+                .write_all(b"GET /open/x HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .await
+                .expect("write");
+            stream.shutdown().await.expect("half-close");
+            halves.push(stream);
+        }
+        let started = Instant::now();
+        let reply = send_raw(port, &get_request(path, ""))
+            .await
+            .expect("answer");
+        assert_eq!(reply.status, 200, "port {port}: {reply:?}");
+        assert!(started.elapsed() < Duration::from_secs(1), "port {port}");
+        // Each is answered or closed long before the head deadline.
+        for mut half in halves {
+            let mut buf = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(3), half.read_to_end(&mut buf)).await;
+            assert!(
+                read.is_ok(),
+                "port {port}: a half-closed connection was held"
+            );
+        }
+    }
+}

@@ -33,6 +33,11 @@ const PURGE_AFTER: i64 = 3600;
 /// How often custom data sealed with a previous data key is sealed again
 /// with the current one (also once at start).
 const RESEAL_EVERY: Duration = Duration::from_secs(3600);
+/// Concurrent HTTP/2 streams per token-service connection. Each stream may
+/// hold one request body (64 KiB for a form; a mutation's cap), so this
+/// bounds what one connection can make the token service buffer: 16 × 64 KiB
+/// is 1 MiB.
+const H2_STREAMS: u32 = 16;
 /// Time a client has to send a complete request head once it began one
 /// (the first one on a connection also within `request_head_timeout` of
 /// accept).
@@ -365,7 +370,7 @@ async fn serve_http(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(64 * 1024)
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(H2_STREAMS)
         .keep_alive_interval(Some(H2_IDLE))
         .keep_alive_timeout(H2_PING_TIMEOUT);
     loop {

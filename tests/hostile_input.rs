@@ -1763,3 +1763,31 @@ async fn server_still_answers_correctly_after_the_barrage() {
         "the log contains the absurd token"
     );
 }
+
+/// A client that fails Basic authentication is answered before refgate
+/// reads (and holds) the body it announced: here a body that never comes.
+#[tokio::test]
+async fn a_wrong_basic_secret_is_refused_before_the_body_is_read() {
+    let server = Refgate::start();
+    for path in ["/oauth2/token", "/oauth2/introspect", "/oauth2/revoke"] {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.token_port))
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Authorization: Basic {}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: 4000\r\n\r\n",
+            B64.encode("app:wrong-secret")
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut answer = vec![0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer while the body is missing"))
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+        assert!(answer.contains("invalid_client"), "{path}: {answer}");
+    }
+}

@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
 use super::error::{no_store, OAuthError};
-use super::request::{authenticate, read_body, AuthMethods, Form, FORM_LIMIT};
+use super::request::{
+    authenticate, authenticate_header_first, read_body, AuthMethods, Form, FORM_LIMIT,
+};
 use super::{scope, TokenService};
 use crate::crypto::TokenKind;
 use crate::lookup::{now, ActiveToken};
@@ -27,9 +29,10 @@ pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<B
 }
 
 async fn introspect(service: &TokenService, request: Request<Body>) -> Result<Value, OAuthError> {
+    let config = service.config();
+    authenticate_header_first(&config, request.headers())?;
     let (parts, body) = read_body(request, FORM_LIMIT).await?;
     let form = Form::parse(&parts.headers, &body)?;
-    let config = service.config();
     let client = authenticate(
         &config,
         &parts.headers,

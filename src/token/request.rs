@@ -214,6 +214,18 @@ pub fn authenticate(
     }
 }
 
+/// Checks HTTP Basic client credentials before the body is read: a caller
+/// that sends an Authorization header and fails it is refused without
+/// refgate reading (and holding) its body. Without the header nothing is
+/// checked here (`client_secret_post` needs the body); [`authenticate`]
+/// runs on the whole request afterwards either way.
+pub fn authenticate_header_first(config: &Config, headers: &HeaderMap) -> Result<(), OAuthError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        authenticate(config, headers, None, AuthMethods::BasicOnly)?;
+    }
+    Ok(())
+}
+
 /// Parses `Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 §2.3.1).
 fn parse_basic(value: &[u8]) -> Result<(String, String), OAuthError> {
     let bad = || OAuthError::invalid_client("malformed Basic credentials");

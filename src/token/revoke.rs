@@ -12,7 +12,9 @@ use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::error::{no_store, OAuthError};
-use super::request::{authenticate, read_body, AuthMethods, Form, FORM_LIMIT};
+use super::request::{
+    authenticate, authenticate_header_first, read_body, AuthMethods, Form, FORM_LIMIT,
+};
 use super::TokenService;
 use crate::crypto::{hash_token, token_kind, TokenKind};
 use crate::lookup::now;
@@ -30,9 +32,10 @@ pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<B
 }
 
 async fn revoke(service: &TokenService, request: Request<Body>) -> Result<(), OAuthError> {
+    let config = service.config();
+    authenticate_header_first(&config, request.headers())?;
     let (parts, body) = read_body(request, FORM_LIMIT).await?;
     let form = Form::parse(&parts.headers, &body)?;
-    let config = service.config();
     let client = authenticate(
         &config,
         &parts.headers,

@@ -9,7 +9,9 @@ use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 
 use super::error::OAuthError;
-use super::request::{authenticate, read_body, AuthMethods, Form, FORM_LIMIT};
+use super::request::{
+    authenticate, authenticate_header_first, read_body, AuthMethods, Form, FORM_LIMIT,
+};
 use super::TokenService;
 use crate::config::GrantType;
 
@@ -21,9 +23,10 @@ pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<B
 }
 
 async fn token(service: &TokenService, request: Request<Body>) -> Result<Response, OAuthError> {
+    let config = service.config();
+    authenticate_header_first(&config, request.headers())?;
     let (parts, body) = read_body(request, FORM_LIMIT).await?;
     let form = Form::parse(&parts.headers, &body)?;
-    let config = service.config();
     let client = authenticate(
         &config,
         &parts.headers,

@@ -23,6 +23,8 @@
 //! - [`gateway`]: the pingora proxy — admission, credential refresh, OBO;
 //! - [`credential`]: downstream credentials stored in custom data;
 //! - [`reload`]: configuration reload on SIGHUP and file change;
+//! - [`dns`]: upstream and authority host names, resolved while serving
+//!   and re-resolved on their records' TTL;
 //! - [`listeners`]: the sockets, bound from `[listen]` or inherited;
 //! - [`server`]: wiring: open the store, start the listeners, run until
 //!   shutdown;
@@ -34,6 +36,7 @@ pub mod config;
 pub mod connections;
 pub mod credential;
 pub mod crypto;
+pub mod dns;
 pub mod gateway;
 pub mod listeners;
 pub mod lookup;

@@ -129,6 +129,11 @@ async fn shutdown_signal() {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path, LoadMode::Check) {
         Ok(c) => {
+            for (key, unresolved) in refgate::dns::unresolvable(&c) {
+                eprintln!(
+                    "warning: {key}: {unresolved} (from here; refgate resolves it while serving)"
+                );
+            }
             println!(
                 "{}: valid ({} clients, {} routes, {} authorities)",
                 path.display(),

@@ -37,7 +37,7 @@ impl Reloader {
             );
         }
         let new = Arc::new(new);
-        let state = GatewayState::build(new.clone())?;
+        let state = GatewayState::build(new.clone(), self.gateway.load().dns.clone())?;
         let routes = state.route_count();
         self.config.store(new.clone());
         self.gateway.store(Arc::new(state));

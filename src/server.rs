@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::connections::{Admission, Opening};
+use crate::dns::Dns;
 use crate::gateway::{Drain, Gateway, GatewayState, ProxyListener, Refresher};
 use crate::listeners::{Listeners, PreBound};
 use crate::lookup::{now, CacheSettings, TokenLookup};
@@ -190,7 +191,12 @@ impl Parts {
         crate::lookup::reseal::check_keys(&lookup)
             .await
             .map_err(anyhow::Error::msg)?;
+        let dns = Arc::new(Dns::new(
+            &config.gateway.dns_servers,
+            tokio::runtime::Handle::current(),
+        ));
         let http = reqwest::Client::builder()
+            .dns_resolver(Arc::new(crate::dns::ForHttpClient(dns.clone())))
             .user_agent(concat!("refgate/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
@@ -198,7 +204,7 @@ impl Parts {
             .context("cannot build the HTTP client")?;
         let listen = config.listen.clone();
         let config = Arc::new(config);
-        let gateway = GatewayState::build(config.clone()).map_err(anyhow::Error::msg)?;
+        let gateway = GatewayState::build(config.clone(), dns).map_err(anyhow::Error::msg)?;
         let config = Arc::new(ArcSwap::new(config));
         let tokens = Arc::new(TokenService::new(
             config.clone(),

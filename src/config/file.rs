@@ -80,6 +80,8 @@ pub struct Gateway {
     /// Least time between two refreshes of one credential that upstream
     /// 401s trigger.
     pub min_refresh_interval: Option<String>,
+    /// DNS servers (`ip:port`) for upstream and authority host names.
+    pub dns_servers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

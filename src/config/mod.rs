@@ -86,6 +86,8 @@ pub struct GatewaySettings {
     pub upstream_connect_timeout: Duration,
     /// At most one upstream-401-triggered refresh per credential this often.
     pub min_refresh_interval: Duration,
+    /// DNS servers for host names; empty: the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 /// The grant types refgate implements.
@@ -263,13 +265,14 @@ impl HostPattern {
     }
 }
 
-/// A resolved upstream.
+/// An upstream: a literal address, or a host name resolved while serving.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub tls: bool,
     pub host: String,
     pub port: u16,
-    pub addr: SocketAddr,
+    /// The address when `host` is an IP literal; `None` for a name.
+    pub addr: Option<SocketAddr>,
 }
 
 /// A secret value: never printed.

@@ -492,7 +492,30 @@ fn gateway_settings(c: &mut Checker<'_>, g: &file::Gateway) -> GatewaySettings {
             g.min_refresh_interval.as_ref(),
             Duration::from_secs(30),
         ),
+        dns_servers: dns_servers(c, g.dns_servers.as_deref()),
     }
+}
+
+/// `ip:port` of DNS servers, or `ip` alone for port 53.
+fn dns_servers(c: &mut Checker<'_>, list: Option<&[String]>) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for (i, text) in list.unwrap_or_default().iter().enumerate() {
+        let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+            text.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Some(addr) => out.push(addr),
+            None => c.report(
+                format!("gateway.dns_servers[{i}]"),
+                format!(
+                    "`{text}` is not an IP address with an optional port, such as \"127.0.0.1:53\""
+                ),
+            ),
+        }
+    }
+    out
 }
 
 /// A scope token as RFC 6749 §3.3 allows it.
@@ -910,17 +933,12 @@ fn upstream(c: &mut Checker<'_>, key: &str, value: &str) -> Option<Upstream> {
     warn_plain_http(&url, key);
     let host = url.host_str()?.trim_matches(['[', ']']).to_string();
     let port = url.port_or_known_default()?;
-    // Resolved once here: the proxy must never block on DNS per request.
-    let addr = match (host.as_str(), port)
-        .to_socket_addrs()
-        .map(|mut a| a.next())
-    {
-        Ok(Some(addr)) => addr,
-        _ => {
-            c.report(key, format!("cannot resolve `{host}`"));
-            return None;
-        }
-    };
+    // A literal address is used as it is; a name is resolved while serving
+    // (never here: it may not resolve yet, and resolving blocks).
+    let addr = host
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, port));
     Some(Upstream {
         tls: url.scheme() == "https",
         host,

@@ -21,6 +21,7 @@ mod upstream;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::dns::Dns;
 
 pub use errors::GatewayError;
 pub use listener::ProxyListener;
@@ -34,11 +35,14 @@ use routing::{RouteEntry, RouteTable};
 pub struct GatewayState {
     pub config: Arc<Config>,
     routes: RouteTable,
+    /// Resolves upstream host names (shared across reloads: its answers
+    /// stay cached).
+    pub dns: Arc<Dns>,
 }
 
 impl GatewayState {
     /// Prepares a configuration; fails if an upstream's CA file is unusable.
-    pub fn build(config: Arc<Config>) -> Result<Self, String> {
+    pub fn build(config: Arc<Config>, dns: Arc<Dns>) -> Result<Self, String> {
         let mut entries = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let peer = upstream::peer_for(route, &config.gateway)
@@ -48,6 +52,7 @@ impl GatewayState {
         Ok(GatewayState {
             routes: RouteTable::new(entries),
             config,
+            dns,
         })
     }
 

@@ -161,9 +161,24 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        match &ctx.route {
-            Some(entry) => Ok(Box::new(entry.peer.clone())),
-            None => Error::e_explain(ErrorType::InternalError, "no route selected"),
+        let Some(entry) = &ctx.route else {
+            return Error::e_explain(ErrorType::InternalError, "no route selected");
+        };
+        if entry.route.upstream.addr.is_some() {
+            // A literal address: no resolver involved.
+            return Ok(Box::new(entry.peer.clone()));
+        }
+        // One resolver for every configuration (kept across reloads).
+        let dns = self.state.load().dns.clone();
+        match super::upstream::resolved(&entry.route, &entry.peer, &dns).await {
+            Ok(peer) => Ok(Box::new(peer)),
+            Err(unresolved) => {
+                // An upstream whose name does not resolve (yet) is an
+                // unavailable upstream: 502, and asked again next time.
+                let mut e = Error::explain(ErrorType::ConnectNoRoute, unresolved.to_string());
+                e.set_retry(false);
+                Err(e.into_up())
+            }
         }
     }
 

@@ -1,6 +1,9 @@
-//! Upstream peers, built once per configuration: resolved address, TLS with
-//! certificate and hostname verification, extra trusted CAs, timeouts.
+//! Upstream peers, built once per configuration: TLS with certificate and
+//! hostname verification, extra trusted CAs, timeouts. A literal address
+//! is part of the peer; a host name is resolved per request (from the
+//! resolver's cache while its TTL lasts) into a copy of the peer.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -9,6 +12,24 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
 
 use crate::config::{GatewaySettings, Route};
+use crate::dns::{Dns, Unresolved};
+
+/// The peer to send a request to: `template` itself for a literal address,
+/// else a copy with the host name's current address.
+pub async fn resolved(
+    route: &Route,
+    template: &HttpPeer,
+    dns: &Dns,
+) -> Result<HttpPeer, Unresolved> {
+    if route.upstream.addr.is_some() {
+        return Ok(template.clone());
+    }
+    let ip = dns.resolve(&route.upstream.host).await?;
+    let mut peer = template.clone();
+    peer._address =
+        pingora::protocols::l4::socket::SocketAddr::Inet(SocketAddr::new(ip, route.upstream.port));
+    Ok(peer)
+}
 
 /// How long an idle upstream connection is kept for reuse.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,7 +44,12 @@ pub fn peer_for(route: &Route, settings: &GatewaySettings) -> Result<HttpPeer, S
     } else {
         String::new()
     };
-    let mut peer = HttpPeer::new(upstream.addr, upstream.tls, sni);
+    // A name's address is filled in per request (`resolved`): never let
+    // pingora resolve it (it blocks, and panics on failure).
+    let addr = upstream
+        .addr
+        .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), upstream.port));
+    let mut peer = HttpPeer::new(addr, upstream.tls, sni);
     peer.options.connection_timeout = Some(settings.upstream_connect_timeout);
     peer.options.idle_timeout = Some(IDLE_TIMEOUT);
     peer.options.verify_cert = true;

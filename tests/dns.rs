@@ -10,8 +10,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::oidc::OidcAs;
+use common::upstream::Upstream;
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A DNS server over UDP answering A queries from a table the test
@@ -248,5 +250,52 @@ async fn check_warns_about_an_unresolvable_host_but_passes() {
     assert!(
         stderr.contains("warning") && stderr.contains("nowhere.refgate.test"),
         "{stderr}"
+    );
+}
+
+/// An authority named by host name is reached through the same resolver:
+/// an expired credential is refreshed at `as.refgate.test`, which only the
+/// test's DNS server knows.
+#[tokio::test]
+async fn an_authority_host_name_resolves_through_the_configured_servers() {
+    let dns = DnsServer::start().await;
+    dns.set("as.refgate.test", Ipv4Addr::new(127, 0, 0, 1));
+    let oidc = OidcAs::start(3600);
+    let upstream = Upstream::start().await;
+    let authority = oidc
+        .authority_toml("photos-as")
+        .replace("127.0.0.1", "as.refgate.test");
+    let server = Refgate::start_with(Options {
+        gateway: format!("dns_servers = [\"{}\"]", dns.addr),
+        extra: format!("{authority}\n{}", photos_route(&upstream.url())),
+        ..Options::default()
+    });
+    let (access, refresh, _) = oidc.mint("alice").await;
+    let app = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let (status, body) = server
+        .mutate(&json!({"token": app, "patch": {"credentials": {"photos": {
+            "access_token": access,
+            "refresh_token": refresh,
+            "token_type": "Bearer",
+            "expires_at": unix_now() - 10,
+            "authority": "photos-as",
+        }}}}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let response = http()
+        .get(format!("{}/photos/a", server.proxy))
+        .bearer_auth(&app)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK, "{}", server.log());
+    let sent = upstream
+        .requests()
+        .last()
+        .and_then(|r| r.header("authorization"));
+    let sent = sent.expect("the upstream saw a credential");
+    assert!(
+        sent.starts_with("Bearer ") && sent != format!("Bearer {access}"),
+        "{sent}"
     );
 }

@@ -3,7 +3,8 @@
 //! their records' TTL and asked again after; a name that does not resolve
 //! (yet) is an unavailable upstream, not a configuration error, and is
 //! asked again on the next request (failures are remembered for at most
-//! `NEGATIVE_TTL`). IP literals never come here.
+//! `NEGATIVE_TTL`). An answer is kept at least `MIN_TTL`. IP literals never
+//! come here.
 //!
 //! The servers are `[gateway] dns_servers`, or the system's
 //! (`/etc/resolv.conf`) when that is empty. Lookups run on the control
@@ -21,6 +22,9 @@ use hickory_resolver::TokioResolver;
 
 /// How long a failed lookup is remembered before the name is asked again.
 const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// The shortest time an answer is kept, whatever its TTL (a TTL of 0 would
+/// otherwise put a DNS query in front of every request).
+const MIN_TTL: Duration = Duration::from_secs(1);
 /// The longest one lookup may take, retries included.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -68,6 +72,7 @@ impl Dns {
         };
         let options: &mut ResolverOpts = builder.options_mut();
         options.negative_max_ttl = Some(NEGATIVE_TTL);
+        options.positive_min_ttl = Some(MIN_TTL);
         options.cache_size = 1024;
         options.timeout = Duration::from_secs(2);
         options.attempts = 2;
@@ -123,7 +128,7 @@ impl Dns {
         }
         let answer = Answer {
             ips: ips.clone(),
-            valid_until: lookup.valid_until(),
+            valid_until: lookup.valid_until().max(now + MIN_TTL),
         };
         let mut answers = self.answers.write().unwrap_or_else(|e| e.into_inner());
         if answers.len() > 4096 {

@@ -30,10 +30,13 @@ impl Reloader {
         if new.listen.proxy != old.listen.proxy
             || new.listen.token_service != old.listen.token_service
             || new.listen.metrics != old.listen.metrics
+            || new.listen.max_connections != old.listen.max_connections
+            || new.listen.request_head_timeout != old.listen.request_head_timeout
+            || new.gateway.dns_servers != old.gateway.dns_servers
             || new.store.url != old.store.url
         {
             tracing::warn!(
-                "listener addresses and the store only change on restart; keeping the running ones"
+                "listener addresses and limits, DNS servers and the store only change on restart; keeping the running ones"
             );
         }
         let new = Arc::new(new);

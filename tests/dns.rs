@@ -102,12 +102,11 @@ fn answer(query: &[u8], records: &HashMap<String, Ipv4Addr>) -> Option<Vec<u8>> 
     Some(out)
 }
 
-/// A tiny HTTP upstream on `ip:port` that answers every request with
+/// A tiny HTTP upstream on `listener` that answers every request with
 /// `name`.
-async fn named_upstream(ip: Ipv4Addr, port: u16, name: &'static str) {
-    let listener = tokio::net::TcpListener::bind((ip, port))
-        .await
-        .expect("bind upstream");
+async fn named_upstream(listener: std::net::TcpListener, name: &'static str) {
+    listener.set_nonblocking(true).expect("non-blocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("upstream listener");
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
@@ -140,13 +139,14 @@ async fn named_upstream(ip: Ipv4Addr, port: u16, name: &'static str) {
     });
 }
 
-/// A port free on both 127.0.0.1 and 127.0.0.2.
-fn port_on_both() -> u16 {
+/// Listeners on one port of both 127.0.0.1 and 127.0.0.2, kept bound from
+/// the choice on (no other process can take the port in between).
+fn listeners_on_both() -> (std::net::TcpListener, std::net::TcpListener, u16) {
     loop {
         let first = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = first.local_addr().expect("address").port();
-        if std::net::TcpListener::bind(("127.0.0.2", port)).is_ok() {
-            return port;
+        if let Ok(second) = std::net::TcpListener::bind(("127.0.0.2", port)) {
+            return (first, second, port);
         }
     }
 }
@@ -193,9 +193,9 @@ async fn eventually(server: &Refgate, want: &str, within: Duration) -> Duration 
 #[tokio::test]
 async fn a_changed_a_record_moves_traffic_without_a_reload() {
     let dns = DnsServer::start().await;
-    let port = port_on_both();
-    named_upstream(Ipv4Addr::new(127, 0, 0, 1), port, "one").await;
-    named_upstream(Ipv4Addr::new(127, 0, 0, 2), port, "two").await;
+    let (first, second, port) = listeners_on_both();
+    named_upstream(first, "one").await;
+    named_upstream(second, "two").await;
     dns.set("svc.refgate.test", Ipv4Addr::new(127, 0, 0, 1));
     let server = start(&dns, "svc.refgate.test", port);
     assert_eq!(get(&server).await, (StatusCode::OK, "one".to_string()));
@@ -211,8 +211,8 @@ async fn a_changed_a_record_moves_traffic_without_a_reload() {
 #[tokio::test]
 async fn an_unresolvable_upstream_is_unavailable_until_its_name_resolves() {
     let dns = DnsServer::start().await;
-    let port = port_on_both();
-    named_upstream(Ipv4Addr::new(127, 0, 0, 1), port, "late").await;
+    let (first, _second, port) = listeners_on_both();
+    named_upstream(first, "late").await;
     // `serve` starts although the name does not resolve.
     let server = start(&dns, "late.refgate.test", port);
     let response = http()
@@ -297,5 +297,27 @@ async fn an_authority_host_name_resolves_through_the_configured_servers() {
     assert!(
         sent.starts_with("Bearer ") && sent != format!("Bearer {access}"),
         "{sent}"
+    );
+}
+
+#[tokio::test]
+async fn check_refuses_a_dns_server_that_is_not_an_address() {
+    let dns = DnsServer::start().await;
+    let server = start(&dns, "127.0.0.1", 9);
+    let text = std::fs::read_to_string(&server.config_path).expect("config");
+    let bad = text.replace(&dns.addr.to_string(), "dns.example.com:53");
+    let path = server.dir.path().join("changed.toml");
+    std::fs::write(&path, bad).expect("write config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_refgate"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "check passed: {stderr}");
+    assert!(
+        stderr.contains("changed.toml:") && stderr.contains("gateway.dns_servers[0]"),
+        "{stderr}"
     );
 }

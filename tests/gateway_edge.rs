@@ -799,8 +799,9 @@ async fn idle_and_trickling_connections_neither_lock_out_clients_nor_stay() {
             "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         ),
     ] {
-        // Twice as many silent sockets as the listener holds.
-        let mut idle = idle_sockets(port, 600).await;
+        // Thousands of silent sockets, several times what the listener
+        // holds.
+        let mut idle = idle_sockets(port, 2000).await;
         let started = Instant::now();
         let reply = send_raw(port, request.as_bytes())
             .await

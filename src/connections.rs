@@ -126,24 +126,26 @@ impl Ticket {
     /// not watched for one, as on TLS, where the HTTP server reads the
     /// decrypted bytes).
     pub fn served(&mut self) {
+        drop(self.no_longer_waiting());
+        self.closed = None;
+    }
+
+    /// Takes the connection off the waiting list; returns the listener's
+    /// state, still locked.
+    fn no_longer_waiting(&self) -> std::sync::MutexGuard<'_, Open> {
         let mut open = self
             .admission
             .state
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         open.waiting.remove(&self.id);
-        self.closed = None;
+        open
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut open = self
-            .admission
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        open.waiting.remove(&self.id);
+        let mut open = self.no_longer_waiting();
         open.count = open.count.saturating_sub(1);
     }
 }

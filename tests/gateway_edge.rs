@@ -134,18 +134,6 @@ credential = "photos"
     })
 }
 
-/// Waits until the proxy accepts connections.
-async fn wait_for_proxy(server: &Refgate) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", server.proxy_port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "no proxy:\n{}", server.log());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Asserts a 400 `invalid_request` JSON answer with a request id.
 fn assert_invalid_request(reply: &Reply, what: &str) {
     assert_eq!(reply.status, 400, "{what}: {reply:?}");
@@ -168,7 +156,6 @@ fn assert_invalid_request(reply: &Reply, what: &str) {
 async fn paths_other_servers_map_onto_a_scoped_route_are_refused() {
     let upstream = Upstream::start().await;
     let server = start(&upstream, "", "");
-    wait_for_proxy(&server).await;
 
     // The scoped route itself needs a token.
     let reply = send_raw(server.proxy_port, &get_request("/open/admin/x", ""))
@@ -237,7 +224,6 @@ async fn the_upstream_gets_exactly_the_routed_path() {
             "[[routes]]\nname = \"short\"\npath_prefix = \"/s\"\nupstream = \"{url}\"\nauth = \"none\"\nstrip_prefix = true\n"
         ),
     );
-    wait_for_proxy(&server).await;
     let port = server.proxy_port;
     for (target, expected) in [
         // Percent-encoded unreserved characters are forwarded decoded: the
@@ -294,7 +280,6 @@ async fn prefixes_differing_only_in_case_are_ambiguous() {
         "",
         &format!("[[routes]]\nname = \"upper\"\npath_prefix = \"/open/Reports/\"\nupstream = \"{url}\"\nauth = \"none\"\n"),
     );
-    wait_for_proxy(&server).await;
     // Exactly `/open/`'s, but `/open/Reports/`'s to a server ignoring case.
     let reply = send_raw(server.proxy_port, &get_request("/open/reports/x", ""))
         .await
@@ -322,7 +307,6 @@ async fn the_upstream_gets_its_own_host_and_forwarding_headers_refgate_set() {
         "",
         &format!("[[routes]]\nname = \"kept\"\npath_prefix = \"/kept/\"\nupstream = \"{url}\"\nauth = \"none\"\npreserve_host = true\n"),
     );
-    wait_for_proxy(&server).await;
     let claims = "X-Forwarded-For: 10.6.6.6\r\nX-Forwarded-Host: evil.test\r\nX-Forwarded-Proto: https\r\nForwarded: for=10.6.6.6;host=evil.test\r\nX-Real-IP: 10.6.6.6\r\nX-Forwarded-Port: 443\r\n";
     for (path, expected_host) in [
         ("/open/x", format!("127.0.0.1:{}", upstream.port)),
@@ -366,7 +350,6 @@ async fn the_upstream_gets_its_own_host_and_forwarding_headers_refgate_set() {
 async fn a_token_in_the_query_is_refused_on_every_route() {
     let upstream = Upstream::start().await;
     let server = start(&upstream, "", "");
-    wait_for_proxy(&server).await;
     for target in [
         "/open/x?access_token=rgat_abcdefabcdefabcdefabcdef",
         "/open/x?a=1&access%5Ftoken=rgat_x",
@@ -389,7 +372,6 @@ async fn a_token_in_the_query_is_refused_on_every_route() {
 async fn connect_gets_the_json_error_and_the_connection_closes() {
     let upstream = Upstream::start().await;
     let server = start(&upstream, "", "");
-    wait_for_proxy(&server).await;
     let reply = send_raw(
         server.proxy_port,
         b"CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n",
@@ -417,7 +399,6 @@ async fn repeated_upstream_401s_refresh_at_most_once_per_interval() {
         ),
         ..Options::default()
     });
-    wait_for_proxy(&server).await;
     let (access, refresh, _) = oidc.mint("mallory").await;
     let app = str_of(&server.client_token("app", None).await, "access_token").to_string();
     let (status, body) = server
@@ -496,9 +477,7 @@ impl TraceRun {
             .expect("start refgate");
         let run = TraceRun { child, log_path };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !(raw_get_ok(server.token_port, "/healthz")
-            && std::net::TcpStream::connect(("127.0.0.1", server.proxy_port)).is_ok())
-        {
+        while !(raw_get_ok(server.token_port, "/healthz") && proxy_answers(server.proxy_port)) {
             assert!(Instant::now() < deadline, "not ready:\n{}", run.log());
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -709,7 +688,6 @@ async fn nothing_secret_reaches_the_log_even_at_trace() {
 async fn requests_shorter_than_the_h2_preface_are_answered_and_a_split_preface_is_h2c() {
     let upstream = Upstream::start().await;
     let server = start(&upstream, "", "");
-    wait_for_proxy(&server).await;
     let short = b"GET /open/ HTTP/1.0\r\n\r\n";
     assert!(short.len() < 24);
     let started = Instant::now();
@@ -897,7 +875,6 @@ fn reply_len(buf: &[u8]) -> usize {
 async fn pipelined_requests_are_answered_in_order() {
     let upstream = Upstream::start().await;
     let server = start(&upstream, "", "");
-    wait_for_proxy(&server).await;
     let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     // In one write, and in several.
     for split in [false, true] {
@@ -933,7 +910,6 @@ async fn pipelined_requests_are_answered_in_order() {
 async fn an_absolute_form_request_to_a_foreign_host_gets_the_json_error() {
     let upstream = Upstream::start().await;
     let server = start(&upstream, "", "");
-    wait_for_proxy(&server).await;
     for request in [
         "GET http://evil.test/open/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         "GET http://127.0.0.1/open/x HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
@@ -960,7 +936,6 @@ async fn an_absolute_form_request_to_a_foreign_host_gets_the_json_error() {
 async fn a_partial_head_then_a_half_close_is_answered_at_once() {
     let upstream = Upstream::start().await;
     let server = start(&upstream, "", "");
-    wait_for_proxy(&server).await;
     for (port, path) in [
         (server.proxy_port, "/open/x"),
         (server.token_port, "/healthz"),

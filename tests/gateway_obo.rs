@@ -10,7 +10,7 @@ use common::upstream::Upstream;
 use common::*;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -78,7 +78,6 @@ impl Setup {
             extra: reports_route(&upstream.url(), scopes),
             ..Options::default()
         });
-        wait_for_proxy(&server).await;
         Setup { upstream, server }
     }
 
@@ -96,7 +95,6 @@ impl Setup {
             standard_clients: false,
             ..Options::default()
         });
-        wait_for_proxy(&server).await;
         Setup { upstream, server }
     }
 
@@ -136,23 +134,6 @@ impl Setup {
     /// The stored `credentials.reports` of the app token's grant.
     async fn stored(&self, app: &str) -> Value {
         self.server.introspect(app).await["custom"]["credentials"]["reports"].clone()
-    }
-}
-
-/// Waits until the proxy listener accepts connections: the harness only
-/// waits for the token service.
-async fn wait_for_proxy(server: &Refgate) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", server.proxy_port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the proxy did not listen:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

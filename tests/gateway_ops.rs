@@ -27,23 +27,6 @@ fn photos_route(upstream: &str) -> String {
     )
 }
 
-/// Waits until the proxy listener accepts connections: the harness only
-/// waits for the token service.
-async fn wait_for_proxy(server: &Refgate) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", server.proxy_port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the proxy did not listen:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn get(url: String, token: Option<&str>) -> reqwest::Response {
     let mut request = http().get(url);
     if let Some(token) = token {
@@ -133,7 +116,6 @@ async fn enable_metrics(server: &mut Refgate) -> String {
     );
     std::fs::write(&server.config_path, config).expect("write config");
     server.restart();
-    wait_for_proxy(server).await;
     format!("http://127.0.0.1:{port}/metrics")
 }
 
@@ -298,7 +280,6 @@ async fn request_ids_are_in_the_log_lines_of_their_requests() {
         ),
         ..Options::default()
     });
-    wait_for_proxy(&server).await;
 
     // A client's own id is kept, sent upstream and logged.
     let response = http()
@@ -385,7 +366,6 @@ async fn a_route_added_to_the_file_serves_while_an_in_flight_request_completes()
         extra: public_route(&upstream.url(), "slow", "/slow/"),
         ..Options::default()
     });
-    wait_for_proxy(&server).await;
     let response = get(format!("{}/fresh/x", server.proxy), None).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
@@ -459,7 +439,6 @@ async fn sighup_reloads_the_configuration() {
         ),
         ..Options::default()
     });
-    wait_for_proxy(&server).await;
 
     let before = std::fs::metadata(&server.config_path).expect("metadata");
     let config = std::fs::read_to_string(&server.config_path).expect("read config");
@@ -505,7 +484,6 @@ async fn an_invalid_configuration_is_refused_and_the_old_one_keeps_serving() {
         extra: public_route(&upstream.url(), "old", "/old/"),
         ..Options::default()
     });
-    wait_for_proxy(&server).await;
     let good = std::fs::read_to_string(&server.config_path).expect("read config");
 
     // Not TOML at all.
@@ -568,7 +546,6 @@ async fn sigterm_lets_an_in_flight_request_finish_and_exits_zero() {
         extra: public_route(&upstream.url(), "slow", "/slow/"),
         ..Options::default()
     });
-    wait_for_proxy(&server).await;
 
     let in_flight = tokio::spawn(get(format!("{}/slow/1500/x", server.proxy), None));
     eventually(Duration::from_secs(5), "the slow request upstream", || {
@@ -594,7 +571,6 @@ async fn sigterm_exits_zero_within_seconds_despite_a_request_that_never_ends() {
         extra: public_route(&upstream.url(), "slow", "/slow/"),
         ..Options::default()
     });
-    wait_for_proxy(&server).await;
 
     let in_flight = tokio::spawn(http().get(format!("{}/slow/60000/x", server.proxy)).send());
     eventually(Duration::from_secs(5), "the slow request upstream", || {
@@ -630,7 +606,6 @@ async fn a_reloaded_authority_is_used_for_the_next_refresh() {
         extra: format!("{authority}\n{}", photos_route(&upstream.url())),
         ..Options::default()
     });
-    wait_for_proxy(&server).await;
     let app = app_with_credential(&server, &oidc, unix_now() - 10).await;
 
     let response = get(format!("{}/photos/x", server.proxy), Some(&app)).await;

@@ -48,7 +48,6 @@ impl Setup {
             ),
             ..Options::default()
         });
-        wait_for_proxy(&server).await;
         Setup {
             oidc,
             upstream,
@@ -90,23 +89,6 @@ impl Setup {
 
     async fn get(&self, app: &str, path: &str) -> Answer {
         send(http().get(format!("{}{path}", self.server.proxy)), app).await
-    }
-}
-
-/// Waits until the proxy listener accepts connections: the harness only
-/// waits for the token service.
-async fn wait_for_proxy(server: &Refgate) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", server.proxy_port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the proxy did not listen:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -727,7 +709,6 @@ async fn two_instances_sharing_a_store_refresh_an_expired_credential_once() {
         store_url: Some(shared),
         ..Options::default()
     });
-    wait_for_proxy(&second).await;
 
     let client = http();
     let requests = (0..40).map(|i| {

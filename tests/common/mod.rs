@@ -299,9 +299,7 @@ data_key = "{DATA_KEY}"
                     panic!("refgate exited early ({status}):\n{}", self.log());
                 }
             }
-            if raw_get_ok(self.token_port, "/healthz")
-                && std::net::TcpStream::connect(("127.0.0.1", self.proxy_port)).is_ok()
-            {
+            if raw_get_ok(self.token_port, "/healthz") && proxy_answers(self.proxy_port) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -539,6 +537,26 @@ pub fn raw_get_ok(port: u16, path: &str) -> bool {
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// Whether the proxy on `port` answers HTTP. The harness holds the
+/// listening socket, so a connection succeeds before refgate serves: only
+/// an answer says pingora is up. The request lacks `Host`, so refgate
+/// refuses it itself and no upstream ever sees it.
+pub fn proxy_answers(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream
+        .write_all(b"GET /ready HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = [0u8; 9];
+    stream.read_exact(&mut answer).is_ok() && answer.starts_with(b"HTTP/1.")
 }
 
 /// A shared HTTP client for tests (no proxy from the environment).

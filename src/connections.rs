@@ -14,6 +14,7 @@
 //! (pingora, hyper) read the bytes as if nobody had looked.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,9 +26,9 @@ use tokio::sync::oneshot;
 /// RFC 9113 §3.4.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Most bytes looked at for the end of a request head; a longer head is
-/// left to the HTTP server's own limits.
-const HEAD_PEEK: usize = 16 * 1024;
+/// Most bytes looked at for the end of a request head; the proxy refuses
+/// a longer head (431), and the token service leaves it to hyper's limit.
+pub const HEAD_PEEK: usize = 64 * 1024;
 
 /// The limits of one listener.
 pub struct Admission {
@@ -122,9 +123,45 @@ impl Ticket {
         opening
     }
 
-    /// The connection is no longer waiting for a first request (or is
-    /// not watched for one, as on TLS, where the HTTP server reads the
-    /// decrypted bytes).
+    /// Puts the connection back on the waiting list, as the newest entry:
+    /// it is idle between requests (or still in its TLS handshake), and may
+    /// be closed to make room from now on ([`Ticket::poll_closed`] says so).
+    pub fn waiting(&mut self) {
+        let (close, closed) = oneshot::channel();
+        let mut open = self.no_longer_waiting();
+        open.next_id += 1;
+        let id = open.next_id;
+        open.waiting.insert(id, close);
+        drop(open);
+        self.id = id;
+        self.closed = Some(closed);
+    }
+
+    /// Whether the listener closed this waiting connection to make room;
+    /// registers `cx` to be woken when it does.
+    pub fn poll_closed(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let Some(closed) = self.closed.as_mut() else {
+            return false;
+        };
+        match std::pin::Pin::new(closed).poll(cx) {
+            std::task::Poll::Ready(Ok(())) => true,
+            // Taken off the waiting list without being closed.
+            std::task::Poll::Ready(Err(_)) => {
+                self.closed = None;
+                false
+            }
+            std::task::Poll::Pending => false,
+        }
+    }
+
+    /// The means to learn that the listener closed this waiting
+    /// connection, for a task that watches it on the ticket's behalf.
+    pub fn take_closed(&mut self) -> Option<oneshot::Receiver<()>> {
+        self.closed.take()
+    }
+
+    /// The connection is no longer waiting for a request (or is not
+    /// watched for one, as on HTTP/2 over TLS).
     pub fn served(&mut self) {
         drop(self.no_longer_waiting());
         self.closed = None;
@@ -206,10 +243,22 @@ fn judge(bytes: &[u8]) -> Option<Protocol> {
     if bytes[..shared] == H2_PREFACE[..shared] {
         return (bytes.len() >= H2_PREFACE.len()).then_some(Protocol::H2);
     }
-    let complete = bytes.windows(4).any(|w| w == b"\r\n\r\n")
-        || bytes.windows(2).any(|w| w == b"\n\n")
-        || bytes.len() >= HEAD_PEEK;
-    complete.then_some(Protocol::Http1)
+    (head_end(bytes).is_some() || bytes.len() >= HEAD_PEEK).then_some(Protocol::Http1)
+}
+
+/// Where the request head at the start of `bytes` ends (just past its
+/// empty line), if it is complete. httparse, which both HTTP servers use,
+/// also takes a bare LF as a line end.
+pub fn head_end(bytes: &[u8]) -> Option<usize> {
+    let crlf = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ impl Reloader {
             || new.listen.metrics != old.listen.metrics
             || new.listen.max_connections != old.listen.max_connections
             || new.listen.request_head_timeout != old.listen.request_head_timeout
+            || new.listen.keepalive_timeout != old.listen.keepalive_timeout
             || new.gateway.dns_servers != old.gateway.dns_servers
             || new.store.url != old.store.url
         {

@@ -18,7 +18,9 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::connections::{Admission, Opening};
 use crate::dns::Dns;
-use crate::gateway::{Drain, Gateway, GatewayState, ProxyListener, Refresher};
+use crate::gateway::{
+    Drain, Gateway, GatewayState, HeadLimits, ProxyListener, Refresher, TlsArrivals,
+};
 use crate::listeners::{Listeners, PreBound};
 use crate::lookup::{now, CacheSettings, TokenLookup};
 use crate::reload::Reloader;
@@ -260,11 +262,29 @@ fn run_proxy(
         parts.listen.max_connections,
         parts.listen.request_head_timeout,
     );
+    let limits = HeadLimits {
+        keepalive: parts.listen.keepalive_timeout,
+        head: parts.listen.request_head_timeout,
+    };
+    let tls = parts.config.load().listen.tls.clone();
+    let arrivals = tls
+        .is_some()
+        .then(|| TlsArrivals::new(admission.clone(), parts.listen.request_head_timeout));
     let mut service = pingora::services::listening::Service::new(
         "gateway".to_string(),
-        ProxyListener::new(proxy(false), proxy(true), admission),
+        ProxyListener::new(
+            proxy(false),
+            proxy(true),
+            admission,
+            limits,
+            arrivals.clone(),
+        ),
     );
-    let tls = parts.config.load().listen.tls.clone();
+    if let Some(arrivals) = &arrivals {
+        service
+            .endpoints()
+            .set_pre_tls_callback(arrivals.callback());
+    }
     match tls {
         Some(tls) => {
             let cert = tls.cert.to_string_lossy().to_string();

@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::oidc::OidcAs;
@@ -969,4 +970,332 @@ async fn a_partial_head_then_a_half_close_is_answered_at_once() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Later requests on a kept-alive proxy connection, and TLS
+// ---------------------------------------------------------------------------
+
+/// `[listen]` lines added to a test's configuration.
+fn with_listen(server: &mut Refgate, lines: &str) {
+    let config = std::fs::read_to_string(&server.config_path).expect("config");
+    let config = config.replacen("[listen]\n", &format!("[listen]\n{lines}\n"), 1);
+    std::fs::write(&server.config_path, config).expect("config");
+}
+
+/// A proxy connection that has had one request answered and is kept alive.
+async fn kept_alive(port: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /open/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let answers = read_answers(&mut stream, 1).await;
+    assert_eq!(answers.first().map(|a| a.status), Some(200), "{answers:?}");
+    stream
+}
+
+/// Waits until the peer closes `stream` (at most `limit`); returns how
+/// long that took and everything it sent first.
+async fn until_closed(stream: &mut TcpStream, limit: Duration) -> (Duration, Vec<u8>) {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Err(_) => panic!("still open after {limit:?}; got {:?}", lossy(&got)),
+            Ok(Ok(0)) | Ok(Err(_)) => return (started.elapsed(), got),
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_requests_on_a_kept_alive_connection_have_the_same_deadlines() {
+    let upstream = Upstream::start().await;
+    let mut server = start(&upstream, "", "");
+    with_listen(
+        &mut server,
+        "request_head_timeout = \"2s\"\nkeepalive_timeout = \"3s\"",
+    );
+    server.restart();
+    let port = server.proxy_port;
+
+    // Idle after an answer: closed at the keep-alive timeout.
+    let mut idle = kept_alive(port).await;
+    let (lasted, sent) = until_closed(&mut idle, Duration::from_secs(8)).await;
+    assert!(sent.is_empty(), "{:?}", lossy(&sent));
+    assert!(
+        lasted >= Duration::from_millis(2500) && lasted < Duration::from_secs(6),
+        "an idle kept-alive connection lasted {lasted:?}"
+    );
+
+    // A next head sent one byte every 300 ms: cut about 2 s after its
+    // first byte, whatever the pace of the bytes.
+    let mut slow = kept_alive(port).await;
+    slow.write_all(b"GET /open/slow HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let cut = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if slow.write_all(b"X").await.is_err() {
+            break started.elapsed();
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(10), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+            Ok(Ok(n)) => panic!("answered a head never finished: {:?}", lossy(&buf[..n])),
+            Err(_) => {}
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never cut");
+    };
+    assert!(
+        cut >= Duration::from_millis(1500) && cut < Duration::from_secs(5),
+        "a trickled second head lasted {cut:?}"
+    );
+    assert!(
+        !upstream.requests().iter().any(|r| r.path == "/open/slow"),
+        "{:?}",
+        upstream.requests()
+    );
+
+    // Malformed heads, first or later, get refgate's JSON error (not
+    // pingora's empty 400), and the connection closes.
+    let malformed = b"GET /open/x HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n";
+    let first = send_raw(port, malformed).await.expect("first");
+    assert_invalid_request(&first, "a malformed first head");
+    let mut later = kept_alive(port).await;
+    later.write_all(malformed).await.expect("write");
+    let (_, sent) = until_closed(&mut later, Duration::from_secs(5)).await;
+    let reply = parse_reply(&sent).unwrap_or_else(|| panic!("no answer: {:?}", lossy(&sent)));
+    assert_invalid_request(&reply, "a malformed later head");
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+
+    // A head over 64 KiB: 431 with the JSON error, first or later.
+    let mut huge = b"GET /open/x HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_vec();
+    huge.extend_from_slice(format!("X-Big: {}\r\n\r\n", "a".repeat(70 * 1024)).as_bytes());
+    let mut later = kept_alive(port).await;
+    later.write_all(&huge).await.expect("write");
+    let (_, sent) = until_closed(&mut later, Duration::from_secs(5)).await;
+    let reply = parse_reply(&sent).unwrap_or_else(|| panic!("no answer: {:?}", lossy(&sent)));
+    assert_eq!(reply.status, 431, "{reply:?}");
+    assert_eq!(reply.json()["error"], "invalid_request");
+
+    // A head pingora repairs (a space in the target) is still served, and
+    // a keep-alive connection serves request after request.
+    let mut kept = kept_alive(port).await;
+    for _ in 0..3 {
+        kept.write_all(b"GET /open/a b HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .expect("write");
+        let answers = read_answers(&mut kept, 1).await;
+        assert_eq!(answers.first().map(|a| a.status), Some(200), "{answers:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_proxy_listener_closes_the_connection_idle_the_longest() {
+    let upstream = Upstream::start().await;
+    let mut server = start(&upstream, "", "");
+    with_listen(&mut server, "max_connections = 3");
+    server.restart();
+    let port = server.proxy_port;
+    let mut oldest = kept_alive(port).await;
+    let _middle = kept_alive(port).await;
+    let mut newest = kept_alive(port).await;
+
+    // The listener is full of idle kept-alive connections: a new client is
+    // served, and the one idle the longest makes room.
+    let started = Instant::now();
+    let reply = send_raw(port, &get_request("/open/new", ""))
+        .await
+        .expect("a new client is served");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let (_, sent) = until_closed(&mut oldest, Duration::from_secs(3)).await;
+    assert!(sent.is_empty(), "{:?}", lossy(&sent));
+    // The newest still serves.
+    newest
+        .write_all(b"GET /open/again HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let answers = read_answers(&mut newest, 1).await;
+    assert_eq!(answers.first().map(|a| a.status), Some(200), "{answers:?}");
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, written as PEM
+/// files under `dir`; the `[listen.tls]` table naming them.
+fn proxy_tls_table(dir: &std::path::Path) -> String {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("certificate");
+    let cert = dir.join("proxy-cert.pem");
+    let key = dir.join("proxy-key.pem");
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
+    format!(
+        "\n[listen.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_count_against_the_proxy_limit_and_have_the_head_deadline() {
+    let upstream = Upstream::start().await;
+    let mut server = start(&upstream, "", "");
+    server.stop();
+    with_listen(
+        &mut server,
+        "max_connections = 20\nrequest_head_timeout = \"2s\"",
+    );
+    let table = proxy_tls_table(server.dir.path());
+    let mut config = std::fs::read_to_string(&server.config_path).expect("config");
+    config.push_str(&table);
+    std::fs::write(&server.config_path, config).expect("config");
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&server.log_path)
+        .expect("log");
+    let mut child = server
+        .command()
+        .arg("serve")
+        .arg("--config")
+        .arg(&server.config_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start refgate");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let url = format!("https://127.0.0.1:{}/open/tls", server.proxy_port);
+    let ready = Instant::now();
+    while client.get(&url).send().await.is_err() {
+        assert!(
+            ready.elapsed() < Duration::from_secs(20),
+            "the TLS proxy never answered:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Silent sockets and a stalled ClientHello, more than the listener
+    // holds: a real TLS client is still served at once.
+    let mut silent = idle_sockets(server.proxy_port, 40).await;
+    let mut stalled = TcpStream::connect(("127.0.0.1", server.proxy_port))
+        .await
+        .expect("connect");
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let answer = client.get(&url).send().await.expect("served over TLS");
+    assert_eq!(answer.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "waited {:?} behind unfinished handshakes",
+        started.elapsed()
+    );
+    // The handshakes that never finish are cut at the deadline, not after
+    // pingora's 60 s.
+    let (lasted, _) = until_closed(&mut stalled, Duration::from_secs(6)).await;
+    assert!(lasted < Duration::from_secs(4), "lasted {lasted:?}");
+    let last = silent.last_mut().expect("sockets");
+    until_closed(last, Duration::from_secs(6)).await;
+
+    // After the handshake, a trickled first head is cut at the deadline
+    // counted from accept.
+    let connector = {
+        #[derive(Debug)]
+        struct AnyCertificate;
+        impl tokio_rustls::rustls::client::danger::ServerCertVerifier for AnyCertificate {
+            fn verify_server_cert(
+                &self,
+                _: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+                _: &[tokio_rustls::rustls::pki_types::CertificateDer<'_>],
+                _: &tokio_rustls::rustls::pki_types::ServerName<'_>,
+                _: &[u8],
+                _: tokio_rustls::rustls::pki_types::UnixTime,
+            ) -> Result<
+                tokio_rustls::rustls::client::danger::ServerCertVerified,
+                tokio_rustls::rustls::Error,
+            > {
+                Ok(tokio_rustls::rustls::client::danger::ServerCertVerified::assertion())
+            }
+            fn verify_tls12_signature(
+                &self,
+                _: &[u8],
+                _: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+                _: &tokio_rustls::rustls::DigitallySignedStruct,
+            ) -> Result<
+                tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+                tokio_rustls::rustls::Error,
+            > {
+                Ok(tokio_rustls::rustls::client::danger::HandshakeSignatureValid::assertion())
+            }
+            fn verify_tls13_signature(
+                &self,
+                _: &[u8],
+                _: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+                _: &tokio_rustls::rustls::DigitallySignedStruct,
+            ) -> Result<
+                tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+                tokio_rustls::rustls::Error,
+            > {
+                Ok(tokio_rustls::rustls::client::danger::HandshakeSignatureValid::assertion())
+            }
+            fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+                tokio_rustls::rustls::crypto::ring::default_provider()
+                    .signature_verification_algorithms
+                    .supported_schemes()
+            }
+        }
+        let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+        .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    };
+    let tcp = TcpStream::connect(("127.0.0.1", server.proxy_port))
+        .await
+        .expect("connect");
+    let accepted = Instant::now();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    tls.write_all(b"GET /open/slow HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let cut = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if tls.write_all(b"X").await.is_err() || tls.flush().await.is_err() {
+            break accepted.elapsed();
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(10), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break accepted.elapsed(),
+            Ok(Ok(n)) => panic!("answered a head never finished: {:?}", lossy(&buf[..n])),
+            Err(_) => {}
+        }
+        assert!(accepted.elapsed() < Duration::from_secs(10), "never cut");
+    };
+    assert!(
+        cut >= Duration::from_millis(1500) && cut < Duration::from_secs(5),
+        "a trickled head over TLS lasted {cut:?}"
+    );
+
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -34,6 +34,8 @@ pub struct Listen {
     pub max_connections: Option<i64>,
     /// Time from accept to a complete first request head.
     pub request_head_timeout: Option<String>,
+    /// Idle time allowed between requests on a proxy connection.
+    pub keepalive_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -40,8 +40,12 @@ pub struct Listen {
     pub tls: Option<ProxyTls>,
     /// Open connections each of the proxy and the token service holds.
     pub max_connections: usize,
-    /// Time from accept to a complete first request head.
+    /// Time from accept to a complete first request head (from the first
+    /// byte of a later head to its end, on the proxy).
     pub request_head_timeout: Duration,
+    /// How long a kept-alive proxy connection may wait for its next
+    /// request after an answer.
+    pub keepalive_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -164,9 +164,19 @@ pub(super) fn validate(
             file.listen.request_head_timeout.as_ref(),
             Duration::from_secs(10),
         ),
+        keepalive_timeout: c.duration(
+            "listen.keepalive_timeout",
+            file.listen.keepalive_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
     };
     if listen.request_head_timeout.is_zero() {
         c.report("listen.request_head_timeout", "must be longer than 0s");
+    }
+    if listen.keepalive_timeout < Duration::from_secs(1)
+        || listen.keepalive_timeout > Duration::from_secs(3600)
+    {
+        c.report("listen.keepalive_timeout", "must be between 1s and 1h");
     }
 
     let store = store_config(&mut c, &file.store);

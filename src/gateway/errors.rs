@@ -15,6 +15,9 @@ pub enum GatewayError {
     /// not about the token, so no Bearer challenge.
     #[error("{0}")]
     BadRequest(&'static str),
+    /// A request head longer than the proxy reads (64 KiB).
+    #[error("the request head is larger than 64 KiB")]
+    HeadTooLarge,
     #[error("no bearer token in the Authorization header")]
     MissingToken,
     #[error("{0}")]
@@ -50,6 +53,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => 404,
             GatewayError::BadRequest(_) | GatewayError::Malformed(_) => 400,
+            GatewayError::HeadTooLarge => 431,
             GatewayError::MissingToken
             | GatewayError::InvalidToken
             | GatewayError::NotForThisRoute(_)
@@ -67,7 +71,9 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => "not_found",
             GatewayError::MissingToken => "missing_token",
-            GatewayError::BadRequest(_) | GatewayError::Malformed(_) => "invalid_request",
+            GatewayError::BadRequest(_)
+            | GatewayError::Malformed(_)
+            | GatewayError::HeadTooLarge => "invalid_request",
             GatewayError::InvalidToken | GatewayError::NotForThisRoute(_) => "invalid_token",
             GatewayError::InsufficientScope(_) => "insufficient_scope",
             GatewayError::CredentialMissing(_) => "credential_missing",

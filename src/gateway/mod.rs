@@ -7,7 +7,8 @@
 //! - `refresh`: credential refresh and transparent OBO exchange (4.2, 4.4);
 //! - `routing`, `bearer`, `upstream`: route matching, token extraction,
 //!   upstream peers; `errors`: the one mapping of failures to responses (4.5);
-//! - `listener`: HTTP/1.x or h2c, decided by a connection's first bytes.
+//! - `listener`: HTTP/1.x or h2c, decided by a connection's first bytes;
+//!   `watched`: the deadlines between requests on an HTTP/1 connection.
 
 mod admit;
 mod bearer;
@@ -17,6 +18,7 @@ mod proxy;
 mod refresh;
 mod routing;
 mod upstream;
+mod watched;
 
 use std::sync::Arc;
 
@@ -24,11 +26,12 @@ use crate::config::Config;
 use crate::dns::Dns;
 
 pub use errors::GatewayError;
-pub use listener::ProxyListener;
+pub use listener::{ProxyListener, TlsArrivals};
 pub use proxy::{Drain, Gateway};
 pub use refresh::Refresher;
 pub use routing::route_path;
 use routing::{RouteEntry, RouteTable};
+pub use watched::HeadLimits;
 
 /// The configuration the proxy serves with, prepared: routes ordered for
 /// matching, upstream peers built. Replaced whole on reload.

@@ -18,6 +18,7 @@ use super::admit::credential_name;
 use super::errors::{self, GatewayError};
 use super::refresh::{Need, Refresher};
 use super::routing::RouteEntry;
+use super::watched::Watched;
 use super::GatewayState;
 use crate::credential::Credential;
 use crate::lookup::{Grant, TokenLookup};
@@ -135,6 +136,15 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(watched) = Watched::of(session) {
+            watched.request_began();
+            let keepalive = watched.keepalive_secs();
+            // pingora times each read of the next head by its keep-alive
+            // timeout; it must not cut before refgate's own does.
+            if session.get_keepalive().is_some() {
+                session.set_keepalive(Some(keepalive));
+            }
+        }
         // Requests a client pipelines (sends before reading the answers)
         // are served one after another, answers in order (RFC 9112
         // §9.3.2), rather than the connection closing after the first.
@@ -335,6 +345,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(watched) = Watched::of(session) {
+            watched.request_ended();
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -548,6 +561,11 @@ impl RequestIds {
         {
             return given.to_string();
         }
+        self.fresh()
+    }
+
+    /// A process-unique id, for a request whose head could not be read.
+    pub(super) fn fresh(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n:x}", self.prefix)
     }

@@ -1299,3 +1299,33 @@ async fn tls_handshakes_count_against_the_proxy_limit_and_have_the_head_deadline
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn check_refuses_connection_limits_that_cannot_work() {
+    let upstream = Upstream::start().await;
+    let mut server = start(&upstream, "", "");
+    server.stop();
+    let original = std::fs::read_to_string(&server.config_path).expect("config");
+    for (line, key) in [
+        ("keepalive_timeout = \"0s\"", "listen.keepalive_timeout"),
+        ("keepalive_timeout = \"2h\"", "listen.keepalive_timeout"),
+        (
+            "request_head_timeout = \"0s\"",
+            "listen.request_head_timeout",
+        ),
+        ("max_connections = 0", "listen.max_connections"),
+    ] {
+        let config = original.replacen("[listen]\n", &format!("[listen]\n{line}\n"), 1);
+        std::fs::write(&server.config_path, config).expect("config");
+        let out = server
+            .command()
+            .arg("check")
+            .arg("--config")
+            .arg(&server.config_path)
+            .output()
+            .expect("run check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{line}: accepted");
+        assert!(stderr.contains(key), "{line}: {stderr}");
+    }
+}

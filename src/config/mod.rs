@@ -444,7 +444,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => value.checked_mul(60),
         "h" => value.checked_mul(3600),
         "d" => value.checked_mul(86_400),
-        "ms" => return Ok(Duration::from_millis(value)),
+        "ms" => {
+            return Some(value)
+                .filter(|ms| *ms <= 10 * 365 * 86_400 * 1000)
+                .map(Duration::from_millis)
+                .ok_or_else(|| format!("`{text}` is longer than ten years"))
+        }
         _ => {
             return Err(format!(
                 "`{text}` needs a unit: s, m, h or d (\"90s\", \"15m\", \"1h\", \"30d\")"
@@ -474,6 +479,8 @@ mod tests {
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("99999999999d").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("99999999999999ms").is_err());
         assert!(parse_duration("30d\n").is_err());
         assert!(parse_duration(" 30d").is_err());
     }

@@ -1,9 +1,10 @@
 //! Open connections on a listener: how many, and how long a new one may
 //! take to send its first request head.
 //!
-//! A listener holds at most `max_connections`. When it is full, the oldest
-//! connection that has not yet sent a complete request head is closed to
-//! make room: a flood of idle or trickling sockets cannot lock a real
+//! A listener holds at most `max_connections`. When it is full, the
+//! connection waiting longest for a request is closed to make room (one
+//! that has not yet sent a complete request head, or one idle between
+//! requests): a flood of idle or trickling sockets cannot lock a real
 //! client out. Only when every open connection is serving requests is a
 //! new one refused. A new connection has `request_head_timeout` from accept
 //! to send a complete request head (for HTTP/2, its preface), whether it
@@ -184,6 +185,111 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut open = self.no_longer_waiting();
         open.count = open.count.saturating_sub(1);
+    }
+}
+
+/// The requests in flight on one connection of a server that does not
+/// say when a request ends (hyper): with none in flight the connection is
+/// idle, back on the waiting list, and may be closed to make room
+/// ([`Closable`] ends its reads then).
+pub struct Activity {
+    /// The ticket and the requests in flight, changed together.
+    state: Mutex<(Ticket, usize)>,
+}
+
+impl Activity {
+    pub fn new(ticket: Ticket) -> Arc<Self> {
+        Arc::new(Activity {
+            state: Mutex::new((ticket, 0)),
+        })
+    }
+
+    /// A request begins; it ends when the returned guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        let mut state = self.lock();
+        state.1 += 1;
+        state.0.served();
+        InFlight(self.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Ticket, usize)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One request in flight on a connection (see [`Activity`]).
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.1 = state.1.saturating_sub(1);
+        if state.1 == 0 {
+            state.0.waiting();
+        }
+    }
+}
+
+/// A connection's stream whose reads end once the listener closed the
+/// connection to make room; the HTTP server sees the client leave.
+pub struct Closable<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Closable<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Closable { inner, activity }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Closable<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.activity.lock().0.poll_closed(cx) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Closable<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 

@@ -16,7 +16,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::connections::{Admission, Opening};
+use crate::connections::{Activity, Admission, Closable, InFlight, Opening};
 use crate::dns::Dns;
 use crate::gateway::{
     Drain, Gateway, GatewayState, HeadLimits, ProxyListener, Refresher, TlsArrivals,
@@ -381,6 +381,7 @@ async fn serve_http(
     admission: Arc<Admission>,
     mut stop: watch::Receiver<bool>,
 ) {
+    use hyper::body::Incoming;
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
@@ -417,7 +418,7 @@ async fn serve_http(
             tracing::warn!("every connection is busy; refusing one");
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -425,11 +426,29 @@ async fn serve_http(
             if matches!(ticket.first_request(stream.as_fd()).await, Opening::Close) {
                 return;
             }
+            // Between requests the connection is idle, and the first to
+            // be closed when the listener is full.
+            let activity = Activity::new(ticket);
+            let counted = activity.clone();
+            let service = tower::service_fn(move |request: http::Request<Incoming>| {
+                let in_flight = counted.begin();
+                let answer =
+                    tower::ServiceExt::oneshot(app.clone(), request.map(axum::body::Body::new));
+                async move {
+                    let response = answer.await?;
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|body| axum::body::Body::new(Counted { body, in_flight })),
+                    )
+                }
+            });
+            let stream = Closable::new(stream, activity);
             let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(service),
+                )
                 .into_owned();
             let _ = watcher.watch(connection).await;
-            drop(ticket);
         });
     }
     if tokio::time::timeout(DRAIN, graceful.shutdown())
@@ -437,6 +456,34 @@ async fn serve_http(
         .is_err()
     {
         tracing::warn!("drain timed out; closing remaining connections");
+    }
+}
+
+/// A response body that counts its request as in flight until it is sent
+/// (or dropped).
+struct Counted {
+    body: axum::body::Body,
+    in_flight: InFlight,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let _ = &self.in_flight;
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

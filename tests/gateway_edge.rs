@@ -983,13 +983,18 @@ fn with_listen(server: &mut Refgate, lines: &str) {
     std::fs::write(&server.config_path, config).expect("config");
 }
 
-/// A proxy connection that has had one request answered and is kept alive.
+/// A connection that has had one request answered and is kept alive (a
+/// proxy port; with `path`, any).
 async fn kept_alive(port: u16) -> TcpStream {
+    kept_alive_on(port, "/open/first").await
+}
+
+async fn kept_alive_on(port: u16, path: &str) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
     stream
-        .write_all(b"GET /open/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .await
         .expect("write");
     let answers = read_answers(&mut stream, 1).await;
@@ -1098,33 +1103,41 @@ async fn later_requests_on_a_kept_alive_connection_have_the_same_deadlines() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_proxy_listener_closes_the_connection_idle_the_longest() {
+async fn a_full_listener_closes_the_connection_idle_the_longest() {
     let upstream = Upstream::start().await;
     let mut server = start(&upstream, "", "");
     with_listen(&mut server, "max_connections = 3");
     server.restart();
-    let port = server.proxy_port;
-    let mut oldest = kept_alive(port).await;
-    let _middle = kept_alive(port).await;
-    let mut newest = kept_alive(port).await;
+    for (port, path) in [
+        (server.proxy_port, "/open/x"),
+        (server.token_port, "/healthz"),
+    ] {
+        let mut oldest = kept_alive_on(port, path).await;
+        let _middle = kept_alive_on(port, path).await;
+        let mut newest = kept_alive_on(port, path).await;
 
-    // The listener is full of idle kept-alive connections: a new client is
-    // served, and the one idle the longest makes room.
-    let started = Instant::now();
-    let reply = send_raw(port, &get_request("/open/new", ""))
-        .await
-        .expect("a new client is served");
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert!(started.elapsed() < Duration::from_secs(1));
-    let (_, sent) = until_closed(&mut oldest, Duration::from_secs(3)).await;
-    assert!(sent.is_empty(), "{:?}", lossy(&sent));
-    // The newest still serves.
-    newest
-        .write_all(b"GET /open/again HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        .await
-        .expect("write");
-    let answers = read_answers(&mut newest, 1).await;
-    assert_eq!(answers.first().map(|a| a.status), Some(200), "{answers:?}");
+        // The listener is full of idle kept-alive connections: a new
+        // client is served, and the one idle the longest makes room.
+        let started = Instant::now();
+        let reply = send_raw(port, &get_request(path, ""))
+            .await
+            .unwrap_or_else(|e| panic!("port {port}: a new client is not served: {e}"));
+        assert_eq!(reply.status, 200, "port {port}: {reply:?}");
+        assert!(started.elapsed() < Duration::from_secs(1), "port {port}");
+        let (_, sent) = until_closed(&mut oldest, Duration::from_secs(3)).await;
+        assert!(sent.is_empty(), "port {port}: {:?}", lossy(&sent));
+        // The newest still serves.
+        newest
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let answers = read_answers(&mut newest, 1).await;
+        assert_eq!(
+            answers.first().map(|a| a.status),
+            Some(200),
+            "port {port}: {answers:?}"
+        );
+    }
 }
 
 /// A self-signed certificate for 127.0.0.1 and its key, written as PEM
@@ -1173,6 +1186,9 @@ async fn tls_handshakes_count_against_the_proxy_limit_and_have_the_head_deadline
     let client = reqwest::Client::builder()
         .no_proxy()
         .danger_accept_invalid_certs(true)
+        // Each request a new connection: a pooled idle one may rightly be
+        // the one closed to make room.
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");
@@ -1328,4 +1344,69 @@ async fn check_refuses_connection_limits_that_cannot_work() {
         assert!(!out.status.success(), "{line}: accepted");
         assert!(stderr.contains(key), "{line}: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn check_refuses_pem_files_serve_could_not_use() {
+    let upstream = Upstream::start().await;
+    let mut server = start(&upstream, "", "");
+    server.stop();
+    let original = std::fs::read_to_string(&server.config_path).expect("config");
+    let garbage = server.dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("write");
+    let good = proxy_tls_table(server.dir.path());
+    let url = upstream.url().replace("http://", "https://");
+    for (addition, key) in [
+        (
+            format!(
+                "\n[listen.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                garbage.display(),
+                server.dir.path().join("proxy-key.pem").display()
+            ),
+            "listen.tls.cert",
+        ),
+        (
+            format!(
+                "\n[listen.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                server.dir.path().join("proxy-cert.pem").display(),
+                garbage.display()
+            ),
+            "listen.tls.key",
+        ),
+        (
+            format!(
+                "\n[[routes]]\nname = \"tls\"\npath_prefix = \"/tls/\"\nupstream = \"{url}\"\nauth = \"none\"\nca_file = \"{}\"\n",
+                garbage.display()
+            ),
+            "ca_file",
+        ),
+    ] {
+        let config = format!("{original}{addition}");
+        std::fs::write(&server.config_path, config).expect("config");
+        let out = server
+            .command()
+            .arg("check")
+            .arg("--config")
+            .arg(&server.config_path)
+            .output()
+            .expect("run check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key}: accepted");
+        assert!(stderr.contains(key), "{key}: {stderr}");
+        assert!(stderr.contains("garbage.pem"), "{key}: {stderr}");
+    }
+    // The good pair passes.
+    std::fs::write(&server.config_path, format!("{original}{good}")).expect("config");
+    let out = server
+        .command()
+        .arg("check")
+        .arg("--config")
+        .arg(&server.config_path)
+        .output()
+        .expect("run check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -4,6 +4,7 @@
 
 mod file;
 mod locate;
+pub mod pem;
 mod validate;
 
 use std::collections::{HashMap, HashSet};

@@ -71,6 +71,29 @@ impl Checker<'_> {
         path
     }
 
+    /// An existing PEM file of certificates that parse (a CA file, a
+    /// certificate chain).
+    fn certificate_file(&mut self, key: &str, value: &str) -> PathBuf {
+        let path = self.existing_file(key, value);
+        if path.is_file() {
+            if let Err(e) = super::pem::certificates(&path) {
+                self.report(key, e);
+            }
+        }
+        path
+    }
+
+    /// An existing PEM file holding a private key.
+    fn key_file(&mut self, key: &str, value: &str) -> PathBuf {
+        let path = self.existing_file(key, value);
+        if path.is_file() {
+            if let Err(e) = super::pem::private_key(&path) {
+                self.report(key, e);
+            }
+        }
+        path
+    }
+
     fn env_secret(&mut self, key: &str, name: &str) -> Option<String> {
         match std::env::var(name) {
             Ok(v) if !v.is_empty() => Some(v),
@@ -148,8 +171,8 @@ pub(super) fn validate(
             .as_deref()
             .and_then(|a| c.address("listen.metrics", a)),
         tls: file.listen.tls.as_ref().map(|t| ProxyTls {
-            cert: c.existing_file("listen.tls.cert", &t.cert),
-            key: c.existing_file("listen.tls.key", &t.key),
+            cert: c.certificate_file("listen.tls.cert", &t.cert),
+            key: c.key_file("listen.tls.key", &t.key),
         }),
         max_connections: match file.listen.max_connections {
             None => 8192,
@@ -486,7 +509,7 @@ fn gateway_settings(c: &mut Checker<'_>, g: &file::Gateway) -> GatewaySettings {
         ca_file: g
             .ca_file
             .as_deref()
-            .map(|f| c.existing_file("gateway.ca_file", f)),
+            .map(|f| c.certificate_file("gateway.ca_file", f)),
         authority_timeout: c.duration(
             "gateway.authority_timeout",
             g.authority_timeout.as_ref(),
@@ -900,7 +923,7 @@ fn routes(
         let ca_file = f
             .ca_file
             .as_deref()
-            .map(|p| c.existing_file(&key("ca_file"), p));
+            .map(|p| c.certificate_file(&key("ca_file"), p));
         if f.audience
             .as_deref()
             .is_some_and(|a| a.trim().is_empty() || a.chars().any(char::is_control))

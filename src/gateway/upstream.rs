@@ -116,18 +116,8 @@ fn trust_group(cas: &[WrappedX509]) -> u64 {
 
 /// Reads every certificate of a PEM file.
 fn load_cas(path: &Path) -> Result<Vec<WrappedX509>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut reader = pem.as_slice();
-    let mut out = Vec::new();
-    for item in rustls_pemfile::certs(&mut reader) {
-        let der = item.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
-        // Checked here: the TLS layer's own parser panics on bad DER.
-        x509_parser::parse_x509_certificate(der.as_ref())
-            .map_err(|e| format!("{}: bad certificate: {e}", path.display()))?;
-        out.push(WrappedX509::new(der.as_ref().to_vec(), parse_x509));
-    }
-    if out.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
-    }
-    Ok(out)
+    Ok(crate::config::pem::certificates(path)?
+        .into_iter()
+        .map(|der| WrappedX509::new(der, parse_x509))
+        .collect())
 }

@@ -9,24 +9,29 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{self, Config, LoadMode};
+use crate::config::{self, LoadMode};
 use crate::gateway::GatewayState;
 
 /// How often the file is looked at.
 const POLL: Duration = Duration::from_secs(1);
 
+/// One generation of the configuration and everything built from it
+/// (routes, upstream peers), which every request reads, the gateway's and
+/// the token service's alike. A reload swaps it whole, in one store: no
+/// request ever sees one generation's clients with another's routes.
+pub type Live = Arc<ArcSwap<GatewayState>>;
+
 /// Swaps in new configurations.
 pub struct Reloader {
     pub path: PathBuf,
-    pub config: Arc<ArcSwap<Config>>,
-    pub gateway: Arc<ArcSwap<GatewayState>>,
+    pub live: Live,
 }
 
 impl Reloader {
     /// Loads, validates and swaps in the file. On failure nothing changes.
     pub fn reload(&self) -> Result<(), String> {
         let new = config::load(&self.path, LoadMode::Serve).map_err(|e| e.to_string())?;
-        let old = self.config.load_full();
+        let old = self.live.load_full().config.clone();
         if new.listen.proxy != old.listen.proxy
             || new.listen.token_service != old.listen.token_service
             || new.listen.metrics != old.listen.metrics
@@ -41,10 +46,9 @@ impl Reloader {
             );
         }
         let new = Arc::new(new);
-        let state = GatewayState::build(new.clone(), self.gateway.load().dns.clone())?;
+        let state = GatewayState::build(new.clone(), self.live.load().dns.clone())?;
         let routes = state.route_count();
-        self.config.store(new.clone());
-        self.gateway.store(Arc::new(state));
+        self.live.store(Arc::new(state));
         tracing::info!(
             routes,
             clients = new.clients.len(),

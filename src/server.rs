@@ -23,7 +23,7 @@ use crate::gateway::{
 };
 use crate::listeners::{Listeners, PreBound};
 use crate::lookup::{now, CacheSettings, TokenLookup};
-use crate::reload::Reloader;
+use crate::reload::{Live, Reloader};
 use crate::telemetry::Metrics;
 use crate::token::TokenService;
 
@@ -119,9 +119,8 @@ pub fn serve(
     }
     control.spawn(
         Reloader {
-            path: parts.config.load().source.clone(),
-            config: parts.config.clone(),
-            gateway: parts.gateway.clone(),
+            path: parts.live.load().config.source.clone(),
+            live: parts.live.clone(),
         }
         .watch(stop_rx.clone()),
     );
@@ -167,8 +166,8 @@ fn tokio_listener(
 /// Everything built at start.
 struct Parts {
     listen: crate::config::Listen,
-    config: Arc<ArcSwap<Config>>,
-    gateway: Arc<ArcSwap<GatewayState>>,
+    /// The one generation of configuration every request reads.
+    live: Live,
     lookup: Arc<TokenLookup>,
     tokens: Arc<TokenService>,
     refresher: Arc<Refresher>,
@@ -206,10 +205,10 @@ impl Parts {
             .context("cannot build the HTTP client")?;
         let listen = config.listen.clone();
         let config = Arc::new(config);
-        let gateway = GatewayState::build(config.clone(), dns).map_err(anyhow::Error::msg)?;
-        let config = Arc::new(ArcSwap::new(config));
+        let gateway = GatewayState::build(config, dns).map_err(anyhow::Error::msg)?;
+        let live: Live = Arc::new(ArcSwap::from_pointee(gateway));
         let tokens = Arc::new(TokenService::new(
-            config.clone(),
+            live.clone(),
             lookup.clone(),
             http.clone(),
         ));
@@ -223,8 +222,7 @@ impl Parts {
         ));
         Ok(Parts {
             listen,
-            config,
-            gateway: Arc::new(ArcSwap::from_pointee(gateway)),
+            live,
             lookup,
             tokens,
             refresher,
@@ -246,7 +244,7 @@ fn run_proxy(
     let drain = Arc::new(Drain::default());
     let proxy = |h2c: bool| {
         let gateway = Gateway::new(
-            parts.gateway.clone(),
+            parts.live.clone(),
             parts.lookup.clone(),
             parts.refresher.clone(),
             parts.metrics.clone(),
@@ -266,7 +264,7 @@ fn run_proxy(
         keepalive: parts.listen.keepalive_timeout,
         head: parts.listen.request_head_timeout,
     };
-    let tls = parts.config.load().listen.tls.clone();
+    let tls = parts.live.load().config.listen.tls.clone();
     let arrivals = tls
         .is_some()
         .then(|| TlsArrivals::new(admission.clone(), parts.listen.request_head_timeout));

@@ -33,8 +33,10 @@ pub use routing::route_path;
 use routing::{RouteEntry, RouteTable};
 pub use watched::HeadLimits;
 
-/// The configuration the proxy serves with, prepared: routes ordered for
-/// matching, upstream peers built. Replaced whole on reload.
+/// One generation of the configuration, prepared: routes ordered for
+/// matching, upstream peers built. The token service reads its
+/// configuration from the same generation ([`crate::reload::Live`]), and a
+/// reload replaces it whole.
 pub struct GatewayState {
     pub config: Arc<Config>,
     routes: RouteTable,

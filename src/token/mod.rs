@@ -27,7 +27,6 @@ mod token_endpoint;
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -36,6 +35,7 @@ use axum::Router;
 use crate::config::Config;
 use crate::crypto::{Random, TokenHash};
 use crate::lookup::TokenLookup;
+use crate::reload::Live;
 
 pub use error::OAuthError;
 pub use in_process::OwnRefresh;
@@ -44,20 +44,16 @@ pub use mutate::patch_custom;
 
 /// State shared by the token-service endpoints.
 pub struct TokenService {
-    config: Arc<ArcSwap<Config>>,
+    live: Live,
     pub lookup: Arc<TokenLookup>,
     pub random: Random,
     pub id_tokens: id_token::IdTokenVerifier,
 }
 
 impl TokenService {
-    pub fn new(
-        config: Arc<ArcSwap<Config>>,
-        lookup: Arc<TokenLookup>,
-        http: reqwest::Client,
-    ) -> Self {
+    pub fn new(live: Live, lookup: Arc<TokenLookup>, http: reqwest::Client) -> Self {
         TokenService {
-            config,
+            live,
             lookup,
             random: Random::default(),
             id_tokens: id_token::IdTokenVerifier::new(http),
@@ -66,7 +62,7 @@ impl TokenService {
 
     /// The configuration in force now.
     pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
+        self.live.load().config.clone()
     }
 
     /// A grant changed (revoked, re-scoped, custom data): drop cached views.

@@ -1,7 +1,7 @@
 //! A bare pingora proxy for the benchmark (see `bench/README.md`): the
 //! smallest `ProxyHttp` there is — one upstream, no authentication, no
 //! metrics, no logging — with exactly the pingora settings of refgate's
-//! gateway (`refgate::server::proxy_server_conf`). Its numbers are pingora's
+//! gateway (`refgate::app::proxy_server_conf`). Its numbers are pingora's
 //! own floor on this machine, so the benchmark can tell what refgate adds
 //! apart from what pingora costs.
 //!
@@ -58,11 +58,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let mut server = Server::new_with_opt_and_conf(None, refgate::server::proxy_server_conf());
+    let mut server = Server::new_with_opt_and_conf(None, refgate::app::proxy_server_conf());
     server.bootstrap();
     let mut service = http_proxy_service(&server.configuration, Bare { upstream });
     if let Some(logic) = service.app_logic_mut() {
-        logic.server_options = Some(refgate::server::proxy_server_options());
+        logic.server_options = Some(refgate::app::proxy_server_options());
     }
     service.add_tcp(&listen);
     server.add_service(service);

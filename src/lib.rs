@@ -26,12 +26,13 @@
 //! - [`dns`]: upstream and authority host names, resolved while serving
 //!   and re-resolved on their records' TTL;
 //! - [`listeners`]: the sockets, bound from `[listen]` or inherited;
-//! - [`server`]: wiring: open the store, start the listeners, run until
-//!   shutdown;
+//! - [`app`]: wiring: open the store, serve on the listeners it is given
+//!   ([`app::run`]), run until shutdown;
 //! - [`connections`]: per listener, the connection limit and the deadline
 //!   to a first request head;
 //! - [`telemetry`]: logging and Prometheus metrics.
 
+pub mod app;
 pub mod config;
 pub mod connections;
 pub mod credential;
@@ -41,9 +42,8 @@ pub mod gateway;
 pub mod listeners;
 pub mod lookup;
 pub mod reload;
-pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod token;
 
-pub use server::serve;
+pub use app::run;

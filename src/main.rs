@@ -1,5 +1,5 @@
 //! The `refgate` command line: parses arguments, loads the configuration
-//! and hands over to [`refgate::serve`].
+//! and hands over to [`refgate::app::run`].
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -101,7 +101,7 @@ fn serve(path: &std::path::Path, format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match refgate::serve(config, listeners, shutdown_signal()) {
+    match refgate::app::run(config, listeners, shutdown_signal()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

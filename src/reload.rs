@@ -84,7 +84,7 @@ impl Reloader {
         let mut every = tokio::time::interval(POLL);
         loop {
             tokio::select! {
-                _ = crate::server::stopped(&mut stop) => return,
+                _ = crate::app::stopped(&mut stop) => return,
                 Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     seen = fingerprint(&self.path);
                     self.attempt("SIGHUP");

@@ -53,7 +53,7 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs refgate until `shutdown` completes. Blocks the calling thread: keep
 /// `main` synchronous, since pingora and the control runtime are built here.
-pub fn serve(
+pub fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,

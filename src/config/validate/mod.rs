@@ -1,0 +1,239 @@
+//! Turns the parsed file into a [`Config`]: parses durations, resolves
+//! addresses and paths, reads secrets from the environment, and collects
+//! every problem with the key it belongs to.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::file;
+use super::*;
+use crate::crypto::{DataKey, DataKeys, Random, SecretHash};
+
+mod parties;
+mod routes;
+mod settings;
+mod store;
+
+use parties::*;
+use routes::*;
+use settings::*;
+use store::*;
+
+/// Problems found, as (key path, message).
+type Problems = Vec<(String, String)>;
+
+/// Most cached token lookups: at a few hundred bytes an entry, a hundred
+/// million is tens of gigabytes already.
+const MAX_CACHE_CAPACITY: i64 = 100_000_000;
+
+struct Checker<'a> {
+    base: &'a Path,
+    mode: LoadMode,
+    problems: Problems,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push((key.into(), message.into()));
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&String>, default: Duration) -> Duration {
+        match value.map(|v| parse_duration(v)) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.report(key, e);
+                default
+            }
+        }
+    }
+
+    fn address(&mut self, key: &str, value: &str) -> Option<SocketAddr> {
+        match value.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => Some(addr),
+            _ => {
+                self.report(
+                    key,
+                    format!("`{value}` is not an address such as \"127.0.0.1:8080\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(&self, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn existing_file(&mut self, key: &str, value: &str) -> PathBuf {
+        let path = self.path(value);
+        if !path.is_file() {
+            self.report(key, format!("file `{}` does not exist", path.display()));
+        }
+        path
+    }
+
+    /// An existing PEM file of certificates that parse (a CA file, a
+    /// certificate chain).
+    fn certificate_file(&mut self, key: &str, value: &str) -> PathBuf {
+        let path = self.existing_file(key, value);
+        if path.is_file() {
+            if let Err(e) = super::pem::certificates(&path) {
+                self.report(key, e);
+            }
+        }
+        path
+    }
+
+    /// An existing PEM file holding a private key.
+    fn key_file(&mut self, key: &str, value: &str) -> PathBuf {
+        let path = self.existing_file(key, value);
+        if path.is_file() {
+            if let Err(e) = super::pem::private_key(&path) {
+                self.report(key, e);
+            }
+        }
+        path
+    }
+
+    fn env_secret(&mut self, key: &str, name: &str) -> Option<String> {
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => Some(v),
+            _ => {
+                self.report(key, format!("environment variable `{name}` is not set"));
+                None
+            }
+        }
+    }
+
+    /// A name or other word that cannot hold whitespace or control
+    /// characters: a trailing tab would otherwise make a name that nothing
+    /// ever matches.
+    fn word(&mut self, key: &str, value: &str) -> bool {
+        if value.is_empty() {
+            self.report(key, "must not be empty");
+            return false;
+        }
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.report(
+                key,
+                format!("{value:?} has whitespace or control characters"),
+            );
+            return false;
+        }
+        true
+    }
+
+    fn http_url(&mut self, key: &str, value: &str) -> Option<url::Url> {
+        // The URL parser silently drops tabs, newlines and surrounding
+        // spaces; a value holding them is a mistake.
+        if !self.word(key, value) {
+            return None;
+        }
+        match url::Url::parse(value) {
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {
+                Some(u)
+            }
+            _ => {
+                self.report(key, format!("`{value}` is not an http:// or https:// URL"));
+                None
+            }
+        }
+    }
+}
+
+pub(super) fn validate(
+    file: file::File,
+    base: &Path,
+    source: &Path,
+    mode: LoadMode,
+) -> Result<Config, Problems> {
+    let mut c = Checker {
+        base,
+        mode,
+        problems: Vec::new(),
+    };
+
+    // Kept exactly as written: RFC 8414 wants the metadata `issuer` identical.
+    let issuer = file.issuer.clone();
+    c.http_url("issuer", &issuer);
+
+    let listen = Listen {
+        proxy: file
+            .listen
+            .proxy
+            .as_deref()
+            .and_then(|a| c.address("listen.proxy", a)),
+        token_service: c
+            .address("listen.token_service", &file.listen.token_service)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        metrics: file
+            .listen
+            .metrics
+            .as_deref()
+            .and_then(|a| c.address("listen.metrics", a)),
+        tls: file.listen.tls.as_ref().map(|t| ProxyTls {
+            cert: c.certificate_file("listen.tls.cert", &t.cert),
+            key: c.key_file("listen.tls.key", &t.key),
+        }),
+        max_connections: match file.listen.max_connections {
+            None => 8192,
+            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+            Some(_) => {
+                c.report("listen.max_connections", "must be between 1 and 1000000");
+                8192
+            }
+        },
+        request_head_timeout: c.duration(
+            "listen.request_head_timeout",
+            file.listen.request_head_timeout.as_ref(),
+            Duration::from_secs(10),
+        ),
+        keepalive_timeout: c.duration(
+            "listen.keepalive_timeout",
+            file.listen.keepalive_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
+    };
+    if listen.request_head_timeout.is_zero() {
+        c.report("listen.request_head_timeout", "must be longer than 0s");
+    }
+    if listen.keepalive_timeout < Duration::from_secs(1)
+        || listen.keepalive_timeout > Duration::from_secs(3600)
+    {
+        c.report("listen.keepalive_timeout", "must be between 1s and 1h");
+    }
+
+    let store = store_config(&mut c, &file.store);
+    let tokens = token_settings(&mut c, &file.tokens);
+    let gateway = gateway_settings(&mut c, &file.gateway);
+    let clients = clients(&mut c, &file.clients, &tokens);
+    let trusted_issuers = trusted_issuers(&mut c, &file.trusted_issuers);
+    check_exchange_sources(&mut c, &file.clients, &clients, &trusted_issuers);
+    let authorities = authorities(&mut c, &file.authorities);
+    let routes = routes(&mut c, &file.routes, &clients, &authorities);
+
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    Ok(Config {
+        source: source.to_path_buf(),
+        issuer,
+        listen,
+        store: store.expect("no problems means the store section was valid"),
+        tokens,
+        gateway,
+        clients,
+        trusted_issuers,
+        authorities,
+        routes,
+    })
+}

@@ -1,0 +1,202 @@
+//! `[[routes]]`: paths, hosts, upstreams, credentials and exchanges,
+//! checked against the clients and authorities.
+
+use super::*;
+
+pub(super) fn routes(
+    c: &mut Checker<'_>,
+    list: &[file::Route],
+    clients: &HashMap<String, Arc<Client>>,
+    _authorities: &HashMap<String, Arc<Authority>>,
+) -> Vec<Arc<Route>> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    for (i, f) in list.iter().enumerate() {
+        let key = |k: &str| format!("routes[{i}].{k}");
+        if c.word(&key("name"), &f.name) && !names.insert(f.name.clone()) {
+            c.report(
+                key("name"),
+                format!("route name `{}` is used twice", f.name),
+            );
+        }
+        if !f.path_prefix.starts_with('/') {
+            c.report(key("path_prefix"), "must start with '/'");
+        } else if c.word(&key("path_prefix"), &f.path_prefix) {
+            // A prefix is matched against request paths in their routing
+            // form; one that is not in that form can never match.
+            match crate::gateway::route_path(&f.path_prefix) {
+                Ok(p) if p == f.path_prefix => {}
+                Ok(p) => c.report(
+                    key("path_prefix"),
+                    format!(
+                        "write it as `{p}` (percent-encoded letters, digits and -._~ are decoded)"
+                    ),
+                ),
+                Err(e) => c.report(key("path_prefix"), e.describe()),
+            }
+        }
+        for (j, s) in f.required_scopes.iter().enumerate() {
+            if !valid_scope_token(s) {
+                c.report(
+                    format!("routes[{i}].required_scopes[{j}]"),
+                    format!("{s:?} is not a valid scope"),
+                );
+            }
+        }
+        let host = f.host.as_deref().map(|h| {
+            c.word(&key("host"), h);
+            let h = h.to_ascii_lowercase();
+            match h.strip_prefix("*.") {
+                Some(rest) if !rest.is_empty() && !rest.contains('*') => {
+                    HostPattern::Subdomains(format!(".{rest}"))
+                }
+                _ if h.contains('*') || h.is_empty() => {
+                    c.report(key("host"), "must be a host name or \"*.domain\"");
+                    HostPattern::Exact(h)
+                }
+                _ => HostPattern::Exact(h),
+            }
+        });
+        let upstream = upstream(c, &key("upstream"), &f.upstream);
+        let public = match f.auth.as_deref() {
+            None | Some("token") => false,
+            Some("none") => true,
+            Some(other) => {
+                c.report(
+                    key("auth"),
+                    format!("`{other}` must be \"none\" or \"token\""),
+                );
+                false
+            }
+        };
+        let access = match (public, &f.credential, &f.exchange) {
+            (true, None, None) => RouteAccess::Public,
+            (true, _, _) => {
+                c.report(
+                    key("auth"),
+                    "a public route (auth = \"none\") takes no credential or exchange",
+                );
+                RouteAccess::Public
+            }
+            (false, Some(name), None) => {
+                c.word(&key("credential"), name);
+                RouteAccess::Credential(name.clone())
+            }
+            (false, None, Some(x)) => {
+                match clients.get(&x.client) {
+                    Some(cl) if cl.may_use(GrantType::TokenExchange) => {
+                        for (j, s) in x.scopes.iter().enumerate() {
+                            if !cl.has_scope(s) {
+                                c.report(
+                                    format!("routes[{i}].exchange.scopes[{j}]"),
+                                    format!("client `{}` may not obtain scope `{s}`", x.client),
+                                );
+                            }
+                        }
+                        let mut uncovered: Vec<&str> = clients
+                            .values()
+                            .filter(|other| {
+                                f.required_scopes.iter().all(|s| other.has_scope(s))
+                                    && !cl.exchange_from.allows_client(&cl.id, &other.id)
+                            })
+                            .map(|other| other.id.as_str())
+                            .collect();
+                        uncovered.sort_unstable();
+                        if !uncovered.is_empty() {
+                            c.report(
+                                key("exchange.client"),
+                                format!(
+                                    "tokens of {} can reach this route, but client `{}` may not \
+                                     exchange them: add them (or \"*\") to its exchange_from",
+                                    uncovered
+                                        .iter()
+                                        .map(|id| format!("`{id}`"))
+                                        .collect::<Vec<_>>()
+                                        .join(", "),
+                                    x.client
+                                ),
+                            );
+                        }
+                    }
+                    Some(_) => c.report(
+                        key("exchange.client"),
+                        format!("client `{}` lacks the token-exchange grant type", x.client),
+                    ),
+                    None => c.report(
+                        key("exchange.client"),
+                        format!("no [[clients]] entry `{}`", x.client),
+                    ),
+                }
+                RouteAccess::Exchange(RouteExchange {
+                    client: x.client.clone(),
+                    scopes: x.scopes.clone(),
+                    audience: x.audience.clone(),
+                })
+            }
+            (false, _, _) => {
+                c.report(
+                    format!("routes[{i}]"),
+                    "set exactly one of credential or [routes.exchange] (or auth = \"none\")",
+                );
+                RouteAccess::Public
+            }
+        };
+        let ca_file = f
+            .ca_file
+            .as_deref()
+            .map(|p| c.certificate_file(&key("ca_file"), p));
+        if f.audience
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty() || a.chars().any(char::is_control))
+        {
+            c.report(
+                key("audience"),
+                "must be a non-empty audience without control characters",
+            );
+        }
+        if public && f.audience.is_some() {
+            c.report(
+                key("audience"),
+                "a public route (auth = \"none\") checks no token",
+            );
+        }
+        if let Some(upstream) = upstream {
+            out.push(Arc::new(Route {
+                name: f.name.clone(),
+                path_prefix: f.path_prefix.clone(),
+                host,
+                upstream,
+                strip_prefix: f.strip_prefix,
+                required_scopes: f.required_scopes.clone(),
+                access,
+                ca_file,
+                audience: f.audience.clone(),
+                preserve_host: f.preserve_host,
+            }));
+        }
+    }
+    out
+}
+
+pub(super) fn upstream(c: &mut Checker<'_>, key: &str, value: &str) -> Option<Upstream> {
+    let url = c.http_url(key, value)?;
+    if url.path() != "/" || url.query().is_some() {
+        c.report(key, "an upstream is scheme://host[:port] with no path");
+        return None;
+    }
+    warn_plain_http(&url, key);
+    let host = url.host_str()?.trim_matches(['[', ']']).to_string();
+    let port = url.port_or_known_default()?;
+    // A literal address is used as it is; a name is resolved while serving
+    // (never here: it may not resolve yet, and resolving blocks).
+    let addr = host
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, port));
+    Some(Upstream {
+        tls: url.scheme() == "https",
+        host,
+        port,
+        addr,
+    })
+}

@@ -1,0 +1,119 @@
+//! `[tokens]` and `[gateway]`: lifetimes, limits, caches, refresh
+//! timing, DNS servers.
+
+use super::*;
+
+pub(super) fn token_settings(c: &mut Checker<'_>, t: &file::Tokens) -> TokenSettings {
+    let access_token_ttl = c.duration(
+        "tokens.access_token_ttl",
+        t.access_token_ttl.as_ref(),
+        Duration::from_secs(3600),
+    );
+    let refresh_token_ttl = c.duration(
+        "tokens.refresh_token_ttl",
+        t.refresh_token_ttl.as_ref(),
+        Duration::from_secs(30 * 86_400),
+    );
+    let refresh_grace = c.duration(
+        "tokens.refresh_grace",
+        t.refresh_grace.as_ref(),
+        Duration::ZERO,
+    );
+    if access_token_ttl.is_zero() {
+        c.report("tokens.access_token_ttl", "must be longer than 0s");
+    }
+    if refresh_token_ttl.is_zero() {
+        c.report("tokens.refresh_token_ttl", "must be longer than 0s");
+    }
+    let custom_data_max = match t.custom_data_max {
+        None => 16_384,
+        Some(n) if (2..=1_048_576).contains(&n) => n as usize,
+        Some(_) => {
+            c.report(
+                "tokens.custom_data_max",
+                "must be between 2 and 1048576 bytes",
+            );
+            16_384
+        }
+    };
+    TokenSettings {
+        access_token_ttl,
+        refresh_token_ttl,
+        refresh_grace,
+        custom_data_max,
+    }
+}
+
+pub(super) fn gateway_settings(c: &mut Checker<'_>, g: &file::Gateway) -> GatewaySettings {
+    let cache_capacity = match g.cache_capacity {
+        None => 100_000,
+        Some(n) if (0..=MAX_CACHE_CAPACITY).contains(&n) => n as u64,
+        Some(_) => {
+            c.report(
+                "gateway.cache_capacity",
+                format!("must be between 0 and {MAX_CACHE_CAPACITY} entries"),
+            );
+            0
+        }
+    };
+    GatewaySettings {
+        refresh_skew: c.duration(
+            "gateway.refresh_skew",
+            g.refresh_skew.as_ref(),
+            Duration::from_secs(60),
+        ),
+        cache_capacity,
+        cache_max_ttl: c.duration(
+            "gateway.cache_max_ttl",
+            g.cache_max_ttl.as_ref(),
+            Duration::from_secs(300),
+        ),
+        negative_cache_ttl: c.duration(
+            "gateway.negative_cache_ttl",
+            g.negative_cache_ttl.as_ref(),
+            Duration::from_secs(5),
+        ),
+        ca_file: g
+            .ca_file
+            .as_deref()
+            .map(|f| c.certificate_file("gateway.ca_file", f)),
+        authority_timeout: c.duration(
+            "gateway.authority_timeout",
+            g.authority_timeout.as_ref(),
+            Duration::from_secs(10),
+        ),
+        upstream_connect_timeout: c.duration(
+            "gateway.upstream_connect_timeout",
+            g.upstream_connect_timeout.as_ref(),
+            Duration::from_secs(5),
+        ),
+        min_refresh_interval: c.duration(
+            "gateway.min_refresh_interval",
+            g.min_refresh_interval.as_ref(),
+            Duration::from_secs(30),
+        ),
+        dns_servers: dns_servers(c, g.dns_servers.as_deref()),
+    }
+}
+
+/// `ip:port` of DNS servers, or `ip` alone for port 53.
+pub(super) fn dns_servers(c: &mut Checker<'_>, list: Option<&[String]>) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for (i, text) in list.unwrap_or_default().iter().enumerate() {
+        let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+            text.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Some(addr) => out.push(addr),
+            None => c.report(
+                format!("gateway.dns_servers[{i}]"),
+                format!(
+                    "`{text}` is not an IP address with an optional port, such as \"127.0.0.1:53\""
+                ),
+            ),
+        }
+    }
+    out
+}

@@ -34,6 +34,7 @@
 
 pub mod config;
 pub mod connections;
+pub mod core;
 pub mod credential;
 pub mod crypto;
 pub mod dns;

@@ -7,6 +7,7 @@
 //! store, so a store never sees plaintext custom data or a token string.
 
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::sync::Arc;

@@ -8,21 +8,18 @@
 
 mod error;
 mod grant_arbitrary;
-mod grant_client_credentials;
 mod grant_exchange;
 mod grant_exchange_mutate;
 mod grant_refresh;
 mod guard;
 mod health;
 pub mod id_token;
-mod in_process;
 mod introspect;
 mod issue;
 mod metadata;
 mod mutate;
 mod request;
 mod revoke;
-mod scope;
 mod token_endpoint;
 
 use std::sync::Arc;
@@ -34,19 +31,18 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::config::Config;
-use crate::crypto::{Random, TokenHash};
+use crate::core::Grants;
 use crate::lookup::TokenLookup;
 
 pub use error::OAuthError;
-pub use in_process::OwnRefresh;
 pub use issue::TokenResponse;
-pub use mutate::patch_custom;
 
 /// State shared by the token-service endpoints.
 pub struct TokenService {
     config: Arc<ArcSwap<Config>>,
     pub lookup: Arc<TokenLookup>,
-    pub random: Random,
+    /// Every grant operation and write goes through it.
+    pub grants: Arc<Grants>,
     pub id_tokens: id_token::IdTokenVerifier,
 }
 
@@ -58,8 +54,8 @@ impl TokenService {
     ) -> Self {
         TokenService {
             config,
+            grants: Arc::new(Grants::new(lookup.clone())),
             lookup,
-            random: Random::default(),
             id_tokens: id_token::IdTokenVerifier::new(http),
         }
     }
@@ -67,16 +63,6 @@ impl TokenService {
     /// The configuration in force now.
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
-    }
-
-    /// A grant changed (revoked, re-scoped, custom data): drop cached views.
-    pub async fn notify_grant_changed(&self, grant_id: &str) {
-        self.lookup.invalidate_grant(grant_id).await;
-    }
-
-    /// A token changed (revoked, consumed): drop its cached view.
-    pub async fn notify_token_changed(&self, hash: &TokenHash) {
-        self.lookup.invalidate_token(hash).await;
     }
 }
 

@@ -332,15 +332,18 @@ impl Refresher {
             if !leased {
                 return Self::fall_back(&current);
             }
-            // The other instance may have finished just before we got it.
-            current = self
-                .stored(grant_id, name)
-                .await?
-                .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
-            if !Self::still_needed(&current, need, skew) {
-                let _ = store.release_lease(key, &self.holder).await;
-                return Ok(for_use(&current));
-            }
+        }
+        // Another instance may have finished just before this one got the
+        // lease, whether at once or after waiting: `current` was read
+        // before, and its refresh token may be spent (a rotating authority
+        // revokes the grant when it is presented again).
+        current = self
+            .stored(grant_id, name)
+            .await?
+            .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
+        if !Self::still_needed(&current, need, skew) {
+            let _ = store.release_lease(key, &self.holder).await;
+            return Ok(for_use(&current));
         }
         let result = self.refresh_now(state, grant_id, name, key, current).await;
         if let Err(e) = store.release_lease(key, &self.holder).await {

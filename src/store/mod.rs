@@ -5,6 +5,11 @@
 //! handles pointing at them. It stores only SHA-256 hashes of token strings
 //! and only sealed custom data: sealing happens before a record reaches the
 //! store, so a store never sees plaintext custom data or a token string.
+//!
+//! `rows` holds what both backends share (the column layout and the
+//! mapping of rows to records); the rules they apply inside their
+//! transactions (refresh rotation, the version check) are in
+//! [`crate::core`].
 
 mod postgres;
 mod rows;

@@ -16,13 +16,16 @@
 //! When a refresh fails, the requests that were waiting for it fall back at
 //! once instead of each asking the failing authority again in turn.
 //!
-//! The jobs: `flight` (who refreshes what in this process), and
-//! `authority_client` (a downstream authority's token endpoint); this file
-//! decides when to refresh or exchange, and stores the result. refgate's
+//! The jobs: `flight` (who refreshes what in this process),
+//! `authority_client` (a downstream authority's token endpoint), `own`
+//! (credentials refgate obtains from itself: transparent exchange and
+//! authority `self`); this file decides when to refresh, takes the lease,
+//! and stores the result. refgate's
 //! own token service is called directly ([`crate::core`]), never over HTTP.
 
 mod authority_client;
 mod flight;
+mod own;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,15 +35,13 @@ use tracing::Instrument;
 
 use super::errors::GatewayError;
 use super::GatewayState;
-use crate::config::{RouteAccess, RouteExchange};
 use crate::core::custom::{self, Writer};
-use crate::core::exchange::{self, DerivedRefusal};
-use crate::core::{Error, TokenResponse};
+use crate::core::Error;
 use crate::credential::{Credential, StoredCredential, SELF_AUTHORITY};
 use crate::lookup::{now, TokenLookup};
 use crate::telemetry::{Metrics, Untrusted};
 use crate::token::TokenService;
-use authority_client::{AuthorityClient, Outcome, TokenFields};
+use authority_client::{AuthorityClient, Outcome};
 use flight::Flights;
 
 /// A span for work done on behalf of a request: a refresh runs as a task
@@ -71,18 +72,6 @@ pub enum Need {
     Expiring,
     /// The upstream answered 401 to this credential.
     Rejected { sent: Arc<Credential> },
-}
-
-/// The exchange settings of the exchange route `name`.
-fn exchange_route(state: &GatewayState, name: &str) -> Option<RouteExchange> {
-    state
-        .config
-        .routes
-        .iter()
-        .find_map(|route| match &route.access {
-            RouteAccess::Exchange(exchange) if route.name == name => Some(exchange.clone()),
-            _ => None,
-        })
 }
 
 /// How often an instance waiting for another's refresh looks at the store.
@@ -197,37 +186,6 @@ impl Refresher {
         }
     }
 
-    /// The credential for a transparent on-behalf-of route: the stored one
-    /// when usable, else a new token exchange for the subject of the grant.
-    pub async fn exchange(
-        self: &Arc<Self>,
-        state: Arc<GatewayState>,
-        grant_id: &str,
-        route_name: &str,
-        exchange: &RouteExchange,
-        request_id: &str,
-    ) -> Result<Arc<Credential>, GatewayError> {
-        let this = self.clone();
-        let (grant_id, name) = (grant_id.to_string(), route_name.to_string());
-        let exchange = exchange.clone();
-        self.control
-            .spawn(
-                async move {
-                    let key = format!("{grant_id}/{name}");
-                    let flight = this.flights.flight(&key);
-                    let result = {
-                        let _turn = flight.lock().await;
-                        this.exchange_in_turn(&state, &grant_id, &name, &key, &exchange)
-                            .await
-                    };
-                    this.flights.land(&key, flight);
-                    result
-                }
-                .instrument(request_span(request_id)),
-            )
-            .await
-            .map_err(|_| GatewayError::AuthorityUnavailable)?
-    }
     /// The stored credential, read from the store (not the cache).
     async fn stored(
         &self,
@@ -508,183 +466,6 @@ impl Refresher {
                     tracing::error!(error = %e, attempt, "could not store a refreshed credential");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-            }
-        }
-    }
-
-    /// Refreshes a credential refgate obtained itself for the exchange
-    /// route `name`, only if its refresh token belongs to a grant that the
-    /// route's exchange made for this grant: custom data never decides whose
-    /// refresh token refgate redeems.
-    async fn refresh_with_self(
-        &self,
-        state: &GatewayState,
-        grant_id: &str,
-        name: &str,
-        refresh_token: &str,
-    ) -> Result<Outcome, GatewayError> {
-        let invalid = || GatewayError::CredentialInvalid(name.to_string());
-        let exchange = exchange_route(state, name).ok_or_else(invalid)?;
-        let caller = self.fresh_grant(grant_id).await?;
-        let config = self.tokens.config();
-        let refreshed = exchange::refresh_derived(
-            &self.tokens.grants,
-            &config,
-            refresh_token,
-            &caller,
-            &exchange.client,
-            name,
-        )
-        .await;
-        Ok(match refreshed {
-            Ok(response) => Outcome::Fresh(TokenFields {
-                access_token: response.access_token,
-                refresh_token: response.refresh_token,
-                token_type: Some(response.token_type.to_string()),
-                expires_in: Some(response.expires_in),
-                scope: Some(response.scope).filter(|s| !s.is_empty()),
-            }),
-            // A dead refresh token: exchange again.
-            Err(DerivedRefusal::Failed(Error::InvalidGrant(_))) => Outcome::Refused,
-            Err(DerivedRefusal::Foreign) => {
-                tracing::warn!(
-                    credential = name,
-                    "a self credential's refresh token belongs to another grant; it is not redeemed"
-                );
-                return Err(invalid());
-            }
-            Err(DerivedRefusal::Failed(e)) => Outcome::Unavailable(e.to_string()),
-        })
-    }
-
-    /// The grant, read from the store; `InvalidToken` when it is gone.
-    async fn fresh_grant(&self, grant_id: &str) -> Result<Arc<crate::lookup::Grant>, GatewayError> {
-        self.lookup
-            .find_grant_fresh(grant_id)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "store unavailable while renewing a credential");
-                GatewayError::StoreUnavailable
-            })?
-            .ok_or(GatewayError::InvalidToken)
-    }
-
-    async fn exchange_in_turn(
-        &self,
-        state: &GatewayState,
-        grant_id: &str,
-        name: &str,
-        key: &str,
-        exchange: &RouteExchange,
-    ) -> Result<Arc<Credential>, GatewayError> {
-        let skew = state.config.gateway.refresh_skew.as_secs() as i64;
-        if let Some(stored) = self.stored(grant_id, name).await? {
-            let current = for_use(&stored);
-            let usable = |c: &Credential| c.is_sendable() && !c.reauth_required();
-            if usable(&current) && !current.needs_refresh(now(), skew) {
-                // Another request got here first.
-                return Ok(current);
-            }
-            if usable(&current) && current.refreshable() {
-                // One this request did not see (a stale cache): renewing it
-                // beats leaving its grant behind for a new one.
-                let renewed = self
-                    .refresh_in_turn(state, grant_id, name, &Need::Expiring, key, Instant::now())
-                    .await;
-                match renewed {
-                    Ok(c) if usable(&c) && c.still_valid(now()) => return Ok(c),
-                    Err(e @ (GatewayError::StoreUnavailable | GatewayError::InvalidToken)) => {
-                        return Err(e)
-                    }
-                    _ => {}
-                }
-            }
-        }
-        self.exchange_now(grant_id, name, exchange).await
-    }
-
-    /// Renews a transparent on-behalf-of credential by a new exchange for
-    /// its grant's subject, as the route of the same name says. For when
-    /// no access token of the inbound grant is at hand.
-    async fn exchange_again(
-        &self,
-        state: &GatewayState,
-        grant_id: &str,
-        name: &str,
-    ) -> Result<Arc<Credential>, GatewayError> {
-        let exchange = exchange_route(state, name).ok_or_else(|| {
-            tracing::warn!(
-                credential = name,
-                "no exchange route of that name any more; the credential cannot be renewed"
-            );
-            GatewayError::CredentialInvalid(name.to_string())
-        })?;
-        self.exchange_now(grant_id, name, &exchange).await
-    }
-
-    /// A new exchange for the subject of the grant, as the route `name`
-    /// says; the result is stored as the route's credential.
-    async fn exchange_now(
-        &self,
-        grant_id: &str,
-        name: &str,
-        exchange: &RouteExchange,
-    ) -> Result<Arc<Credential>, GatewayError> {
-        let grant = self.fresh_grant(grant_id).await?;
-        let started = Instant::now();
-        let config = self.tokens.config();
-        let result = exchange::for_route(
-            &self.tokens.grants,
-            &config,
-            &exchange.client,
-            &grant,
-            &exchange.scopes,
-            exchange.audience.as_deref(),
-            name,
-        )
-        .await;
-        self.metrics
-            .refresh_seconds
-            .with_label_values(&[SELF_AUTHORITY])
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(response) => Ok(self.store_exchanged(grant_id, name, response).await),
-            Err(e) => Err(self.exchange_failed(name, e)),
-        }
-    }
-
-    /// Stores the result of a transparent exchange as the credential.
-    async fn store_exchanged(
-        &self,
-        grant_id: &str,
-        name: &str,
-        response: TokenResponse,
-    ) -> Arc<Credential> {
-        self.count(SELF_AUTHORITY, "exchanged");
-        let stored = StoredCredential {
-            access_token: response.access_token,
-            refresh_token: response.refresh_token,
-            token_type: Some("Bearer".into()),
-            expires_at: Some(now() + response.expires_in),
-            authority: Some(SELF_AUTHORITY.into()),
-            scope: Some(response.scope).filter(|s| !s.is_empty()),
-            reauth_required: None,
-        };
-        self.store_credential(grant_id, name, &stored).await;
-        Arc::new(Credential::obtained(&stored))
-    }
-
-    fn exchange_failed(&self, name: &str, e: Error) -> GatewayError {
-        match e {
-            // The inbound token went inactive in the meantime.
-            Error::SubjectInactive => GatewayError::InvalidToken,
-            Error::Unavailable(why) => {
-                tracing::warn!(error = %why, "store unavailable during a transparent exchange");
-                GatewayError::StoreUnavailable
-            }
-            e => {
-                tracing::error!(route = name, reason = %Untrusted(&e.to_string()), "transparent exchange failed");
-                GatewayError::CredentialInvalid(name.to_string())
             }
         }
     }

@@ -13,6 +13,7 @@ use super::{refresh, scope, Error, Grants};
 use crate::config::{Client, Config, GrantType};
 use crate::crypto::{hash_token, token_kind, TokenKind};
 use crate::lookup::{now, Grant};
+use crate::store::GrantRecord;
 
 /// Who an exchange is for, and what the new grant inherits from its source.
 pub struct Subject {
@@ -201,6 +202,48 @@ fn exchange_client(config: &Config, client_id: &str) -> Result<Arc<Client>, Erro
     Ok(client)
 }
 
+/// What ties a grant to the exchange that made it.
+pub struct Lineage<'a> {
+    client_id: &'a str,
+    parent_id: Option<&'a str>,
+    route: Option<&'a str>,
+    subject: &'a str,
+    subject_issuer: Option<&'a str>,
+}
+
+impl<'a> Lineage<'a> {
+    pub fn of_record(record: &'a GrantRecord) -> Self {
+        Lineage {
+            client_id: &record.client_id,
+            parent_id: record.parent_id.as_deref(),
+            route: record.route.as_deref(),
+            subject: &record.subject,
+            subject_issuer: record.subject_issuer(),
+        }
+    }
+
+    pub fn of_grant(grant: &'a Grant) -> Self {
+        Lineage {
+            client_id: &grant.client_id,
+            parent_id: grant.parent_id(),
+            route: grant.route(),
+            subject: &grant.subject,
+            subject_issuer: grant.subject_issuer(),
+        }
+    }
+
+    /// Whether this grant is one that `route`'s transparent exchange, as
+    /// `client_id`, made for `caller`: only such a grant's tokens are sent
+    /// or redeemed on the caller's behalf.
+    pub fn made_for(&self, caller: &Grant, client_id: &str, route: &str) -> bool {
+        self.client_id == client_id
+            && self.parent_id == Some(&*caller.id)
+            && self.route == Some(route)
+            && self.subject == &*caller.subject
+            && self.subject_issuer == caller.subject_issuer()
+    }
+}
+
 /// Why a derived credential was not refreshed.
 #[derive(Debug)]
 pub enum DerivedRefusal {
@@ -234,12 +277,7 @@ pub async fn refresh_derived(
     let Some((_, record)) = found else {
         return Err(DerivedRefusal::Foreign);
     };
-    let linked = record.client_id == client_id
-        && record.parent_id.as_deref() == Some(&*caller.id)
-        && record.route.as_deref() == Some(route)
-        && *record.subject == *caller.subject
-        && record.subject_issuer() == caller.subject_issuer();
-    if !linked {
+    if !Lineage::of_record(&record).made_for(caller, client_id, route) {
         return Err(DerivedRefusal::Foreign);
     }
     let Some(client) = config.clients.get(client_id).cloned() else {

@@ -142,11 +142,6 @@ impl Grant {
     pub fn subject_issuer(&self) -> Option<&str> {
         self.idp().or(self.issuer.as_deref())
     }
-
-    /// Whether two grants are for the same subject of the same issuer.
-    pub fn same_subject(&self, other: &Grant) -> bool {
-        self.subject == other.subject && self.subject_issuer() == other.subject_issuer()
-    }
 }
 
 /// Most shared strings kept; past this, new ones are simply not shared.

@@ -323,6 +323,8 @@ impl TokenLookup {
     }
 }
 
-fn is_active(token: &TokenRecord, grant: &GrantRecord) -> bool {
+/// Whether a stored token is active now: not revoked, not consumed, not
+/// expired, and its grant not revoked.
+pub fn is_active(token: &TokenRecord, grant: &GrantRecord) -> bool {
     !token.revoked && token.consumed_at.is_none() && !grant.revoked && token.expires_at > now()
 }

@@ -4,6 +4,10 @@
 //! the grant version — plus cross-instance cache invalidation: every write
 //! that changes what a token means sends `NOTIFY refgate_invalidate` in the
 //! same transaction, and every instance listens.
+//!
+//! One file of about 600 lines on purpose: each [`Store`] method is one
+//! transaction whose SQL reads best beside the others; the row mapping
+//! and the rules it applies are shared with SQLite (`rows`, `crate::core`).
 
 use std::time::Duration;
 
@@ -12,7 +16,9 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::broadcast;
 
-use super::rows::{grant_columns, presented, rotation_columns, GrantRow, GrantText, TokenRow};
+use super::rows::{
+    grant_columns, own_first, presented, rotation_columns, GrantRow, GrantText, TokenRow,
+};
 use super::*;
 use crate::core::rotation::{self, Decision};
 use crate::core::version;
@@ -181,9 +187,7 @@ async fn revoke_tree(
     .fetch_all(&mut **tx)
     .await
     .map_err(unavailable)?;
-    if let Some(own) = ids.iter().position(|g| g == id) {
-        ids.swap(0, own);
-    }
+    own_first(&mut ids, id);
     for grant in &ids {
         notify(tx, Invalidation::Grant(grant.clone()))
             .await

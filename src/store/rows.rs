@@ -168,3 +168,11 @@ pub(crate) fn presented(
         consumed_at,
     }
 }
+
+/// Orders the ids a revocation returns as [`super::Store::revoke_grant`]
+/// promises: the revoked grant's own id first.
+pub(crate) fn own_first(ids: &mut [String], id: &str) {
+    if let Some(own) = ids.iter().position(|g| g == id) {
+        ids.swap(0, own);
+    }
+}

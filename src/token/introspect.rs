@@ -16,7 +16,7 @@ use super::request::{
 use super::TokenService;
 use crate::core::scope;
 use crate::crypto::TokenKind;
-use crate::lookup::{now, ActiveToken};
+use crate::lookup::{is_active, ActiveToken};
 
 pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<Body>) -> Response {
     match introspect(&service, request).await {
@@ -93,12 +93,7 @@ async fn refresh_token_still_active(
     active: &ActiveToken,
 ) -> Result<bool, OAuthError> {
     let still_active = match service.grants.find_token(&active.hash).await? {
-        Some((token, grant)) => {
-            !token.revoked
-                && token.consumed_at.is_none()
-                && !grant.revoked
-                && token.expires_at > now()
-        }
+        Some((token, grant)) => is_active(&token, &grant),
         None => false,
     };
     if !still_active {

@@ -10,7 +10,7 @@ use crate::core::rotation::{self, Decision};
 use crate::core::version;
 use crate::crypto::{KeyId, TokenHash, TokenKind};
 use crate::store::rows::{
-    grant_columns, presented, rotation_columns, BadColumn, GrantRow, GrantText, TokenRow,
+    grant_columns, own_first, presented, rotation_columns, BadColumn, GrantRow, GrantText, TokenRow,
 };
 use crate::store::*;
 
@@ -132,9 +132,7 @@ fn revoke_tree(conn: &Connection, id: &str) -> rusqlite::Result<Vec<String>> {
         )?
         .query_map(params![id], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    if let Some(own) = ids.iter().position(|g| g == id) {
-        ids.swap(0, own);
-    }
+    own_first(&mut ids, id);
     Ok(ids)
 }
 

@@ -224,6 +224,13 @@ impl Grants {
         self.lookup.store().try_lease(key, holder, now, until).await
     }
 
+    /// Deletes expired tokens and grants left without tokens (see
+    /// [`crate::store::Store::purge_expired`]). Nothing cached changes: an
+    /// expired token is inactive whether or not its row is there.
+    pub async fn purge_expired(&self, before: UnixTime) -> Result<u64, StoreError> {
+        self.lookup.store().purge_expired(before).await
+    }
+
     /// Gives a lease back early.
     pub async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
         self.lookup.store().release_lease(key, holder).await

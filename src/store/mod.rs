@@ -198,7 +198,7 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `change` if the grant is at `expected_version`, bumping it.
     /// Sealed custom data is bound to the version: a change that keeps the
     /// custom data must carry it sealed again for the new version, which
-    /// [`crate::lookup::TokenLookup::update_grant`] does.
+    /// [`crate::core::Grants::update`] does.
     async fn update_grant(
         &self,
         id: &str,

@@ -1,10 +1,15 @@
 //! The token service: an OAuth 2.0 authorization server for machine and
-//! middle-tier clients. One file per endpoint, one per grant type:
+//! middle-tier clients, as HTTP (axum). This is an adapter of
+//! [`crate::core`]: its files read requests, call the core operation and
+//! write the answer; no grant rule lives here.
 //!
-//! - `token_endpoint` dispatches `POST /oauth2/token` to `grant_*`;
+//! - `token_endpoint` dispatches `POST /oauth2/token` to the `grant_*`
+//!   files (one per grant type that has parameters to read;
+//!   `client_credentials` calls the core directly);
 //! - `introspect`, `revoke`, `mutate`, `metadata`, `health`;
 //! - `request` reads bodies and authenticates clients, `error` is the one
-//!   mapping of failures to RFC 6749 responses, `issue` mints tokens.
+//!   mapping of failures (among them [`crate::core::Error`]) to RFC 6749
+//!   responses, `issue` writes token responses.
 
 mod error;
 mod grant_arbitrary;

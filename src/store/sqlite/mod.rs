@@ -23,7 +23,7 @@
 //!
 //! The jobs, one file each: `readers` (the pooled reader connections),
 //! `writer` (the writer thread and its batches), `queries` (the SQL of
-//! every [`Store`] method); this file opens the store and hands reads and
+//! every [`super::Store`] method); this file opens the store and hands reads and
 //! writes to the first two.
 
 mod queries;

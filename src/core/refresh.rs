@@ -41,14 +41,10 @@ pub async fn redeem(
     {
         return Err(invalid());
     }
-    let held: Vec<String> = match &token.scopes {
-        Some(narrow) => narrow
-            .iter()
-            .filter(|s| grant.scopes.contains(s))
-            .cloned()
-            .collect(),
-        None => grant.scopes.clone(),
-    };
+    let held = scope::held(
+        grant.scopes.iter().map(String::as_str),
+        token.scopes.as_ref().map(|n| n.iter().map(String::as_str)),
+    );
     let scopes = match scope {
         None => held.clone(),
         Some(text) => {

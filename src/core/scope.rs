@@ -53,3 +53,34 @@ pub fn join(scopes: &[String]) -> String {
 pub fn has_offline_access(scopes: &[String]) -> bool {
     scopes.iter().any(|s| s == OFFLINE_ACCESS)
 }
+
+/// The scopes a token holds: a token issued for fewer scopes than its
+/// grant has holds those, less any its grant no longer has (a re-scope
+/// may have dropped some); any other token holds its grant's.
+pub fn held<'a>(
+    grant: impl Iterator<Item = &'a str> + Clone,
+    narrow: Option<impl Iterator<Item = &'a str>>,
+) -> Vec<String> {
+    match narrow {
+        Some(narrow) => narrow
+            .filter(|s| grant.clone().any(|g| g == *s))
+            .map(str::to_string)
+            .collect(),
+        None => grant.map(str::to_string).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_narrowed_token_holds_its_own_scopes_that_its_grant_still_has() {
+        let grant = ["a", "b"];
+        assert_eq!(
+            held(grant.into_iter(), None::<std::vec::IntoIter<&str>>),
+            ["a", "b"]
+        );
+        assert_eq!(held(grant.into_iter(), Some(["b", "c"].into_iter())), ["b"]);
+    }
+}

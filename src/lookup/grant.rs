@@ -23,7 +23,7 @@ impl Scopes {
         self.0.iter().any(|s| &**s == scope)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &str> {
+    pub fn iter(&self) -> impl Iterator<Item = &str> + Clone {
         self.0.iter().map(|s| &**s)
     }
 

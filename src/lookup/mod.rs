@@ -49,14 +49,10 @@ impl ActiveToken {
     /// The scopes this token carries: the grant's, narrowed if the token was
     /// issued for fewer.
     pub fn scopes(&self) -> Vec<String> {
-        match &self.token.scopes {
-            None => self.grant.scopes.to_vec(),
-            Some(narrow) => narrow
-                .iter()
-                .filter(|s| self.grant.scopes.contains(s))
-                .map(str::to_string)
-                .collect(),
-        }
+        crate::core::scope::held(
+            self.grant.scopes.iter(),
+            self.token.scopes.as_ref().map(Scopes::iter),
+        )
     }
 
     pub fn has_scope(&self, scope: &str) -> bool {

@@ -108,7 +108,7 @@ pub fn run(
         control.spawn(serve_http(listener, app, admission(), stop_rx.clone()));
     }
 
-    control.spawn(purge(parts.lookup.store().clone(), stop_rx.clone()));
+    control.spawn(purge(parts.tokens.grants.clone(), stop_rx.clone()));
     control.spawn(reseal(parts.lookup.clone(), stop_rx.clone()));
     if let Some(feed) = parts.lookup.store().subscribe() {
         control.spawn(follow_invalidations(
@@ -508,12 +508,12 @@ async fn follow_invalidations(
 }
 
 /// Deletes long-expired tokens now and then.
-async fn purge(store: Arc<dyn crate::store::Store>, mut stop: watch::Receiver<bool>) {
+async fn purge(grants: Arc<crate::core::Grants>, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(PURGE_EVERY);
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => return,
-            _ = every.tick() => match store.purge_expired(now() - PURGE_AFTER).await {
+            _ = every.tick() => match grants.purge_expired(now() - PURGE_AFTER).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(tokens = n, "purged expired tokens"),
                 Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),

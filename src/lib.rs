@@ -10,17 +10,26 @@
 //! The request path and the module map:
 //!
 //! - [`config`]: the TOML file, validated into [`config::Config`];
-//! - [`store`]: the [`store::Store`] trait, SQLite (embedded) and
-//!   PostgreSQL (shared by several instances) — grants and token hashes,
-//!   custom data sealed;
+//! - [`core`]: the grant operations (issue, refresh, exchange, re-scope,
+//!   custom data) and the rules that hold everywhere (refresh rotation,
+//!   version check), with one typed error; every write goes through
+//!   [`core::Grants`], which drops the cached lookups it affects. No HTTP
+//!   types: the token service and the gateway are its adapters;
+//! - [`store`]: the [`store::Store`] trait and the row mapping both
+//!   backends share, SQLite (embedded; `store/sqlite/`: readers, writer
+//!   thread, queries) and PostgreSQL (shared by several instances) —
+//!   grants and token hashes, custom data sealed;
 //! - [`crypto`]: token generation and hashing, secret checks, sealing with
 //!   the data keys (current and previous);
 //! - [`lookup`]: token lookups through the token cache (one compact entry
 //!   per token: its state and a view of its grant), shared by introspection
 //!   and the gateway; opening and sealing grants' custom data, and sealing
 //!   it again with the current data key;
-//! - [`token`]: the token service endpoints, one file per endpoint and grant;
-//! - [`gateway`]: the pingora proxy — admission, credential refresh, OBO;
+//! - [`token`]: the token service's HTTP endpoints (axum), one file per
+//!   endpoint and grant; they read requests, call [`core`] and write its
+//!   errors as RFC 6749 responses;
+//! - [`gateway`]: the pingora proxy — admission, credential refresh
+//!   (`gateway/refresh/`), OBO through [`core`];
 //! - [`credential`]: downstream credentials stored in custom data;
 //! - [`reload`]: configuration reload on SIGHUP and file change;
 //! - [`dns`]: upstream and authority host names, resolved while serving
@@ -35,6 +44,7 @@
 pub mod app;
 pub mod config;
 pub mod connections;
+pub mod core;
 pub mod credential;
 pub mod crypto;
 pub mod dns;

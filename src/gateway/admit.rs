@@ -14,6 +14,7 @@ use super::proxy::{Gateway, RequestCtx};
 use super::refresh::Need;
 use super::routing::{route_path, upstream_target, PathError};
 use crate::config::RouteAccess;
+use crate::core::exchange::Lineage;
 use crate::credential::Credential;
 use crate::crypto::{hash_token, token_kind, TokenKind};
 use crate::lookup::now;
@@ -246,12 +247,7 @@ async fn own_credential_alive(
     let Some(own) = found else {
         return Ok(false);
     };
-    let derived = &own.grant;
-    let linked = *derived.client_id == *exchange.client
-        && derived.parent_id() == Some(&*caller.id)
-        && derived.route() == Some(route_name)
-        && derived.same_subject(caller);
-    if !linked {
+    if !Lineage::of_grant(&own.grant).made_for(caller, &exchange.client, route_name) {
         tracing::warn!(
             credential = %route_name,
             "an exchange route's credential belongs to another grant; it is not used"

@@ -4,7 +4,8 @@
 //! - `proxy`: the thin `ProxyHttp` hooks;
 //! - `admit`: per-request checks — route, bearer token, lookup, scopes,
 //!   credential (SPEC 4.1);
-//! - `refresh`: credential refresh and transparent OBO exchange (4.2, 4.4);
+//! - `refresh`: credential refresh and transparent OBO exchange (4.2, 4.4),
+//!   refgate's own token service called through [`crate::core`];
 //! - `routing`, `bearer`, `upstream`: route matching, token extraction,
 //!   upstream peers; `errors`: the one mapping of failures to responses (4.5);
 //! - `listener`: HTTP/1.x or h2c, decided by a connection's first bytes;

@@ -23,7 +23,7 @@ impl Scopes {
         self.0.iter().any(|s| &**s == scope)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &str> {
+    pub fn iter(&self) -> impl Iterator<Item = &str> + Clone {
         self.0.iter().map(|s| &**s)
     }
 
@@ -141,11 +141,6 @@ impl Grant {
     /// subjects of its own tokens).
     pub fn subject_issuer(&self) -> Option<&str> {
         self.idp().or(self.issuer.as_deref())
-    }
-
-    /// Whether two grants are for the same subject of the same issuer.
-    pub fn same_subject(&self, other: &Grant) -> bool {
-        self.subject == other.subject && self.subject_issuer() == other.subject_issuer()
     }
 }
 

@@ -23,9 +23,7 @@ pub use grant::{Grant, Scopes};
 
 use crate::credential::Credentials;
 use crate::crypto::{hash_token, token_kind, DataKeys, OpenError, TokenHash, TokenKind};
-use crate::store::{
-    GrantChange, GrantRecord, GrantUpdate, Store, StoreError, TokenRecord, UnixTime,
-};
+use crate::store::{GrantRecord, Store, StoreError, TokenRecord, UnixTime};
 use cache::{Cacheable, TokenCache};
 use grant::Interner;
 
@@ -51,14 +49,10 @@ impl ActiveToken {
     /// The scopes this token carries: the grant's, narrowed if the token was
     /// issued for fewer.
     pub fn scopes(&self) -> Vec<String> {
-        match &self.token.scopes {
-            None => self.grant.scopes.to_vec(),
-            Some(narrow) => narrow
-                .iter()
-                .filter(|s| self.grant.scopes.contains(s))
-                .map(str::to_string)
-                .collect(),
-        }
+        crate::core::scope::held(
+            self.grant.scopes.iter(),
+            self.token.scopes.as_ref().map(Scopes::iter),
+        )
     }
 
     pub fn has_scope(&self, scope: &str) -> bool {
@@ -152,6 +146,8 @@ impl TokenLookup {
         }
     }
 
+    /// The store behind the cache. Writes go through
+    /// [`crate::core::Grants`], which forgets what they change.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -222,7 +218,7 @@ impl TokenLookup {
     /// write at `record.version` gives the grant. Sealed blobs are bound to
     /// their grant's version, so every write that bumps the version and
     /// leaves the custom data as it is must carry this (see
-    /// [`TokenLookup::update_grant`]). `None`: the grant has no custom data.
+    /// [`crate::core::Grants::update`]). `None`: the grant has no custom data.
     pub fn reseal_for_next_version(
         &self,
         record: &GrantRecord,
@@ -236,28 +232,6 @@ impl TokenLookup {
             record.version + 1,
             &plain,
         )))
-    }
-
-    /// Applies `change` to the grant `record` describes, if it is still at
-    /// `record.version`. A change that leaves the custom data alone carries
-    /// it sealed again for the new version, read from `record`: the
-    /// compare-and-set on the version guarantees it is still the stored one.
-    pub async fn update_grant(
-        &self,
-        record: &GrantRecord,
-        mut change: GrantChange,
-    ) -> Result<Result<GrantUpdate, Unreadable>, StoreError> {
-        if change.custom_sealed.is_none() {
-            match self.reseal_for_next_version(record) {
-                Ok(None) => {}
-                Ok(Some(resealed)) => change.custom_sealed = Some(Some(resealed)),
-                Err(unreadable) => return Ok(Err(unreadable)),
-            }
-        }
-        self.store
-            .update_grant(&record.id, record.version, &change)
-            .await
-            .map(Ok)
     }
 
     /// Finds an active token of any kind. `Ok(None)` means inactive: unknown,
@@ -345,6 +319,8 @@ impl TokenLookup {
     }
 }
 
-fn is_active(token: &TokenRecord, grant: &GrantRecord) -> bool {
+/// Whether a stored token is active now: not revoked, not consumed, not
+/// expired, and its grant not revoked.
+pub fn is_active(token: &TokenRecord, grant: &GrantRecord) -> bool {
     !token.revoked && token.consumed_at.is_none() && !grant.revoked && token.expires_at > now()
 }

@@ -10,6 +10,9 @@
 //!
 //! Only the key id and the counts are logged, never key material or data.
 
+use std::sync::Arc;
+
+use crate::core::Grants;
 use crate::crypto::KeyId;
 use crate::store::{SealedCustom, StoreError};
 
@@ -36,10 +39,9 @@ pub struct Resealed {
 /// Fails when live grants hold custom data sealed with a key that is not
 /// configured; the message says what to do. Logs how much custom data
 /// still waits for the current key during a rotation.
-pub async fn check_keys(lookup: &TokenLookup) -> Result<(), String> {
+pub async fn check_keys(lookup: &Arc<TokenLookup>) -> Result<(), String> {
     let keys = lookup.data_keys();
-    let counts = lookup
-        .store()
+    let counts = Grants::new(lookup.clone())
         .count_sealed_by_key()
         .await
         .map_err(|e| format!("cannot survey the sealed custom data: {e}"))?;
@@ -76,15 +78,15 @@ pub async fn check_keys(lookup: &TokenLookup) -> Result<(), String> {
 
 /// Seals again, with the current key, all custom data sealed otherwise,
 /// unless another instance is doing it (then nothing is done).
-pub async fn reseal_stale(lookup: &TokenLookup, holder: &str) -> Result<Resealed, StoreError> {
-    let store = lookup.store();
+pub async fn reseal_stale(lookup: &Arc<TokenLookup>, holder: &str) -> Result<Resealed, StoreError> {
+    let store = Grants::new(lookup.clone());
     if !store
         .try_lease(LEASE, holder, now(), now() + LEASE_SECONDS)
         .await?
     {
         return Ok(Resealed::default());
     }
-    let outcome = reseal_pages(lookup).await;
+    let outcome = reseal_pages(lookup, &store).await;
     if let Err(e) = store.release_lease(LEASE, holder).await {
         tracing::debug!(error = %e, "releasing the re-seal lease failed; it expires by itself");
     }
@@ -115,9 +117,8 @@ pub async fn reseal_stale(lookup: &TokenLookup, holder: &str) -> Result<Resealed
     Ok(done)
 }
 
-async fn reseal_pages(lookup: &TokenLookup) -> Result<Resealed, StoreError> {
+async fn reseal_pages(lookup: &TokenLookup, store: &Grants) -> Result<Resealed, StoreError> {
     let keys = lookup.data_keys();
-    let store = lookup.store();
     let header = keys.current_header();
     let mut done = Resealed::default();
     let mut after = String::new();
@@ -132,7 +133,7 @@ async fn reseal_pages(lookup: &TokenLookup) -> Result<Resealed, StoreError> {
             match keys.open(&stale.grant_id, stale.version, &stale.sealed) {
                 Ok(opened) => {
                     let resealed = keys.seal(&stale.grant_id, stale.version, &opened.plain);
-                    writes.push(reseal_one(lookup, stale, resealed));
+                    writes.push(reseal_one(store, stale, resealed));
                 }
                 Err(e) => {
                     done.unreadable += 1;
@@ -157,9 +158,9 @@ async fn reseal_pages(lookup: &TokenLookup) -> Result<Resealed, StoreError> {
 /// Writes one re-sealed blob; `false` when the grant changed meanwhile
 /// (its new blob is sealed with the current key anyway) or was revoked.
 async fn reseal_one(
-    lookup: &TokenLookup,
+    store: &Grants,
     stale: &SealedCustom,
     resealed: Vec<u8>,
 ) -> Result<bool, StoreError> {
-    lookup.store().reseal_custom(stale, &resealed).await
+    store.reseal_custom(stale, &resealed).await
 }

@@ -5,8 +5,14 @@
 //! handles pointing at them. It stores only SHA-256 hashes of token strings
 //! and only sealed custom data: sealing happens before a record reaches the
 //! store, so a store never sees plaintext custom data or a token string.
+//!
+//! `rows` holds what both backends share (the column layout and the
+//! mapping of rows to records); the rules they apply inside their
+//! transactions (refresh rotation, the version check) are in
+//! [`crate::core`].
 
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::sync::Arc;
@@ -192,7 +198,7 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `change` if the grant is at `expected_version`, bumping it.
     /// Sealed custom data is bound to the version: a change that keeps the
     /// custom data must carry it sealed again for the new version, which
-    /// [`crate::lookup::TokenLookup::update_grant`] does.
+    /// [`crate::core::Grants::update`] does.
     async fn update_grant(
         &self,
         id: &str,

@@ -4,6 +4,10 @@
 //! the grant version — plus cross-instance cache invalidation: every write
 //! that changes what a token means sends `NOTIFY refgate_invalidate` in the
 //! same transaction, and every instance listens.
+//!
+//! One file of about 600 lines on purpose: each [`Store`] method is one
+//! transaction whose SQL reads best beside the others; the row mapping
+//! and the rules it applies are shared with SQLite (`rows`, `crate::core`).
 
 use std::time::Duration;
 
@@ -12,7 +16,12 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::broadcast;
 
+use super::rows::{
+    grant_columns, own_first, presented, rotation_columns, GrantRow, GrantText, TokenRow,
+};
 use super::*;
+use crate::core::rotation::{self, Decision};
+use crate::core::version;
 use crate::crypto::{KeyId, TokenHash};
 
 /// Migrations in order; `refgate_migrations` records how many ran.
@@ -135,42 +144,32 @@ async fn notify(tx: &mut Transaction<'_, Postgres>, what: Invalidation) -> sqlx:
         .map(|_| ())
 }
 
-const GRANT_COLUMNS: &str = "g.id, g.client_id, g.subject, g.scopes, g.audience, g.actor, \
-     g.issuer, g.claims, g.custom, g.version, g.created_at, g.revoked, \
-     g.parent_id, g.not_after, g.idp, g.route";
-
-fn json_column(text: Option<String>) -> Result<Option<serde_json::Value>, StoreError> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .transpose()
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
 }
 
+/// Reads a grant from columns starting at `at`.
 fn grant_from_row(row: &PgRow, at: usize) -> Result<GrantRecord, StoreError> {
-    let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
-    let audience = match json_column(row.try_get(at + 4).map_err(get)?)? {
-        Some(serde_json::Value::Array(items)) => items
-            .into_iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    };
-    Ok(GrantRecord {
-        id: row.try_get(at).map_err(get)?,
-        client_id: row.try_get(at + 1).map_err(get)?,
-        subject: row.try_get(at + 2).map_err(get)?,
-        scopes: split_scopes(&row.try_get::<String, _>(at + 3).map_err(get)?),
-        audience,
-        actor: json_column(row.try_get(at + 5).map_err(get)?)?,
-        issuer: row.try_get(at + 6).map_err(get)?,
-        claims: json_column(row.try_get(at + 7).map_err(get)?)?,
-        custom_sealed: row.try_get(at + 8).map_err(get)?,
-        version: row.try_get(at + 9).map_err(get)?,
-        created_at: row.try_get(at + 10).map_err(get)?,
-        revoked: row.try_get(at + 11).map_err(get)?,
-        parent_id: row.try_get(at + 12).map_err(get)?,
-        not_after: row.try_get(at + 13).map_err(get)?,
-        idp: row.try_get(at + 14).map_err(get)?,
-        route: row.try_get(at + 15).map_err(get)?,
-    })
+    GrantRow {
+        id: row.try_get(at).map_err(corrupt)?,
+        client_id: row.try_get(at + 1).map_err(corrupt)?,
+        subject: row.try_get(at + 2).map_err(corrupt)?,
+        scopes: row.try_get(at + 3).map_err(corrupt)?,
+        audience: row.try_get(at + 4).map_err(corrupt)?,
+        actor: row.try_get(at + 5).map_err(corrupt)?,
+        issuer: row.try_get(at + 6).map_err(corrupt)?,
+        claims: row.try_get(at + 7).map_err(corrupt)?,
+        custom: row.try_get(at + 8).map_err(corrupt)?,
+        version: row.try_get(at + 9).map_err(corrupt)?,
+        created_at: row.try_get(at + 10).map_err(corrupt)?,
+        revoked: row.try_get(at + 11).map_err(corrupt)?,
+        parent_id: row.try_get(at + 12).map_err(corrupt)?,
+        not_after: row.try_get(at + 13).map_err(corrupt)?,
+        idp: row.try_get(at + 14).map_err(corrupt)?,
+        route: row.try_get(at + 15).map_err(corrupt)?,
+    }
+    .into_record()
+    .map_err(corrupt)
 }
 
 /// Revokes a grant and every grant derived from it, transitively, and
@@ -188,9 +187,7 @@ async fn revoke_tree(
     .fetch_all(&mut **tx)
     .await
     .map_err(unavailable)?;
-    if let Some(own) = ids.iter().position(|g| g == id) {
-        ids.swap(0, own);
-    }
+    own_first(&mut ids, id);
     for grant in &ids {
         notify(tx, Invalidation::Grant(grant.clone()))
             .await
@@ -237,8 +234,7 @@ impl Store for PostgresStore {
         tokens: &[NewToken],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let audience = (!grant.audience.is_empty())
-            .then(|| serde_json::Value::from(grant.audience.clone()).to_string());
+        let text = GrantText::of(grant);
         sqlx::query(
             "INSERT INTO grants (id, client_id, subject, scopes, audience, actor, issuer, \
              claims, custom, version, created_at, revoked, parent_id, not_after, idp, route) \
@@ -247,11 +243,11 @@ impl Store for PostgresStore {
         .bind(&grant.id)
         .bind(&grant.client_id)
         .bind(&grant.subject)
-        .bind(join_scopes(&grant.scopes))
-        .bind(audience)
-        .bind(grant.actor.as_ref().map(|v| v.to_string()))
+        .bind(text.scopes)
+        .bind(text.audience)
+        .bind(text.actor)
         .bind(&grant.issuer)
-        .bind(grant.claims.as_ref().map(|v| v.to_string()))
+        .bind(text.claims)
         .bind(&grant.custom_sealed)
         .bind(grant.version)
         .bind(grant.created_at)
@@ -272,39 +268,40 @@ impl Store for PostgresStore {
         &self,
         hash: &TokenHash,
     ) -> Result<Option<(TokenRecord, GrantRecord)>, StoreError> {
-        let sql = format!(
+        let sql = concat!(
             "SELECT t.grant_id, t.kind, t.scopes, t.issued_at, t.expires_at, t.revoked, \
-             t.consumed_at, {GRANT_COLUMNS} \
-             FROM tokens t JOIN grants g ON g.id = t.grant_id WHERE t.hash = $1"
+             t.consumed_at, ",
+            grant_columns!(),
+            " FROM tokens t JOIN grants g ON g.id = t.grant_id WHERE t.hash = $1"
         );
-        let row = sqlx::query(&sql)
+        let row = sqlx::query(sql)
             .bind(&hash.0[..])
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
         let Some(row) = row else { return Ok(None) };
-        let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
-        let kind = TokenKind::from_code(row.try_get::<i16, _>(1).map_err(get)? as i64)
-            .ok_or_else(|| StoreError::Corrupt("unknown token kind".into()))?;
-        let token = TokenRecord {
+        let token = TokenRow {
             hash: *hash,
-            grant_id: row.try_get(0).map_err(get)?,
-            kind,
-            scopes: row
-                .try_get::<Option<String>, _>(2)
-                .map_err(get)?
-                .map(|s| split_scopes(&s)),
-            issued_at: row.try_get(3).map_err(get)?,
-            expires_at: row.try_get(4).map_err(get)?,
-            revoked: row.try_get(5).map_err(get)?,
-            consumed_at: row.try_get(6).map_err(get)?,
-        };
+            grant_id: row.try_get(0).map_err(corrupt)?,
+            kind: i64::from(row.try_get::<i16, _>(1).map_err(corrupt)?),
+            scopes: row.try_get(2).map_err(corrupt)?,
+            issued_at: row.try_get(3).map_err(corrupt)?,
+            expires_at: row.try_get(4).map_err(corrupt)?,
+            revoked: row.try_get(5).map_err(corrupt)?,
+            consumed_at: row.try_get(6).map_err(corrupt)?,
+        }
+        .into_record()
+        .map_err(corrupt)?;
         Ok(Some((token, grant_from_row(&row, 7)?)))
     }
 
     async fn find_grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError> {
-        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants g WHERE g.id = $1");
-        let row = sqlx::query(&sql)
+        let sql = concat!(
+            "SELECT ",
+            grant_columns!(),
+            " FROM grants g WHERE g.id = $1"
+        );
+        let row = sqlx::query(sql)
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -321,11 +318,12 @@ impl Store for PostgresStore {
     ) -> Result<Rotation, StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         // The row lock makes concurrent rotations of one token take turns.
-        let row = sqlx::query(
-            "SELECT t.grant_id, t.kind, t.expires_at, t.revoked, t.consumed_at, g.revoked \
-             FROM tokens t JOIN grants g ON g.id = t.grant_id WHERE t.hash = $1 \
-             FOR UPDATE OF t",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            rotation_columns!(),
+            " FROM tokens t JOIN grants g ON g.id = t.grant_id WHERE t.hash = $1 \
+             FOR UPDATE OF t"
+        ))
         .bind(&old.0[..])
         .fetch_optional(&mut *tx)
         .await
@@ -333,28 +331,23 @@ impl Store for PostgresStore {
         let Some(row) = row else {
             return Ok(Rotation::Inactive);
         };
-        let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
-        let grant_id: String = row.try_get(0).map_err(get)?;
-        let kind: i16 = row.try_get(1).map_err(get)?;
-        let expires_at: i64 = row.try_get(2).map_err(get)?;
-        let revoked: bool = row.try_get(3).map_err(get)?;
-        let consumed_at: Option<i64> = row.try_get(4).map_err(get)?;
-        let grant_revoked: bool = row.try_get(5).map_err(get)?;
-        if kind as i64 != TokenKind::Refresh.code() || revoked || grant_revoked || expires_at <= now
-        {
-            return Ok(Rotation::Inactive);
-        }
-        match consumed_at {
-            // `grace > 0` first: `now` was read before this transaction
-            // waited for the row lock (and on another instance's clock), so
-            // it can be earlier than `at`; with no grace that is a replay.
-            Some(at) if grace > 0 && now - at < grace => {}
-            Some(_) => {
+        let grant_id: String = row.try_get(0).map_err(corrupt)?;
+        let token = presented(
+            i64::from(row.try_get::<i16, _>(1).map_err(corrupt)?),
+            row.try_get(2).map_err(corrupt)?,
+            row.try_get(3).map_err(corrupt)?,
+            row.try_get(4).map_err(corrupt)?,
+            row.try_get(5).map_err(corrupt)?,
+        );
+        match rotation::decide(&token, now, grace) {
+            Decision::Inactive => return Ok(Rotation::Inactive),
+            Decision::Reissue => {}
+            Decision::Replay => {
                 let revoked = revoke_tree(&mut tx, &grant_id).await?;
                 tx.commit().await.map_err(unavailable)?;
                 return Ok(Rotation::Replayed(revoked));
             }
-            None => {
+            Decision::Consume => {
                 sqlx::query("UPDATE tokens SET consumed_at = $2 WHERE hash = $1")
                     .bind(&old.0[..])
                     .bind(now)
@@ -409,9 +402,8 @@ impl Store for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;
-        let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
         match row {
-            Some(row) => row.try_get::<Option<i64>, _>(0).map_err(get),
+            Some(row) => row.try_get::<Option<i64>, _>(0).map_err(corrupt),
             None => Ok(None),
         }
     }
@@ -428,20 +420,16 @@ impl Store for PostgresStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(unavailable)?;
-        let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
-        let version = match current {
-            None => return Ok(GrantUpdate::Gone),
-            Some(row) => {
-                let version: i64 = row.try_get(0).map_err(get)?;
-                let revoked: bool = row.try_get(1).map_err(get)?;
-                if revoked {
-                    return Ok(GrantUpdate::Gone);
-                }
-                if version != expected_version {
-                    return Ok(GrantUpdate::Conflict(version));
-                }
-                version + 1
-            }
+        let current = match current {
+            None => None,
+            Some(row) => Some((
+                row.try_get::<i64, _>(0).map_err(corrupt)?,
+                row.try_get::<bool, _>(1).map_err(corrupt)?,
+            )),
+        };
+        let version = match version::next(current, expected_version) {
+            Ok(next) => next,
+            Err(refused) => return Ok(refused),
         };
         if let Some(scopes) = &change.scopes {
             sqlx::query("UPDATE grants SET scopes = $2 WHERE id = $1")
@@ -509,13 +497,12 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
         rows.iter()
             .map(|row| {
                 Ok(SealedCustom {
-                    grant_id: row.try_get(0).map_err(get)?,
-                    version: row.try_get(1).map_err(get)?,
-                    sealed: row.try_get(2).map_err(get)?,
+                    grant_id: row.try_get(0).map_err(corrupt)?,
+                    version: row.try_get(1).map_err(corrupt)?,
+                    sealed: row.try_get(2).map_err(corrupt)?,
                 })
             })
             .collect()
@@ -553,11 +540,10 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
         rows.iter()
             .map(|row| {
-                let key: Option<Vec<u8>> = row.try_get(0).map_err(get)?;
-                let count: i64 = row.try_get(1).map_err(get)?;
+                let key: Option<Vec<u8>> = row.try_get(0).map_err(corrupt)?;
+                let count: i64 = row.try_get(1).map_err(corrupt)?;
                 Ok((key_id_column(key), count.max(0) as u64))
             })
             .collect()

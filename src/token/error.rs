@@ -95,22 +95,31 @@ impl OAuthError {
     }
 }
 
-impl From<StoreError> for OAuthError {
-    fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the token store is unavailable; retry shortly",
-        )
-    }
-}
-
-impl From<LookupError> for OAuthError {
-    fn from(e: LookupError) -> Self {
+impl From<crate::core::Error> for OAuthError {
+    fn from(e: crate::core::Error) -> Self {
+        use crate::core::{Contention, Error};
+        let description = e.to_string();
         match e {
-            LookupError::Store(inner) => {
-                tracing::error!(error = %inner, "store error");
+            Error::InvalidRequest(_) | Error::SubjectInactive => Self::invalid_request(description),
+            Error::InvalidClient(_) => Self::invalid_client(description),
+            Error::UnauthorizedClient(_) => Self::unauthorized_client(description),
+            Error::InvalidGrant(_) => Self::invalid_grant(description),
+            Error::InvalidScope(_) => Self::invalid_scope(description),
+            Error::InvalidTarget(_) => Self::invalid_target(description),
+            Error::TokenInactive => Self::invalid_request(description).with_code("invalid_token"),
+            Error::Conflict { version } => Self::new(StatusCode::CONFLICT, "conflict", description)
+                .with_extra(json!({ "version": version })),
+            Error::Contended(Contention::CustomData) => Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the custom data is being changed concurrently; retry",
+            ),
+            Error::Contended(Contention::Scopes) => {
+                Self::new(StatusCode::CONFLICT, "invalid_request", description)
+            }
+            Error::TooLarge(_) => Self::too_large(description),
+            Error::Unavailable(why) => {
+                tracing::error!(error = %why, "store error");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
@@ -118,6 +127,18 @@ impl From<LookupError> for OAuthError {
                 )
             }
         }
+    }
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(e: StoreError) -> Self {
+        crate::core::Error::from(e).into()
+    }
+}
+
+impl From<LookupError> for OAuthError {
+    fn from(e: LookupError) -> Self {
+        crate::core::Error::from(e).into()
     }
 }
 

@@ -1,16 +1,15 @@
-//! RFC 8693 token exchange: a new grant for the subject of a refgate access
-//! token or of a trusted id_token, made for the calling client, with `act`
-//! naming that client.
-
-use serde_json::json;
+//! RFC 8693 token exchange's parameters: the subject token is resolved
+//! (an id_token is verified here, against the trusted issuers) and the
+//! exchange itself is [`crate::core::exchange`].
 
 use super::error::OAuthError;
-use super::issue::{whole_seconds, NewGrant, TokenResponse, ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE};
+use super::issue::TokenResponse;
 use super::request::Form;
-use super::{scope, TokenService};
+use super::TokenService;
 use crate::config::{Client, Config};
-use crate::crypto::TokenKind;
-use crate::lookup::{now, Grant};
+use crate::core::exchange::{issue_exchanged, targets, Subject};
+use crate::core::issue::{ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE};
+use crate::core::scope;
 
 pub async fn grant(
     service: &TokenService,
@@ -32,29 +31,12 @@ pub async fn grant(
             )));
         }
     }
-    let audience = audiences(client, form)?;
+    let audience = targets(client, form.all("audience"), form.all("resource"))?;
     let scopes = scope::for_client(client, form.get("scope"))?;
 
     let subject = match subject_type {
         ACCESS_TOKEN_TYPE => {
-            let active = service
-                .lookup
-                .find_active(subject_token)
-                .await?
-                .filter(|t| t.token.kind == TokenKind::Access)
-                .ok_or_else(|| {
-                    OAuthError::invalid_request("the subject_token is not an active access token")
-                })?;
-            if !client
-                .exchange_from
-                .allows_client(&client.id, &active.grant.client_id)
-            {
-                return Err(OAuthError::invalid_grant(format!(
-                    "client `{}` may not exchange tokens issued to `{}` (see exchange_from)",
-                    client.id, active.grant.client_id
-                )));
-            }
-            Subject::of_grant(service, &active.grant).await?
+            Subject::of_access_token(&service.grants, client, subject_token).await?
         }
         ID_TOKEN_TYPE => {
             let verified = service
@@ -69,14 +51,7 @@ pub async fn grant(
                 )));
             }
             tracing::debug!(issuer = %verified.issuer, "id_token subject verified");
-            Subject {
-                subject: verified.subject,
-                idp: Some(verified.issuer),
-                prior_actor: None,
-                parent_id: None,
-                not_after: None,
-                route: None,
-            }
+            Subject::of_id_token(verified.subject, verified.issuer)
         }
         other => {
             return Err(OAuthError::invalid_request(format!(
@@ -85,110 +60,5 @@ pub async fn grant(
         }
     };
 
-    issue_exchanged(service, client, subject, scopes, audience, None).await
-}
-
-/// Who an exchange is for, and what the new grant inherits from its source.
-pub(super) struct Subject {
-    pub subject: String,
-    /// The issuer the subject belongs to (`None`: refgate's own subjects).
-    pub idp: Option<String>,
-    pub prior_actor: Option<serde_json::Value>,
-    /// The source grant, when the subject came from a refgate token.
-    pub parent_id: Option<String>,
-    /// When the source grant ends.
-    pub not_after: Option<i64>,
-    /// The route the source grant is bound to: a grant made from a token
-    /// the gateway minted for one route's upstream stays bound to it.
-    pub route: Option<String>,
-}
-
-impl Subject {
-    /// The subject of a live refgate grant: the derived grant is linked to
-    /// it and ends when it ends.
-    pub async fn of_grant(service: &TokenService, grant: &Grant) -> Result<Self, OAuthError> {
-        let not_after = service
-            .lookup
-            .store()
-            .grant_expiry(&grant.id, now())
-            .await?
-            .ok_or_else(|| {
-                OAuthError::invalid_request("the subject_token is not an active access token")
-            })?;
-        Ok(Subject {
-            subject: grant.subject.to_string(),
-            idp: grant.subject_issuer().map(str::to_string),
-            prior_actor: grant.actor().cloned(),
-            parent_id: Some(grant.id.to_string()),
-            not_after: Some(not_after),
-            route: grant.route().map(str::to_string),
-        })
-    }
-}
-
-/// Issues the new grant of an exchange: the subject's, made for `client`,
-/// with `act` naming the client on top of any earlier actor (RFC 8693 §4.1).
-/// `route` names the gateway route it is minted for, if any; otherwise it
-/// keeps the subject's binding.
-pub(super) async fn issue_exchanged(
-    service: &TokenService,
-    client: &Client,
-    subject: Subject,
-    scopes: Vec<String>,
-    audience: Vec<String>,
-    route: Option<&str>,
-) -> Result<TokenResponse, OAuthError> {
-    let mut actor = json!({ "sub": client.id });
-    if let Some(prior) = subject.prior_actor {
-        actor["act"] = prior;
-    }
-    let mut response = service
-        .issue(
-            client,
-            NewGrant {
-                subject: subject.subject,
-                scopes,
-                audience,
-                actor: Some(actor),
-                access_ttl: whole_seconds(client.access_token_ttl),
-                allow_refresh: true,
-                parent_id: subject.parent_id,
-                not_after: subject.not_after,
-                idp: subject.idp,
-                route: route.map(str::to_string).or(subject.route),
-                ..NewGrant::default()
-            },
-        )
-        .await?;
-    response.issued_token_type = Some(ACCESS_TOKEN_TYPE);
-    Ok(response)
-}
-
-/// `audience` and `resource` values, checked: a resource is an absolute URI
-/// without a fragment (RFC 8707), and a client with an `audiences` list may
-/// only name those.
-fn audiences(client: &Client, form: &Form) -> Result<Vec<String>, OAuthError> {
-    let mut out: Vec<String> = Vec::new();
-    for resource in form.all("resource") {
-        let valid = url::Url::parse(resource).is_ok_and(|u| u.fragment().is_none());
-        if !valid {
-            return Err(OAuthError::invalid_target(format!(
-                "resource `{resource}` is not an absolute URI without a fragment"
-            )));
-        }
-    }
-    for value in form.all("audience").iter().chain(form.all("resource")) {
-        if let Some(allowed) = &client.audiences {
-            if !allowed.contains(value) {
-                return Err(OAuthError::invalid_target(format!(
-                    "client `{}` may not obtain tokens for `{value}`",
-                    client.id
-                )));
-            }
-        }
-        if !out.contains(value) {
-            out.push(value.clone());
-        }
-    }
-    Ok(out)
+    Ok(issue_exchanged(&service.grants, client, subject, scopes, audience, None).await?)
 }

@@ -1,15 +1,11 @@
-//! The `refresh_token` grant: rotation with reuse detection. Every use
-//! consumes the presented refresh token and returns a new one; presenting a
-//! consumed one again (outside `refresh_grace`) revokes the whole grant.
+//! The `refresh_token` grant's parameters; the rotation is
+//! [`crate::core::refresh`].
 
 use super::error::OAuthError;
-use super::issue::{capped_expiry, whole_seconds, TokenResponse};
+use super::issue::TokenResponse;
 use super::request::Form;
-use super::{scope, TokenService};
+use super::TokenService;
 use crate::config::{Client, Config};
-use crate::crypto::{hash_token, token_kind, TokenKind};
-use crate::lookup::now;
-use crate::store::{NewToken, Rotation};
 
 pub async fn grant(
     service: &TokenService,
@@ -18,99 +14,12 @@ pub async fn grant(
     form: &Form,
 ) -> Result<TokenResponse, OAuthError> {
     let presented = form.require("refresh_token")?;
-    let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
-    if token_kind(presented) != Some(TokenKind::Refresh) {
-        return Err(invalid());
-    }
-    let hash = hash_token(presented);
-    let store = service.lookup.store();
-    // Read from the store, not the cache: a consumed token must reach the
-    // rotation below so that its replay is detected.
-    let Some((token, grant)) = store.find_token(&hash).await? else {
-        return Err(invalid());
-    };
-    let now = now();
-    if token.kind != TokenKind::Refresh
-        || grant.client_id != client.id
-        || token.revoked
-        || grant.revoked
-        || token.expires_at <= now
-    {
-        return Err(invalid());
-    }
-    let held: Vec<String> = match &token.scopes {
-        Some(narrow) => narrow
-            .iter()
-            .filter(|s| grant.scopes.contains(s))
-            .cloned()
-            .collect(),
-        None => grant.scopes.clone(),
-    };
-    let scopes = match form.get("scope") {
-        None => held.clone(),
-        Some(text) => {
-            let asked = scope::parse(text)?;
-            if let Some(wider) = asked.iter().find(|s| !held.contains(s)) {
-                return Err(OAuthError::invalid_scope(format!(
-                    "scope `{wider}` was not granted; a refresh may only narrow"
-                )));
-            }
-            asked
-        }
-    };
-    let access = service.random.token(TokenKind::Access);
-    let refresh = service.random.token(TokenKind::Refresh);
-    if grant.not_after.is_some_and(|end| end <= now) {
-        // The grant it was derived from has ended, and so has this one.
-        return Err(invalid());
-    }
-    let access_expiry = capped_expiry(now, whole_seconds(client.access_token_ttl), grant.not_after);
-    let new_tokens = [
-        NewToken {
-            hash: hash_token(&access),
-            kind: TokenKind::Access,
-            scopes: (scopes != grant.scopes).then(|| scopes.clone()),
-            issued_at: now,
-            expires_at: access_expiry,
-        },
-        NewToken {
-            hash: hash_token(&refresh),
-            kind: TokenKind::Refresh,
-            scopes: token.scopes.clone(),
-            issued_at: now,
-            expires_at: capped_expiry(
-                now,
-                whole_seconds(client.refresh_token_ttl),
-                grant.not_after,
-            ),
-        },
-    ];
-    let grace = whole_seconds(config.tokens.refresh_grace);
-    let outcome = store.rotate_refresh(&hash, now, grace, &new_tokens).await?;
-    service.lookup.invalidate_token(&hash).await;
-    match outcome {
-        Rotation::Rotated => Ok(TokenResponse {
-            access_token: access,
-            token_type: "Bearer",
-            expires_in: access_expiry - now,
-            scope: scope::join(&scopes),
-            refresh_token: Some(refresh),
-            issued_token_type: None,
-        }),
-        Rotation::Replayed(revoked) => {
-            for id in &revoked {
-                service.lookup.invalidate_grant(id).await;
-            }
-            tracing::warn!(
-                client = %client.id,
-                grant = %grant.id,
-                derived = revoked.len().saturating_sub(1),
-                "a consumed refresh token was presented again; the grant and the grants derived from it are revoked"
-            );
-            Err(OAuthError::invalid_grant(
-                "the refresh token was already used; the grant has been revoked",
-            ))
-        }
-        Rotation::Inactive => Err(invalid()),
-    }
+    Ok(crate::core::refresh::redeem(
+        &service.grants,
+        config,
+        client,
+        presented,
+        form.get("scope"),
+    )
+    .await?)
 }

@@ -14,7 +14,7 @@ pub async fn healthz() -> Response {
 }
 
 pub async fn readyz(State(service): State<Arc<TokenService>>) -> Response {
-    match service.lookup.store().ping().await {
+    match service.grants.ping().await {
         Ok(()) => axum::Json(json!({ "status": "ready" })).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "not ready: the store does not answer");

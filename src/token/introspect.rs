@@ -13,9 +13,10 @@ use super::error::{no_store, OAuthError};
 use super::request::{
     authenticate, authenticate_header_first, read_body, AuthMethods, Form, FORM_LIMIT,
 };
-use super::{scope, TokenService};
+use super::TokenService;
+use crate::core::scope;
 use crate::crypto::TokenKind;
-use crate::lookup::{now, ActiveToken};
+use crate::lookup::{is_active, ActiveToken};
 
 pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<Body>) -> Response {
     match introspect(&service, request).await {
@@ -60,7 +61,7 @@ async fn introspect(service: &TokenService, request: Request<Body>) -> Result<Va
         // grant's record.
         // Unreadable custom data (logged) makes the token inactive: a
         // caller never sees data that did not open for this version.
-        match service.lookup.store().find_grant(&active.grant.id).await? {
+        match service.grants.find_grant(&active.grant.id).await? {
             Some(record) if !record.revoked => match service.lookup.open_custom(&record) {
                 Ok(custom) => Some(Revealed {
                     custom,
@@ -91,17 +92,13 @@ async fn refresh_token_still_active(
     service: &TokenService,
     active: &ActiveToken,
 ) -> Result<bool, OAuthError> {
-    let still_active = match service.lookup.store().find_token(&active.hash).await? {
-        Some((token, grant)) => {
-            !token.revoked
-                && token.consumed_at.is_none()
-                && !grant.revoked
-                && token.expires_at > now()
-        }
+    let still_active = match service.grants.find_token(&active.hash).await? {
+        Some((token, grant)) => is_active(&token, &grant),
         None => false,
     };
     if !still_active {
-        service.notify_token_changed(&active.hash).await;
+        // A cached view of it is stale: forget it.
+        service.lookup.invalidate_token(&active.hash).await;
     }
     Ok(still_active)
 }

@@ -1,28 +1,30 @@
 //! The token service: an OAuth 2.0 authorization server for machine and
-//! middle-tier clients. One file per endpoint, one per grant type:
+//! middle-tier clients, as HTTP (axum). This is an adapter of
+//! [`crate::core`]: its files read requests, call the core operation and
+//! write the answer; no grant rule lives here.
 //!
-//! - `token_endpoint` dispatches `POST /oauth2/token` to `grant_*`;
+//! - `token_endpoint` dispatches `POST /oauth2/token` to the `grant_*`
+//!   files (one per grant type that has parameters to read;
+//!   `client_credentials` calls the core directly);
 //! - `introspect`, `revoke`, `mutate`, `metadata`, `health`;
 //! - `request` reads bodies and authenticates clients, `error` is the one
-//!   mapping of failures to RFC 6749 responses, `issue` mints tokens.
+//!   mapping of failures (among them [`crate::core::Error`]) to RFC 6749
+//!   responses, `issue` writes token responses.
 
 mod error;
 mod grant_arbitrary;
-mod grant_client_credentials;
 mod grant_exchange;
 mod grant_exchange_mutate;
 mod grant_refresh;
 mod guard;
 mod health;
 pub mod id_token;
-mod in_process;
 mod introspect;
 mod issue;
 mod metadata;
 mod mutate;
 mod request;
 mod revoke;
-mod scope;
 mod token_endpoint;
 
 use std::sync::Arc;
@@ -33,20 +35,19 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::config::Config;
-use crate::crypto::{Random, TokenHash};
+use crate::core::Grants;
 use crate::lookup::TokenLookup;
 use crate::reload::Live;
 
 pub use error::OAuthError;
-pub use in_process::OwnRefresh;
 pub use issue::TokenResponse;
-pub use mutate::patch_custom;
 
 /// State shared by the token-service endpoints.
 pub struct TokenService {
     live: Live,
     pub lookup: Arc<TokenLookup>,
-    pub random: Random,
+    /// Every grant operation and write goes through it.
+    pub grants: Arc<Grants>,
     pub id_tokens: id_token::IdTokenVerifier,
 }
 
@@ -54,8 +55,8 @@ impl TokenService {
     pub fn new(live: Live, lookup: Arc<TokenLookup>, http: reqwest::Client) -> Self {
         TokenService {
             live,
+            grants: Arc::new(Grants::new(lookup.clone())),
             lookup,
-            random: Random::default(),
             id_tokens: id_token::IdTokenVerifier::new(http),
         }
     }
@@ -63,16 +64,6 @@ impl TokenService {
     /// The configuration in force now.
     pub fn config(&self) -> Arc<Config> {
         self.live.load().config.clone()
-    }
-
-    /// A grant changed (revoked, re-scoped, custom data): drop cached views.
-    pub async fn notify_grant_changed(&self, grant_id: &str) {
-        self.lookup.invalidate_grant(grant_id).await;
-    }
-
-    /// A token changed (revoked, consumed): drop its cached view.
-    pub async fn notify_token_changed(&self, hash: &TokenHash) {
-        self.lookup.invalidate_token(hash).await;
     }
 }
 

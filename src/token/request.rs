@@ -104,18 +104,6 @@ impl Form {
         Ok(Form { values })
     }
 
-    /// A form built in-process (the gateway calling the token service).
-    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
-        let mut values: HashMap<String, Vec<String>> = HashMap::new();
-        for (name, value) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
-            values
-                .entry(name.to_string())
-                .or_default()
-                .push(value.to_string());
-        }
-        Form { values }
-    }
-
     /// A single-valued parameter.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values

@@ -16,9 +16,10 @@ use super::request::{
     authenticate, authenticate_header_first, read_body, AuthMethods, Form, FORM_LIMIT,
 };
 use super::TokenService;
+use crate::core::issue::whole_seconds;
+use crate::core::rotation::{still_usable, Presented};
 use crate::crypto::{hash_token, token_kind, TokenKind};
 use crate::lookup::now;
-use crate::store::{GrantRecord, TokenRecord};
 
 pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<Body>) -> Response {
     match revoke(&service, request).await {
@@ -48,15 +49,22 @@ async fn revoke(service: &TokenService, request: Request<Body>) -> Result<(), OA
         return Ok(());
     }
     let hash = hash_token(token);
-    let Some((record, grant)) = service.lookup.store().find_token(&hash).await? else {
+    let Some((record, grant)) = service.grants.find_token(&hash).await? else {
         return Ok(());
     };
     if grant.client_id != client.id {
         tracing::info!(client = %client.id, "revocation of another client's token ignored");
         return Ok(());
     }
-    let grace = super::issue::whole_seconds(config.tokens.refresh_grace);
-    if !still_usable(&record, &grant, grace) {
+    let grace = whole_seconds(config.tokens.refresh_grace);
+    let presented = Presented {
+        kind: record.kind,
+        expires_at: record.expires_at,
+        revoked: record.revoked,
+        grant_revoked: grant.revoked,
+        consumed_at: record.consumed_at,
+    };
+    if !still_usable(&presented, now(), grace) {
         // Already dead (revoked, expired, or rotated out): RFC 7009 asks for
         // nothing more. In particular a refresh token revoked by a scope
         // change, or one rotated out earlier, must not take the live grant
@@ -66,22 +74,11 @@ async fn revoke(service: &TokenService, request: Request<Body>) -> Result<(), OA
     match record.kind {
         TokenKind::Refresh => {
             // Grants exchanged from this one end with it.
-            for id in service.lookup.store().revoke_grant(&grant.id).await? {
-                service.notify_grant_changed(&id).await;
-            }
+            service.grants.revoke_grant(&grant.id).await?;
         }
         TokenKind::Access => {
-            service.lookup.store().revoke_token(&hash).await?;
-            service.notify_token_changed(&hash).await;
+            service.grants.revoke_token(&hash).await?;
         }
     }
     Ok(())
-}
-
-/// Whether the token could still be used: a consumed refresh token counts
-/// while it may be replayed within `refresh_grace`.
-fn still_usable(token: &TokenRecord, grant: &GrantRecord, grace: i64) -> bool {
-    let now = now();
-    let consumed_for_good = token.consumed_at.is_some_and(|at| now - at >= grace);
-    !token.revoked && !grant.revoked && token.expires_at > now && !consumed_for_good
 }

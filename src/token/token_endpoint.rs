@@ -46,7 +46,8 @@ async fn token(service: &TokenService, request: Request<Body>) -> Result<Respons
     }
     let response = match grant {
         GrantType::ClientCredentials => {
-            super::grant_client_credentials::grant(service, &config, &client, &form).await?
+            crate::core::issue::client_credentials(&service.grants, &client, form.get("scope"))
+                .await?
         }
         GrantType::RefreshToken => {
             super::grant_refresh::grant(service, &config, &client, &form).await?
@@ -55,7 +56,7 @@ async fn token(service: &TokenService, request: Request<Body>) -> Result<Respons
             super::grant_exchange::grant(service, &config, &client, &form).await?
         }
         GrantType::TokenExchangeMutate => {
-            super::grant_exchange_mutate::grant(service, &client, &form).await?
+            super::grant_exchange_mutate::grant(service, &config, &client, &form).await?
         }
         GrantType::ArbitraryToken => {
             super::grant_arbitrary::grant(service, &config, &client, &form).await?

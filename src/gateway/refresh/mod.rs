@@ -15,22 +15,34 @@
 //! token, whose replay revokes the whole grant at a rotating authority.
 //! When a refresh fails, the requests that were waiting for it fall back at
 //! once instead of each asking the failing authority again in turn.
+//!
+//! The jobs: `flight` (who refreshes what in this process),
+//! `authority_client` (a downstream authority's token endpoint), `own`
+//! (credentials refgate obtains from itself: transparent exchange and
+//! authority `self`); this file decides when to refresh, takes the lease,
+//! and stores the result. refgate's
+//! own token service is called directly ([`crate::core`]), never over HTTP.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod authority_client;
+mod flight;
+mod own;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
 use super::errors::GatewayError;
 use super::GatewayState;
-use crate::config::{AuthMethod, Authority, RouteAccess, RouteExchange};
+use crate::core::custom::{self, Writer};
+use crate::core::Error;
 use crate::credential::{Credential, StoredCredential, SELF_AUTHORITY};
 use crate::lookup::{now, TokenLookup};
 use crate::telemetry::{Metrics, Untrusted};
-use crate::token::{patch_custom, OAuthError, OwnRefresh, TokenResponse, TokenService};
+use crate::token::TokenService;
+use authority_client::{AuthorityClient, Outcome};
+use flight::Flights;
 
 /// A span for work done on behalf of a request: a refresh runs as a task
 /// of its own, and its log lines carry the id of the request that started
@@ -62,70 +74,24 @@ pub enum Need {
     Rejected { sent: Arc<Credential> },
 }
 
-/// The exchange settings of the exchange route `name`.
-fn exchange_route(state: &GatewayState, name: &str) -> Option<RouteExchange> {
-    state
-        .config
-        .routes
-        .iter()
-        .find_map(|route| match &route.access {
-            RouteAccess::Exchange(exchange) if route.name == name => Some(exchange.clone()),
-            _ => None,
-        })
-}
-
-/// Largest token response read from an authority.
-const MAX_RESPONSE: usize = 64 * 1024;
 /// How often an instance waiting for another's refresh looks at the store.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 /// A call to an authority may take this many times `authority_timeout`
 /// before it is abandoned; requests stop waiting for it after one.
 const LATE_ANSWER_FACTOR: u32 = 4;
-/// Failed refreshes are remembered this long (they only matter to requests
-/// that were already waiting when the failure happened).
-const FAILURE_MEMORY: Duration = Duration::from_secs(60);
-
-/// What an authority answered.
-enum Outcome {
-    Fresh(TokenFields),
-    Refused,
-    Unavailable(String),
-}
-
-#[derive(Debug, Deserialize)]
-struct TokenFields {
-    access_token: String,
-    #[serde(default)]
-    refresh_token: Option<String>,
-    #[serde(default)]
-    token_type: Option<String>,
-    #[serde(default)]
-    expires_in: Option<i64>,
-    #[serde(default)]
-    scope: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorFields {
-    error: String,
-}
 
 /// Refreshes and exchanges credentials.
 pub struct Refresher {
+    /// Cached reads of grants.
     lookup: Arc<TokenLookup>,
+    /// The token service: its grants (every write) and configuration.
     tokens: Arc<TokenService>,
-    http: reqwest::Client,
+    authorities: AuthorityClient,
     metrics: Arc<Metrics>,
     control: tokio::runtime::Handle,
     /// This instance's name in store leases.
     holder: String,
-    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// When the last refresh of a credential failed for want of its
-    /// authority, by flight key.
-    failures: Mutex<HashMap<String, Instant>>,
-    /// When an upstream 401 last made this instance refresh a credential,
-    /// by flight key (`min_refresh_interval`).
-    rejections: Mutex<HashMap<String, Instant>>,
+    flights: Flights,
 }
 
 impl Refresher {
@@ -136,17 +102,19 @@ impl Refresher {
         metrics: Arc<Metrics>,
         control: tokio::runtime::Handle,
     ) -> Self {
-        let holder = format!("{}-{}", std::process::id(), tokens.random.grant_id());
+        let holder = format!(
+            "{}-{}",
+            std::process::id(),
+            tokens.grants.random().grant_id()
+        );
         Refresher {
             lookup,
             tokens,
-            http,
+            authorities: AuthorityClient { http },
             metrics,
             control,
             holder,
-            flights: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
-            rejections: Mutex::new(HashMap::new()),
+            flights: Flights::default(),
         }
     }
 
@@ -170,7 +138,7 @@ impl Refresher {
         let task = self.control.spawn(
             async move {
                 let key = format!("{task_grant_id}/{task_name}");
-                let flight = this.flight(&key);
+                let flight = this.flights.flight(&key);
                 let result = {
                     let (_turn, waited) = match flight.try_lock() {
                         Ok(turn) => (turn, false),
@@ -192,7 +160,7 @@ impl Refresher {
                         other => other,
                     }
                 };
-                this.land(&key, flight);
+                this.flights.land(&key, flight);
                 result
             }
             .instrument(span.clone()),
@@ -218,89 +186,6 @@ impl Refresher {
         }
     }
 
-    /// The credential for a transparent on-behalf-of route: the stored one
-    /// when usable, else a new token exchange for the subject of the grant.
-    pub async fn exchange(
-        self: &Arc<Self>,
-        state: Arc<GatewayState>,
-        grant_id: &str,
-        route_name: &str,
-        exchange: &RouteExchange,
-        request_id: &str,
-    ) -> Result<Arc<Credential>, GatewayError> {
-        let this = self.clone();
-        let (grant_id, name) = (grant_id.to_string(), route_name.to_string());
-        let exchange = exchange.clone();
-        self.control
-            .spawn(
-                async move {
-                    let key = format!("{grant_id}/{name}");
-                    let flight = this.flight(&key);
-                    let result = {
-                        let _turn = flight.lock().await;
-                        this.exchange_in_turn(&state, &grant_id, &name, &key, &exchange)
-                            .await
-                    };
-                    this.land(&key, flight);
-                    result
-                }
-                .instrument(request_span(request_id)),
-            )
-            .await
-            .map_err(|_| GatewayError::AuthorityUnavailable)?
-    }
-
-    fn flight(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        flights.entry(key.to_string()).or_default().clone()
-    }
-
-    /// Forgets a flight nobody else waits on. A request arriving later
-    /// starts a new flight and first re-reads the store, so it sees what
-    /// this one stored.
-    fn land(&self, key: &str, flight: Arc<tokio::sync::Mutex<()>>) {
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        // Ours plus the map's: nobody else holds it.
-        if Arc::strong_count(&flight) <= 2 {
-            flights.remove(key);
-        }
-    }
-
-    /// Whether a refresh of `key` failed for want of its authority since
-    /// `since`: a request that waited through that attempt does not repeat
-    /// it.
-    fn failed_since(&self, key: &str, since: Instant) -> bool {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures.get(key).is_some_and(|at| *at >= since)
-    }
-
-    /// Whether an upstream 401 may refresh `key` now: at most once per
-    /// `interval`. Claims the turn when it may.
-    fn rejection_may_refresh(&self, key: &str, interval: Duration) -> bool {
-        let mut rejections = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
-        if rejections
-            .get(key)
-            .is_some_and(|at| at.elapsed() < interval)
-        {
-            return false;
-        }
-        if rejections.len() >= 1024 {
-            rejections.retain(|_, at| at.elapsed() < interval);
-        }
-        rejections.insert(key.to_string(), Instant::now());
-        true
-    }
-
-    fn note_failure(&self, key: &str, failed: bool) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failed {
-            failures.retain(|_, at| at.elapsed() < FAILURE_MEMORY);
-            failures.insert(key.to_string(), Instant::now());
-        } else {
-            failures.remove(key);
-        }
-    }
-
     /// The stored credential, read from the store (not the cache).
     async fn stored(
         &self,
@@ -312,8 +197,8 @@ impl Refresher {
             GatewayError::StoreUnavailable
         };
         let record = self
-            .lookup
-            .store()
+            .tokens
+            .grants
             .find_grant(grant_id)
             .await
             .map_err(|e| unavailable(&e))?
@@ -354,11 +239,13 @@ impl Refresher {
         if !Self::still_needed(&current, need, skew) {
             return Ok(for_use(&current));
         }
-        if self.failed_since(key, waiting_since) {
+        if self.flights.failed_since(key, waiting_since) {
             return Self::fall_back(&current);
         }
         if matches!(need, Need::Rejected { .. })
-            && !self.rejection_may_refresh(key, state.config.gateway.min_refresh_interval)
+            && !self
+                .flights
+                .rejection_may_refresh(key, state.config.gateway.min_refresh_interval)
         {
             // A path that always answers 401 must not rotate the
             // credential on every request: the caller passes the 401 on.
@@ -368,7 +255,7 @@ impl Refresher {
             );
             return Ok(for_use(&current));
         }
-        let store = self.lookup.store();
+        let store = &self.tokens.grants;
         let call_limit = Self::call_limit(state);
         let lease_seconds = call_limit.as_secs() as i64 + 5;
         let mut leased = store
@@ -403,15 +290,18 @@ impl Refresher {
             if !leased {
                 return Self::fall_back(&current);
             }
-            // The other instance may have finished just before we got it.
-            current = self
-                .stored(grant_id, name)
-                .await?
-                .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
-            if !Self::still_needed(&current, need, skew) {
-                let _ = store.release_lease(key, &self.holder).await;
-                return Ok(for_use(&current));
-            }
+        }
+        // Another instance may have finished just before this one got the
+        // lease, whether at once or after waiting: `current` was read
+        // before, and its refresh token may be spent (a rotating authority
+        // revokes the grant when it is presented again).
+        current = self
+            .stored(grant_id, name)
+            .await?
+            .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
+        if !Self::still_needed(&current, need, skew) {
+            let _ = store.release_lease(key, &self.holder).await;
+            return Ok(for_use(&current));
         }
         let result = self.refresh_now(state, grant_id, name, key, current).await;
         if let Err(e) = store.release_lease(key, &self.holder).await {
@@ -468,7 +358,8 @@ impl Refresher {
         } else {
             match state.config.authorities.get(&authority_name) {
                 Some(authority) => {
-                    self.refresh_with(authority, &refresh_token, Self::call_limit(state))
+                    self.authorities
+                        .refresh(authority, &refresh_token, Self::call_limit(state))
                         .await
                 }
                 None => {
@@ -485,7 +376,8 @@ impl Refresher {
             .refresh_seconds
             .with_label_values(&[&authority_name])
             .observe(started.elapsed().as_secs_f64());
-        self.note_failure(key, matches!(outcome, Outcome::Unavailable(_)));
+        self.flights
+            .note_failure(key, matches!(outcome, Outcome::Unavailable(_)));
         match outcome {
             Outcome::Fresh(fields) => {
                 self.count(&authority_name, "refreshed");
@@ -523,8 +415,8 @@ impl Refresher {
                     "the authority refused the refresh; the credential needs re-consent"
                 );
                 let patch = json!({ "credentials": { name: { "reauth_required": true } } });
-                if let Err(e) = patch_custom(&self.tokens, grant_id, &patch, None).await {
-                    tracing::warn!(error = %e.description, "could not mark the credential for re-consent");
+                if let Err(e) = self.patch_custom(grant_id, &patch).await {
+                    tracing::warn!(error = %e, "could not mark the credential for re-consent");
                 }
                 Err(GatewayError::ReauthRequired(name.to_string()))
             }
@@ -534,6 +426,20 @@ impl Refresher {
                 Self::fall_back(&current)
             }
         }
+    }
+
+    /// Writes a credential refgate obtained into the grant's custom data.
+    async fn patch_custom(&self, grant_id: &str, patch: &Value) -> Result<i64, Error> {
+        let config = self.tokens.config();
+        custom::patch(
+            &self.tokens.grants,
+            &config,
+            grant_id,
+            patch,
+            None,
+            Writer::Refgate,
+        )
+        .await
     }
 
     /// Stores a refreshed credential; it must not be lost (the old refresh
@@ -554,236 +460,13 @@ impl Refresher {
         }
         let patch = json!({ "credentials": { name: value } });
         for attempt in 0..3 {
-            match patch_custom(&self.tokens, grant_id, &patch, None).await {
+            match self.patch_custom(grant_id, &patch).await {
                 Ok(_) => return,
                 Err(e) => {
-                    tracing::error!(error = %e.description, attempt, "could not store a refreshed credential");
+                    tracing::error!(error = %e, attempt, "could not store a refreshed credential");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }
-    }
-
-    /// Refreshes a credential refgate obtained itself for the exchange
-    /// route `name`, only if its refresh token belongs to a grant that the
-    /// route's exchange made for this grant: custom data never decides whose
-    /// refresh token refgate redeems.
-    async fn refresh_with_self(
-        &self,
-        state: &GatewayState,
-        grant_id: &str,
-        name: &str,
-        refresh_token: &str,
-    ) -> Result<Outcome, GatewayError> {
-        let invalid = || GatewayError::CredentialInvalid(name.to_string());
-        let exchange = exchange_route(state, name).ok_or_else(invalid)?;
-        let caller = self.fresh_grant(grant_id).await?;
-        let refreshed = self
-            .tokens
-            .refresh_derived(refresh_token, &caller, &exchange.client, name)
-            .await;
-        Ok(match refreshed {
-            OwnRefresh::Fresh(response) => Outcome::Fresh(TokenFields {
-                access_token: response.access_token,
-                refresh_token: response.refresh_token,
-                token_type: Some(response.token_type.to_string()),
-                expires_in: Some(response.expires_in),
-                scope: Some(response.scope).filter(|s| !s.is_empty()),
-            }),
-            OwnRefresh::Refused => Outcome::Refused,
-            OwnRefresh::Foreign => {
-                tracing::warn!(
-                    credential = name,
-                    "a self credential's refresh token belongs to another grant; it is not redeemed"
-                );
-                return Err(invalid());
-            }
-            OwnRefresh::Failed(why) => Outcome::Unavailable(why),
-        })
-    }
-
-    /// The grant, read from the store; `InvalidToken` when it is gone.
-    async fn fresh_grant(&self, grant_id: &str) -> Result<Arc<crate::lookup::Grant>, GatewayError> {
-        self.lookup
-            .find_grant_fresh(grant_id)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "store unavailable while renewing a credential");
-                GatewayError::StoreUnavailable
-            })?
-            .ok_or(GatewayError::InvalidToken)
-    }
-
-    async fn refresh_with(
-        &self,
-        authority: &Authority,
-        refresh_token: &str,
-        timeout: Duration,
-    ) -> Outcome {
-        let encode =
-            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        let mut form: Vec<(&str, &str)> = vec![
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-        ];
-        let mut request = self
-            .http
-            .post(&authority.token_endpoint)
-            .timeout(timeout)
-            .header(reqwest::header::ACCEPT, "application/json");
-        match authority.auth_method {
-            AuthMethod::ClientSecretBasic => {
-                request = request.basic_auth(
-                    encode(&authority.client_id),
-                    Some(encode(authority.client_secret.expose())),
-                );
-            }
-            AuthMethod::ClientSecretPost => {
-                form.push(("client_id", &authority.client_id));
-                form.push(("client_secret", authority.client_secret.expose()));
-            }
-        }
-        let response = match request.form(&form).send().await {
-            Ok(r) => r,
-            Err(e) => return Outcome::Unavailable(format!("request failed: {}", e.without_url())),
-        };
-        let status = response.status();
-        let body = match response.bytes().await {
-            Ok(b) if b.len() <= MAX_RESPONSE => b,
-            Ok(_) => return Outcome::Unavailable("token response too large".into()),
-            Err(e) => {
-                return Outcome::Unavailable(format!(
-                    "reading the response failed: {}",
-                    e.without_url()
-                ))
-            }
-        };
-        if status.is_success() {
-            return match serde_json::from_slice::<TokenFields>(&body) {
-                Ok(fields) if !fields.access_token.is_empty() => Outcome::Fresh(fields),
-                _ => Outcome::Unavailable("the token response is not valid JSON".into()),
-            };
-        }
-        match serde_json::from_slice::<ErrorFields>(&body) {
-            Ok(e) if e.error == "invalid_grant" => Outcome::Refused,
-            Ok(e) => Outcome::Unavailable(format!("the authority answered {status} {}", e.error)),
-            Err(_) => Outcome::Unavailable(format!("the authority answered {status}")),
-        }
-    }
-
-    async fn exchange_in_turn(
-        &self,
-        state: &GatewayState,
-        grant_id: &str,
-        name: &str,
-        key: &str,
-        exchange: &RouteExchange,
-    ) -> Result<Arc<Credential>, GatewayError> {
-        let skew = state.config.gateway.refresh_skew.as_secs() as i64;
-        if let Some(stored) = self.stored(grant_id, name).await? {
-            let current = for_use(&stored);
-            let usable = |c: &Credential| c.is_sendable() && !c.reauth_required();
-            if usable(&current) && !current.needs_refresh(now(), skew) {
-                // Another request got here first.
-                return Ok(current);
-            }
-            if usable(&current) && current.refreshable() {
-                // One this request did not see (a stale cache): renewing it
-                // beats leaving its grant behind for a new one.
-                let renewed = self
-                    .refresh_in_turn(state, grant_id, name, &Need::Expiring, key, Instant::now())
-                    .await;
-                match renewed {
-                    Ok(c) if usable(&c) && c.still_valid(now()) => return Ok(c),
-                    Err(e @ (GatewayError::StoreUnavailable | GatewayError::InvalidToken)) => {
-                        return Err(e)
-                    }
-                    _ => {}
-                }
-            }
-        }
-        self.exchange_now(grant_id, name, exchange).await
-    }
-
-    /// Renews a transparent on-behalf-of credential by a new exchange for
-    /// its grant's subject, as the route of the same name says. For when
-    /// no access token of the inbound grant is at hand.
-    async fn exchange_again(
-        &self,
-        state: &GatewayState,
-        grant_id: &str,
-        name: &str,
-    ) -> Result<Arc<Credential>, GatewayError> {
-        let exchange = exchange_route(state, name).ok_or_else(|| {
-            tracing::warn!(
-                credential = name,
-                "no exchange route of that name any more; the credential cannot be renewed"
-            );
-            GatewayError::CredentialInvalid(name.to_string())
-        })?;
-        self.exchange_now(grant_id, name, &exchange).await
-    }
-
-    /// A new exchange for the subject of the grant, as the route `name`
-    /// says; the result is stored as the route's credential.
-    async fn exchange_now(
-        &self,
-        grant_id: &str,
-        name: &str,
-        exchange: &RouteExchange,
-    ) -> Result<Arc<Credential>, GatewayError> {
-        let grant = self.fresh_grant(grant_id).await?;
-        let started = Instant::now();
-        let result = self
-            .tokens
-            .exchange_for_route(
-                &exchange.client,
-                &grant,
-                &exchange.scopes,
-                exchange.audience.as_deref(),
-                name,
-            )
-            .await;
-        self.metrics
-            .refresh_seconds
-            .with_label_values(&[SELF_AUTHORITY])
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(response) => Ok(self.store_exchanged(grant_id, name, response).await),
-            Err(e) => Err(self.exchange_failed(name, e)),
-        }
-    }
-
-    /// Stores the result of a transparent exchange as the credential.
-    async fn store_exchanged(
-        &self,
-        grant_id: &str,
-        name: &str,
-        response: TokenResponse,
-    ) -> Arc<Credential> {
-        self.count(SELF_AUTHORITY, "exchanged");
-        let stored = StoredCredential {
-            access_token: response.access_token,
-            refresh_token: response.refresh_token,
-            token_type: Some("Bearer".into()),
-            expires_at: Some(now() + response.expires_in),
-            authority: Some(SELF_AUTHORITY.into()),
-            scope: Some(response.scope).filter(|s| !s.is_empty()),
-            reauth_required: None,
-        };
-        self.store_credential(grant_id, name, &stored).await;
-        Arc::new(Credential::obtained(&stored))
-    }
-
-    fn exchange_failed(&self, name: &str, e: OAuthError) -> GatewayError {
-        if e.code == "invalid_request" {
-            // The inbound token went inactive in the meantime.
-            return GatewayError::InvalidToken;
-        }
-        if e.code == "temporarily_unavailable" {
-            return GatewayError::StoreUnavailable;
-        }
-        tracing::error!(route = name, error = e.code, reason = %Untrusted(&e.description), "transparent exchange failed");
-        GatewayError::CredentialInvalid(name.to_string())
     }
 }

@@ -1,8 +1,7 @@
 //! RFC 8693 token exchange: refgate access tokens and trusted id_tokens as
 //! subjects, `act`, `aud`, scope bounds, and every way a subject is refused.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,8 +14,6 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
 
 /// The trusted issuer of the fixture key, and the audience it signs for.
@@ -78,7 +75,7 @@ async fn exchange(
     extra: &[(&str, &str)],
 ) -> (StatusCode, Value) {
     let mut params = vec![
-        ("grant_type", EXCHANGE),
+        ("grant_type", TOKEN_EXCHANGE),
         ("subject_token", subject_token),
         ("subject_token_type", subject_token_type),
     ];
@@ -294,7 +291,7 @@ async fn exchange_without_subject_token_is_invalid_request() {
         .token(
             "app",
             &[
-                ("grant_type", EXCHANGE),
+                ("grant_type", TOKEN_EXCHANGE),
                 ("subject_token_type", ACCESS_TOKEN_TYPE),
             ],
         )
@@ -305,7 +302,7 @@ async fn exchange_without_subject_token_is_invalid_request() {
         .token(
             "app",
             &[
-                ("grant_type", EXCHANGE),
+                ("grant_type", TOKEN_EXCHANGE),
                 ("subject_token", str_of(&subject, "access_token")),
             ],
         )
@@ -424,7 +421,7 @@ async fn exchange_with_a_resource_that_is_not_an_absolute_uri_is_invalid_target(
 async fn exchange_for_an_audience_outside_the_client_list_is_invalid_target() {
     let server = Refgate::start_with(Options {
         extra: format!(
-            "[[clients]]\nid = \"fenced\"\nsecret_hash = \"{}\"\ngrant_types = [\"{EXCHANGE}\"]\nscopes = [\"reports.read\"]\naudiences = [\"reports-api\", \"https://reports.example.com/\"]\nexchange_from = [\"other\"]\n",
+            "[[clients]]\nid = \"fenced\"\nsecret_hash = \"{}\"\ngrant_types = [\"{TOKEN_EXCHANGE}\"]\nscopes = [\"reports.read\"]\naudiences = [\"reports-api\", \"https://reports.example.com/\"]\nexchange_from = [\"other\"]\n",
             secret_hash("fenced-secret")
         ),
         ..Options::default()
@@ -894,7 +891,7 @@ async fn slow_jwks_of_one_issuer_does_not_hold_up_another() {
             .post(token_url)
             .basic_auth("app", Some("app-secret"))
             .form(&[
-                ("grant_type", EXCHANGE),
+                ("grant_type", TOKEN_EXCHANGE),
                 ("subject_token", slow_token.as_str()),
                 ("subject_token_type", ID_TOKEN_TYPE),
             ])

@@ -9,96 +9,15 @@
 //! at an upstream that merges slashes, cuts `;` parameters, ignores case
 //! or decodes `%2F`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::oidc::OidcAs;
-use common::upstream::Upstream;
-use common::*;
-use serde_json::{json, Value};
+use crate::common::oidc::OidcAs;
+use crate::common::raw::*;
+use crate::common::upstream::Upstream;
+use crate::common::*;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// An answer read off a raw socket.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-}
-
-/// Sends `bytes` as they are and reads one answer (the request should ask
-/// for `Connection: close`, or the answer carry a length).
-async fn send_raw(port: u16, bytes: &[u8]) -> Result<Reply, String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    stream
-        .write_all(bytes)
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut buf = Vec::new();
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(reply) = parse_reply(&buf) {
-            return Ok(reply);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut chunk = [0u8; 8192];
-        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
-            Err(_) => return Err(format!("no answer in time; got {:?}", lossy(&buf))),
-            Ok(Err(e)) => return Err(format!("read: {e}")),
-            Ok(Ok(0)) => {
-                return parse_reply(&buf)
-                    .ok_or_else(|| format!("closed without an answer: {:?}", lossy(&buf)))
-            }
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).to_string()
-}
-
-/// A complete answer at the start of `buf` (framed by Content-Length).
-fn parse_reply(buf: &[u8]) -> Option<Reply> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&buf[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let body = buf.get(end + 4..end + 4 + length)?.to_vec();
-    Some(Reply {
-        status,
-        headers,
-        body,
-    })
-}
 
 /// A GET of `target` with `headers` (each ending in CRLF), closing after.
 fn get_request(target: &str, headers: &str) -> Vec<u8> {
@@ -146,6 +65,7 @@ fn assert_invalid_request(reply: &Reply, what: &str) {
         "{what}"
     );
     assert!(reply.header("x-request-id").is_some(), "{what}: {reply:?}");
+    assert_eq!(reply.header("cache-control"), Some("no-store"), "{what}");
 }
 
 // ---------------------------------------------------------------------------
@@ -400,7 +320,7 @@ async fn repeated_upstream_401s_refresh_at_most_once_per_interval() {
         ..Options::default()
     });
     let (access, refresh, _) = oidc.mint("mallory").await;
-    let app = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let app = server.access_token("app").await;
     let (status, body) = server
         .mutate(&json!({"token": app, "patch": {"credentials": {"photos": {
             "access_token": access,
@@ -510,7 +430,7 @@ async fn walk_through(server: &Refgate, oidc: &OidcAs, upstream: &Upstream) -> V
         use base64::Engine;
         secrets.push(base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")));
     }
-    let issued = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let issued = server.access_token("app").await;
     let (access, refresh) = refreshable(server, "photos.read offline_access").await;
     let (down_access, down_refresh, _) = oidc.mint("walker").await;
     let custom = "custom-value-4f1d9c";
@@ -711,7 +631,7 @@ async fn requests_shorter_than_the_h2_preface_are_answered_and_a_split_preface_i
         .await
         .expect("write");
     let mut frame = [0u8; 9];
-    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut frame))
+    tokio::time::timeout(RAW_TIMEOUT, stream.read_exact(&mut frame))
         .await
         .expect("an answer in time")
         .expect("a frame");
@@ -816,7 +736,7 @@ async fn idle_and_trickling_connections_neither_lock_out_clients_nor_stay() {
     kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .expect("write");
-    let answers = read_answers(&mut kept, 1).await;
+    let answers = read_replies(&mut kept, 1).await.0;
     assert_eq!(answers.first().map(|a| a.status), Some(200));
     let idle_since = Instant::now();
     let mut buf = [0u8; 16];
@@ -832,44 +752,6 @@ async fn idle_and_trickling_connections_neither_lock_out_clients_nor_stay() {
 // ---------------------------------------------------------------------------
 // Pipelining
 // ---------------------------------------------------------------------------
-
-/// Reads answers until the connection closes or `n` complete ones came.
-async fn read_answers(stream: &mut TcpStream, n: usize) -> Vec<Reply> {
-    let mut buf = Vec::new();
-    let mut answers = Vec::new();
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        while let Some(reply) = parse_reply(&buf) {
-            let used = reply_len(&buf);
-            buf.drain(..used);
-            answers.push(reply);
-        }
-        if answers.len() >= n {
-            return answers;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut chunk = [0u8; 8192];
-        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return answers,
-            Ok(Ok(k)) => buf.extend_from_slice(&chunk[..k]),
-        }
-    }
-}
-
-/// The length of the complete answer at the start of `buf`.
-fn reply_len(buf: &[u8]) -> usize {
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head");
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    end + 4 + length
-}
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
@@ -894,7 +776,7 @@ async fn pipelined_requests_are_answered_in_order() {
                 .await
                 .expect("write");
         }
-        let answers = read_answers(&mut stream, 3).await;
+        let answers = read_replies(&mut stream, 3).await.0;
         let paths: Vec<String> = answers
             .iter()
             .map(|a| a.json()["path"].as_str().unwrap_or("-").to_string())

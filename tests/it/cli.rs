@@ -2,8 +2,7 @@
 //! `--help` everywhere, and `--log-format json` before or after the
 //! subcommand.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -556,6 +555,47 @@ fn a_missing_key_file_is_created_for_a_new_store_but_refused_for_existing_data()
     let problems = stderr(&output);
     assert!(problems.contains("store.data_key_file"), "{problems}");
     assert!(problems.contains("already holds data"), "{problems}");
+}
+
+#[test]
+fn serve_creates_a_missing_key_file_owner_only_and_keeps_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let listener = loopback_listener();
+    let port = listener.local_addr().expect("address").port();
+    let text = serve_config(port).replace(
+        &format!("data_key = \"{DATA_KEY}\""),
+        "data_key_file = \"keys/refgate.key\"",
+    );
+    let (dir, path) = write_config(&text);
+    let key_path = dir.path().join("keys").join("refgate.key");
+    let output = check(&path);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!key_path.exists(), "check created the key file");
+
+    let (code, log) = serve_and_stop(&["serve"], &path, &listener);
+    assert_eq!(code, Some(0), "{log}");
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&key_path), 0o600, "the key file's mode");
+    assert_eq!(
+        mode(&dir.path().join("keys")),
+        0o700,
+        "its directory's mode"
+    );
+    let key = std::fs::read_to_string(&key_path).expect("read the key");
+    let bytes = STANDARD.decode(key.trim()).expect("a base64 key");
+    assert_eq!(bytes.len(), 32);
+    assert!(!log.contains(key.trim()), "the key was logged");
+
+    // From then on the store has data and this is its key: kept as it is.
+    let (code, log) = serve_and_stop(&["serve"], &path, &listener);
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(std::fs::read_to_string(&key_path).expect("read"), key);
 }
 
 #[test]

@@ -7,8 +7,7 @@
 //! `REFGATE_TEST_STORE=postgres`) and edits it directly, as someone holding
 //! a dump or the database would.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,9 +16,6 @@ use serde_json::{json, Value};
 
 /// Another data key (standard base64 of 32 bytes).
 const KEY_B: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
-
-const EXCHANGE_MUTATE: &str = "urn:ietf:params:oauth:grant-type:token-exchange-mutate";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// An access token of `app` whose grant holds `{"note": note}`.
 async fn token_with_note(server: &Refgate, note: &str) -> String {
@@ -300,8 +296,8 @@ async fn a_store_sealed_with_a_key_that_is_not_configured_refuses_to_start() {
     assert!(!log.contains(DATA_KEY) && !log.contains(KEY_B), "{log}");
 
     // A listed through the environment: starts, and the data opens.
-    let variable = format!("REFGATE_TEST_PREVIOUS_KEY_{}", std::process::id());
-    std::env::set_var(&variable, DATA_KEY);
+    let variable = "REFGATE_TEST_PREVIOUS_KEY";
+    server.set_env(variable, DATA_KEY);
     configure_keys(
         &server,
         KEY_B,

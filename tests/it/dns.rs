@@ -3,16 +3,14 @@
 //! that does not resolve yet answers 502 `upstream_unavailable` and
 //! recovers by itself; `refgate check` warns about it but passes.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::oidc::OidcAs;
-use common::upstream::Upstream;
-use common::*;
+use crate::common::oidc::OidcAs;
+use crate::common::upstream::Upstream;
+use crate::common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -271,7 +269,7 @@ async fn an_authority_host_name_resolves_through_the_configured_servers() {
         ..Options::default()
     });
     let (access, refresh, _) = oidc.mint("alice").await;
-    let app = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let app = server.access_token("app").await;
     let (status, body) = server
         .mutate(&json!({"token": app, "patch": {"credentials": {"photos": {
             "access_token": access,

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod oidc;
+pub mod raw;
 pub mod upstream;
 
 use std::io::Write;
@@ -156,6 +157,9 @@ pub struct Options {
     pub standard_clients: bool,
     /// A store URL to use instead of a fresh one (instances sharing a store).
     pub store_url: Option<String>,
+    /// Environment variables of the refgate process (never of this test
+    /// process: it runs tests on many threads).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -166,6 +170,7 @@ impl Default for Options {
             extra: String::new(),
             standard_clients: true,
             store_url: None,
+            env: Vec::new(),
         }
     }
 }
@@ -184,6 +189,8 @@ pub struct Refgate {
     pub store_url: String,
     /// The sockets passed to every start of this instance, by name.
     listeners: Vec<(&'static str, TcpListener)>,
+    /// Environment variables set for every start of this instance.
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// A database this instance created and drops at the end.
     owned_database: Option<PgDatabase>,
@@ -264,6 +271,7 @@ data_key = "{DATA_KEY}"
             proxy_port,
             store_url,
             listeners: vec![("token_service", token_listener), ("proxy", proxy_listener)],
+            env: options.env,
             child: None,
             owned_database,
         };
@@ -341,7 +349,14 @@ data_key = "{DATA_KEY}"
         let sockets: Vec<(&str, &TcpListener)> =
             self.listeners.iter().map(|(n, l)| (*n, l)).collect();
         pass_listeners(&mut command, &sockets);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command
+    }
+
+    /// Sets an environment variable for the next starts of this instance.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(n, _)| n != name);
+        self.env.push((name.to_string(), value.to_string()));
     }
 
     /// A metrics listener for the next start (listeners take a restart);
@@ -358,6 +373,11 @@ data_key = "{DATA_KEY}"
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Waits (up to 20 s) until the log holds `text`; returns the log.
+    pub fn wait_for_log(&self, text: &str) -> String {
+        wait_for_text(&self.log_path, text)
     }
 
     /// Appends to the log file a marker (useful to split phases).
@@ -435,6 +455,31 @@ data_key = "{DATA_KEY}"
         body
     }
 
+    /// An access token of `client` (client_credentials, its default scope).
+    pub async fn access_token(&self, client: &str) -> String {
+        str_of(&self.client_token(client, None).await, "access_token").to_string()
+    }
+
+    /// Stores `credential` as `custom.credentials.<name>` in the grant of
+    /// `token` (a merge patch as `middle`), asserting success.
+    pub async fn store_credential(&self, token: &str, name: &str, credential: Value) {
+        let (status, body) = self
+            .mutate(
+                &serde_json::json!({"token": token, "patch": {"credentials": {name: credential}}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "mutate failed: {body}");
+    }
+
+    /// An `app` token whose grant holds the `photos` credential `down-abc`
+    /// (see [`credential`]).
+    pub async fn token_with_photos(&self) -> String {
+        let token = self.access_token("app").await;
+        self.store_credential(&token, "photos", credential("down-abc", "Bearer"))
+            .await;
+        token
+    }
+
     /// `POST /oauth2/mutate` as `middle` with a JSON body.
     pub async fn mutate(&self, body: &Value) -> (StatusCode, Value) {
         let response = http()
@@ -450,6 +495,24 @@ data_key = "{DATA_KEY}"
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+}
+
+/// Waits (up to 20 s) until the file at `path` holds `text`; returns the
+/// file's text.
+pub fn wait_for_text(path: &std::path::Path, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = std::fs::read_to_string(path).unwrap_or_default();
+        if found.contains(text) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{text}` in {} within 20 s:\n{found}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -592,15 +655,9 @@ pub async fn refreshable(server: &Refgate, scope: &str) -> (String, String) {
         .token(
             "app",
             &[
-                (
-                    "grant_type",
-                    "urn:ietf:params:oauth:grant-type:token-exchange",
-                ),
+                ("grant_type", TOKEN_EXCHANGE),
                 ("subject_token", str_of(&subject, "access_token")),
-                (
-                    "subject_token_type",
-                    "urn:ietf:params:oauth:token-type:access_token",
-                ),
+                ("subject_token_type", ACCESS_TOKEN_TYPE),
                 ("scope", scope),
             ],
         )
@@ -611,6 +668,29 @@ pub async fn refreshable(server: &Refgate, scope: &str) -> (String, String) {
         str_of(&body, "refresh_token").to_string(),
     )
 }
+
+/// A stored credential of the never-called `photos-as` authority (see
+/// [`AUTHORITY`]) that is valid for an hour.
+pub fn credential(access_token: &str, token_type: &str) -> Value {
+    serde_json::json!({
+        "access_token": access_token,
+        "token_type": token_type,
+        "expires_at": unix_now() + 3600,
+        "authority": "photos-as",
+    })
+}
+
+/// Whether `needle` occurs in `haystack` (an empty needle never does).
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The RFC 8693 token-exchange grant type.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// refgate's scope-mutating token exchange.
+pub const EXCHANGE_MUTATE: &str = "urn:ietf:params:oauth:grant-type:token-exchange-mutate";
+/// The RFC 8693 token type of an access token.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// An authority for route credentials in tests that never refresh: its
 /// endpoint is never called.

@@ -1,17 +1,13 @@
 //! `POST /oauth2/introspect` (RFC 7662, SPEC 3.3) and `POST /oauth2/revoke`
 //! (RFC 7009, SPEC 3.4), observed from the outside.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use reqwest::header::WWW_AUTHENTICATE;
 use serde_json::{json, Value};
-
-const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// Introspects `token` as `client` (secret `<client>-secret`); status and body.
 async fn introspect_as(server: &Refgate, client: &str, token: &str) -> (StatusCode, Value) {
@@ -40,16 +36,6 @@ async fn revoke_as(server: &Refgate, client: &str, token: &str) -> StatusCode {
         "unexpected revocation body: {body}"
     );
     status
-}
-
-/// Refreshes as `client`; status and body.
-async fn refresh_as(server: &Refgate, client: &str, refresh: &str) -> (StatusCode, Value) {
-    server
-        .token(
-            client,
-            &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
-        )
-        .await
 }
 
 /// The raw response of a form POST, for header checks.
@@ -355,7 +341,7 @@ async fn consumed_refresh_token_is_exactly_inactive() {
     let server = Refgate::start();
     let (_, refresh) = minted_pair(&server, "frank").await;
     assert_active(&server, &refresh).await;
-    let (status, body) = refresh_as(&server, "minter", &refresh).await;
+    let (status, body) = server.refresh("minter", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_inactive(&server, &refresh).await;
     let new_refresh = str_of(&body, "refresh_token");
@@ -390,7 +376,7 @@ async fn refresh_token_dropped_by_a_scope_mutation_is_inactive() {
         assert_active(&server, &access).await["scope"],
         "photos.read"
     );
-    let (status, body) = refresh_as(&server, "app", &refresh).await;
+    let (status, body) = server.refresh("app", &refresh).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_grant");
     assert_inactive(&server, &refresh).await;
@@ -554,7 +540,7 @@ async fn revocation_answer_is_200_with_no_store() {
 async fn revoking_a_refresh_token_revokes_the_whole_grant() {
     let server = Refgate::start();
     let (first_access, refresh) = minted_pair(&server, "henry").await;
-    let (status, body) = refresh_as(&server, "minter", &refresh).await;
+    let (status, body) = server.refresh("minter", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let second_access = str_of(&body, "access_token").to_string();
     let second_refresh = str_of(&body, "refresh_token").to_string();
@@ -570,7 +556,7 @@ async fn revoking_a_refresh_token_revokes_the_whole_grant() {
     for token in [&first_access, &second_access, &second_refresh] {
         assert_inactive(&server, token).await;
     }
-    let (status, body) = refresh_as(&server, "minter", &second_refresh).await;
+    let (status, body) = server.refresh("minter", &second_refresh).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_grant");
 }
@@ -601,7 +587,7 @@ async fn revoking_an_access_token_leaves_the_refresh_token_usable() {
     assert_inactive(&server, &access).await;
     assert_active(&server, &refresh).await;
 
-    let (status, body) = refresh_as(&server, "app", &refresh).await;
+    let (status, body) = server.refresh("app", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_active(&server, str_of(&body, "access_token")).await;
     // The revoked one stays revoked.
@@ -625,7 +611,7 @@ async fn another_clients_token_is_200_and_stays_active() {
     for token in [&access, &refresh, &minted.0, &minted.1] {
         assert_active(&server, token).await;
     }
-    let (status, body) = refresh_as(&server, "app", &refresh).await;
+    let (status, body) = server.refresh("app", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -750,7 +736,7 @@ async fn revoking_a_refresh_token_already_revoked_by_a_scope_mutation_leaves_the
 async fn revoking_a_rotated_out_refresh_token_leaves_the_current_tokens_alone() {
     let server = Refgate::start();
     let (_, old_refresh) = minted_pair(&server, "kim").await;
-    let (status, body) = refresh_as(&server, "minter", &old_refresh).await;
+    let (status, body) = server.refresh("minter", &old_refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let access = str_of(&body, "access_token").to_string();
     let refresh = str_of(&body, "refresh_token").to_string();
@@ -761,7 +747,7 @@ async fn revoking_a_rotated_out_refresh_token_leaves_the_current_tokens_alone() 
         StatusCode::OK
     );
     assert_active(&server, &access).await;
-    let (status, body) = refresh_as(&server, "minter", &refresh).await;
+    let (status, body) = server.refresh("minter", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -772,7 +758,7 @@ async fn revoking_a_refresh_token_inside_the_grace_window_revokes_the_grant() {
         ..Options::default()
     });
     let (_, old_refresh) = minted_pair(&server, "lee").await;
-    let (status, body) = refresh_as(&server, "minter", &old_refresh).await;
+    let (status, body) = server.refresh("minter", &old_refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let access = str_of(&body, "access_token").to_string();
 
@@ -783,7 +769,7 @@ async fn revoking_a_refresh_token_inside_the_grace_window_revokes_the_grant() {
         StatusCode::OK
     );
     assert_inactive(&server, &access).await;
-    let (status, body) = refresh_as(&server, "minter", &old_refresh).await;
+    let (status, body) = server.refresh("minter", &old_refresh).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_grant");
 }

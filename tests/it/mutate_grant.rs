@@ -1,13 +1,9 @@
 //! `urn:ietf:params:oauth:grant-type:token-exchange-mutate`: a grant gets a
 //! new scope set while its token strings and expiry stay the same.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use serde_json::{json, Value};
-
-const MUTATE: &str = "urn:ietf:params:oauth:grant-type:token-exchange-mutate";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// The mutate grant as `client` on `token`, with an optional new `scope`.
 async fn mutate_scope(
@@ -17,7 +13,7 @@ async fn mutate_scope(
     scope: Option<&str>,
 ) -> (StatusCode, Value) {
     let mut params = vec![
-        ("grant_type", MUTATE),
+        ("grant_type", EXCHANGE_MUTATE),
         ("subject_token", token),
         ("subject_token_type", ACCESS_TOKEN_TYPE),
     ];
@@ -219,7 +215,7 @@ async fn mutate_without_subject_token_type_is_invalid_request() {
         .token(
             "middle",
             &[
-                ("grant_type", MUTATE),
+                ("grant_type", EXCHANGE_MUTATE),
                 ("subject_token", &access),
                 ("scope", "photos.read"),
             ],
@@ -230,7 +226,7 @@ async fn mutate_without_subject_token_type_is_invalid_request() {
         .token(
             "middle",
             &[
-                ("grant_type", MUTATE),
+                ("grant_type", EXCHANGE_MUTATE),
                 ("subject_token", &access),
                 (
                     "subject_token_type",
@@ -245,7 +241,7 @@ async fn mutate_without_subject_token_type_is_invalid_request() {
         .token(
             "middle",
             &[
-                ("grant_type", MUTATE),
+                ("grant_type", EXCHANGE_MUTATE),
                 ("subject_token_type", ACCESS_TOKEN_TYPE),
                 ("scope", "photos.read"),
             ],

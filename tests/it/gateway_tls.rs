@@ -6,42 +6,34 @@
 //! also when another route has a verified connection to the same address
 //! pooled.
 
-mod common;
-
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use common::upstream::Upstream;
-use common::*;
+use crate::common::upstream::Upstream;
+use crate::common::*;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
     SanType,
 };
-use serde_json::{json, Value};
-
-/// Serializes starts in this test binary: one test hands its refgate an
-/// `SSL_CERT_FILE`, which no other start may inherit.
-static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use serde_json::Value;
 
 fn start(options: Options) -> Refgate {
     start_with_platform_roots(options, None)
 }
 
 /// Starts refgate; with `roots`, it takes that PEM file as the platform's
-/// trusted roots (`SSL_CERT_FILE`, read by rustls-native-certs).
+/// trusted roots (`SSL_CERT_FILE` in its environment, read by
+/// rustls-native-certs).
 fn start_with_platform_roots(options: Options, roots: Option<&std::path::Path>) -> Refgate {
-    let _guard = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut env = options.env.clone();
     if let Some(roots) = roots {
-        std::env::set_var("SSL_CERT_FILE", roots);
+        env.push(("SSL_CERT_FILE".into(), roots.display().to_string()));
     }
-    let server = Refgate::start_with(Options {
+    Refgate::start_with(Options {
         extra: format!("{AUTHORITY}\n{}", options.extra),
+        env,
         ..options
-    });
-    if roots.is_some() {
-        std::env::remove_var("SSL_CERT_FILE");
-    }
-    server
+    })
 }
 
 /// A protected route with the `photos` credential; `more` adds lines.
@@ -53,22 +45,6 @@ fn route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
 
 fn ca_line(path: &std::path::Path) -> String {
     format!("ca_file = \"{}\"", path.display())
-}
-
-/// An `app` token whose grant holds the `photos` credential `down-abc`.
-async fn token_with_photos(server: &Refgate) -> String {
-    let token = str_of(&server.client_token("app", None).await, "access_token").to_string();
-    let credential = json!({
-        "access_token": "down-abc",
-        "token_type": "Bearer",
-        "expires_at": unix_now() + 3600,
-        "authority": "photos-as",
-    });
-    let (status, body) = server
-        .mutate(&json!({"token": token, "patch": {"credentials": {"photos": credential}}}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "mutate failed: {body}");
-    token
 }
 
 async fn get(server: &Refgate, path: &str, token: &str) -> (StatusCode, Value) {
@@ -211,7 +187,7 @@ async fn https_upstream_signed_by_the_routes_ca_is_proxied() {
         ),
         ..Options::default()
     });
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
 
     for i in 0..3 {
         let (status, echo) = get(&server, &format!("/photos/{i}"), &token).await;
@@ -265,7 +241,7 @@ async fn dns_name_upstream_is_verified_against_its_certificate() {
         extra: routes,
         ..Options::default()
     });
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
 
     let (status, echo) = get(&server, "/named/x", &token).await;
     assert_eq!(status, StatusCode::OK, "{echo}");
@@ -310,7 +286,7 @@ async fn upstream_not_trusted_by_the_route_is_502_even_when_another_route_trusts
         extra: routes,
         ..Options::default()
     });
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
 
     assert_bad_gateway(
         &get(&server, "/untrusted/a", &token).await,
@@ -349,7 +325,7 @@ async fn certificate_for_another_name_is_502() {
         ),
         ..Options::default()
     });
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     for _ in 0..2 {
         assert_bad_gateway(&get(&server, "/photos/x", &token).await, "name mismatch");
     }
@@ -374,7 +350,7 @@ async fn self_signed_or_expired_upstream_certificates_are_502() {
         extra: routes,
         ..Options::default()
     });
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     assert_bad_gateway(&get(&server, "/lone/x", &token).await, "self-signed");
     assert_bad_gateway(&get(&server, "/expired/x", &token).await, "expired");
     assert!(lone.requests().is_empty());
@@ -396,7 +372,7 @@ async fn gateway_wide_ca_file_is_trusted_for_every_route() {
         extra: route("photos", "/photos/", &upstream.url(), ""),
         ..Options::default()
     });
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     let (status, echo) = get(&server, "/photos/x", &token).await;
     assert_eq!(status, StatusCode::OK, "{echo}");
     assert_eq!(echo["authorization"], "Bearer down-abc");
@@ -424,7 +400,7 @@ async fn route_ca_file_adds_to_the_platform_roots_rather_than_replacing_them() {
         },
         Some(&platform.pem_path),
     );
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
 
     for path in ["/p-plain/x", "/p-extra/x", "/e-extra/x"] {
         let (status, echo) = get(&server, path, &token).await;

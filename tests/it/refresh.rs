@@ -1,8 +1,7 @@
 //! The `refresh_token` grant: rotation, reuse detection, concurrency,
 //! narrowing, and the `refresh_grace` window.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use serde_json::Value;
 
@@ -124,22 +123,40 @@ async fn refresh_concurrently(server: &Refgate, refresh_token: &str) -> Vec<(Sta
     futures::future::join_all(attempts).await
 }
 
-fn assert_exactly_one_success(outcomes: &[(StatusCode, Value)]) {
-    let succeeded = outcomes
+/// Asserts that exactly one refresh succeeded and every other one is
+/// `invalid_grant`; returns the winner's new access and refresh token.
+fn assert_exactly_one_success(outcomes: &[(StatusCode, Value)]) -> [String; 2] {
+    let winners: Vec<&Value> = outcomes
         .iter()
         .filter(|(status, _)| *status == StatusCode::OK)
-        .count();
-    assert_eq!(succeeded, 1, "outcomes: {outcomes:?}");
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(winners.len(), 1, "outcomes: {outcomes:?}");
     for (status, body) in outcomes.iter().filter(|(s, _)| *s != StatusCode::OK) {
         assert_error(*status, body, "invalid_grant");
+    }
+    ["access_token", "refresh_token"].map(|key| str_of(winners[0], key).to_string())
+}
+
+/// The losers of a refresh race presented a used refresh token, a replay:
+/// the grant is revoked, the winner's new tokens with it.
+async fn assert_revoked(server: &Refgate, tokens: &[String]) {
+    for token in tokens {
+        assert_eq!(
+            server.introspect(token).await,
+            serde_json::json!({"active": false}),
+            "a token of a grant that lost a refresh race"
+        );
     }
 }
 
 #[tokio::test]
 async fn concurrent_refreshes_of_one_token_succeed_exactly_once() {
     let server = Refgate::start();
-    let (_, refresh_token) = refreshable(&server, "photos.read offline_access").await;
-    assert_exactly_one_success(&refresh_concurrently(&server, &refresh_token).await);
+    let (access, refresh_token) = refreshable(&server, "photos.read offline_access").await;
+    let [new_access, new_refresh] =
+        assert_exactly_one_success(&refresh_concurrently(&server, &refresh_token).await);
+    assert_revoked(&server, &[access, new_access, new_refresh]).await;
 }
 
 /// The same race, fired just before a wall-clock second ends, so that the
@@ -157,7 +174,9 @@ async fn concurrent_refreshes_across_a_second_boundary_succeed_exactly_once() {
             .subsec_millis();
         let wait = (1000 + 990 - into_second) % 1000;
         tokio::time::sleep(std::time::Duration::from_millis(u64::from(wait))).await;
-        assert_exactly_one_success(&refresh_concurrently(&server, &refresh_token).await);
+        let winner =
+            assert_exactly_one_success(&refresh_concurrently(&server, &refresh_token).await);
+        assert_revoked(&server, &winner).await;
     }
 }
 
@@ -385,5 +404,8 @@ async fn concurrent_refreshes_on_two_instances_sharing_a_store_succeed_exactly_o
         refresh_concurrently(&b, &refresh_token)
     );
     let outcomes: Vec<_> = on_a.into_iter().chain(on_b).collect();
-    assert_exactly_one_success(&outcomes);
+    let winner = assert_exactly_one_success(&outcomes);
+    // The winner's tokens are new to both instances' caches.
+    assert_revoked(&a, &winner).await;
+    assert_revoked(&b, &winner).await;
 }

@@ -2,10 +2,9 @@
 //! logs, configuration reload on file change and SIGHUP without dropping
 //! requests, refusal of an invalid configuration, and SIGTERM draining.
 
-mod common;
-use common::oidc::OidcAs;
-use common::upstream::Upstream;
-use common::*;
+use crate::common::oidc::OidcAs;
+use crate::common::upstream::Upstream;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -363,15 +362,16 @@ async fn request_ids_are_in_the_log_lines_of_their_requests() {
 async fn a_route_added_to_the_file_serves_while_an_in_flight_request_completes() {
     let upstream = Upstream::start().await;
     let server = Refgate::start_with(Options {
-        extra: public_route(&upstream.url(), "slow", "/slow/"),
+        extra: public_route(&upstream.url(), "held", "/hold/"),
         ..Options::default()
     });
     let response = get(format!("{}/fresh/x", server.proxy), None).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
-    let in_flight = tokio::spawn(get(format!("{}/slow/3000/x", server.proxy), None));
-    eventually(Duration::from_secs(5), "the slow request upstream", || {
-        let arrived = upstream.requests().iter().any(|r| r.path == "/slow/3000/x");
+    // The upstream holds this request until the test releases it.
+    let in_flight = tokio::spawn(get(format!("{}/hold/x", server.proxy), None));
+    eventually(Duration::from_secs(5), "the held request upstream", || {
+        let arrived = upstream.requests().iter().any(|r| r.path == "/hold/x");
         async move { arrived }
     })
     .await;
@@ -383,12 +383,17 @@ async fn a_route_added_to_the_file_serves_while_an_in_flight_request_completes()
         async move { get(url, None).await.status() == StatusCode::OK }
     })
     .await;
+    assert!(
+        !in_flight.is_finished(),
+        "the held request finished before the reload"
+    );
+    upstream.release();
     let response = in_flight.await.expect("request task");
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.expect("upstream echo");
-    assert_eq!(body["path"], "/slow/3000/x");
+    assert_eq!(body["path"], "/hold/x");
     // The old route still serves.
-    let response = get(format!("{}/slow/0/y", server.proxy), None).await;
+    let response = get(format!("{}/hold/y", server.proxy), None).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(server.log().contains("configuration reloaded"));
 }
@@ -543,20 +548,26 @@ async fn an_invalid_configuration_is_refused_and_the_old_one_keeps_serving() {
 async fn sigterm_lets_an_in_flight_request_finish_and_exits_zero() {
     let upstream = Upstream::start().await;
     let mut server = Refgate::start_with(Options {
-        extra: public_route(&upstream.url(), "slow", "/slow/"),
+        extra: public_route(&upstream.url(), "held", "/hold/"),
         ..Options::default()
     });
 
-    let in_flight = tokio::spawn(get(format!("{}/slow/1500/x", server.proxy), None));
-    eventually(Duration::from_secs(5), "the slow request upstream", || {
+    // The upstream holds the request until shutdown has begun.
+    let in_flight = tokio::spawn(get(format!("{}/hold/x", server.proxy), None));
+    eventually(Duration::from_secs(5), "the held request upstream", || {
         let arrived = !upstream.requests().is_empty();
         async move { arrived }
     })
     .await;
     let started = Instant::now();
-    let (code, server) = tokio::task::spawn_blocking(move || (server.stop(), server))
+    let log_path = server.log_path.clone();
+    let stopping = tokio::task::spawn_blocking(move || (server.stop(), server));
+    let log = tokio::task::spawn_blocking(move || wait_for_text(&log_path, "SIGTERM received"))
         .await
-        .expect("stop");
+        .expect("log");
+    assert!(!in_flight.is_finished(), "answered before shutdown:\n{log}");
+    upstream.release();
+    let (code, server) = stopping.await.expect("stop");
     let took = started.elapsed();
     assert_eq!(code, Some(0), "{}", server.log());
     assert!(took < Duration::from_secs(8), "stopping took {took:?}");

@@ -5,9 +5,8 @@
 //! upstream rejects it — by refresh against refgate itself when it holds a
 //! refresh token, else by a new exchange.
 
-mod common;
-use common::upstream::Upstream;
-use common::*;
+use crate::common::upstream::Upstream;
+use crate::common::*;
 
 use std::collections::HashSet;
 use std::time::Duration;

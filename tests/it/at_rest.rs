@@ -246,7 +246,11 @@ async fn postgres_dump_holds_no_token_strings_or_custom_data() {
         .args(["--data-only", "--no-owner", &db.url])
         .output()
         .expect("run pg_dump");
-    assert!(dump.status.success(), "pg_dump failed");
+    assert!(
+        dump.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     // BYTEA columns dump as hex: look for the hex forms too.
     let text = String::from_utf8_lossy(&dump.stdout).to_string();
     let hex_dump = text.to_ascii_lowercase();

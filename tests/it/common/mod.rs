@@ -525,23 +525,37 @@ pub fn test_store_is_postgres() -> bool {
 /// The PostgreSQL server tests use (trust authentication on loopback).
 pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// A fresh database on the test PostgreSQL server, dropped on drop, so runs
-/// and tests never collide.
+/// An empty database on the test PostgreSQL server, for one test at a time,
+/// so runs and tests never collide.
+///
+/// `CREATE DATABASE` costs most of a second of disk writes, and the suite
+/// needs hundreds: a database is emptied when its test is done (its
+/// connections ended, its `public` schema dropped and made again) and
+/// handed to the next test of this process. Databases of test processes
+/// that are gone are dropped when the first one is needed.
 pub struct PgDatabase {
     pub name: String,
     pub url: String,
 }
 
+/// Emptied databases of this process, ready for the next test.
+static FREE_DATABASES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 impl PgDatabase {
     pub fn create() -> Self {
-        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!("refgate_test_{}_{n}_{nanos}", std::process::id());
-        psql(&format!("CREATE DATABASE {name}"));
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(drop_databases_of_finished_runs);
+        let reused = FREE_DATABASES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let name = reused.unwrap_or_else(|| {
+            static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("{DATABASE_PREFIX}{}_{n}", std::process::id());
+            psql(&format!("CREATE DATABASE {name}"));
+            name
+        });
         PgDatabase {
             url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
             name,
@@ -549,17 +563,78 @@ impl PgDatabase {
     }
 }
 
+/// Names of test databases: the prefix, the test process id, a counter.
+const DATABASE_PREFIX: &str = "refgate_test_";
+
+/// Drops the test databases whose test process no longer runs (a process
+/// keeps its emptied databases to the end and cannot drop them then).
+fn drop_databases_of_finished_runs() {
+    let output = Command::new("psql")
+        .args(["-X", "-A", "-t", PG_ADMIN, "-c"])
+        .arg(format!(
+            "SELECT datname FROM pg_database WHERE datname LIKE '{DATABASE_PREFIX}%'"
+        ))
+        .output()
+        .expect("run psql (is the PostgreSQL client installed?)");
+    assert!(
+        output.status.success(),
+        "listing test databases failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in String::from_utf8_lossy(&output.stdout).lines() {
+        let pid = name
+            .strip_prefix(DATABASE_PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let running = pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !running {
+            let _ = Command::new("psql")
+                .args(["-q", "-X", PG_ADMIN, "-c"])
+                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", PG_ADMIN, "-c"])
+        // Open to connections again (a test may have closed it), end what
+        // is still connected, and empty it.
+        let emptied = Command::new("psql")
+            .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", PG_ADMIN])
+            .arg("-c")
             .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
+                "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true; \
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+                name = self.name
             ))
+            .arg("-c")
+            .arg(format!("\\connect {}", self.name))
+            .arg("-c")
+            .arg("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
+            .status()
+            .is_ok_and(|status| status.success());
+        if emptied {
+            FREE_DATABASES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(self.name.clone());
+        } else {
+            let _ = Command::new("psql")
+                .args(["-q", "-X", PG_ADMIN, "-c"])
+                .arg(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

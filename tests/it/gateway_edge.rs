@@ -382,7 +382,9 @@ impl TraceRun {
     }
 
     fn start_logging(server: &mut Refgate, format: &str, filter: &str) -> Self {
-        server.stop();
+        if server.is_running() {
+            server.stop_cleanly();
+        }
         let log_path = server.dir.path().join(format!("trace-{format}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
         let child = server

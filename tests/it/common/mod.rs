@@ -320,7 +320,9 @@ data_key = "{DATA_KEY}"
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// Sends SIGTERM and waits for exit; returns the exit code.
+    /// Sends SIGTERM and waits for exit; returns the exit code (`None`
+    /// when it was not running).
+    #[must_use = "check the exit code, or use stop_cleanly"]
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         // SAFETY: sending a signal to our own child process.
@@ -371,8 +373,21 @@ data_key = "{DATA_KEY}"
 
     /// Stops and starts again on the same configuration and data.
     pub fn restart(&mut self) {
-        self.stop();
+        if self.is_running() {
+            self.stop_cleanly();
+        }
         self.spawn();
+    }
+
+    /// Whether the harness started this instance and has not stopped it.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends SIGTERM and asserts that refgate exits 0.
+    pub fn stop_cleanly(&mut self) {
+        let code = self.stop();
+        assert_eq!(code, Some(0), "refgate did not exit 0:\n{}", self.log());
     }
 
     /// Waits (up to 20 s) until the log holds `text`; returns the log.

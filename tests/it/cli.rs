@@ -21,25 +21,15 @@ fn refgate() -> Command {
 }
 
 fn run(command: &mut Command) -> Output {
-    command.output().expect("run refgate")
+    output_within(command, COMMAND_LIMIT)
 }
 
 /// Runs `refgate secret hash` with `input` on stdin.
 fn secret_hash_of(input: &[u8]) -> Output {
-    let mut child = refgate()
-        .args(["secret", "hash"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start refgate");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("write the secret");
-    child.wait_with_output().expect("wait")
+    let mut file = tempfile::tempfile().expect("temp file");
+    file.write_all(input).expect("write the secret");
+    std::io::Seek::rewind(&mut file).expect("rewind");
+    run(refgate().args(["secret", "hash"]).stdin(Stdio::from(file)))
 }
 
 /// `sha256:` and the hex SHA-256 of `text`, computed independently.
@@ -650,19 +640,17 @@ fn serve_refuses_inherited_sockets_it_cannot_place() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     pass_listeners(&mut command, &[("metrics", &listener)]);
-    let output = command.output().expect("run refgate");
+    let output = run(&mut command);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("\"metrics\""), "{stderr}");
 
     // Names that do not add up to LISTEN_FDS are refused, clearly.
-    let output = refgate()
+    let output = run(refgate()
         .args(["serve", "--config"])
         .arg(&path)
         .env("LISTEN_FDS", "2")
-        .env("LISTEN_FDNAMES", "token_service")
-        .output()
-        .expect("run refgate");
+        .env("LISTEN_FDNAMES", "token_service"));
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("LISTEN_FDNAMES"), "{stderr}");

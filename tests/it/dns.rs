@@ -234,12 +234,13 @@ async fn check_warns_about_an_unresolvable_host_but_passes() {
     let server = start(&dns, "nowhere.refgate.test", 8080);
     let config = server.config_path.clone();
     let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_refgate"))
-            .arg("check")
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .expect("run check")
+        output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_refgate"))
+                .arg("check")
+                .arg("--config")
+                .arg(&config),
+            COMMAND_LIMIT,
+        )
     })
     .await
     .expect("check");
@@ -306,12 +307,13 @@ async fn check_refuses_a_dns_server_that_is_not_an_address() {
     let bad = text.replace(&dns.addr.to_string(), "dns.example.com:53");
     let path = server.dir.path().join("changed.toml");
     std::fs::write(&path, bad).expect("write config");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_refgate"))
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .expect("run check");
+    let output = output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_refgate"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path),
+        COMMAND_LIMIT,
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "check passed: {stderr}");
     assert!(

@@ -88,6 +88,47 @@ pub fn pass_listeners(command: &mut Command, sockets: &[(&str, &TcpListener)]) {
     }
 }
 
+/// Runs `command` to its end, capturing stdout and stderr, and fails the
+/// test when it takes longer than `limit` (a hung child must not hang the
+/// suite).
+pub fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// How long a `refgate` command that should end by itself may take.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(30);
+
 /// `sha256:<hex>` of a secret, as `refgate secret hash` prints it.
 pub fn secret_hash(secret: &str) -> String {
     refgate::crypto::secret_hash_text(secret)

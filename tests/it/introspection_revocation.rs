@@ -52,26 +52,6 @@ async fn post_raw(
     request.send().await.expect("request")
 }
 
-/// A token minted by `minter` with `offline_access`: (access, refresh).
-async fn minted_pair(server: &Refgate, subject: &str) -> (String, String) {
-    let (status, body) = server
-        .token(
-            "minter",
-            &[
-                ("grant_type", "arbitrary_token"),
-                ("subject", subject),
-                ("issuer", "https://idp.example.com"),
-                ("scope", "photos.read offline_access"),
-            ],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    (
-        str_of(&body, "access_token").to_string(),
-        str_of(&body, "refresh_token").to_string(),
-    )
-}
-
 /// A token pair `app` holds: a token exchange of its own token, with
 /// `offline_access` and an audience.
 async fn app_pair(server: &Refgate, audience: &[&str]) -> (String, String) {
@@ -231,7 +211,7 @@ async fn minted_token_shows_asserted_iss_and_arbitrary_claims() {
 #[tokio::test]
 async fn refresh_token_introspects_with_token_type_refresh_token() {
     let server = Refgate::start();
-    let (access, refresh) = minted_pair(&server, "carol").await;
+    let (access, refresh) = minted_pair(&server, "carol", &[]).await;
     let view = assert_active(&server, &refresh).await;
     assert_eq!(view["token_type"], "refresh_token");
     assert_eq!(view["sub"], "carol");
@@ -339,7 +319,7 @@ async fn revoked_token_is_exactly_inactive() {
 #[tokio::test]
 async fn consumed_refresh_token_is_exactly_inactive() {
     let server = Refgate::start();
-    let (_, refresh) = minted_pair(&server, "frank").await;
+    let (_, refresh) = minted_pair(&server, "frank", &[]).await;
     assert_active(&server, &refresh).await;
     let (status, body) = server.refresh("minter", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -479,7 +459,7 @@ async fn introspection_without_token_is_400_invalid_request() {
 #[tokio::test]
 async fn token_type_hint_does_not_change_the_answer() {
     let server = Refgate::start();
-    let (access, refresh) = minted_pair(&server, "gina").await;
+    let (access, refresh) = minted_pair(&server, "gina", &[]).await;
     for (token, hint, kind) in [
         (&access, "refresh_token", "Bearer"),
         (&refresh, "access_token", "refresh_token"),
@@ -539,7 +519,7 @@ async fn revocation_answer_is_200_with_no_store() {
 #[tokio::test]
 async fn revoking_a_refresh_token_revokes_the_whole_grant() {
     let server = Refgate::start();
-    let (first_access, refresh) = minted_pair(&server, "henry").await;
+    let (first_access, refresh) = minted_pair(&server, "henry", &[]).await;
     let (status, body) = server.refresh("minter", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let second_access = str_of(&body, "access_token").to_string();
@@ -564,7 +544,7 @@ async fn revoking_a_refresh_token_revokes_the_whole_grant() {
 #[tokio::test]
 async fn hint_does_not_stop_a_refresh_token_revoking_its_grant() {
     let server = Refgate::start();
-    let (access, refresh) = minted_pair(&server, "ida").await;
+    let (access, refresh) = minted_pair(&server, "ida", &[]).await;
     let status = server
         .post_form(
             "/oauth2/revoke",
@@ -598,7 +578,7 @@ async fn revoking_an_access_token_leaves_the_refresh_token_usable() {
 async fn another_clients_token_is_200_and_stays_active() {
     let server = Refgate::start();
     let (access, refresh) = app_pair(&server, &[]).await;
-    let minted = minted_pair(&server, "jane").await;
+    let minted = minted_pair(&server, "jane", &[]).await;
     for (client, token) in [
         ("other", &access),
         ("other", &refresh),
@@ -735,7 +715,7 @@ async fn revoking_a_refresh_token_already_revoked_by_a_scope_mutation_leaves_the
 #[tokio::test]
 async fn revoking_a_rotated_out_refresh_token_leaves_the_current_tokens_alone() {
     let server = Refgate::start();
-    let (_, old_refresh) = minted_pair(&server, "kim").await;
+    let (_, old_refresh) = minted_pair(&server, "kim", &[]).await;
     let (status, body) = server.refresh("minter", &old_refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let access = str_of(&body, "access_token").to_string();
@@ -757,7 +737,7 @@ async fn revoking_a_refresh_token_inside_the_grace_window_revokes_the_grant() {
         tokens: "refresh_grace = \"60s\"".into(),
         ..Options::default()
     });
-    let (_, old_refresh) = minted_pair(&server, "lee").await;
+    let (_, old_refresh) = minted_pair(&server, "lee", &[]).await;
     let (status, body) = server.refresh("minter", &old_refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let access = str_of(&body, "access_token").to_string();

@@ -16,36 +16,21 @@ use serde_json::{json, Value};
 /// loaded machine.
 const STOP_WITHIN: Duration = Duration::from_secs(12);
 
-/// `(access, refresh)` minted by `minter` with offline_access and custom data.
-async fn minted_pair(server: &Refgate, subject: &str, custom: &Value) -> (String, String) {
-    let custom = custom.to_string();
-    let (status, body) = server
-        .token(
-            "minter",
-            &[
-                ("grant_type", "arbitrary_token"),
-                ("subject", subject),
-                ("issuer", "https://idp.example.com"),
-                ("scope", "photos.read offline_access"),
-                ("arbitrary_json", &custom),
-                ("arbitrary_claims", r#"{"groups": ["ops"]}"#),
-            ],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    (
-        str_of(&body, "access_token").to_string(),
-        str_of(&body, "refresh_token").to_string(),
-    )
-}
-
 #[tokio::test]
 async fn tokens_and_custom_data_survive_a_restart() {
     let mut server = Refgate::start();
 
     let app = server.client_token("app", Some("photos.read")).await;
     let app_access = str_of(&app, "access_token").to_string();
-    let (access, refresh) = minted_pair(&server, "mallory", &json!({"seed": 1})).await;
+    let (access, refresh) = minted_pair(
+        &server,
+        "mallory",
+        &[
+            ("arbitrary_json", &json!({"seed": 1}).to_string()),
+            ("arbitrary_claims", r#"{"groups": ["ops"]}"#),
+        ],
+    )
+    .await;
     let (status, body) = server
         .mutate(
             &json!({"token": access, "patch": {"credentials": {"photos": {
@@ -111,7 +96,15 @@ async fn tokens_and_custom_data_survive_a_restart() {
 #[tokio::test]
 async fn a_refresh_token_consumed_before_a_restart_stays_consumed() {
     let mut server = Refgate::start();
-    let (_, refresh) = minted_pair(&server, "nina", &json!({})).await;
+    let (_, refresh) = minted_pair(
+        &server,
+        "nina",
+        &[
+            ("arbitrary_json", "{}"),
+            ("arbitrary_claims", r#"{"groups": ["ops"]}"#),
+        ],
+    )
+    .await;
     let (status, body) = server.refresh("minter", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let new_access = str_of(&body, "access_token").to_string();

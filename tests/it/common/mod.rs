@@ -828,6 +828,29 @@ pub const EXCHANGE_MUTATE: &str = "urn:ietf:params:oauth:grant-type:token-exchan
 /// The RFC 8693 token type of an access token.
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
+/// An access and a refresh token `minter` mints for `subject` (issuer
+/// `https://idp.example.com`, scope `photos.read offline_access`), with
+/// `extra` form parameters.
+pub async fn minted_pair(
+    server: &Refgate,
+    subject: &str,
+    extra: &[(&str, &str)],
+) -> (String, String) {
+    let mut params = vec![
+        ("grant_type", "arbitrary_token"),
+        ("subject", subject),
+        ("issuer", "https://idp.example.com"),
+        ("scope", "photos.read offline_access"),
+    ];
+    params.extend_from_slice(extra);
+    let (status, body) = server.token("minter", &params).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    (
+        str_of(&body, "access_token").to_string(),
+        str_of(&body, "refresh_token").to_string(),
+    )
+}
+
 /// An authority for route credentials in tests that never refresh: its
 /// endpoint is never called.
 pub const AUTHORITY: &str = r#"[[authorities]]

@@ -37,14 +37,7 @@ async fn mutate_as(server: &Refgate, client: Option<(&str, &str)>, body: &Value)
 
 /// Introspects `token` as `client` (secret `<client>-secret`).
 async fn introspect_as(server: &Refgate, client: &str, token: &str) -> Value {
-    let secret = format!("{client}-secret");
-    let (status, body) = server
-        .post_form(
-            "/oauth2/introspect",
-            Some((client, &secret)),
-            &[("token", token)],
-        )
-        .await;
+    let (status, body) = server.introspect_as(client, token).await;
     assert_eq!(status, StatusCode::OK, "introspection failed: {body}");
     body
 }

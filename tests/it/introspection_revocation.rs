@@ -9,18 +9,6 @@ use std::time::Duration;
 use reqwest::header::WWW_AUTHENTICATE;
 use serde_json::{json, Value};
 
-/// Introspects `token` as `client` (secret `<client>-secret`); status and body.
-async fn introspect_as(server: &Refgate, client: &str, token: &str) -> (StatusCode, Value) {
-    let secret = format!("{client}-secret");
-    server
-        .post_form(
-            "/oauth2/introspect",
-            Some((client, &secret)),
-            &[("token", token)],
-        )
-        .await
-}
-
 /// Revokes `token` as `client`; the status.
 async fn revoke_as(server: &Refgate, client: &str, token: &str) -> StatusCode {
     let secret = format!("{client}-secret");
@@ -86,7 +74,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 
 async fn assert_inactive(server: &Refgate, token: &str) {
     for client in ["middle", "introspector"] {
-        let (status, body) = introspect_as(server, client, token).await;
+        let (status, body) = server.introspect_as(client, token).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(
             body,
@@ -112,7 +100,7 @@ async fn active_access_token_shows_the_rfc7662_members() {
         .client_token("app", Some("photos.read reports.read"))
         .await;
     let token = str_of(&body, "access_token");
-    let (status, view) = introspect_as(&server, "introspector", token).await;
+    let (status, view) = server.introspect_as("introspector", token).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         keys(&view),
@@ -194,8 +182,9 @@ async fn minted_token_shows_asserted_iss_and_arbitrary_claims() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, view) =
-        introspect_as(&server, "introspector", str_of(&body, "access_token")).await;
+    let (status, view) = server
+        .introspect_as("introspector", str_of(&body, "access_token"))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(view["active"], true);
     assert_eq!(view["sub"], "bob");

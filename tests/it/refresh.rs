@@ -22,11 +22,6 @@ async fn refresh(
     server.token(client, &params).await
 }
 
-fn assert_error(status: StatusCode, body: &Value, code: &str) {
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"], code, "{body}");
-}
-
 #[tokio::test]
 async fn refresh_rotates_the_refresh_token_and_the_old_one_dies() {
     let server = Refgate::start();
@@ -82,7 +77,7 @@ async fn replayed_refresh_token_revokes_grant() {
     assert_eq!(server.introspect(&rotated_refresh).await["active"], true);
 
     let (status, body) = refresh(&server, "app", &first_refresh, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
 
     // Every token of the grant is dead, the rotated ones included.
     for token in [
@@ -98,7 +93,7 @@ async fn replayed_refresh_token_revokes_grant() {
         );
     }
     let (status, body) = refresh(&server, "app", &rotated_refresh, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
 }
 
 /// Sends 20 refreshes of `refresh_token` at once as `app`.
@@ -133,7 +128,7 @@ fn assert_exactly_one_success(outcomes: &[(StatusCode, Value)]) -> [String; 2] {
         .collect();
     assert_eq!(winners.len(), 1, "outcomes: {outcomes:?}");
     for (status, body) in outcomes.iter().filter(|(s, _)| *s != StatusCode::OK) {
-        assert_error(*status, body, "invalid_grant");
+        assert_bad_request(*status, body, "invalid_grant");
     }
     ["access_token", "refresh_token"].map(|key| str_of(winners[0], key).to_string())
 }
@@ -219,7 +214,7 @@ async fn refresh_may_not_widen_the_scope() {
         Some("photos.read photos.write"),
     )
     .await;
-    assert_error(status, &body, "invalid_scope");
+    assert_bad_request(status, &body, "invalid_scope");
     // A refused request does not consume the refresh token.
     let (status, body) = refresh(&server, "app", &refresh_token, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -230,7 +225,7 @@ async fn refresh_token_of_another_client_is_invalid_grant() {
     let server = Refgate::start();
     let (_, refresh_token) = refreshable(&server, "photos.read offline_access").await;
     let (status, body) = refresh(&server, "other", &refresh_token, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
     // Another client cannot burn the token either: its owner still refreshes.
     let (status, body) = refresh(&server, "app", &refresh_token, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -241,11 +236,11 @@ async fn access_token_given_as_refresh_token_is_invalid_grant() {
     let server = Refgate::start();
     let (access, _) = refreshable(&server, "photos.read offline_access").await;
     let (status, body) = refresh(&server, "app", &access, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
     // Same for an access token body re-labelled with the refresh prefix.
     let relabelled = access.replacen("rgat_", "rgrt_", 1);
     let (status, body) = refresh(&server, "app", &relabelled, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
 }
 
 #[tokio::test]
@@ -257,12 +252,12 @@ async fn unknown_or_malformed_refresh_token_is_invalid_grant() {
         "not-a-token",
     ] {
         let (status, body) = refresh(&server, "app", token, None).await;
-        assert_error(status, &body, "invalid_grant");
+        assert_bad_request(status, &body, "invalid_grant");
     }
     let (status, body) = server
         .token("app", &[("grant_type", "refresh_token")])
         .await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -278,7 +273,7 @@ async fn revoked_refresh_token_is_invalid_grant() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = refresh(&server, "app", &refresh_token, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
     assert_eq!(server.introspect(&access).await["active"], false);
 }
 
@@ -330,7 +325,7 @@ async fn replay_racing_a_first_lookup_leaves_no_active_token_behind() {
             server.introspect(&rotated),
             refresh(&server, "app", &first_refresh, None)
         );
-        assert_error(status, &body, "invalid_grant");
+        assert_bad_request(status, &body, "invalid_grant");
         assert_eq!(
             server.introspect(&rotated).await,
             serde_json::json!({"active": false}),
@@ -355,7 +350,7 @@ async fn replay_after_refresh_grace_revokes_grant() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let (status, body) = refresh(&server, "app", &first_refresh, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
     for member in ["access_token", "refresh_token"] {
         assert_eq!(
             server.introspect(str_of(&rotated, member)).await,
@@ -377,7 +372,7 @@ async fn expired_refresh_token_is_invalid_grant() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let (status, body) = refresh(&server, "app", &refresh_token, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
 }
 
 /// A second instance on the first one's store: the same database on

@@ -39,19 +39,9 @@ async fn unpack(response: reqwest::Response) -> (StatusCode, Option<String>, Val
     )
 }
 
-/// Asserts an RFC 6749 §5.2 error response with this status and code.
-fn assert_error(status: StatusCode, body: &Value, expected_status: StatusCode, code: &str) {
-    assert_eq!(status, expected_status, "unexpected status, body: {body}");
-    assert_eq!(body["error"], code, "unexpected error in {body}");
-    assert!(
-        body["error_description"].is_string(),
-        "no error_description in {body}"
-    );
-}
-
 /// Asserts the 401 `invalid_client` answer with its Basic challenge.
 fn assert_invalid_client(status: StatusCode, challenge: Option<&str>, body: &Value) {
-    assert_error(status, body, StatusCode::UNAUTHORIZED, "invalid_client");
+    assert_oauth_error(status, body, StatusCode::UNAUTHORIZED, "invalid_client");
     assert_eq!(
         challenge,
         Some(r#"Basic realm="refgate""#),
@@ -123,7 +113,7 @@ async fn client_credentials_with_scope_the_client_lacks_is_invalid_scope() {
             ],
         )
         .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_scope");
+    assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_scope");
 }
 
 #[tokio::test]
@@ -140,7 +130,7 @@ async fn scope_with_characters_outside_rfc_6749_is_invalid_scope() {
                 &[("grant_type", CLIENT_CREDENTIALS), ("scope", scope)],
             )
             .await;
-        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_scope");
+        assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_scope");
     }
 }
 
@@ -177,7 +167,7 @@ async fn unknown_grant_type_is_unsupported_grant_type() {
     let server = Refgate::start();
     for grant_type in ["password", "authorization_code", "urn:example:nonsense"] {
         let (status, body) = server.token("app", &[("grant_type", grant_type)]).await;
-        assert_error(
+        assert_oauth_error(
             status,
             &body,
             StatusCode::BAD_REQUEST,
@@ -190,10 +180,10 @@ async fn unknown_grant_type_is_unsupported_grant_type() {
 async fn missing_grant_type_is_invalid_request() {
     let server = Refgate::start();
     let (status, body) = server.token("app", &[("scope", "photos.read")]).await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     // An empty value counts as omitted (RFC 6749 §3.1).
     let (status, body) = server.token("app", &[("grant_type", "")]).await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
 }
 
 #[tokio::test]
@@ -211,7 +201,7 @@ async fn grant_type_the_client_lacks_is_unauthorized_client() {
     ];
     for (client, grant_type) in cases {
         let (status, body) = server.token(client, &[("grant_type", grant_type)]).await;
-        assert_error(
+        assert_oauth_error(
             status,
             &body,
             StatusCode::BAD_REQUEST,
@@ -233,7 +223,7 @@ async fn repeated_parameter_is_invalid_request() {
             ],
         )
         .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
 }
 
 // --- client authentication ----------------------------------------------
@@ -400,7 +390,7 @@ async fn basic_and_post_authentication_at_once_is_invalid_request() {
     )
     .await;
     let (status, _, body) = unpack(response).await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     assert!(body.get("access_token").is_none(), "{body}");
 }
 
@@ -602,7 +592,7 @@ async fn arbitrary_token_for_issuer_not_allowed_is_unauthorized_client() {
         "https://IDP.example.com",
     ] {
         let (status, body) = mint(&server, &[("subject", "alice"), ("issuer", issuer)]).await;
-        assert_error(
+        assert_oauth_error(
             status,
             &body,
             StatusCode::BAD_REQUEST,
@@ -643,7 +633,7 @@ async fn arbitrary_claims_with_registered_claim_name_is_invalid_request() {
             ],
         )
         .await;
-        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     }
 }
 
@@ -669,7 +659,7 @@ async fn arbitrary_claims_that_are_not_string_arrays_are_invalid_request() {
             ],
         )
         .await;
-        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     }
 }
 
@@ -686,7 +676,7 @@ async fn arbitrary_json_that_is_not_an_object_is_invalid_request() {
             ],
         )
         .await;
-        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     }
 }
 
@@ -703,7 +693,7 @@ async fn arbitrary_token_with_bad_lifetime_is_invalid_request() {
             ],
         )
         .await;
-        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     }
 }
 
@@ -711,9 +701,9 @@ async fn arbitrary_token_with_bad_lifetime_is_invalid_request() {
 async fn arbitrary_token_without_subject_or_issuer_is_invalid_request() {
     let server = Refgate::start();
     let (status, body) = mint(&server, &[("issuer", ALLOWED_ISSUER)]).await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     let (status, body) = mint(&server, &[("subject", "alice")]).await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
 }
 
 #[tokio::test]
@@ -728,7 +718,7 @@ async fn arbitrary_token_with_scope_the_client_lacks_is_invalid_scope() {
         ],
     )
     .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_scope");
+    assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_scope");
 }
 
 // --- lifetimes ------------------------------------------------------------

@@ -500,15 +500,20 @@ data_key = "{DATA_KEY}"
 
     /// Introspects as `middle` (introspect + reveal_custom).
     pub async fn introspect(&self, token: &str) -> Value {
-        let (status, body) = self
-            .post_form(
-                "/oauth2/introspect",
-                Some(("middle", "middle-secret")),
-                &[("token", token)],
-            )
-            .await;
+        let (status, body) = self.introspect_as("middle", token).await;
         assert_eq!(status, StatusCode::OK, "introspection failed: {body}");
         body
+    }
+
+    /// `POST /oauth2/introspect` as `client` (secret `<client>-secret`).
+    pub async fn introspect_as(&self, client: &str, token: &str) -> (StatusCode, Value) {
+        let secret = format!("{client}-secret");
+        self.post_form(
+            "/oauth2/introspect",
+            Some((client, &secret)),
+            &[("token", token)],
+        )
+        .await
     }
 
     /// An access token of `client` (client_credentials, its default scope).
@@ -772,6 +777,22 @@ pub fn str_of<'a>(body: &'a Value, key: &str) -> &'a str {
     body[key]
         .as_str()
         .unwrap_or_else(|| panic!("`{key}` missing in {body}"))
+}
+
+/// Asserts an RFC 6749 §5.2 error answer: this status, this `error`, and
+/// an `error_description`.
+pub fn assert_oauth_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "unexpected status, body: {body}");
+    assert_eq!(body["error"], code, "unexpected error in {body}");
+    assert!(
+        body["error_description"].is_string(),
+        "no error_description in {body}"
+    );
+}
+
+/// [`assert_oauth_error`] for a 400.
+pub fn assert_bad_request(status: StatusCode, body: &Value, code: &str) {
+    assert_oauth_error(status, body, StatusCode::BAD_REQUEST, code);
 }
 
 /// Seconds since the Unix epoch.

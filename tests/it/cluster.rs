@@ -17,13 +17,6 @@ struct Cluster {
     _db: PgDatabase,
 }
 
-fn route(upstream: &Upstream) -> String {
-    format!(
-        "[[routes]]\nname = \"photos\"\npath_prefix = \"/photos/\"\nupstream = \"{}\"\nrequired_scopes = [\"photos.read\"]\ncredential = \"photos\"\n",
-        upstream.url()
-    )
-}
-
 fn start_cluster(extra: &str) -> Cluster {
     let db = PgDatabase::create();
     let options = Options {
@@ -48,7 +41,7 @@ async fn call(proxy: &str, token: &str) -> reqwest::Response {
 #[tokio::test]
 async fn token_issued_on_one_instance_introspects_on_the_other() {
     let upstream = Upstream::start().await;
-    let cluster = start_cluster(&route(&upstream));
+    let cluster = start_cluster(&photos_route(&upstream.url()));
     let token = cluster.a.client_token("app", None).await;
     let view = cluster.b.introspect(str_of(&token, "access_token")).await;
     assert_eq!(view["active"], true);
@@ -58,7 +51,7 @@ async fn token_issued_on_one_instance_introspects_on_the_other() {
 #[tokio::test]
 async fn revocation_on_one_instance_is_rejected_by_the_other_at_once() {
     let upstream = Upstream::start().await;
-    let cluster = start_cluster(&route(&upstream));
+    let cluster = start_cluster(&photos_route(&upstream.url()));
     let token = cluster.a.client_token("app", None).await;
     let at = str_of(&token, "access_token").to_string();
     cluster.a.store_credential(&at, "photos",
@@ -103,7 +96,7 @@ async fn revocation_on_one_instance_is_rejected_by_the_other_at_once() {
 #[tokio::test]
 async fn revoking_a_source_grant_on_one_instance_ends_its_derived_tokens_on_the_other() {
     let upstream = Upstream::start().await;
-    let cluster = start_cluster(&route(&upstream));
+    let cluster = start_cluster(&photos_route(&upstream.url()));
     let (source, source_refresh) = refreshable(&cluster.a, "photos.read offline_access").await;
     // `app` exchanges its token again: a derived grant, used at B.
     let (status, derived) = cluster
@@ -171,7 +164,7 @@ async fn expired_credential_stampede_across_instances_refreshes_once() {
     let cluster = start_cluster(&format!(
         "{}\n{}",
         oidc.authority_toml("photos-as"),
-        route(&upstream)
+        photos_route(&upstream.url())
     ));
     let token = cluster.a.client_token("app", None).await;
     let at = str_of(&token, "access_token").to_string();
@@ -302,7 +295,7 @@ fn unblock_database(db: &PgDatabase) {
 #[tokio::test]
 async fn store_outage_fails_closed_and_recovers_without_restart() {
     let upstream = Upstream::start().await;
-    let cluster = start_cluster(&route(&upstream));
+    let cluster = start_cluster(&photos_route(&upstream.url()));
     let token = cluster.a.client_token("app", None).await;
     let at = str_of(&token, "access_token").to_string();
     cluster.a.store_credential(&at, "photos",

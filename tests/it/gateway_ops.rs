@@ -12,20 +12,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// A public route (no token) named `name` for `prefix`.
-fn public_route(upstream: &str, name: &str, prefix: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\nauth = \"none\"\n"
-    )
-}
-
-/// A route using credential `photos`.
-fn photos_route(upstream: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"photos\"\npath_prefix = \"/photos/\"\nupstream = \"{upstream}\"\nrequired_scopes = [\"photos.read\"]\ncredential = \"photos\"\n"
-    )
-}
-
 async fn get(url: String, token: Option<&str>) -> reqwest::Response {
     let mut request = http().get(url);
     if let Some(token) = token {
@@ -274,8 +260,13 @@ async fn request_ids_are_in_the_log_lines_of_their_requests() {
             "{}\n{}\n{}\n{}",
             oidc.authority_toml("photos-as"),
             photos_route(&upstream.url()),
-            public_route(&upstream.url(), "open", "/open/"),
-            public_route(&format!("http://127.0.0.1:{}", dead.port), "dead", "/dead/")
+            public_route("open", "/open/", &upstream.url(), ""),
+            public_route(
+                "dead",
+                "/dead/",
+                &format!("http://127.0.0.1:{}", dead.port),
+                ""
+            )
         ),
         ..Options::default()
     });
@@ -362,7 +353,7 @@ async fn request_ids_are_in_the_log_lines_of_their_requests() {
 async fn a_route_added_to_the_file_serves_while_an_in_flight_request_completes() {
     let upstream = Upstream::start().await;
     let server = Refgate::start_with(Options {
-        extra: public_route(&upstream.url(), "held", "/hold/"),
+        extra: public_route("held", "/hold/", &upstream.url(), ""),
         ..Options::default()
     });
     let response = get(format!("{}/fresh/x", server.proxy), None).await;
@@ -375,7 +366,10 @@ async fn a_route_added_to_the_file_serves_while_an_in_flight_request_completes()
         async move { arrived }
     })
     .await;
-    append_to_config(&server, &public_route(&upstream.url(), "fresh", "/fresh/"));
+    append_to_config(
+        &server,
+        &public_route("fresh", "/fresh/", &upstream.url(), ""),
+    );
 
     let proxy = server.proxy.clone();
     eventually(Duration::from_secs(10), "the new route", || {
@@ -432,7 +426,7 @@ fn refgate_pid(config_path: &Path) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_configuration() {
     let upstream = Upstream::start().await;
-    let route = public_route(&upstream.url(), "fresh", "/fresh/");
+    let route = public_route("fresh", "/fresh/", &upstream.url(), "");
     // A comment as long as the route to add: replacing one with the other
     // keeps the file's size, and its mtime is put back, so only SIGHUP can
     // make refgate notice.
@@ -440,7 +434,7 @@ async fn sighup_reloads_the_configuration() {
     let server = Refgate::start_with(Options {
         extra: format!(
             "{}\n{padding}",
-            public_route(&upstream.url(), "old", "/old/")
+            public_route("old", "/old/", &upstream.url(), "")
         ),
         ..Options::default()
     });
@@ -486,7 +480,7 @@ async fn sighup_reloads_the_configuration() {
 async fn an_invalid_configuration_is_refused_and_the_old_one_keeps_serving() {
     let upstream = Upstream::start().await;
     let server = Refgate::start_with(Options {
-        extra: public_route(&upstream.url(), "old", "/old/"),
+        extra: public_route("old", "/old/", &upstream.url(), ""),
         ..Options::default()
     });
     let good = std::fs::read_to_string(&server.config_path).expect("read config");
@@ -509,7 +503,7 @@ async fn an_invalid_configuration_is_refused_and_the_old_one_keeps_serving() {
         &server.config_path,
         format!(
             "{good}\n{}unknown_key = 1\n",
-            public_route(&upstream.url(), "fresh", "/fresh/")
+            public_route("fresh", "/fresh/", &upstream.url(), "")
         ),
     )
     .expect("write config");
@@ -532,7 +526,7 @@ async fn an_invalid_configuration_is_refused_and_the_old_one_keeps_serving() {
         &server.config_path,
         format!(
             "{good}\n{}",
-            public_route(&upstream.url(), "fresh", "/fresh/")
+            public_route("fresh", "/fresh/", &upstream.url(), "")
         ),
     )
     .expect("write config");
@@ -548,7 +542,7 @@ async fn an_invalid_configuration_is_refused_and_the_old_one_keeps_serving() {
 async fn sigterm_lets_an_in_flight_request_finish_and_exits_zero() {
     let upstream = Upstream::start().await;
     let mut server = Refgate::start_with(Options {
-        extra: public_route(&upstream.url(), "held", "/hold/"),
+        extra: public_route("held", "/hold/", &upstream.url(), ""),
         ..Options::default()
     });
 
@@ -579,7 +573,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_exits_zero() {
 async fn sigterm_exits_zero_within_seconds_despite_a_request_that_never_ends() {
     let upstream = Upstream::start().await;
     let mut server = Refgate::start_with(Options {
-        extra: public_route(&upstream.url(), "slow", "/slow/"),
+        extra: public_route("slow", "/slow/", &upstream.url(), ""),
         ..Options::default()
     });
 

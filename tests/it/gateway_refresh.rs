@@ -41,9 +41,9 @@ impl Setup {
             gateway: gateway.into(),
             extra: format!(
                 "{authority}\n{}\n{}",
-                photos_route(&upstream.url(), "photos", "/photos/"),
+                credential_route("photos", "/photos/", &upstream.url(), ""),
                 // The upstream answers `/slow/<ms>/…` late.
-                photos_route(&upstream.url(), "photos-slow", "/slow/"),
+                credential_route("photos-slow", "/slow/", &upstream.url(), ""),
             ),
             ..Options::default()
         });
@@ -89,13 +89,6 @@ impl Setup {
     async fn get(&self, app: &str, path: &str) -> Answer {
         send(http().get(format!("{}{path}", self.server.proxy)), app).await
     }
-}
-
-/// A `[[routes]]` entry using credential `photos`.
-fn photos_route(upstream: &str, name: &str, prefix: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\nrequired_scopes = [\"photos.read\"]\ncredential = \"photos\"\n"
-    )
 }
 
 /// What the client saw.
@@ -705,7 +698,7 @@ async fn two_instances_sharing_a_store_refresh_an_expired_credential_once() {
         extra: format!(
             "{}\n{}",
             setup.oidc.authority_toml("photos-as"),
-            photos_route(&setup.upstream.url(), "photos", "/photos/")
+            credential_route("photos", "/photos/", &setup.upstream.url(), "")
         ),
         store_url: Some(shared),
         ..Options::default()

@@ -23,11 +23,6 @@ use tokio::sync::{mpsc, Notify};
 
 const MIB: usize = 1024 * 1024;
 
-/// A public route (`auth = "none"`).
-fn public_route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
-    route(name, prefix, upstream, &format!("auth = \"none\"\n{more}"))
-}
-
 fn start(routes: &str) -> Refgate {
     Refgate::start_with(Options {
         extra: format!("{AUTHORITY}\n{routes}"),

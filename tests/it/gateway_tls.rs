@@ -36,13 +36,6 @@ fn start_with_platform_roots(options: Options, roots: Option<&std::path::Path>) 
     })
 }
 
-/// A protected route with the `photos` credential; `more` adds lines.
-fn route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\nrequired_scopes = [\"photos.read\"]\ncredential = \"photos\"\n{more}\n"
-    )
-}
-
 fn ca_line(path: &std::path::Path) -> String {
     format!("ca_file = \"{}\"", path.display())
 }
@@ -179,7 +172,7 @@ async fn https_upstream_signed_by_the_routes_ca_is_proxied() {
     let upstream = tls_upstream(&ca.leaf(&[Name::Ip("127.0.0.1")])).await;
     assert!(upstream.url().starts_with("https://127.0.0.1:"));
     let server = start(Options {
-        extra: route(
+        extra: credential_route(
             "photos",
             "/photos/",
             &upstream.url(),
@@ -217,19 +210,19 @@ async fn dns_name_upstream_is_verified_against_its_certificate() {
     let by_ip = tls_upstream(&ca.leaf(&[Name::Ip("127.0.0.1")])).await;
     let trust = ca_line(&ca.pem_path);
     let routes = [
-        route(
+        credential_route(
             "named",
             "/named/",
             &format!("https://localhost:{}", by_name.port),
             &trust,
         ),
-        route(
+        credential_route(
             "named-by-ip",
             "/named-by-ip/",
             &format!("https://127.0.0.1:{}", by_name.port),
             &trust,
         ),
-        route(
+        credential_route(
             "ip-by-name",
             "/ip-by-name/",
             &format!("https://localhost:{}", by_ip.port),
@@ -265,16 +258,16 @@ async fn upstream_not_trusted_by_the_route_is_502_even_when_another_route_trusts
     let upstream = tls_upstream(&ca.leaf(&[Name::Ip("127.0.0.1")])).await;
     let other_ca = TestCa::new("some other CA");
     let routes = [
-        route(
+        credential_route(
             "trusted",
             "/trusted/",
             &upstream.url(),
             &ca_line(&ca.pem_path),
         ),
         // No ca_file: only the platform roots, which do not know the test CA.
-        route("untrusted", "/untrusted/", &upstream.url(), ""),
+        credential_route("untrusted", "/untrusted/", &upstream.url(), ""),
         // A CA file, but the wrong CA.
-        route(
+        credential_route(
             "wrong-ca",
             "/wrong-ca/",
             &upstream.url(),
@@ -317,7 +310,7 @@ async fn certificate_for_another_name_is_502() {
     let upstream =
         tls_upstream(&ca.leaf(&[Name::Dns("photos.internal"), Name::Ip("10.1.2.3")])).await;
     let server = start(Options {
-        extra: route(
+        extra: credential_route(
             "photos",
             "/photos/",
             &upstream.url(),
@@ -342,8 +335,8 @@ async fn self_signed_or_expired_upstream_certificates_are_502() {
     let expired = tls_upstream(&ca.leaf_with(old)).await;
     let trust = ca_line(&ca.pem_path);
     let routes = [
-        route("lone", "/lone/", &lone.url(), &trust),
-        route("expired", "/expired/", &expired.url(), &trust),
+        credential_route("lone", "/lone/", &lone.url(), &trust),
+        credential_route("expired", "/expired/", &expired.url(), &trust),
     ]
     .join("\n");
     let server = start(Options {
@@ -369,7 +362,7 @@ async fn gateway_wide_ca_file_is_trusted_for_every_route() {
     );
     let server = start(Options {
         gateway: ca_line(&bundle),
-        extra: route("photos", "/photos/", &upstream.url(), ""),
+        extra: credential_route("photos", "/photos/", &upstream.url(), ""),
         ..Options::default()
     });
     let token = server.token_with_photos().await;
@@ -387,10 +380,10 @@ async fn route_ca_file_adds_to_the_platform_roots_rather_than_replacing_them() {
     let by_extra = tls_upstream(&extra.leaf(&[Name::Ip("127.0.0.1")])).await;
     let trust_extra = ca_line(&extra.pem_path);
     let routes = [
-        route("p-plain", "/p-plain/", &by_platform.url(), ""),
-        route("p-extra", "/p-extra/", &by_platform.url(), &trust_extra),
-        route("e-extra", "/e-extra/", &by_extra.url(), &trust_extra),
-        route("e-plain", "/e-plain/", &by_extra.url(), ""),
+        credential_route("p-plain", "/p-plain/", &by_platform.url(), ""),
+        credential_route("p-extra", "/p-extra/", &by_platform.url(), &trust_extra),
+        credential_route("e-extra", "/e-extra/", &by_extra.url(), &trust_extra),
+        credential_route("e-plain", "/e-plain/", &by_extra.url(), ""),
     ]
     .join("\n");
     let server = start_with_platform_roots(

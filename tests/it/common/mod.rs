@@ -888,15 +888,26 @@ pub fn route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
     )
 }
 
+/// A route that requires `photos.read` and sends the credential `photos`;
+/// `more` holds extra lines.
+pub fn credential_route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
+    route(
+        name,
+        prefix,
+        upstream,
+        &format!("required_scopes = [\"photos.read\"]\ncredential = \"photos\"\n{more}"),
+    )
+}
+
 /// The standard protected route: `/photos/`, scope `photos.read`,
 /// credential `photos`.
 pub fn photos_route(upstream: &str) -> String {
-    route(
-        "photos",
-        "/photos/",
-        upstream,
-        "required_scopes = [\"photos.read\"]\ncredential = \"photos\"",
-    )
+    credential_route("photos", "/photos/", upstream, "")
+}
+
+/// A route without authentication; `more` holds extra lines.
+pub fn public_route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
+    route(name, prefix, upstream, &format!("auth = \"none\"\n{more}"))
 }
 
 /// The space-separated scopes of a JSON string, sorted.

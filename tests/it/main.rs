@@ -24,6 +24,7 @@ mod gateway_routing;
 mod gateway_tls;
 mod hostile_input;
 mod introspection_revocation;
+mod layering;
 mod mutate_grant;
 mod refresh;
 mod restart;

@@ -276,7 +276,7 @@ fn main() {
 }
 
 /// Serves until the process ends. Public to the crate so that
-/// `tests/bench_scripts.rs` can run it in-process on an ephemeral port.
+/// `tests/it/bench_scripts.rs` can run it in-process on an ephemeral port.
 pub async fn serve(listener: tokio::net::TcpListener) {
     let stats = Arc::new(Stats::default());
     loop {

@@ -1,8 +1,7 @@
 //! The `refresh_token` grant: rotation, reuse detection, concurrency,
 //! narrowing, and the `refresh_grace` window.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use serde_json::Value;
 
@@ -21,11 +20,6 @@ async fn refresh(
         params.push(("scope", scope));
     }
     server.token(client, &params).await
-}
-
-fn assert_error(status: StatusCode, body: &Value, code: &str) {
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"], code, "{body}");
 }
 
 #[tokio::test]
@@ -83,7 +77,7 @@ async fn replayed_refresh_token_revokes_grant() {
     assert_eq!(server.introspect(&rotated_refresh).await["active"], true);
 
     let (status, body) = refresh(&server, "app", &first_refresh, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
 
     // Every token of the grant is dead, the rotated ones included.
     for token in [
@@ -99,7 +93,7 @@ async fn replayed_refresh_token_revokes_grant() {
         );
     }
     let (status, body) = refresh(&server, "app", &rotated_refresh, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
 }
 
 /// Sends 20 refreshes of `refresh_token` at once as `app`.
@@ -124,22 +118,40 @@ async fn refresh_concurrently(server: &Refgate, refresh_token: &str) -> Vec<(Sta
     futures::future::join_all(attempts).await
 }
 
-fn assert_exactly_one_success(outcomes: &[(StatusCode, Value)]) {
-    let succeeded = outcomes
+/// Asserts that exactly one refresh succeeded and every other one is
+/// `invalid_grant`; returns the winner's new access and refresh token.
+fn assert_exactly_one_success(outcomes: &[(StatusCode, Value)]) -> [String; 2] {
+    let winners: Vec<&Value> = outcomes
         .iter()
         .filter(|(status, _)| *status == StatusCode::OK)
-        .count();
-    assert_eq!(succeeded, 1, "outcomes: {outcomes:?}");
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(winners.len(), 1, "outcomes: {outcomes:?}");
     for (status, body) in outcomes.iter().filter(|(s, _)| *s != StatusCode::OK) {
-        assert_error(*status, body, "invalid_grant");
+        assert_bad_request(*status, body, "invalid_grant");
+    }
+    ["access_token", "refresh_token"].map(|key| str_of(winners[0], key).to_string())
+}
+
+/// The losers of a refresh race presented a used refresh token, a replay:
+/// the grant is revoked, the winner's new tokens with it.
+async fn assert_revoked(server: &Refgate, tokens: &[String]) {
+    for token in tokens {
+        assert_eq!(
+            server.introspect(token).await,
+            serde_json::json!({"active": false}),
+            "a token of a grant that lost a refresh race"
+        );
     }
 }
 
 #[tokio::test]
 async fn concurrent_refreshes_of_one_token_succeed_exactly_once() {
     let server = Refgate::start();
-    let (_, refresh_token) = refreshable(&server, "photos.read offline_access").await;
-    assert_exactly_one_success(&refresh_concurrently(&server, &refresh_token).await);
+    let (access, refresh_token) = refreshable(&server, "photos.read offline_access").await;
+    let [new_access, new_refresh] =
+        assert_exactly_one_success(&refresh_concurrently(&server, &refresh_token).await);
+    assert_revoked(&server, &[access, new_access, new_refresh]).await;
 }
 
 /// The same race, fired just before a wall-clock second ends, so that the
@@ -157,7 +169,9 @@ async fn concurrent_refreshes_across_a_second_boundary_succeed_exactly_once() {
             .subsec_millis();
         let wait = (1000 + 990 - into_second) % 1000;
         tokio::time::sleep(std::time::Duration::from_millis(u64::from(wait))).await;
-        assert_exactly_one_success(&refresh_concurrently(&server, &refresh_token).await);
+        let winner =
+            assert_exactly_one_success(&refresh_concurrently(&server, &refresh_token).await);
+        assert_revoked(&server, &winner).await;
     }
 }
 
@@ -200,7 +214,7 @@ async fn refresh_may_not_widen_the_scope() {
         Some("photos.read photos.write"),
     )
     .await;
-    assert_error(status, &body, "invalid_scope");
+    assert_bad_request(status, &body, "invalid_scope");
     // A refused request does not consume the refresh token.
     let (status, body) = refresh(&server, "app", &refresh_token, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -211,7 +225,7 @@ async fn refresh_token_of_another_client_is_invalid_grant() {
     let server = Refgate::start();
     let (_, refresh_token) = refreshable(&server, "photos.read offline_access").await;
     let (status, body) = refresh(&server, "other", &refresh_token, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
     // Another client cannot burn the token either: its owner still refreshes.
     let (status, body) = refresh(&server, "app", &refresh_token, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -222,11 +236,11 @@ async fn access_token_given_as_refresh_token_is_invalid_grant() {
     let server = Refgate::start();
     let (access, _) = refreshable(&server, "photos.read offline_access").await;
     let (status, body) = refresh(&server, "app", &access, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
     // Same for an access token body re-labelled with the refresh prefix.
     let relabelled = access.replacen("rgat_", "rgrt_", 1);
     let (status, body) = refresh(&server, "app", &relabelled, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
 }
 
 #[tokio::test]
@@ -238,12 +252,12 @@ async fn unknown_or_malformed_refresh_token_is_invalid_grant() {
         "not-a-token",
     ] {
         let (status, body) = refresh(&server, "app", token, None).await;
-        assert_error(status, &body, "invalid_grant");
+        assert_bad_request(status, &body, "invalid_grant");
     }
     let (status, body) = server
         .token("app", &[("grant_type", "refresh_token")])
         .await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -259,7 +273,7 @@ async fn revoked_refresh_token_is_invalid_grant() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = refresh(&server, "app", &refresh_token, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
     assert_eq!(server.introspect(&access).await["active"], false);
 }
 
@@ -311,7 +325,7 @@ async fn replay_racing_a_first_lookup_leaves_no_active_token_behind() {
             server.introspect(&rotated),
             refresh(&server, "app", &first_refresh, None)
         );
-        assert_error(status, &body, "invalid_grant");
+        assert_bad_request(status, &body, "invalid_grant");
         assert_eq!(
             server.introspect(&rotated).await,
             serde_json::json!({"active": false}),
@@ -336,7 +350,7 @@ async fn replay_after_refresh_grace_revokes_grant() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let (status, body) = refresh(&server, "app", &first_refresh, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
     for member in ["access_token", "refresh_token"] {
         assert_eq!(
             server.introspect(str_of(&rotated, member)).await,
@@ -358,7 +372,7 @@ async fn expired_refresh_token_is_invalid_grant() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let (status, body) = refresh(&server, "app", &refresh_token, None).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
 }
 
 /// A second instance on the first one's store: the same database on
@@ -385,5 +399,8 @@ async fn concurrent_refreshes_on_two_instances_sharing_a_store_succeed_exactly_o
         refresh_concurrently(&b, &refresh_token)
     );
     let outcomes: Vec<_> = on_a.into_iter().chain(on_b).collect();
-    assert_exactly_one_success(&outcomes);
+    let winner = assert_exactly_one_success(&outcomes);
+    // The winner's tokens are new to both instances' caches.
+    assert_revoked(&a, &winner).await;
+    assert_revoked(&b, &winner).await;
 }

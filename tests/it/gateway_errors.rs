@@ -5,47 +5,17 @@
 //! the token service are honoured by the gateway on the very next request,
 //! cache or not.
 
-mod common;
-
 use std::time::Duration;
 
-use common::upstream::Upstream;
-use common::*;
+use crate::common::upstream::Upstream;
+use crate::common::*;
 use serde_json::{json, Value};
-
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const EXCHANGE_MUTATE: &str = "urn:ietf:params:oauth:grant-type:token-exchange-mutate";
 
 fn start(routes: &str) -> Refgate {
     Refgate::start_with(Options {
         extra: format!("{AUTHORITY}\n{routes}"),
         ..Options::default()
     })
-}
-
-fn photos_credential() -> Value {
-    json!({
-        "access_token": "down-abc",
-        "token_type": "Bearer",
-        "expires_at": unix_now() + 3600,
-        "authority": "photos-as",
-    })
-}
-
-async fn store_photos(server: &Refgate, token: &str) {
-    let (status, body) = server
-        .mutate(&json!({"token": token, "patch": {"credentials": {"photos": photos_credential()}}}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "mutate failed: {body}");
-}
-
-/// An `app` token (scopes photos.read, photos.write, reports.read) whose
-/// grant holds the `photos` credential.
-async fn token_with_photos(server: &Refgate) -> String {
-    let token = str_of(&server.client_token("app", None).await, "access_token").to_string();
-    store_photos(server, &token).await;
-    token
 }
 
 async fn get(server: &Refgate, path: &str, authorization: Option<&str>) -> reqwest::Response {
@@ -132,6 +102,11 @@ async fn assert_rejection(
         "{case}: no error_description in {body}"
     );
     assert!(headers.contains_key("x-request-id"), "{case}");
+    assert_eq!(
+        headers.get("cache-control").map(|v| v.as_bytes()),
+        Some(&b"no-store"[..]),
+        "{case}"
+    );
     let challenges: Vec<_> = headers.get_all("www-authenticate").iter().collect();
     match expected.challenge {
         None => assert!(challenges.is_empty(), "{case}: unexpected {challenges:?}"),
@@ -181,7 +156,7 @@ async fn no_token_is_401_missing_token_with_a_bare_realm_challenge() {
 async fn malformed_authorization_or_token_in_query_is_400_invalid_request() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     let expected = || Expected {
         status: 400,
         error: "invalid_request",
@@ -303,7 +278,9 @@ async fn cached_token_is_rejected_once_it_expires() {
     let server = start(&photos_route(&upstream.url()));
     let token = short_lived_token(&server, 4).await;
     let minted = unix_now();
-    store_photos(&server, &token).await;
+    server
+        .store_credential(&token, "photos", credential("down-abc", "Bearer"))
+        .await;
     let bearer = format!("Bearer {token}");
     // Warms the cache while the token is valid.
     let response = get(&server, "/photos/x", Some(&bearer)).await;
@@ -329,7 +306,7 @@ async fn cached_token_is_rejected_once_it_expires() {
 async fn revoked_token_is_rejected_on_the_very_next_request() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     let bearer = format!("Bearer {token}");
     for _ in 0..2 {
         assert_eq!(
@@ -365,12 +342,12 @@ async fn revoked_token_is_rejected_on_the_very_next_request() {
 async fn revoking_the_refresh_token_cuts_off_its_access_token_at_the_gateway() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let subject = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let subject = server.access_token("app").await;
     let (status, body) = server
         .token(
             "app",
             &[
-                ("grant_type", EXCHANGE),
+                ("grant_type", TOKEN_EXCHANGE),
                 ("subject_token", &subject),
                 ("subject_token_type", ACCESS_TOKEN_TYPE),
                 ("scope", "photos.read offline_access"),
@@ -380,7 +357,9 @@ async fn revoking_the_refresh_token_cuts_off_its_access_token_at_the_gateway() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let access = str_of(&body, "access_token").to_string();
     let refresh = str_of(&body, "refresh_token").to_string();
-    store_photos(&server, &access).await;
+    server
+        .store_credential(&access, "photos", credential("down-abc", "Bearer"))
+        .await;
     let bearer = format!("Bearer {access}");
     assert_eq!(
         get(&server, "/photos/x", Some(&bearer)).await.status(),
@@ -405,7 +384,7 @@ async fn revoking_the_refresh_token_cuts_off_its_access_token_at_the_gateway() {
 async fn another_clients_revocation_attempt_changes_nothing_at_the_gateway() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     let bearer = format!("Bearer {token}");
     assert_eq!(
         get(&server, "/photos/x", Some(&bearer)).await.status(),
@@ -446,7 +425,9 @@ async fn missing_scope_is_403_insufficient_scope_naming_the_scopes() {
         "access_token",
     )
     .to_string();
-    store_photos(&server, &narrow).await;
+    server
+        .store_credential(&narrow, "photos", credential("down-abc", "Bearer"))
+        .await;
     let bearer = format!("Bearer {narrow}");
     assert_eq!(
         get(&server, "/photos/x", Some(&bearer)).await.status(),
@@ -482,7 +463,9 @@ async fn missing_scope_is_403_insufficient_scope_naming_the_scopes() {
         "access_token",
     )
     .to_string();
-    store_photos(&server, &only_reports).await;
+    server
+        .store_credential(&only_reports, "photos", credential("down-abc", "Bearer"))
+        .await;
     let response = get(
         &server,
         "/photos/x",
@@ -503,7 +486,7 @@ async fn missing_scope_is_403_insufficient_scope_naming_the_scopes() {
 async fn token_without_the_routes_credential_is_401_credential_missing() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let bare = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let bare = server.access_token("app").await;
     let response = get(&server, "/photos/x", Some(&format!("Bearer {bare}"))).await;
     let body = assert_rejection(
         response,
@@ -521,11 +504,11 @@ async fn token_without_the_routes_credential_is_401_credential_missing() {
     // a client cannot store any more, but older data may hold), do not
     // count either.
     for patch in [
-        json!({"credentials": {"videos": photos_credential()}}),
+        json!({"credentials": {"videos": credential("down-abc", "Bearer")}}),
         json!({"credentials": {"photos": "down-abc"}}),
         json!({"credentials": {"photos": {"token_type": "Bearer"}}}),
     ] {
-        let token = str_of(&server.client_token("app", None).await, "access_token").to_string();
+        let token = server.access_token("app").await;
         plant_custom(&server, &token, patch.clone()).await;
         let response = get(&server, "/photos/x", Some(&format!("Bearer {token}"))).await;
         let body = assert_rejection(
@@ -559,7 +542,7 @@ async fn unreachable_upstream_is_502_upstream_unavailable() {
     ]
     .join("\n");
     let server = start(&routes);
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     for (method, path, auth) in [
         ("GET", "/photos/x", true),
         ("POST", "/photos/x", true),
@@ -599,7 +582,7 @@ async fn unreachable_upstream_is_502_upstream_unavailable() {
 async fn scope_change_by_token_exchange_mutate_is_honoured_on_the_next_request() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     let bearer = format!("Bearer {token}");
     assert_eq!(
         get(&server, "/photos/x", Some(&bearer)).await.status(),
@@ -652,7 +635,7 @@ async fn scope_change_by_token_exchange_mutate_is_honoured_on_the_next_request()
 async fn credential_mutation_is_used_on_the_next_request() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     let bearer = format!("Bearer {token}");
     assert_eq!(
         get(&server, "/photos/x", Some(&bearer)).await.status(),
@@ -694,7 +677,7 @@ async fn credential_mutation_is_used_on_the_next_request() {
 async fn local_answers_keep_the_connection_usable() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
 
     // One HTTP/1.1 connection through a run of local answers, HEAD included
     // (no body may be written for it, or the next answer is garbled). A

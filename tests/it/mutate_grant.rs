@@ -1,13 +1,9 @@
 //! `urn:ietf:params:oauth:grant-type:token-exchange-mutate`: a grant gets a
 //! new scope set while its token strings and expiry stay the same.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use serde_json::{json, Value};
-
-const MUTATE: &str = "urn:ietf:params:oauth:grant-type:token-exchange-mutate";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// The mutate grant as `client` on `token`, with an optional new `scope`.
 async fn mutate_scope(
@@ -17,7 +13,7 @@ async fn mutate_scope(
     scope: Option<&str>,
 ) -> (StatusCode, Value) {
     let mut params = vec![
-        ("grant_type", MUTATE),
+        ("grant_type", EXCHANGE_MUTATE),
         ("subject_token", token),
         ("subject_token_type", ACCESS_TOKEN_TYPE),
     ];
@@ -25,12 +21,6 @@ async fn mutate_scope(
         params.push(("scope", scope));
     }
     server.token(client, &params).await
-}
-
-fn assert_error(status: StatusCode, body: &Value, code: &str) {
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"], code, "{body}");
-    assert!(body["error_description"].is_string(), "{body}");
 }
 
 #[tokio::test]
@@ -106,7 +96,7 @@ async fn mutated_scope_without_offline_access_revokes_the_refresh_token() {
         "the refresh token outlived a scope set without offline_access"
     );
     let (status, body) = server.refresh("app", &refresh_token).await;
-    assert_error(status, &body, "invalid_grant");
+    assert_bad_request(status, &body, "invalid_grant");
     // The access token lives on with the narrower scope.
     let view = server.introspect(&access).await;
     assert_eq!(view["active"], true);
@@ -166,7 +156,7 @@ async fn mutate_by_a_third_client_without_mutate_is_unauthorized_client() {
     let (access, _) = refreshable(&server, "photos.read offline_access").await;
     // `other` has the grant type but not `mutate = true`.
     let (status, body) = mutate_scope(&server, "other", &access, Some("photos.read")).await;
-    assert_error(status, &body, "unauthorized_client");
+    assert_bad_request(status, &body, "unauthorized_client");
     let view = server.introspect(&access).await;
     assert_eq!(
         sorted_scopes(&view["scope"]),
@@ -182,7 +172,7 @@ async fn mutate_to_a_scope_the_caller_lacks_is_invalid_scope() {
     let token = str_of(&subject, "access_token");
     // `other` owns the token but may not obtain photos.write.
     let (status, body) = mutate_scope(&server, "other", token, Some("photos.write")).await;
-    assert_error(status, &body, "invalid_scope");
+    assert_bad_request(status, &body, "invalid_scope");
     assert_eq!(server.introspect(token).await["scope"], "photos.read");
 }
 
@@ -197,7 +187,7 @@ async fn mutate_of_an_inactive_subject_is_invalid_request() {
         refresh_token.as_str(),
     ] {
         let (status, body) = mutate_scope(&server, "middle", token, Some("photos.read")).await;
-        assert_error(status, &body, "invalid_request");
+        assert_bad_request(status, &body, "invalid_request");
     }
     let (status, _) = server
         .post_form(
@@ -208,7 +198,7 @@ async fn mutate_of_an_inactive_subject_is_invalid_request() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = mutate_scope(&server, "middle", &access, Some("photos.read")).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -219,18 +209,18 @@ async fn mutate_without_subject_token_type_is_invalid_request() {
         .token(
             "middle",
             &[
-                ("grant_type", MUTATE),
+                ("grant_type", EXCHANGE_MUTATE),
                 ("subject_token", &access),
                 ("scope", "photos.read"),
             ],
         )
         .await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
     let (status, body) = server
         .token(
             "middle",
             &[
-                ("grant_type", MUTATE),
+                ("grant_type", EXCHANGE_MUTATE),
                 ("subject_token", &access),
                 (
                     "subject_token_type",
@@ -240,17 +230,17 @@ async fn mutate_without_subject_token_type_is_invalid_request() {
             ],
         )
         .await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
     let (status, body) = server
         .token(
             "middle",
             &[
-                ("grant_type", MUTATE),
+                ("grant_type", EXCHANGE_MUTATE),
                 ("subject_token_type", ACCESS_TOKEN_TYPE),
                 ("scope", "photos.read"),
             ],
         )
         .await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
     assert_eq!(server.introspect(&access).await["version"], 1);
 }

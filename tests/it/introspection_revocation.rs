@@ -1,29 +1,13 @@
 //! `POST /oauth2/introspect` (RFC 7662, SPEC 3.3) and `POST /oauth2/revoke`
 //! (RFC 7009, SPEC 3.4), observed from the outside.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use reqwest::header::WWW_AUTHENTICATE;
 use serde_json::{json, Value};
-
-const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-
-/// Introspects `token` as `client` (secret `<client>-secret`); status and body.
-async fn introspect_as(server: &Refgate, client: &str, token: &str) -> (StatusCode, Value) {
-    let secret = format!("{client}-secret");
-    server
-        .post_form(
-            "/oauth2/introspect",
-            Some((client, &secret)),
-            &[("token", token)],
-        )
-        .await
-}
 
 /// Revokes `token` as `client`; the status.
 async fn revoke_as(server: &Refgate, client: &str, token: &str) -> StatusCode {
@@ -42,16 +26,6 @@ async fn revoke_as(server: &Refgate, client: &str, token: &str) -> StatusCode {
     status
 }
 
-/// Refreshes as `client`; status and body.
-async fn refresh_as(server: &Refgate, client: &str, refresh: &str) -> (StatusCode, Value) {
-    server
-        .token(
-            client,
-            &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
-        )
-        .await
-}
-
 /// The raw response of a form POST, for header checks.
 async fn post_raw(
     server: &Refgate,
@@ -64,26 +38,6 @@ async fn post_raw(
         request = request.basic_auth(id, Some(secret));
     }
     request.send().await.expect("request")
-}
-
-/// A token minted by `minter` with `offline_access`: (access, refresh).
-async fn minted_pair(server: &Refgate, subject: &str) -> (String, String) {
-    let (status, body) = server
-        .token(
-            "minter",
-            &[
-                ("grant_type", "arbitrary_token"),
-                ("subject", subject),
-                ("issuer", "https://idp.example.com"),
-                ("scope", "photos.read offline_access"),
-            ],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    (
-        str_of(&body, "access_token").to_string(),
-        str_of(&body, "refresh_token").to_string(),
-    )
 }
 
 /// A token pair `app` holds: a token exchange of its own token, with
@@ -120,7 +74,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 
 async fn assert_inactive(server: &Refgate, token: &str) {
     for client in ["middle", "introspector"] {
-        let (status, body) = introspect_as(server, client, token).await;
+        let (status, body) = server.introspect_as(client, token).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(
             body,
@@ -146,7 +100,7 @@ async fn active_access_token_shows_the_rfc7662_members() {
         .client_token("app", Some("photos.read reports.read"))
         .await;
     let token = str_of(&body, "access_token");
-    let (status, view) = introspect_as(&server, "introspector", token).await;
+    let (status, view) = server.introspect_as("introspector", token).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         keys(&view),
@@ -228,8 +182,9 @@ async fn minted_token_shows_asserted_iss_and_arbitrary_claims() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, view) =
-        introspect_as(&server, "introspector", str_of(&body, "access_token")).await;
+    let (status, view) = server
+        .introspect_as("introspector", str_of(&body, "access_token"))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(view["active"], true);
     assert_eq!(view["sub"], "bob");
@@ -245,7 +200,7 @@ async fn minted_token_shows_asserted_iss_and_arbitrary_claims() {
 #[tokio::test]
 async fn refresh_token_introspects_with_token_type_refresh_token() {
     let server = Refgate::start();
-    let (access, refresh) = minted_pair(&server, "carol").await;
+    let (access, refresh) = minted_pair(&server, "carol", &[]).await;
     let view = assert_active(&server, &refresh).await;
     assert_eq!(view["token_type"], "refresh_token");
     assert_eq!(view["sub"], "carol");
@@ -353,9 +308,9 @@ async fn revoked_token_is_exactly_inactive() {
 #[tokio::test]
 async fn consumed_refresh_token_is_exactly_inactive() {
     let server = Refgate::start();
-    let (_, refresh) = minted_pair(&server, "frank").await;
+    let (_, refresh) = minted_pair(&server, "frank", &[]).await;
     assert_active(&server, &refresh).await;
-    let (status, body) = refresh_as(&server, "minter", &refresh).await;
+    let (status, body) = server.refresh("minter", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_inactive(&server, &refresh).await;
     let new_refresh = str_of(&body, "refresh_token");
@@ -390,7 +345,7 @@ async fn refresh_token_dropped_by_a_scope_mutation_is_inactive() {
         assert_active(&server, &access).await["scope"],
         "photos.read"
     );
-    let (status, body) = refresh_as(&server, "app", &refresh).await;
+    let (status, body) = server.refresh("app", &refresh).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_grant");
     assert_inactive(&server, &refresh).await;
@@ -493,7 +448,7 @@ async fn introspection_without_token_is_400_invalid_request() {
 #[tokio::test]
 async fn token_type_hint_does_not_change_the_answer() {
     let server = Refgate::start();
-    let (access, refresh) = minted_pair(&server, "gina").await;
+    let (access, refresh) = minted_pair(&server, "gina", &[]).await;
     for (token, hint, kind) in [
         (&access, "refresh_token", "Bearer"),
         (&refresh, "access_token", "refresh_token"),
@@ -553,8 +508,8 @@ async fn revocation_answer_is_200_with_no_store() {
 #[tokio::test]
 async fn revoking_a_refresh_token_revokes_the_whole_grant() {
     let server = Refgate::start();
-    let (first_access, refresh) = minted_pair(&server, "henry").await;
-    let (status, body) = refresh_as(&server, "minter", &refresh).await;
+    let (first_access, refresh) = minted_pair(&server, "henry", &[]).await;
+    let (status, body) = server.refresh("minter", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let second_access = str_of(&body, "access_token").to_string();
     let second_refresh = str_of(&body, "refresh_token").to_string();
@@ -570,7 +525,7 @@ async fn revoking_a_refresh_token_revokes_the_whole_grant() {
     for token in [&first_access, &second_access, &second_refresh] {
         assert_inactive(&server, token).await;
     }
-    let (status, body) = refresh_as(&server, "minter", &second_refresh).await;
+    let (status, body) = server.refresh("minter", &second_refresh).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_grant");
 }
@@ -578,7 +533,7 @@ async fn revoking_a_refresh_token_revokes_the_whole_grant() {
 #[tokio::test]
 async fn hint_does_not_stop_a_refresh_token_revoking_its_grant() {
     let server = Refgate::start();
-    let (access, refresh) = minted_pair(&server, "ida").await;
+    let (access, refresh) = minted_pair(&server, "ida", &[]).await;
     let status = server
         .post_form(
             "/oauth2/revoke",
@@ -601,7 +556,7 @@ async fn revoking_an_access_token_leaves_the_refresh_token_usable() {
     assert_inactive(&server, &access).await;
     assert_active(&server, &refresh).await;
 
-    let (status, body) = refresh_as(&server, "app", &refresh).await;
+    let (status, body) = server.refresh("app", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_active(&server, str_of(&body, "access_token")).await;
     // The revoked one stays revoked.
@@ -612,7 +567,7 @@ async fn revoking_an_access_token_leaves_the_refresh_token_usable() {
 async fn another_clients_token_is_200_and_stays_active() {
     let server = Refgate::start();
     let (access, refresh) = app_pair(&server, &[]).await;
-    let minted = minted_pair(&server, "jane").await;
+    let minted = minted_pair(&server, "jane", &[]).await;
     for (client, token) in [
         ("other", &access),
         ("other", &refresh),
@@ -625,7 +580,7 @@ async fn another_clients_token_is_200_and_stays_active() {
     for token in [&access, &refresh, &minted.0, &minted.1] {
         assert_active(&server, token).await;
     }
-    let (status, body) = refresh_as(&server, "app", &refresh).await;
+    let (status, body) = server.refresh("app", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -749,8 +704,8 @@ async fn revoking_a_refresh_token_already_revoked_by_a_scope_mutation_leaves_the
 #[tokio::test]
 async fn revoking_a_rotated_out_refresh_token_leaves_the_current_tokens_alone() {
     let server = Refgate::start();
-    let (_, old_refresh) = minted_pair(&server, "kim").await;
-    let (status, body) = refresh_as(&server, "minter", &old_refresh).await;
+    let (_, old_refresh) = minted_pair(&server, "kim", &[]).await;
+    let (status, body) = server.refresh("minter", &old_refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let access = str_of(&body, "access_token").to_string();
     let refresh = str_of(&body, "refresh_token").to_string();
@@ -761,7 +716,7 @@ async fn revoking_a_rotated_out_refresh_token_leaves_the_current_tokens_alone() 
         StatusCode::OK
     );
     assert_active(&server, &access).await;
-    let (status, body) = refresh_as(&server, "minter", &refresh).await;
+    let (status, body) = server.refresh("minter", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -771,8 +726,8 @@ async fn revoking_a_refresh_token_inside_the_grace_window_revokes_the_grant() {
         tokens: "refresh_grace = \"60s\"".into(),
         ..Options::default()
     });
-    let (_, old_refresh) = minted_pair(&server, "lee").await;
-    let (status, body) = refresh_as(&server, "minter", &old_refresh).await;
+    let (_, old_refresh) = minted_pair(&server, "lee", &[]).await;
+    let (status, body) = server.refresh("minter", &old_refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let access = str_of(&body, "access_token").to_string();
 
@@ -783,7 +738,7 @@ async fn revoking_a_refresh_token_inside_the_grace_window_revokes_the_grant() {
         StatusCode::OK
     );
     assert_inactive(&server, &access).await;
-    let (status, body) = refresh_as(&server, "minter", &old_refresh).await;
+    let (status, body) = server.refresh("minter", &old_refresh).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_grant");
 }

@@ -2,14 +2,10 @@
 //! custom data, optimistic concurrency, the size cap, who may call it, and
 //! what introspection then shows to whom.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use serde_json::{json, Value};
-
-const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// The answer of one HTTP exchange: status, headers and JSON body (Null
 /// when the body is not JSON).
@@ -41,27 +37,15 @@ async fn mutate_as(server: &Refgate, client: Option<(&str, &str)>, body: &Value)
 
 /// Introspects `token` as `client` (secret `<client>-secret`).
 async fn introspect_as(server: &Refgate, client: &str, token: &str) -> Value {
-    let secret = format!("{client}-secret");
-    let (status, body) = server
-        .post_form(
-            "/oauth2/introspect",
-            Some((client, &secret)),
-            &[("token", token)],
-        )
-        .await;
+    let (status, body) = server.introspect_as(client, token).await;
     assert_eq!(status, StatusCode::OK, "introspection failed: {body}");
     body
-}
-
-/// An access token of `app` (client_credentials).
-async fn app_token(server: &Refgate) -> String {
-    str_of(&server.client_token("app", None).await, "access_token").to_string()
 }
 
 /// An access and refresh token pair that `app` itself holds: a token
 /// exchange of its own client_credentials token asking for offline_access.
 async fn app_offline_pair(server: &Refgate) -> (String, String) {
-    let subject = app_token(server).await;
+    let subject = server.access_token("app").await;
     let (status, body) = server
         .token(
             "app",
@@ -109,7 +93,7 @@ fn assert_basic_challenge(answer: &Answer) {
 #[tokio::test]
 async fn new_grant_has_version_1_and_empty_custom_data() {
     let server = Refgate::start();
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
     let view = server.introspect(&token).await;
     assert_eq!(view["active"], true);
     assert_eq!(view["version"], 1, "{view}");
@@ -119,7 +103,7 @@ async fn new_grant_has_version_1_and_empty_custom_data() {
 #[tokio::test]
 async fn merge_patch_adds_replaces_and_deletes_keys_and_bumps_version() {
     let server = Refgate::start();
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
 
     // Add.
     let (status, body) = server
@@ -183,7 +167,7 @@ async fn mutation_is_seen_through_every_token_of_the_grant() {
 #[tokio::test]
 async fn if_version_mismatch_is_409_and_changes_nothing() {
     let server = Refgate::start();
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
 
     let (status, body) = server
         .mutate(&json!({"token": token, "patch": {"a": 1}, "if_version": 1}))
@@ -196,12 +180,15 @@ async fn if_version_mismatch_is_409_and_changes_nothing() {
         .mutate(&json!({"token": token, "patch": {"a": 2}, "if_version": 1}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(body["error"].is_string(), "{body}");
+    assert_eq!(body["error"], "conflict", "{body}");
+    assert_eq!(body["version"], 2, "the current version: {body}");
     // A version from the future.
     let (status, body) = server
         .mutate(&json!({"token": token, "patch": {"a": 3}, "if_version": 7}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"], "conflict", "{body}");
+    assert_eq!(body["version"], 2, "the current version: {body}");
 
     let view = server.introspect(&token).await;
     assert_eq!(view["custom"], json!({"a": 1}));
@@ -219,7 +206,7 @@ async fn if_version_mismatch_is_409_and_changes_nothing() {
 #[tokio::test]
 async fn concurrent_mutations_with_one_if_version_let_exactly_one_win() {
     let server = Refgate::start();
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
     let attempts = (0..8).map(|i| {
         let body = json!({"token": token, "patch": {"winner": i}, "if_version": 1});
         let server = &server;
@@ -231,19 +218,20 @@ async fn concurrent_mutations_with_one_if_version_let_exactly_one_win() {
         .filter(|(s, _)| *s == StatusCode::OK)
         .collect();
     assert_eq!(ok.len(), 1, "{results:?}");
-    assert!(
-        results
-            .iter()
-            .all(|(s, _)| *s == StatusCode::OK || *s == StatusCode::CONFLICT),
-        "{results:?}"
-    );
+    for (status, body) in &results {
+        if *status != StatusCode::OK {
+            assert_eq!(*status, StatusCode::CONFLICT, "{results:?}");
+            assert_eq!(body["error"], "conflict", "{body}");
+            assert_eq!(body["version"], 2, "{body}");
+        }
+    }
     assert_eq!(server.introspect(&token).await["version"], 2);
 }
 
 #[tokio::test]
 async fn concurrent_mutations_without_if_version_all_apply() {
     let server = Refgate::start();
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
     let attempts = (0..24).map(|i| {
         let body = json!({"token": token, "patch": {format!("k{i}"): i}});
         let server = &server;
@@ -265,7 +253,7 @@ async fn custom_data_over_the_cap_is_413_and_not_stored() {
         tokens: "custom_data_max = 512".into(),
         ..Options::default()
     });
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
 
     let (status, body) = server
         .mutate(&json!({"token": token, "patch": {"big": "x".repeat(600)}}))
@@ -304,7 +292,7 @@ async fn body_far_over_the_cap_is_413() {
         tokens: "custom_data_max = 512".into(),
         ..Options::default()
     });
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
     let (status, body) = server
         .mutate(&json!({"token": token, "patch": {"huge": "x".repeat(200_000)}}))
         .await;
@@ -315,7 +303,7 @@ async fn body_far_over_the_cap_is_413() {
 #[tokio::test]
 async fn client_without_mutate_is_403_unauthorized_client() {
     let server = Refgate::start();
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
     for client in ["introspector", "app"] {
         let secret = format!("{client}-secret");
         let answer = mutate_as(
@@ -332,7 +320,7 @@ async fn client_without_mutate_is_403_unauthorized_client() {
 #[tokio::test]
 async fn missing_or_bad_basic_credentials_are_401_invalid_client() {
     let server = Refgate::start();
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
     let body = json!({"token": token, "patch": {"a": 1}});
 
     // No credentials at all.
@@ -359,7 +347,7 @@ async fn missing_or_bad_basic_credentials_are_401_invalid_client() {
 #[tokio::test]
 async fn client_secret_post_style_credentials_are_refused() {
     let server = Refgate::start();
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
 
     // Credentials as JSON members.
     let answer_json = mutate_as(
@@ -407,7 +395,7 @@ async fn inactive_or_unknown_token_is_400_invalid_token() {
     let middle = Some(("middle", "middle-secret"));
 
     let unknown = format!("rgat_{}", "A".repeat(43));
-    let revoked = app_token(&server).await;
+    let revoked = server.access_token("app").await;
     let (status, _) = server
         .post_form(
             "/oauth2/revoke",
@@ -472,7 +460,7 @@ async fn refresh_token_is_not_a_mutate_subject() {
 #[tokio::test]
 async fn patch_that_is_not_an_object_is_400_invalid_request() {
     let server = Refgate::start();
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
     let middle = Some(("middle", "middle-secret"));
     for patch in [
         json!([1, 2]),
@@ -493,7 +481,7 @@ async fn patch_that_is_not_an_object_is_400_invalid_request() {
 #[tokio::test]
 async fn body_that_is_not_the_json_envelope_is_400_invalid_request() {
     let server = Refgate::start();
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
     let send = |content_type: &'static str, body: String| {
         let request = http()
             .post(server.url("/oauth2/mutate"))
@@ -634,7 +622,7 @@ async fn custom_data_survives_a_minted_tokens_refresh() {
 #[tokio::test]
 async fn only_reveal_custom_callers_see_custom_and_version() {
     let server = Refgate::start();
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
     let (status, body) = server
         .mutate(&json!({"token": token, "patch": {"secret-ish": "downstream"}}))
         .await;
@@ -659,7 +647,7 @@ async fn only_reveal_custom_callers_see_custom_and_version() {
 #[tokio::test]
 async fn mutate_answers_carry_no_store() {
     let server = Refgate::start();
-    let token = app_token(&server).await;
+    let token = server.access_token("app").await;
     let answer = mutate_as(
         &server,
         Some(("middle", "middle-secret")),

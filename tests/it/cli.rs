@@ -2,8 +2,7 @@
 //! `--help` everywhere, and `--log-format json` before or after the
 //! subcommand.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -22,25 +21,15 @@ fn refgate() -> Command {
 }
 
 fn run(command: &mut Command) -> Output {
-    command.output().expect("run refgate")
+    output_within(command, COMMAND_LIMIT)
 }
 
 /// Runs `refgate secret hash` with `input` on stdin.
 fn secret_hash_of(input: &[u8]) -> Output {
-    let mut child = refgate()
-        .args(["secret", "hash"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start refgate");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("write the secret");
-    child.wait_with_output().expect("wait")
+    let mut file = tempfile::tempfile().expect("temp file");
+    file.write_all(input).expect("write the secret");
+    std::io::Seek::rewind(&mut file).expect("rewind");
+    run(refgate().args(["secret", "hash"]).stdin(Stdio::from(file)))
 }
 
 /// `sha256:` and the hex SHA-256 of `text`, computed independently.
@@ -559,6 +548,47 @@ fn a_missing_key_file_is_created_for_a_new_store_but_refused_for_existing_data()
 }
 
 #[test]
+fn serve_creates_a_missing_key_file_owner_only_and_keeps_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let listener = loopback_listener();
+    let port = listener.local_addr().expect("address").port();
+    let text = serve_config(port).replace(
+        &format!("data_key = \"{DATA_KEY}\""),
+        "data_key_file = \"keys/refgate.key\"",
+    );
+    let (dir, path) = write_config(&text);
+    let key_path = dir.path().join("keys").join("refgate.key");
+    let output = check(&path);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!key_path.exists(), "check created the key file");
+
+    let (code, log) = serve_and_stop(&["serve"], &path, &listener);
+    assert_eq!(code, Some(0), "{log}");
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&key_path), 0o600, "the key file's mode");
+    assert_eq!(
+        mode(&dir.path().join("keys")),
+        0o700,
+        "its directory's mode"
+    );
+    let key = std::fs::read_to_string(&key_path).expect("read the key");
+    let bytes = STANDARD.decode(key.trim()).expect("a base64 key");
+    assert_eq!(bytes.len(), 32);
+    assert!(!log.contains(key.trim()), "the key was logged");
+
+    // From then on the store has data and this is its key: kept as it is.
+    let (code, log) = serve_and_stop(&["serve"], &path, &listener);
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(std::fs::read_to_string(&key_path).expect("read"), key);
+}
+
+#[test]
 fn serve_on_port_zero_logs_the_address_it_bound() {
     let (_dir, path) = write_config(&serve_config(0).replace(
         "issuer = \"http://127.0.0.1:0\"",
@@ -610,19 +640,17 @@ fn serve_refuses_inherited_sockets_it_cannot_place() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     pass_listeners(&mut command, &[("metrics", &listener)]);
-    let output = command.output().expect("run refgate");
+    let output = run(&mut command);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("\"metrics\""), "{stderr}");
 
     // Names that do not add up to LISTEN_FDS are refused, clearly.
-    let output = refgate()
+    let output = run(refgate()
         .args(["serve", "--config"])
         .arg(&path)
         .env("LISTEN_FDS", "2")
-        .env("LISTEN_FDNAMES", "token_service")
-        .output()
-        .expect("run refgate");
+        .env("LISTEN_FDNAMES", "token_service"));
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("LISTEN_FDNAMES"), "{stderr}");

@@ -5,9 +5,8 @@
 //! upstream rejects it — by refresh against refgate itself when it holds a
 //! refresh token, else by a new exchange.
 
-mod common;
-use common::upstream::Upstream;
-use common::*;
+use crate::common::upstream::Upstream;
+use crate::common::*;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -373,4 +372,60 @@ async fn an_exchanged_token_revoked_at_refgate_is_renewed_before_it_is_sent() {
     let second = setup.sent_token(1);
     assert_ne!(second, first);
     assert_exchanged_for(&setup.server, &second, "app").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchanged_token_is_a_grant_of_its_own_tied_to_the_callers() {
+    let setup = Setup::start(r#""reports.read""#).await;
+    let app = setup.app_token().await;
+    let (status, body) = setup.get(&app, "/reports/q1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let exchanged = setup.sent_token(0);
+
+    // Its own grant: the caller's custom data (where the gateway keeps the
+    // exchanged credential) is not its custom data.
+    let caller = setup.server.introspect(&app).await;
+    assert!(
+        caller["custom"]["credentials"]["reports"].is_object(),
+        "{caller}"
+    );
+    let own = setup.server.introspect(&exchanged).await;
+    assert_eq!(own["active"], true, "{own}");
+    assert!(
+        own["custom"].is_object() && own["version"].is_i64(),
+        "{own}"
+    );
+    assert!(own["custom"]["credentials"].is_null(), "{own}");
+
+    // A change to the caller's grant is no change to it.
+    let (status, body) = setup
+        .server
+        .mutate(&json!({"token": app, "patch": {"note": "the caller's"}}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after = setup.server.introspect(&exchanged).await;
+    assert_eq!(after["version"], own["version"], "{after}");
+    assert!(after["custom"]["note"].is_null(), "{after}");
+
+    // Revoking it (as its client, the gateway) leaves the caller's grant;
+    // the next request gets a new exchanged token.
+    let (status, _) = setup
+        .server
+        .post_form(
+            "/oauth2/revoke",
+            Some(("gateway", "gateway-secret")),
+            &[("token", &exchanged)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        setup.server.introspect(&exchanged).await,
+        json!({"active": false})
+    );
+    assert_eq!(setup.server.introspect(&app).await["active"], true);
+    let (status, body) = setup.get(&app, "/reports/q2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let renewed = setup.sent_token(1);
+    assert_ne!(renewed, exchanged);
+    assert_exchanged_for(&setup.server, &renewed, str_of(&caller, "sub")).await;
 }

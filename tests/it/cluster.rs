@@ -3,13 +3,11 @@
 //! closed while the store is unreachable. Always runs against the real
 //! PostgreSQL server on 127.0.0.1:5432.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::oidc::OidcAs;
-use common::upstream::Upstream;
-use common::*;
+use crate::common::oidc::OidcAs;
+use crate::common::upstream::Upstream;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// Two instances sharing a fresh database, with a `photos` credential route.
@@ -17,13 +15,6 @@ struct Cluster {
     a: Refgate,
     b: Refgate,
     _db: PgDatabase,
-}
-
-fn route(upstream: &Upstream) -> String {
-    format!(
-        "[[routes]]\nname = \"photos\"\npath_prefix = \"/photos/\"\nupstream = \"{}\"\nrequired_scopes = [\"photos.read\"]\ncredential = \"photos\"\n",
-        upstream.url()
-    )
 }
 
 fn start_cluster(extra: &str) -> Cluster {
@@ -38,13 +29,6 @@ fn start_cluster(extra: &str) -> Cluster {
     Cluster { a, b, _db: db }
 }
 
-async fn store_credential(server: &Refgate, token: &str, credential: Value) {
-    let (status, body) = server
-        .mutate(&json!({ "token": token, "patch": { "credentials": { "photos": credential } } }))
-        .await;
-    assert_eq!(status, StatusCode::OK, "mutate failed: {body}");
-}
-
 async fn call(proxy: &str, token: &str) -> reqwest::Response {
     http()
         .get(format!("{proxy}/photos/list"))
@@ -57,7 +41,7 @@ async fn call(proxy: &str, token: &str) -> reqwest::Response {
 #[tokio::test]
 async fn token_issued_on_one_instance_introspects_on_the_other() {
     let upstream = Upstream::start().await;
-    let cluster = start_cluster(&route(&upstream));
+    let cluster = start_cluster(&photos_route(&upstream.url()));
     let token = cluster.a.client_token("app", None).await;
     let view = cluster.b.introspect(str_of(&token, "access_token")).await;
     assert_eq!(view["active"], true);
@@ -67,12 +51,10 @@ async fn token_issued_on_one_instance_introspects_on_the_other() {
 #[tokio::test]
 async fn revocation_on_one_instance_is_rejected_by_the_other_at_once() {
     let upstream = Upstream::start().await;
-    let cluster = start_cluster(&route(&upstream));
+    let cluster = start_cluster(&photos_route(&upstream.url()));
     let token = cluster.a.client_token("app", None).await;
     let at = str_of(&token, "access_token").to_string();
-    store_credential(
-        &cluster.a,
-        &at,
+    cluster.a.store_credential(&at, "photos",
         json!({ "access_token": "down-1", "expires_at": unix_now() + 3600, "authority": "photos-as" }),
     )
     .await;
@@ -114,7 +96,7 @@ async fn revocation_on_one_instance_is_rejected_by_the_other_at_once() {
 #[tokio::test]
 async fn revoking_a_source_grant_on_one_instance_ends_its_derived_tokens_on_the_other() {
     let upstream = Upstream::start().await;
-    let cluster = start_cluster(&route(&upstream));
+    let cluster = start_cluster(&photos_route(&upstream.url()));
     let (source, source_refresh) = refreshable(&cluster.a, "photos.read offline_access").await;
     // `app` exchanges its token again: a derived grant, used at B.
     let (status, derived) = cluster
@@ -137,9 +119,7 @@ async fn revoking_a_source_grant_on_one_instance_ends_its_derived_tokens_on_the_
         .await;
     assert_eq!(status, StatusCode::OK, "{derived}");
     let derived = str_of(&derived, "access_token").to_string();
-    store_credential(
-        &cluster.a,
-        &derived,
+    cluster.a.store_credential(&derived, "photos",
         json!({ "access_token": "down-1", "expires_at": unix_now() + 3600, "authority": "photos-as" }),
     )
     .await;
@@ -184,20 +164,22 @@ async fn expired_credential_stampede_across_instances_refreshes_once() {
     let cluster = start_cluster(&format!(
         "{}\n{}",
         oidc.authority_toml("photos-as"),
-        route(&upstream)
+        photos_route(&upstream.url())
     ));
     let token = cluster.a.client_token("app", None).await;
     let at = str_of(&token, "access_token").to_string();
     let (down_at, down_rt, _) = oidc.mint("alice").await;
-    store_credential(
-        &cluster.a,
-        &at,
-        json!({
-            "access_token": down_at, "refresh_token": down_rt, "token_type": "Bearer",
-            "expires_at": unix_now() - 10, "authority": "photos-as",
-        }),
-    )
-    .await;
+    cluster
+        .a
+        .store_credential(
+            &at,
+            "photos",
+            json!({
+                "access_token": down_at, "refresh_token": down_rt, "token_type": "Bearer",
+                "expires_at": unix_now() - 10, "authority": "photos-as",
+            }),
+        )
+        .await;
     oidc.reset().await;
 
     let mut requests = Vec::new();
@@ -243,27 +225,7 @@ async fn expired_credential_stampede_across_instances_refreshes_once() {
 #[tokio::test]
 async fn concurrent_refreshes_across_instances_exactly_one_succeeds() {
     let cluster = start_cluster("");
-    let subject = cluster.a.client_token("app", None).await;
-    let (status, exchanged) = cluster
-        .a
-        .token(
-            "app",
-            &[
-                (
-                    "grant_type",
-                    "urn:ietf:params:oauth:grant-type:token-exchange",
-                ),
-                ("subject_token", str_of(&subject, "access_token")),
-                (
-                    "subject_token_type",
-                    "urn:ietf:params:oauth:token-type:access_token",
-                ),
-                ("scope", "photos.read offline_access"),
-            ],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{exchanged}");
-    let refresh = str_of(&exchanged, "refresh_token").to_string();
+    let (_, refresh) = refreshable(&cluster.a, "photos.read offline_access").await;
     let mut attempts = Vec::new();
     for i in 0..20 {
         let base = if i % 2 == 0 {
@@ -273,26 +235,41 @@ async fn concurrent_refreshes_across_instances_exactly_one_succeeds() {
         };
         let refresh = refresh.clone();
         attempts.push(tokio::spawn(async move {
-            http()
+            let response = http()
                 .post(format!("{base}/oauth2/token"))
                 .basic_auth("app", Some("app-secret"))
                 .form(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)])
                 .send()
                 .await
-                .expect("refresh")
-                .status()
+                .expect("refresh");
+            let status = response.status();
+            let body: Value = response.json().await.expect("JSON");
+            (status, body)
         }));
     }
-    let mut ok = 0;
+    let mut winners = Vec::new();
     for attempt in attempts {
-        let status = attempt.await.expect("task");
+        let (status, body) = attempt.await.expect("task");
         if status == StatusCode::OK {
-            ok += 1;
+            winners.push(body);
         } else {
-            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(body["error"], "invalid_grant", "{body}");
         }
     }
-    assert_eq!(ok, 1, "exactly one concurrent refresh may succeed");
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one concurrent refresh may succeed"
+    );
+    // The losers replayed a used refresh token: the grant is revoked, the
+    // winner's new tokens with it, on both instances.
+    for key in ["access_token", "refresh_token"] {
+        let token = str_of(&winners[0], key);
+        for server in [&cluster.a, &cluster.b] {
+            assert_eq!(server.introspect(token).await, json!({"active": false}));
+        }
+    }
 }
 
 /// Closes the database to new connections and ends the existing ones: an
@@ -318,12 +295,10 @@ fn unblock_database(db: &PgDatabase) {
 #[tokio::test]
 async fn store_outage_fails_closed_and_recovers_without_restart() {
     let upstream = Upstream::start().await;
-    let cluster = start_cluster(&route(&upstream));
+    let cluster = start_cluster(&photos_route(&upstream.url()));
     let token = cluster.a.client_token("app", None).await;
     let at = str_of(&token, "access_token").to_string();
-    store_credential(
-        &cluster.a,
-        &at,
+    cluster.a.store_credential(&at, "photos",
         json!({ "access_token": "down-1", "expires_at": unix_now() + 3600, "authority": "photos-as" }),
     )
     .await;
@@ -340,8 +315,11 @@ async fn store_outage_fails_closed_and_recovers_without_restart() {
         let response = call(&cluster.a.proxy, &at).await;
         match response.status() {
             StatusCode::SERVICE_UNAVAILABLE => {
+                let headers = response.headers().clone();
                 let body: Value = response.json().await.expect("JSON");
                 assert_eq!(body["error"], "store_unavailable");
+                assert_eq!(headers["retry-after"], "1", "{headers:?}");
+                assert_eq!(headers["cache-control"], "no-store", "{headers:?}");
                 saw_503 = true;
                 break;
             }
@@ -370,12 +348,17 @@ async fn store_outage_fails_closed_and_recovers_without_restart() {
         upstream_before,
         "nothing reached the upstream during the outage"
     );
-    let (status, body) = cluster
-        .a
-        .token("app", &[("grant_type", "client_credentials")])
-        .await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["error"], "temporarily_unavailable");
+    let response = http()
+        .post(cluster.a.url("/oauth2/token"))
+        .basic_auth("app", Some("app-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
     assert!(!raw_get_ok(cluster.a.token_port, "/readyz"));
 
     unblock_database(&cluster._db);

@@ -7,18 +7,13 @@
 //! with anything it should not see, and the proxy must keep serving
 //! afterwards with no panic in its log.
 
-mod common;
-
-use std::time::Duration;
-
-use common::upstream::Upstream;
-use common::*;
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::common::raw::*;
+use crate::common::upstream::Upstream;
+use crate::common::*;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// Per-request budget over raw sockets.
-const TIMEOUT: Duration = Duration::from_secs(10);
 const KIB: usize = 1024;
 
 /// refgate with `/photos/` (protected, credential `photos`) and `/open/`
@@ -44,37 +39,6 @@ auth = "none"
         ),
         ..Options::default()
     })
-}
-
-fn credential(access_token: &str, token_type: &str) -> Value {
-    json!({
-        "access_token": access_token,
-        "token_type": token_type,
-        "expires_at": unix_now() + 3600,
-        "authority": "photos-as",
-    })
-}
-
-async fn app_token(server: &Refgate) -> String {
-    str_of(&server.client_token("app", None).await, "access_token").to_string()
-}
-
-async fn store_photos(server: &Refgate, token: &str, credential: Value) {
-    let (status, body) = server
-        .mutate(&json!({"token": token, "patch": {"credentials": {"photos": credential}}}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "mutate failed: {body}");
-}
-
-/// An `app` token with the working credential `down-abc`.
-async fn good_token(server: &Refgate) -> String {
-    let token = app_token(server).await;
-    store_photos(server, &token, credential("down-abc", "Bearer")).await;
-    token
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The proxy still answers a normal request normally.
@@ -104,112 +68,6 @@ fn assert_no_panic(server: &Refgate) {
 // ---------------------------------------------------------------------------
 // Raw HTTP/1.1
 // ---------------------------------------------------------------------------
-
-/// A parsed answer.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Parses one complete response from `buf`, or `None` when more is needed
-/// (`eof`: the peer closed, so a body without a length ends here).
-fn parse_reply(buf: &[u8], eof: bool) -> Option<Reply> {
-    parse_reply_len(buf, eof).map(|(reply, _)| reply)
-}
-
-/// As [`parse_reply`], also returning how many bytes the response took.
-fn parse_reply_len(buf: &[u8], eof: bool) -> Option<(Reply, usize)> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&buf[..end]);
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let rest = &buf[end + 4..];
-    let length = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse::<usize>().ok());
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-    let body = match (length, chunked) {
-        (_, true) => {
-            // Enough for error bodies: wait for the terminating chunk.
-            match rest.windows(5).position(|w| w == b"0\r\n\r\n") {
-                Some(at) => rest[..at + 5].to_vec(),
-                None if eof => rest.to_vec(),
-                None => return None,
-            }
-        }
-        (Some(n), false) if rest.len() >= n => rest[..n].to_vec(),
-        (Some(_), false) => return None,
-        (None, false) if eof => rest.to_vec(),
-        (None, false) => return None,
-    };
-    let used = end + 4 + body.len();
-    Some((
-        Reply {
-            status,
-            headers,
-            body,
-        },
-        used,
-    ))
-}
-
-/// Sends `bytes` on a fresh connection and reads one answer. `Err` says
-/// what went wrong (no answer, closed without a status line, ...).
-async fn send_raw(port: u16, bytes: &[u8]) -> Result<Reply, String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    // The server may answer and close before reading everything we send
-    // (an oversized head): a write error is not the verdict, the answer is.
-    let _ = tokio::time::timeout(TIMEOUT, stream.write_all(bytes)).await;
-    let mut buf = Vec::new();
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let mut chunk = [0u8; 16 * 1024];
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => {
-                return parse_reply(&buf, false).ok_or_else(|| {
-                    format!(
-                        "no complete answer within {TIMEOUT:?}; got {:?}",
-                        String::from_utf8_lossy(&buf)
-                    )
-                })
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return parse_reply(&buf, true).ok_or_else(|| {
-                    format!(
-                        "connection closed without a complete answer; got {:?}",
-                        String::from_utf8_lossy(&buf)
-                    )
-                })
-            }
-            Ok(Ok(n)) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(reply) = parse_reply(&buf, false) {
-                    return Ok(reply);
-                }
-            }
-        }
-    }
-}
 
 /// `GET <path>` with the given extra header lines (each without CRLF), and
 /// `Connection: close`.
@@ -244,7 +102,7 @@ fn judge(reply: &Result<Reply, String>) -> Result<u16, String> {
 async fn oversized_and_repeated_authorization_headers_are_4xx() {
     let upstream = Upstream::start().await;
     let server = start(&upstream);
-    let token = good_token(&server).await;
+    let token = server.token_with_photos().await;
 
     let huge = format!("Bearer rgat_{}", "A".repeat(64 * KIB));
     let response = http()
@@ -294,7 +152,7 @@ async fn oversized_and_repeated_authorization_headers_are_4xx() {
 async fn garbage_bearer_tokens_are_4xx_and_never_forwarded() {
     let upstream = Upstream::start().await;
     let server = start(&upstream);
-    let token = good_token(&server).await;
+    let token = server.token_with_photos().await;
 
     // A real refresh token of a grant that holds the credential.
     let (status, minted) = server
@@ -309,12 +167,13 @@ async fn garbage_bearer_tokens_are_4xx_and_never_forwarded() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{minted}");
-    store_photos(
-        &server,
-        str_of(&minted, "access_token"),
-        credential("down-abc", "Bearer"),
-    )
-    .await;
+    server
+        .store_credential(
+            str_of(&minted, "access_token"),
+            "photos",
+            credential("down-abc", "Bearer"),
+        )
+        .await;
     let refresh = str_of(&minted, "refresh_token").to_string();
     assert!(refresh.starts_with("rgrt_"));
 
@@ -364,7 +223,7 @@ async fn garbage_bearer_tokens_are_4xx_and_never_forwarded() {
 async fn stored_credentials_cannot_inject_headers_upstream() {
     let upstream = Upstream::start().await;
     let server = start(&upstream);
-    let good = good_token(&server).await;
+    let good = server.token_with_photos().await;
 
     let evil: Vec<(&str, Value)> = vec![
         (
@@ -400,8 +259,10 @@ async fn stored_credentials_cannot_inject_headers_upstream() {
         ("empty token_type", credential("abc", "")),
     ];
     for (case, stored) in &evil {
-        let token = app_token(&server).await;
-        store_photos(&server, &token, stored.clone()).await;
+        let token = server.access_token("app").await;
+        server
+            .store_credential(&token, "photos", stored.clone())
+            .await;
         let response = http()
             .get(format!("{}/photos/x", server.proxy))
             .bearer_auth(&token)
@@ -444,7 +305,7 @@ async fn stored_credentials_cannot_inject_headers_upstream() {
 async fn raw_requests_with_invalid_bytes_are_4xx_and_the_proxy_keeps_serving() {
     let upstream = Upstream::start().await;
     let server = start(&upstream);
-    let token = good_token(&server).await;
+    let token = server.token_with_photos().await;
     let auth = format!("Authorization: Bearer {token}");
     let auth = auth.as_bytes();
     let port = server.proxy_port;
@@ -542,7 +403,7 @@ async fn raw_requests_with_invalid_bytes_are_4xx_and_the_proxy_keeps_serving() {
 async fn a_connection_sending_garbage_after_a_good_request_does_not_disturb_others() {
     let upstream = Upstream::start().await;
     let server = start(&upstream);
-    let token = good_token(&server).await;
+    let token = server.token_with_photos().await;
 
     // A keep-alive connection: one good request, then garbage.
     let mut stream = TcpStream::connect(("127.0.0.1", server.proxy_port))
@@ -552,28 +413,19 @@ async fn a_connection_sending_garbage_after_a_good_request_does_not_disturb_othe
         "GET /photos/ok HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
     );
     stream.write_all(good.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    let reply = loop {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(TIMEOUT, stream.read(&mut chunk))
-            .await
-            .expect("answer in time")
-            .expect("read");
-        assert!(n > 0, "closed before answering");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(reply) = parse_reply(&buf, false) {
-            break reply;
-        }
-    };
+    let (mut answers, rest, _) = read_replies(&mut stream, 1).await;
+    let reply = answers.pop().unwrap_or_else(|| panic!("no answer: {rest}"));
     assert_eq!(reply.status, 200);
     assert!(reply.header("x-request-id").is_some());
     stream
         .write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n")
         .await
         .expect("write garbage");
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut rest)).await;
-    if let Some(reply) = parse_reply(&rest, true) {
+    // Answered with a 4xx or not at all, and the connection closes.
+    let answers = read_until_closed(&mut stream)
+        .await
+        .expect("the connection with garbage on it stayed open");
+    for reply in answers {
         assert!(
             (400..500).contains(&reply.status),
             "garbage on a kept-alive connection: {}",
@@ -599,7 +451,7 @@ async fn a_connection_sending_garbage_after_a_good_request_does_not_disturb_othe
 async fn ambiguous_framing_and_raw_bytes_in_the_target_are_never_passed_on_as_sent() {
     let upstream = Upstream::start().await;
     let server = start(&upstream);
-    let token = good_token(&server).await;
+    let token = server.token_with_photos().await;
     let port = server.proxy_port;
 
     // Content-Length and Transfer-Encoding together (a request-smuggling
@@ -614,9 +466,15 @@ async fn ambiguous_framing_and_raw_bytes_in_the_target_are_never_passed_on_as_se
     smuggle.extend_from_slice(
         format!("0\r\n\r\nGET /photos/smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes(),
     );
-    let reply = send_raw(port, &smuggle).await.expect("an answer");
-    assert!(reply.status < 500, "CL+TE: {}", reply.status);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Read until refgate closes the connection: after that, nothing more
+    // of what was sent on it can reach the upstream.
+    let mut stream = connect(port).await.expect("connect");
+    stream.write_all(&smuggle).await.expect("write");
+    let answers = read_until_closed(&mut stream)
+        .await
+        .expect("the connection stays open after an ambiguous framing");
+    assert_eq!(answers.len(), 1, "CL+TE: {answers:?}");
+    assert!(answers[0].status < 500, "CL+TE: {}", answers[0].status);
     for request in upstream.requests() {
         assert!(!request.path.contains("smuggled"), "smuggled: {request:?}");
         assert!(
@@ -693,7 +551,9 @@ auth = "none"
         "access_token",
     )
     .to_string();
-    store_photos(&server, &reader, credential("down-abc", "Bearer")).await;
+    server
+        .store_credential(&reader, "photos", credential("down-abc", "Bearer"))
+        .await;
 
     // The reader may not reach /admin/ directly...
     let response = http()
@@ -773,7 +633,7 @@ async fn short_http1_request_is_answered() {
 async fn unread_bodies_of_rejected_requests_are_not_parsed_as_requests() {
     let upstream = Upstream::start().await;
     let server = start(&upstream);
-    let token = good_token(&server).await;
+    let token = server.token_with_photos().await;
 
     // Keep-alive: a POST the gateway rejects before reading its body, whose
     // body is itself a request; then an honest request. The body must be
@@ -799,23 +659,11 @@ async fn unread_bodies_of_rejected_requests_are_not_parsed_as_requests() {
         .await
         .expect("connect");
     stream.write_all(&bytes).await.expect("write");
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut buf)).await;
-    let mut statuses = Vec::new();
-    let mut at = 0;
-    while let Some((reply, used)) = parse_reply_len(&buf[at..], true) {
-        statuses.push(reply.status);
-        at += used;
-        if used == 0 || at >= buf.len() {
-            break;
-        }
-    }
-    assert_eq!(
-        statuses.first(),
-        Some(&401),
-        "{}",
-        String::from_utf8_lossy(&buf)
-    );
+    let answers = read_until_closed(&mut stream)
+        .await
+        .expect("the connection closes after `Connection: close`");
+    let statuses: Vec<u16> = answers.iter().map(|reply| reply.status).collect();
+    assert_eq!(statuses.first(), Some(&401), "{answers:?}");
     assert!(
         statuses.iter().all(|s| *s == 401 || *s == 200) && statuses.len() <= 3,
         "{statuses:?}"

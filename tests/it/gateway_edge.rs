@@ -9,97 +9,16 @@
 //! at an upstream that merges slashes, cuts `;` parameters, ignores case
 //! or decodes `%2F`.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::oidc::OidcAs;
-use common::upstream::Upstream;
-use common::*;
-use serde_json::{json, Value};
+use crate::common::oidc::OidcAs;
+use crate::common::raw::*;
+use crate::common::upstream::Upstream;
+use crate::common::*;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// An answer read off a raw socket.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-}
-
-/// Sends `bytes` as they are and reads one answer (the request should ask
-/// for `Connection: close`, or the answer carry a length).
-async fn send_raw(port: u16, bytes: &[u8]) -> Result<Reply, String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    stream
-        .write_all(bytes)
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut buf = Vec::new();
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(reply) = parse_reply(&buf) {
-            return Ok(reply);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut chunk = [0u8; 8192];
-        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
-            Err(_) => return Err(format!("no answer in time; got {:?}", lossy(&buf))),
-            Ok(Err(e)) => return Err(format!("read: {e}")),
-            Ok(Ok(0)) => {
-                return parse_reply(&buf)
-                    .ok_or_else(|| format!("closed without an answer: {:?}", lossy(&buf)))
-            }
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).to_string()
-}
-
-/// A complete answer at the start of `buf` (framed by Content-Length).
-fn parse_reply(buf: &[u8]) -> Option<Reply> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&buf[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let body = buf.get(end + 4..end + 4 + length)?.to_vec();
-    Some(Reply {
-        status,
-        headers,
-        body,
-    })
-}
 
 /// A GET of `target` with `headers` (each ending in CRLF), closing after.
 fn get_request(target: &str, headers: &str) -> Vec<u8> {
@@ -147,6 +66,7 @@ fn assert_invalid_request(reply: &Reply, what: &str) {
         "{what}"
     );
     assert!(reply.header("x-request-id").is_some(), "{what}: {reply:?}");
+    assert_eq!(reply.header("cache-control"), Some("no-store"), "{what}");
 }
 
 // ---------------------------------------------------------------------------
@@ -401,7 +321,7 @@ async fn repeated_upstream_401s_refresh_at_most_once_per_interval() {
         ..Options::default()
     });
     let (access, refresh, _) = oidc.mint("mallory").await;
-    let app = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let app = server.access_token("app").await;
     let (status, body) = server
         .mutate(&json!({"token": app, "patch": {"credentials": {"photos": {
             "access_token": access,
@@ -463,7 +383,9 @@ impl TraceRun {
     }
 
     fn start_logging(server: &mut Refgate, format: &str, filter: &str) -> Self {
-        server.stop();
+        if server.is_running() {
+            server.stop_cleanly();
+        }
         let log_path = server.dir.path().join(format!("trace-{format}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
         let child = server
@@ -511,7 +433,7 @@ async fn walk_through(server: &Refgate, oidc: &OidcAs, upstream: &Upstream) -> V
         use base64::Engine;
         secrets.push(base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")));
     }
-    let issued = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let issued = server.access_token("app").await;
     let (access, refresh) = refreshable(server, "photos.read offline_access").await;
     let (down_access, down_refresh, _) = oidc.mint("walker").await;
     let custom = "custom-value-4f1d9c";
@@ -712,7 +634,7 @@ async fn requests_shorter_than_the_h2_preface_are_answered_and_a_split_preface_i
         .await
         .expect("write");
     let mut frame = [0u8; 9];
-    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut frame))
+    tokio::time::timeout(RAW_TIMEOUT, stream.read_exact(&mut frame))
         .await
         .expect("an answer in time")
         .expect("a frame");
@@ -817,7 +739,7 @@ async fn idle_and_trickling_connections_neither_lock_out_clients_nor_stay() {
     kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .expect("write");
-    let answers = read_answers(&mut kept, 1).await;
+    let answers = read_replies(&mut kept, 1).await.0;
     assert_eq!(answers.first().map(|a| a.status), Some(200));
     let idle_since = Instant::now();
     let mut buf = [0u8; 16];
@@ -833,44 +755,6 @@ async fn idle_and_trickling_connections_neither_lock_out_clients_nor_stay() {
 // ---------------------------------------------------------------------------
 // Pipelining
 // ---------------------------------------------------------------------------
-
-/// Reads answers until the connection closes or `n` complete ones came.
-async fn read_answers(stream: &mut TcpStream, n: usize) -> Vec<Reply> {
-    let mut buf = Vec::new();
-    let mut answers = Vec::new();
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        while let Some(reply) = parse_reply(&buf) {
-            let used = reply_len(&buf);
-            buf.drain(..used);
-            answers.push(reply);
-        }
-        if answers.len() >= n {
-            return answers;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut chunk = [0u8; 8192];
-        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return answers,
-            Ok(Ok(k)) => buf.extend_from_slice(&chunk[..k]),
-        }
-    }
-}
-
-/// The length of the complete answer at the start of `buf`.
-fn reply_len(buf: &[u8]) -> usize {
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head");
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    end + 4 + length
-}
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
@@ -895,7 +779,7 @@ async fn pipelined_requests_are_answered_in_order() {
                 .await
                 .expect("write");
         }
-        let answers = read_answers(&mut stream, 3).await;
+        let answers = read_replies(&mut stream, 3).await.0;
         let paths: Vec<String> = answers
             .iter()
             .map(|a| a.json()["path"].as_str().unwrap_or("-").to_string())
@@ -997,7 +881,7 @@ async fn kept_alive_on(port: u16, path: &str) -> TcpStream {
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .await
         .expect("write");
-    let answers = read_answers(&mut stream, 1).await;
+    let answers = read_replies(&mut stream, 1).await.0;
     assert_eq!(answers.first().map(|a| a.status), Some(200), "{answers:?}");
     stream
 }
@@ -1076,7 +960,9 @@ async fn later_requests_on_a_kept_alive_connection_have_the_same_deadlines() {
     let mut later = kept_alive(port).await;
     later.write_all(malformed).await.expect("write");
     let (_, sent) = until_closed(&mut later, Duration::from_secs(5)).await;
-    let reply = parse_reply(&sent).unwrap_or_else(|| panic!("no answer: {:?}", lossy(&sent)));
+    let reply = parse_reply(&sent, true, false)
+        .map(|(reply, _)| reply)
+        .unwrap_or_else(|| panic!("no answer: {:?}", lossy(&sent)));
     assert_invalid_request(&reply, "a malformed later head");
     assert_eq!(reply.header("cache-control"), Some("no-store"));
 
@@ -1086,7 +972,9 @@ async fn later_requests_on_a_kept_alive_connection_have_the_same_deadlines() {
     let mut later = kept_alive(port).await;
     later.write_all(&huge).await.expect("write");
     let (_, sent) = until_closed(&mut later, Duration::from_secs(5)).await;
-    let reply = parse_reply(&sent).unwrap_or_else(|| panic!("no answer: {:?}", lossy(&sent)));
+    let reply = parse_reply(&sent, true, false)
+        .map(|(reply, _)| reply)
+        .unwrap_or_else(|| panic!("no answer: {:?}", lossy(&sent)));
     assert_eq!(reply.status, 431, "{reply:?}");
     assert_eq!(reply.json()["error"], "invalid_request");
 
@@ -1097,7 +985,7 @@ async fn later_requests_on_a_kept_alive_connection_have_the_same_deadlines() {
         kept.write_all(b"GET /open/a b HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             .await
             .expect("write");
-        let answers = read_answers(&mut kept, 1).await;
+        let answers = read_replies(&mut kept, 1).await.0;
         assert_eq!(answers.first().map(|a| a.status), Some(200), "{answers:?}");
     }
 }
@@ -1131,7 +1019,7 @@ async fn a_full_listener_closes_the_connection_idle_the_longest() {
             .write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
             .await
             .expect("write");
-        let answers = read_answers(&mut newest, 1).await;
+        let answers = read_replies(&mut newest, 1).await.0;
         assert_eq!(
             answers.first().map(|a| a.status),
             Some(200),
@@ -1160,7 +1048,7 @@ fn proxy_tls_table(dir: &std::path::Path) -> String {
 async fn tls_handshakes_count_against_the_proxy_limit_and_have_the_head_deadline() {
     let upstream = Upstream::start().await;
     let mut server = start(&upstream, "", "");
-    server.stop();
+    server.stop_cleanly();
     with_listen(
         &mut server,
         "max_connections = 20\nrequest_head_timeout = \"2s\"",
@@ -1320,7 +1208,7 @@ async fn tls_handshakes_count_against_the_proxy_limit_and_have_the_head_deadline
 async fn check_refuses_connection_limits_that_cannot_work() {
     let upstream = Upstream::start().await;
     let mut server = start(&upstream, "", "");
-    server.stop();
+    server.stop_cleanly();
     let original = std::fs::read_to_string(&server.config_path).expect("config");
     for (line, key) in [
         ("keepalive_timeout = \"0s\"", "listen.keepalive_timeout"),
@@ -1350,7 +1238,7 @@ async fn check_refuses_connection_limits_that_cannot_work() {
 async fn check_refuses_pem_files_serve_could_not_use() {
     let upstream = Upstream::start().await;
     let mut server = start(&upstream, "", "");
-    server.stop();
+    server.stop_cleanly();
     let original = std::fs::read_to_string(&server.config_path).expect("config");
     let garbage = server.dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").expect("write");

@@ -16,21 +16,18 @@
 //! same barrage and then checks that the server still serves normal requests
 //! and that its log has no panic and none of the secrets or tokens sent.
 
-mod common;
-
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::common::raw::*;
+use crate::common::*;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
-/// Per-request budget: an answer must come within this time.
-const TIMEOUT: Duration = Duration::from_secs(10);
 /// The form limit of the OAuth endpoints (src/token/request.rs FORM_LIMIT).
 const FORM_LIMIT: usize = 64 * 1024;
 const KIB: usize = 1024;
@@ -1225,120 +1222,13 @@ fn cases(access: &str) -> Vec<Case> {
 // Running a case
 // ---------------------------------------------------------------------------
 
-/// A parsed HTTP response.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The start of the body on one line.
-    fn short(&self) -> String {
-        let text: String = String::from_utf8_lossy(&self.body)
-            .chars()
-            .take(110)
-            .collect();
-        text.replace(['\r', '\n'], " ")
-    }
-
-    fn body_text(&self) -> String {
-        let text = String::from_utf8_lossy(&self.body);
-        if text.len() > 400 {
-            let mut end = 400;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            format!("{}… ({} bytes)", &text[..end], self.body.len())
-        } else {
-            text.into_owned()
-        }
-    }
-}
-
-/// Tries to parse a complete response out of `buf`. `eof`: the peer closed,
-/// so a body without a length ends here. `head`: the request was HEAD.
-fn parse_reply(buf: &[u8], eof: bool, head: bool) -> Option<Reply> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let text = String::from_utf8_lossy(&buf[..end]);
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next()?;
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next()?;
-    if !version.starts_with("HTTP/1.") {
-        return None;
-    }
-    let status: u16 = parts.next()?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let rest = &buf[end + 4..];
-    if (100..200).contains(&status) {
-        // An interim answer (100 Continue): the real one follows.
-        return parse_reply(rest, eof, head);
-    }
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
-    let body = if head || status == 204 || status == 304 {
-        Vec::new()
-    } else if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
-        dechunk(rest)?
-    } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        if rest.len() < len {
-            return None;
-        }
-        rest[..len].to_vec()
-    } else if eof {
-        rest.to_vec()
-    } else {
-        return None;
-    };
-    Some(Reply {
-        status,
-        headers,
-        body,
-    })
-}
-
-/// Decodes a complete chunked body, or `None` if more bytes are needed.
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        if data.len() < size + 2 {
-            return None;
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
-
 /// Sends a payload on a fresh connection and reads one response. Writing
 /// runs concurrently with reading, so a server that answers early (413,
 /// 431) is seen even while the body is still being pushed. The write half
 /// stays open until the answer is read: closing it early would be a
 /// half-close, which is a different test.
 async fn exchange(port: u16, payload: &Payload, head: bool) -> Result<Reply, String> {
-    let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
+    let stream = tokio::time::timeout(RAW_TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect failed: {e}"))?;
@@ -1365,38 +1255,42 @@ async fn exchange(port: u16, payload: &Payload, head: bool) -> Result<Reply, Str
 
     let mut buf = Vec::new();
     let mut piece = vec![0u8; 64 * KIB];
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let deadline = tokio::time::Instant::now() + RAW_TIMEOUT;
     let result = loop {
         match tokio::time::timeout_at(deadline, reader.read(&mut piece)).await {
             Err(_) => {
                 break Err(format!(
-                    "no complete answer within {TIMEOUT:?} (got {} bytes: {:?})",
+                    "no complete answer within {RAW_TIMEOUT:?} (got {} bytes: {:?})",
                     buf.len(),
                     String::from_utf8_lossy(&buf[..buf.len().min(200)])
                 ))
             }
             Ok(Ok(0)) => {
-                break parse_reply(&buf, true, head).ok_or_else(|| {
-                    format!(
-                        "connection closed without a complete response (got {} bytes: {:?})",
-                        buf.len(),
-                        String::from_utf8_lossy(&buf[..buf.len().min(200)])
-                    )
-                })
+                break parse_reply(&buf, true, head)
+                    .map(|(reply, _)| reply)
+                    .ok_or_else(|| {
+                        format!(
+                            "connection closed without a complete response (got {} bytes: {:?})",
+                            buf.len(),
+                            String::from_utf8_lossy(&buf[..buf.len().min(200)])
+                        )
+                    })
             }
             Ok(Ok(n)) => {
                 buf.extend_from_slice(&piece[..n]);
-                if let Some(reply) = parse_reply(&buf, false, head) {
+                if let Some(reply) = parse_reply(&buf, false, head).map(|(reply, _)| reply) {
                     break Ok(reply);
                 }
             }
             Ok(Err(e)) => {
-                break parse_reply(&buf, true, head).ok_or_else(|| {
-                    format!(
-                        "connection error before a complete response: {e} (got {} bytes)",
-                        buf.len()
-                    )
-                })
+                break parse_reply(&buf, true, head)
+                    .map(|(reply, _)| reply)
+                    .ok_or_else(|| {
+                        format!(
+                            "connection error before a complete response: {e} (got {} bytes)",
+                            buf.len()
+                        )
+                    })
             }
         }
     };
@@ -1790,4 +1684,72 @@ async fn a_wrong_basic_secret_is_refused_before_the_body_is_read() {
         assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
         assert!(answer.contains("invalid_client"), "{path}: {answer}");
     }
+}
+
+/// Reads from `stream` until the server closes it (at most 30 s); returns
+/// what it sent and when it closed, counted from `since`.
+async fn read_until_close(
+    stream: &mut TcpStream,
+    since: std::time::Instant,
+) -> (Vec<u8>, Duration) {
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut bytes)).await;
+    assert!(
+        read.is_ok(),
+        "the connection was still open after 30 s; got {:?}",
+        lossy(&bytes)
+    );
+    (bytes, since.elapsed())
+}
+
+/// A token-service request must arrive, body included, within 15 s (else
+/// 408 `invalid_request`), and its head within 10 s (else the connection
+/// is closed). Both clocks run at once here, so the test takes 15 s.
+#[tokio::test]
+async fn a_stalled_body_is_408_after_15_s_and_a_stalled_head_is_closed_after_10_s() {
+    let server = Refgate::start();
+    let started = std::time::Instant::now();
+    // A head and part of its body, then nothing.
+    let mut body_stalled = connect(server.token_port).await.expect("connect");
+    let head = format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n\
+         grant_type=",
+        basic("app", "app-secret")
+    );
+    body_stalled
+        .write_all(head.as_bytes())
+        .await
+        .expect("write a head and part of a body");
+    // Part of a head, then nothing.
+    let mut head_stalled = connect(server.token_port).await.expect("connect");
+    head_stalled
+        .write_all(b"POST /oauth2/token HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .expect("write part of a head");
+
+    let ((body_answer, body_closed), (head_answer, head_closed)) = tokio::join!(
+        read_until_close(&mut body_stalled, started),
+        read_until_close(&mut head_stalled, started)
+    );
+
+    assert!(
+        head_closed >= Duration::from_millis(9500) && head_closed < Duration::from_secs(14),
+        "a stalled head was closed after {head_closed:?}"
+    );
+    assert!(
+        head_answer.is_empty(),
+        "a stalled head got an answer: {:?}",
+        lossy(&head_answer)
+    );
+
+    assert!(
+        body_closed >= Duration::from_millis(14500) && body_closed < Duration::from_secs(20),
+        "a stalled body was answered after {body_closed:?}"
+    );
+    let (reply, _) = parse_reply(&body_answer, true, false)
+        .unwrap_or_else(|| panic!("no answer to a stalled body: {:?}", lossy(&body_answer)));
+    assert_eq!(reply.status, 408, "{reply:?}");
+    assert_eq!(reply.json()["error"], "invalid_request", "{reply:?}");
+    assert_eq!(reply.header("cache-control"), Some("no-store"), "{reply:?}");
 }

@@ -3,16 +3,14 @@
 //! that does not resolve yet answers 502 `upstream_unavailable` and
 //! recovers by itself; `refgate check` warns about it but passes.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::oidc::OidcAs;
-use common::upstream::Upstream;
-use common::*;
+use crate::common::oidc::OidcAs;
+use crate::common::upstream::Upstream;
+use crate::common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -236,12 +234,13 @@ async fn check_warns_about_an_unresolvable_host_but_passes() {
     let server = start(&dns, "nowhere.refgate.test", 8080);
     let config = server.config_path.clone();
     let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_refgate"))
-            .arg("check")
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .expect("run check")
+        output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_refgate"))
+                .arg("check")
+                .arg("--config")
+                .arg(&config),
+            COMMAND_LIMIT,
+        )
     })
     .await
     .expect("check");
@@ -271,7 +270,7 @@ async fn an_authority_host_name_resolves_through_the_configured_servers() {
         ..Options::default()
     });
     let (access, refresh, _) = oidc.mint("alice").await;
-    let app = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let app = server.access_token("app").await;
     let (status, body) = server
         .mutate(&json!({"token": app, "patch": {"credentials": {"photos": {
             "access_token": access,
@@ -308,12 +307,13 @@ async fn check_refuses_a_dns_server_that_is_not_an_address() {
     let bad = text.replace(&dns.addr.to_string(), "dns.example.com:53");
     let path = server.dir.path().join("changed.toml");
     std::fs::write(&path, bad).expect("write config");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_refgate"))
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .expect("run check");
+    let output = output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_refgate"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path),
+        COMMAND_LIMIT,
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "check passed: {stderr}");
     assert!(

@@ -6,15 +6,13 @@
 //! HTTP/2 from the client and large bodies in both directions go through
 //! streamed and intact.
 
-mod common;
-
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::upstream::Upstream;
+use crate::common::*;
 use bytes::Bytes;
-use common::upstream::Upstream;
-use common::*;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -25,46 +23,11 @@ use tokio::sync::{mpsc, Notify};
 
 const MIB: usize = 1024 * 1024;
 
-/// A public route (`auth = "none"`).
-fn public_route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
-    route(name, prefix, upstream, &format!("auth = \"none\"\n{more}"))
-}
-
 fn start(routes: &str) -> Refgate {
     Refgate::start_with(Options {
         extra: format!("{AUTHORITY}\n{routes}"),
         ..Options::default()
     })
-}
-
-/// A downstream credential valid for an hour.
-fn credential(access_token: &str, token_type: &str) -> Value {
-    json!({
-        "access_token": access_token,
-        "token_type": token_type,
-        "expires_at": unix_now() + 3600,
-        "authority": "photos-as",
-    })
-}
-
-/// Stores `custom.credentials.<name>` in the grant of `token` (as `middle`).
-async fn store_credential(server: &Refgate, token: &str, name: &str, credential: Value) {
-    let (status, body) = server
-        .mutate(&json!({"token": token, "patch": {"credentials": {name: credential}}}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "mutate failed: {body}");
-}
-
-/// An `app` token whose grant holds the `photos` credential `down-abc`.
-async fn token_with_photos(server: &Refgate) -> String {
-    let body = server.client_token("app", None).await;
-    let token = str_of(&body, "access_token").to_string();
-    store_credential(server, &token, "photos", credential("down-abc", "Bearer")).await;
-    token
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Which of the named upstreams received requests since the last call, and
@@ -322,7 +285,7 @@ async fn h2_send(
 async fn upstream_receives_the_downstream_credential_and_never_the_reference_token() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
 
     for (method, body) in [("GET", ""), ("POST", "{\"title\":\"holiday\"}")] {
         let response = http()
@@ -372,16 +335,14 @@ async fn credential_token_type_becomes_the_authorization_scheme() {
     ]
     .join("\n");
     let server = start(&routes);
-    let token = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let token = server.access_token("app").await;
     // A lower-case `bearer` is normalised; another scheme is used as stored.
-    store_credential(
-        &server,
-        &token,
-        "photos",
-        credential("down-lower", "bearer"),
-    )
-    .await;
-    store_credential(&server, &token, "mac", credential("down-mac", "DPoP")).await;
+    server
+        .store_credential(&token, "photos", credential("down-lower", "bearer"))
+        .await;
+    server
+        .store_credential(&token, "mac", credential("down-mac", "DPoP"))
+        .await;
 
     for path in ["/photos/x", "/mac/x"] {
         let response = http()
@@ -424,7 +385,7 @@ async fn client_never_receives_the_downstream_token() {
     ]
     .join("\n");
     let server = start(&routes);
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
 
     // A normal proxied answer, an upstream failure, and a local rejection
     // after the credential was found.
@@ -467,7 +428,7 @@ async fn client_never_receives_the_downstream_token() {
 async fn request_id_is_generated_when_absent_and_returned_to_the_client() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
 
     let mut ids = Vec::new();
     for _ in 0..2 {
@@ -499,7 +460,7 @@ async fn request_id_is_generated_when_absent_and_returned_to_the_client() {
 async fn sane_request_id_from_the_client_is_preserved_and_a_bad_one_replaced() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
 
     let sane = "req-42.abc_DEF:7";
     let response = http()
@@ -645,7 +606,7 @@ async fn strip_prefix_maps_the_path_and_keeps_the_query() {
     ]
     .join("\n");
     let server = start(&routes);
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     for (path, expected) in [
         ("/photos/x?q=1", "/x?q=1"),
         ("/photos/a/b?c=d&e", "/a/b?c=d&e"),
@@ -676,7 +637,7 @@ async fn strip_prefix_maps_the_path_and_keeps_the_query() {
 async fn unmatched_request_gets_404_json_and_reaches_no_upstream() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     for path in ["/", "/other/x", "/photos", "/PHOTOS/x"] {
         let response = http()
             .get(format!("{}{path}", server.proxy))
@@ -701,7 +662,7 @@ async fn unmatched_request_gets_404_json_and_reaches_no_upstream() {
 async fn public_route_forwards_without_a_token_and_strips_reference_tokens() {
     let upstream = Upstream::start().await;
     let server = start(&public_route("open", "/open/", &upstream.url(), ""));
-    let token = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let token = server.access_token("app").await;
 
     let cases: &[(Option<String>, Option<&str>)] = &[
         (None, None),
@@ -761,7 +722,7 @@ async fn h2c_prior_knowledge_requests_are_proxied() {
     ]
     .join("\n");
     let server = start(&routes);
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     let mut sender = h2c(&server).await;
 
     // Several requests on the one connection.
@@ -809,7 +770,7 @@ async fn h2c_prior_knowledge_requests_are_proxied() {
 async fn large_request_bodies_reach_the_upstream_intact() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     let body: Vec<u8> = (0..5 * MIB).map(pattern).collect();
 
     // HTTP/1.1 with a Content-Length.
@@ -857,7 +818,7 @@ async fn large_request_bodies_reach_the_upstream_intact() {
 async fn request_body_is_streamed_to_the_upstream_before_it_ends() {
     let origin = Origin::start().await;
     let server = start(&photos_route(&origin.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     let mut first_frame = origin.watch_first_frame();
 
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.proxy_port))
@@ -918,7 +879,7 @@ async fn request_body_is_streamed_to_the_upstream_before_it_ends() {
 async fn large_responses_stream_back_intact() {
     let origin = Origin::start().await;
     let server = start(&photos_route(&origin.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     let len = 16 * MIB;
 
     // HTTP/1.1
@@ -955,7 +916,7 @@ async fn large_responses_stream_back_intact() {
 async fn response_body_streams_to_the_client_before_the_upstream_finishes() {
     let origin = Origin::start().await;
     let server = start(&photos_route(&origin.url()));
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     let len = 4 * MIB;
 
     let mut response = http()

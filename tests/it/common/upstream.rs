@@ -41,11 +41,12 @@ impl Recorded {
     }
 }
 
-#[derive(Default)]
 struct Shared {
     requests: Mutex<Vec<Recorded>>,
     /// `Authorization` values answered with 401.
     rejected: Mutex<HashSet<String>>,
+    /// Whether `/hold/` requests may be answered.
+    released: tokio::sync::watch::Sender<bool>,
 }
 
 /// A running upstream.
@@ -58,7 +59,8 @@ pub struct Upstream {
 
 impl Upstream {
     /// Plain HTTP on a free loopback port. Paths: `/slow/<ms>/...` waits
-    /// `ms` before answering; everything else answers at once with a JSON
+    /// `ms` before answering; `/hold/...` waits until [`Upstream::release`];
+    /// everything else answers at once with a JSON
     /// echo `{"path","authorization","request_id","body_len"}`.
     pub async fn start() -> Self {
         Self::start_inner(None).await
@@ -88,7 +90,11 @@ impl Upstream {
             .await
             .expect("bind upstream");
         let port = listener.local_addr().expect("addr").port();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            requests: Mutex::default(),
+            rejected: Mutex::default(),
+            released: tokio::sync::watch::Sender::new(false),
+        });
         let is_tls = tls.is_some();
         let state = shared.clone();
         let task = tokio::spawn(async move {
@@ -142,6 +148,11 @@ impl Upstream {
         self.shared.requests.lock().expect("lock").clear();
     }
 
+    /// Lets `/hold/` requests (held ones and later ones) be answered.
+    pub fn release(&self) {
+        self.shared.released.send_replace(true);
+    }
+
     /// Answer 401 to requests whose `Authorization` equals `value`.
     pub fn reject(&self, value: &str) {
         self.shared
@@ -192,6 +203,10 @@ async fn handle(
         .and_then(|ms| ms.parse::<u64>().ok())
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if path.starts_with("/hold/") {
+        let mut released = shared.released.subscribe();
+        let _ = released.wait_for(|released| *released).await;
     }
     let rejected = authorization
         .as_ref()

@@ -5,15 +5,10 @@
 //! to go; a mutate client cannot lend its own scopes; an id_token subject
 //! keeps its issuer.
 
-mod common;
-use common::upstream::Upstream;
-use common::*;
+use crate::common::upstream::Upstream;
+use crate::common::*;
 
 use serde_json::{json, Value};
-
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const EXCHANGE_MUTATE: &str = "urn:ietf:params:oauth:grant-type:token-exchange-mutate";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// An exchange route `name` under `/<name>/` to `upstream`, as client
 /// `gateway`, minting tokens for audience `<name>-api`; `more` adds lines
@@ -53,16 +48,12 @@ async fn exchange(
     extra: &[(&str, &str)],
 ) -> (StatusCode, Value) {
     let mut params = vec![
-        ("grant_type", EXCHANGE),
+        ("grant_type", TOKEN_EXCHANGE),
         ("subject_token", subject),
         ("subject_token_type", ACCESS_TOKEN_TYPE),
     ];
     params.extend_from_slice(extra);
     server.token(client, &params).await
-}
-
-async fn access_token_of(server: &Refgate, client: &str) -> String {
-    str_of(&server.client_token(client, None).await, "access_token").to_string()
 }
 
 fn assert_refused(status: StatusCode, body: &Value, code: &str, mentions: &str) {
@@ -81,7 +72,7 @@ async fn mutate_refuses_credentials_refgate_would_not_trust() {
         ..Options::default()
     });
     let (_, app_refresh) = refreshable(&server, "photos.read offline_access").await;
-    let mine = access_token_of(&server, "middle").await;
+    let mine = server.access_token("middle").await;
     for (credential, member) in [
         // The attack: another client's refresh token, as refgate's own.
         (
@@ -155,7 +146,7 @@ async fn a_self_credential_keeps_its_tokens_but_its_other_members_may_change() {
         extra: exchange_route("reports", &upstream.url(), ""),
         ..Options::default()
     });
-    let app = access_token_of(&server, "app").await;
+    let app = server.access_token("app").await;
     let (status, _) = get(&server, &app, "/reports/a").await;
     assert_eq!(status, StatusCode::OK);
     let stored = server.introspect(&app).await["custom"]["credentials"]["reports"].clone();
@@ -197,7 +188,7 @@ async fn a_forged_self_credential_in_stored_data_is_never_redeemed() {
     // The attacker's own grant holds the victim's refresh token as
     // refgate's own credential, for a plain route and for an exchange
     // route (as an older release let a mutate client store it).
-    let attacker = access_token_of(&server, "middle").await;
+    let attacker = server.access_token("middle").await;
     let forged = json!({"access_token": "rgat_forged", "refresh_token": app_refresh,
         "authority": "self", "expires_at": 1});
     plant_custom(
@@ -225,7 +216,7 @@ async fn a_stored_credential_of_an_unknown_authority_is_never_sent() {
         extra: format!("{AUTHORITY}\n{}", photos_route(&upstream.url())),
         ..Options::default()
     });
-    let app = access_token_of(&server, "app").await;
+    let app = server.access_token("app").await;
     // Fresh (no refresh needed) but of an authority nobody configured.
     plant_custom(
         &server,
@@ -253,7 +244,7 @@ fn policy_clients() -> String {
     };
     let exchanger = |from: &str| {
         format!(
-            "grant_types = [\"{EXCHANGE}\", \"refresh_token\"]\n\
+            "grant_types = [\"{TOKEN_EXCHANGE}\", \"refresh_token\"]\n\
              scopes = [\"photos.read\", \"offline_access\"]\n\
              access_token_ttl = \"2h\"\nrefresh_token_ttl = \"30d\"\n{from}"
         )
@@ -262,7 +253,7 @@ fn policy_clients() -> String {
         client(
             "app",
             &format!(
-                "grant_types = [\"client_credentials\", \"refresh_token\", \"{EXCHANGE}\"]\n\
+                "grant_types = [\"client_credentials\", \"refresh_token\", \"{TOKEN_EXCHANGE}\"]\n\
                  scopes = [\"photos.read\", \"offline_access\"]\naccess_token_ttl = \"10m\""
             ),
         ),
@@ -294,8 +285,8 @@ fn policy_server() -> Refgate {
 #[tokio::test]
 async fn a_client_exchanges_only_the_tokens_exchange_from_allows() {
     let server = policy_server();
-    let app = access_token_of(&server, "app").await;
-    let other = access_token_of(&server, "other").await;
+    let app = server.access_token("app").await;
+    let other = server.access_token("other").await;
 
     // Without exchange_from: its own tokens only.
     let (status, body) = exchange(&server, "app", &other, &[]).await;
@@ -374,7 +365,7 @@ async fn a_derived_grant_never_outlives_its_source() {
     let server = policy_server();
     // app's token lives 10 minutes; from-app's would live 2 hours and its
     // refresh token 30 days.
-    let app = access_token_of(&server, "app").await;
+    let app = server.access_token("app").await;
     let source_exp = server.introspect(&app).await["exp"].as_i64().expect("exp");
     let (status, derived) = exchange(
         &server,
@@ -449,7 +440,7 @@ async fn a_route_audience_refuses_tokens_made_for_another_audience() {
         ),
         ..Options::default()
     });
-    let base = access_token_of(&server, "app").await;
+    let base = server.access_token("app").await;
     let with_audience = |audience: &'static str| {
         let (server, base) = (&server, base.clone());
         async move {
@@ -488,7 +479,7 @@ async fn a_token_the_gateway_minted_for_one_route_is_refused_on_every_other() {
         ),
         ..Options::default()
     });
-    let app = access_token_of(&server, "app").await;
+    let app = server.access_token("app").await;
     let (status, _) = get(&server, &app, "/reports/a").await;
     assert_eq!(status, StatusCode::OK);
     let minted = upstream.requests()[0]
@@ -534,7 +525,7 @@ async fn token_exchange_mutate_is_bounded_by_the_tokens_own_client() {
     let server = Refgate::start();
     // `other` may hold photos.read only; `middle` (a mutate client) may
     // hold photos.write too, but cannot lend it.
-    let token = access_token_of(&server, "other").await;
+    let token = server.access_token("other").await;
     let mutate = |scope: &'static str| {
         let (server, token) = (&server, token.clone());
         async move {
@@ -564,7 +555,7 @@ async fn token_exchange_mutate_is_bounded_by_the_tokens_own_client() {
 /// An access and a refresh token of a grant of `client`, which exchanges
 /// its own client_credentials token for one with `offline_access`.
 async fn refreshable_as(server: &Refgate, client: &str) -> (String, String) {
-    let own = access_token_of(server, client).await;
+    let own = server.access_token(client).await;
     let (status, body) = exchange(
         server,
         client,

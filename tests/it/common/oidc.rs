@@ -81,7 +81,9 @@ impl OidcAs {
             ])
             .send()
             .await
-            .expect("mint");
+            .expect("mint")
+            .error_for_status()
+            .unwrap_or_else(|e| panic!("oidc-as: {e}"));
         let body: Value = response.json().await.expect("mint JSON");
         (
             body["access_token"]
@@ -103,6 +105,8 @@ impl OidcAs {
             .send()
             .await
             .expect("stats")
+            .error_for_status()
+            .unwrap_or_else(|e| panic!("oidc-as: {e}"))
             .json()
             .await
             .expect("stats JSON")
@@ -118,7 +122,9 @@ impl OidcAs {
             .post(self.url("/_reset"))
             .send()
             .await
-            .expect("reset");
+            .expect("reset")
+            .error_for_status()
+            .unwrap_or_else(|e| panic!("oidc-as: {e}"));
     }
 
     /// `normal`, `down`, `error500` or `slow` (with `delay_ms`).
@@ -128,7 +134,9 @@ impl OidcAs {
             .json(&json!({ "mode": mode, "delay_ms": delay_ms }))
             .send()
             .await
-            .expect("mode");
+            .expect("mode")
+            .error_for_status()
+            .unwrap_or_else(|e| panic!("oidc-as: {e}"));
     }
 
     /// Deletes every grant: later refreshes get `invalid_grant`.
@@ -137,7 +145,9 @@ impl OidcAs {
             .post(self.url("/_revoke_all"))
             .send()
             .await
-            .expect("revoke all");
+            .expect("revoke all")
+            .error_for_status()
+            .unwrap_or_else(|e| panic!("oidc-as: {e}"));
     }
 
     /// Whether the server considers `access_token` active.
@@ -149,6 +159,8 @@ impl OidcAs {
             .send()
             .await
             .expect("introspect")
+            .error_for_status()
+            .unwrap_or_else(|e| panic!("oidc-as: {e}"))
             .json()
             .await
             .expect("introspection JSON");

@@ -1,8 +1,7 @@
 //! RFC 8693 token exchange: refgate access tokens and trusted id_tokens as
 //! subjects, `act`, `aud`, scope bounds, and every way a subject is refused.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,8 +14,6 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
 
 /// The trusted issuer of the fixture key, and the audience it signs for.
@@ -78,18 +75,12 @@ async fn exchange(
     extra: &[(&str, &str)],
 ) -> (StatusCode, Value) {
     let mut params = vec![
-        ("grant_type", EXCHANGE),
+        ("grant_type", TOKEN_EXCHANGE),
         ("subject_token", subject_token),
         ("subject_token_type", subject_token_type),
     ];
     params.extend_from_slice(extra);
     server.token(client, &params).await
-}
-
-fn assert_error(status: StatusCode, body: &Value, code: &str) {
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"], code, "{body}");
-    assert!(body["error_description"].is_string(), "{body}");
 }
 
 // --- access_token subjects ----------------------------------------------
@@ -258,7 +249,7 @@ async fn exchange_scope_is_bounded_by_the_caller_not_the_subject() {
         &[("scope", "photos.read")],
     )
     .await;
-    assert_error(status, &body, "invalid_scope");
+    assert_bad_request(status, &body, "invalid_scope");
 }
 
 #[tokio::test]
@@ -294,23 +285,23 @@ async fn exchange_without_subject_token_is_invalid_request() {
         .token(
             "app",
             &[
-                ("grant_type", EXCHANGE),
+                ("grant_type", TOKEN_EXCHANGE),
                 ("subject_token_type", ACCESS_TOKEN_TYPE),
             ],
         )
         .await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
     let subject = server.client_token("app", None).await;
     let (status, body) = server
         .token(
             "app",
             &[
-                ("grant_type", EXCHANGE),
+                ("grant_type", TOKEN_EXCHANGE),
                 ("subject_token", str_of(&subject, "access_token")),
             ],
         )
         .await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -322,7 +313,7 @@ async fn exchange_of_unknown_or_malformed_subject_is_invalid_request() {
         "garbage",
     ] {
         let (status, body) = exchange(&server, "app", token, ACCESS_TOKEN_TYPE, &[]).await;
-        assert_error(status, &body, "invalid_request");
+        assert_bad_request(status, &body, "invalid_request");
     }
 }
 
@@ -341,7 +332,7 @@ async fn exchange_of_a_refresh_token_or_unsupported_type_is_invalid_request() {
     assert_eq!(status, StatusCode::OK, "{granted}");
     let refresh = str_of(&granted, "refresh_token");
     let (status, body) = exchange(&server, "app", refresh, ACCESS_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
     let (status, body) = exchange(
         &server,
         "app",
@@ -350,7 +341,7 @@ async fn exchange_of_a_refresh_token_or_unsupported_type_is_invalid_request() {
         &[],
     )
     .await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -376,7 +367,7 @@ async fn exchange_of_expired_subject_is_invalid_request() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (status, body) = exchange(&server, "app", token, ACCESS_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -396,7 +387,7 @@ async fn exchange_of_revoked_subject_is_invalid_request() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = exchange(&server, "app", token, ACCESS_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -416,7 +407,7 @@ async fn exchange_with_a_resource_that_is_not_an_absolute_uri_is_invalid_target(
             &[("resource", resource)],
         )
         .await;
-        assert_error(status, &body, "invalid_target");
+        assert_bad_request(status, &body, "invalid_target");
     }
 }
 
@@ -424,7 +415,7 @@ async fn exchange_with_a_resource_that_is_not_an_absolute_uri_is_invalid_target(
 async fn exchange_for_an_audience_outside_the_client_list_is_invalid_target() {
     let server = Refgate::start_with(Options {
         extra: format!(
-            "[[clients]]\nid = \"fenced\"\nsecret_hash = \"{}\"\ngrant_types = [\"{EXCHANGE}\"]\nscopes = [\"reports.read\"]\naudiences = [\"reports-api\", \"https://reports.example.com/\"]\nexchange_from = [\"other\"]\n",
+            "[[clients]]\nid = \"fenced\"\nsecret_hash = \"{}\"\ngrant_types = [\"{TOKEN_EXCHANGE}\"]\nscopes = [\"reports.read\"]\naudiences = [\"reports-api\", \"https://reports.example.com/\"]\nexchange_from = [\"other\"]\n",
             secret_hash("fenced-secret")
         ),
         ..Options::default()
@@ -443,7 +434,7 @@ async fn exchange_for_an_audience_outside_the_client_list_is_invalid_target() {
             &[(name, value)],
         )
         .await;
-        assert_error(status, &body, "invalid_target");
+        assert_bad_request(status, &body, "invalid_target");
     }
     let (status, body) = exchange(
         &server,
@@ -475,7 +466,7 @@ async fn exchange_with_actor_token_is_invalid_request() {
         ],
     )
     .await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 // --- id_token subjects -----------------------------------------------------
@@ -572,7 +563,7 @@ async fn id_token_signed_by_another_key_is_invalid_request() {
     });
     let forged = sign_rs256(&id_claims("user-42"), "other-key.pem");
     let (status, body) = exchange(&server, "app", &forged, ID_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -586,7 +577,7 @@ async fn id_token_with_tampered_payload_is_invalid_request() {
     let payload = URL_SAFE_NO_PAD.encode(id_claims("admin").to_string());
     let tampered = format!("{}.{payload}.{}", parts[0], parts[2]);
     let (status, body) = exchange(&server, "app", &tampered, ID_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -599,11 +590,11 @@ async fn id_token_for_another_audience_is_invalid_request() {
     claims["aud"] = json!("some-other-client");
     let (status, body) =
         exchange(&server, "app", &good_id_token(&claims), ID_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
     claims.as_object_mut().expect("object").remove("aud");
     let (status, body) =
         exchange(&server, "app", &good_id_token(&claims), ID_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -618,11 +609,11 @@ async fn expired_id_token_is_invalid_request() {
     claims["exp"] = json!(unix_now() - 3600);
     let (status, body) =
         exchange(&server, "app", &good_id_token(&claims), ID_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
     claims.as_object_mut().expect("object").remove("exp");
     let (status, body) =
         exchange(&server, "app", &good_id_token(&claims), ID_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -637,7 +628,7 @@ async fn id_token_not_valid_yet_is_invalid_request() {
     claims["exp"] = json!(unix_now() + 7200);
     let (status, body) =
         exchange(&server, "app", &good_id_token(&claims), ID_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
     // A past `nbf` is fine.
     claims["nbf"] = json!(unix_now() - 60);
     let (status, body) =
@@ -655,11 +646,11 @@ async fn id_token_from_unknown_issuer_is_invalid_request() {
     claims["iss"] = json!("https://untrusted.example");
     let (status, body) =
         exchange(&server, "app", &good_id_token(&claims), ID_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
     claims.as_object_mut().expect("object").remove("iss");
     let (status, body) =
         exchange(&server, "app", &good_id_token(&claims), ID_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -667,7 +658,7 @@ async fn id_token_without_trusted_issuers_configured_is_invalid_request() {
     let server = Refgate::start();
     let id_token = good_id_token(&id_claims("user-42"));
     let (status, body) = exchange(&server, "app", &id_token, ID_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -682,7 +673,7 @@ async fn unsigned_id_token_with_alg_none_is_invalid_request() {
         let header = encode(&json!({"alg": alg, "typ": "JWT", "kid": KID}));
         for token in [format!("{header}.{claims}."), format!("{header}.{claims}")] {
             let (status, body) = exchange(&server, "app", &token, ID_TOKEN_TYPE, &[]).await;
-            assert_error(status, &body, "invalid_request");
+            assert_bad_request(status, &body, "invalid_request");
         }
     }
 }
@@ -719,7 +710,7 @@ async fn hs256_id_token_keyed_with_the_issuer_public_key_is_invalid_request() {
             )
             .expect("sign HMAC JWT");
             let (status, body) = exchange(&server, "app", &token, ID_TOKEN_TYPE, &[]).await;
-            assert_error(status, &body, "invalid_request");
+            assert_bad_request(status, &body, "invalid_request");
         }
     }
 }
@@ -732,7 +723,7 @@ async fn malformed_id_token_is_invalid_request() {
     });
     for token in ["not-a-jwt", "a.b.c", "eyJhbGciOiJSUzI1NiJ9.e30"] {
         let (status, body) = exchange(&server, "app", token, ID_TOKEN_TYPE, &[]).await;
-        assert_error(status, &body, "invalid_request");
+        assert_bad_request(status, &body, "invalid_request");
     }
 }
 
@@ -823,7 +814,7 @@ async fn id_token_is_verified_against_keys_fetched_from_jwks_uri() {
     assert_eq!(hits.load(Ordering::SeqCst), fetched, "keys were not cached");
     let forged = sign_rs256(&id_claims("user-7"), "other-key.pem");
     let (status, body) = exchange(&server, "app", &forged, ID_TOKEN_TYPE, &[]).await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 #[tokio::test]
@@ -845,7 +836,7 @@ async fn jwks_uri_answering_an_error_is_invalid_request() {
         &[],
     )
     .await;
-    assert_error(status, &body, "invalid_request");
+    assert_bad_request(status, &body, "invalid_request");
 }
 
 /// A loopback server that accepts connections, reads the request and never
@@ -894,7 +885,7 @@ async fn slow_jwks_of_one_issuer_does_not_hold_up_another() {
             .post(token_url)
             .basic_auth("app", Some("app-secret"))
             .form(&[
-                ("grant_type", EXCHANGE),
+                ("grant_type", TOKEN_EXCHANGE),
                 ("subject_token", slow_token.as_str()),
                 ("subject_token_type", ID_TOKEN_TYPE),
             ])

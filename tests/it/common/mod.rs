@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod oidc;
+pub mod raw;
 pub mod upstream;
 
 use std::io::Write;
@@ -87,6 +88,47 @@ pub fn pass_listeners(command: &mut Command, sockets: &[(&str, &TcpListener)]) {
     }
 }
 
+/// Runs `command` to its end, capturing stdout and stderr, and fails the
+/// test when it takes longer than `limit` (a hung child must not hang the
+/// suite).
+pub fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// How long a `refgate` command that should end by itself may take.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(30);
+
 /// `sha256:<hex>` of a secret, as `refgate secret hash` prints it.
 pub fn secret_hash(secret: &str) -> String {
     refgate::crypto::secret_hash_text(secret)
@@ -156,6 +198,9 @@ pub struct Options {
     pub standard_clients: bool,
     /// A store URL to use instead of a fresh one (instances sharing a store).
     pub store_url: Option<String>,
+    /// Environment variables of the refgate process (never of this test
+    /// process: it runs tests on many threads).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -166,6 +211,7 @@ impl Default for Options {
             extra: String::new(),
             standard_clients: true,
             store_url: None,
+            env: Vec::new(),
         }
     }
 }
@@ -184,6 +230,8 @@ pub struct Refgate {
     pub store_url: String,
     /// The sockets passed to every start of this instance, by name.
     listeners: Vec<(&'static str, TcpListener)>,
+    /// Environment variables set for every start of this instance.
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// A database this instance created and drops at the end.
     owned_database: Option<PgDatabase>,
@@ -264,6 +312,7 @@ data_key = "{DATA_KEY}"
             proxy_port,
             store_url,
             listeners: vec![("token_service", token_listener), ("proxy", proxy_listener)],
+            env: options.env,
             child: None,
             owned_database,
         };
@@ -312,7 +361,9 @@ data_key = "{DATA_KEY}"
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// Sends SIGTERM and waits for exit; returns the exit code.
+    /// Sends SIGTERM and waits for exit; returns the exit code (`None`
+    /// when it was not running).
+    #[must_use = "check the exit code, or use stop_cleanly"]
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         // SAFETY: sending a signal to our own child process.
@@ -341,7 +392,14 @@ data_key = "{DATA_KEY}"
         let sockets: Vec<(&str, &TcpListener)> =
             self.listeners.iter().map(|(n, l)| (*n, l)).collect();
         pass_listeners(&mut command, &sockets);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command
+    }
+
+    /// Sets an environment variable for the next starts of this instance.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(n, _)| n != name);
+        self.env.push((name.to_string(), value.to_string()));
     }
 
     /// A metrics listener for the next start (listeners take a restart);
@@ -356,8 +414,26 @@ data_key = "{DATA_KEY}"
 
     /// Stops and starts again on the same configuration and data.
     pub fn restart(&mut self) {
-        self.stop();
+        if self.is_running() {
+            self.stop_cleanly();
+        }
         self.spawn();
+    }
+
+    /// Whether the harness started this instance and has not stopped it.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends SIGTERM and asserts that refgate exits 0.
+    pub fn stop_cleanly(&mut self) {
+        let code = self.stop();
+        assert_eq!(code, Some(0), "refgate did not exit 0:\n{}", self.log());
+    }
+
+    /// Waits (up to 20 s) until the log holds `text`; returns the log.
+    pub fn wait_for_log(&self, text: &str) -> String {
+        wait_for_text(&self.log_path, text)
     }
 
     /// Appends to the log file a marker (useful to split phases).
@@ -424,15 +500,45 @@ data_key = "{DATA_KEY}"
 
     /// Introspects as `middle` (introspect + reveal_custom).
     pub async fn introspect(&self, token: &str) -> Value {
-        let (status, body) = self
-            .post_form(
-                "/oauth2/introspect",
-                Some(("middle", "middle-secret")),
-                &[("token", token)],
-            )
-            .await;
+        let (status, body) = self.introspect_as("middle", token).await;
         assert_eq!(status, StatusCode::OK, "introspection failed: {body}");
         body
+    }
+
+    /// `POST /oauth2/introspect` as `client` (secret `<client>-secret`).
+    pub async fn introspect_as(&self, client: &str, token: &str) -> (StatusCode, Value) {
+        let secret = format!("{client}-secret");
+        self.post_form(
+            "/oauth2/introspect",
+            Some((client, &secret)),
+            &[("token", token)],
+        )
+        .await
+    }
+
+    /// An access token of `client` (client_credentials, its default scope).
+    pub async fn access_token(&self, client: &str) -> String {
+        str_of(&self.client_token(client, None).await, "access_token").to_string()
+    }
+
+    /// Stores `credential` as `custom.credentials.<name>` in the grant of
+    /// `token` (a merge patch as `middle`), asserting success.
+    pub async fn store_credential(&self, token: &str, name: &str, credential: Value) {
+        let (status, body) = self
+            .mutate(
+                &serde_json::json!({"token": token, "patch": {"credentials": {name: credential}}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "mutate failed: {body}");
+    }
+
+    /// An `app` token whose grant holds the `photos` credential `down-abc`
+    /// (see [`credential`]).
+    pub async fn token_with_photos(&self) -> String {
+        let token = self.access_token("app").await;
+        self.store_credential(&token, "photos", credential("down-abc", "Bearer"))
+            .await;
+        token
     }
 
     /// `POST /oauth2/mutate` as `middle` with a JSON body.
@@ -453,6 +559,24 @@ data_key = "{DATA_KEY}"
     }
 }
 
+/// Waits (up to 20 s) until the file at `path` holds `text`; returns the
+/// file's text.
+pub fn wait_for_text(path: &std::path::Path, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = std::fs::read_to_string(path).unwrap_or_default();
+        if found.contains(text) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{text}` in {} within 20 s:\n{found}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Whether this run tests against PostgreSQL (`REFGATE_TEST_STORE=postgres`)
 /// instead of SQLite.
 pub fn test_store_is_postgres() -> bool {
@@ -462,23 +586,42 @@ pub fn test_store_is_postgres() -> bool {
 /// The PostgreSQL server tests use (trust authentication on loopback).
 pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// A fresh database on the test PostgreSQL server, dropped on drop, so runs
-/// and tests never collide.
+/// An empty database on the test PostgreSQL server, for one test at a time,
+/// so runs and tests never collide.
+///
+/// `CREATE DATABASE` costs most of a second of disk writes, and the suite
+/// needs hundreds: a database is emptied when its test is done (its
+/// connections ended, its `public` schema dropped and made again) and
+/// handed to the next test of this process. Databases of test processes
+/// that are gone are dropped when the first one is needed.
 pub struct PgDatabase {
     pub name: String,
     pub url: String,
 }
 
+/// Emptied databases of this process, ready for the next test.
+static FREE_DATABASES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 impl PgDatabase {
     pub fn create() -> Self {
-        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!("refgate_test_{}_{n}_{nanos}", std::process::id());
-        psql(&format!("CREATE DATABASE {name}"));
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(drop_databases_of_finished_runs);
+        let reused = FREE_DATABASES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let name = reused.unwrap_or_else(|| {
+            static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("{DATABASE_PREFIX}{}_{n}", std::process::id());
+            psql(&format!("CREATE DATABASE {name}"));
+            // A commit need not wait for its WAL flush: that only matters
+            // when the PostgreSQL server itself crashes, which no test does.
+            psql(&format!(
+                "ALTER DATABASE {name} SET synchronous_commit = off"
+            ));
+            name
+        });
         PgDatabase {
             url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
             name,
@@ -486,17 +629,78 @@ impl PgDatabase {
     }
 }
 
+/// Names of test databases: the prefix, the test process id, a counter.
+const DATABASE_PREFIX: &str = "refgate_test_";
+
+/// Drops the test databases whose test process no longer runs (a process
+/// keeps its emptied databases to the end and cannot drop them then).
+fn drop_databases_of_finished_runs() {
+    let output = Command::new("psql")
+        .args(["-X", "-A", "-t", PG_ADMIN, "-c"])
+        .arg(format!(
+            "SELECT datname FROM pg_database WHERE datname LIKE '{DATABASE_PREFIX}%'"
+        ))
+        .output()
+        .expect("run psql (is the PostgreSQL client installed?)");
+    assert!(
+        output.status.success(),
+        "listing test databases failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in String::from_utf8_lossy(&output.stdout).lines() {
+        let pid = name
+            .strip_prefix(DATABASE_PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let running = pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !running {
+            let _ = Command::new("psql")
+                .args(["-q", "-X", PG_ADMIN, "-c"])
+                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", PG_ADMIN, "-c"])
+        // Open to connections again (a test may have closed it), end what
+        // is still connected, and empty it.
+        let emptied = Command::new("psql")
+            .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", PG_ADMIN])
+            .arg("-c")
             .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
+                "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true; \
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+                name = self.name
             ))
+            .arg("-c")
+            .arg(format!("\\connect {}", self.name))
+            .arg("-c")
+            .arg("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
+            .status()
+            .is_ok_and(|status| status.success());
+        if emptied {
+            FREE_DATABASES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(self.name.clone());
+        } else {
+            let _ = Command::new("psql")
+                .args(["-q", "-X", PG_ADMIN, "-c"])
+                .arg(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -575,6 +779,22 @@ pub fn str_of<'a>(body: &'a Value, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("`{key}` missing in {body}"))
 }
 
+/// Asserts an RFC 6749 §5.2 error answer: this status, this `error`, and
+/// an `error_description`.
+pub fn assert_oauth_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "unexpected status, body: {body}");
+    assert_eq!(body["error"], code, "unexpected error in {body}");
+    assert!(
+        body["error_description"].is_string(),
+        "no error_description in {body}"
+    );
+}
+
+/// [`assert_oauth_error`] for a 400.
+pub fn assert_bad_request(status: StatusCode, body: &Value, code: &str) {
+    assert_oauth_error(status, body, StatusCode::BAD_REQUEST, code);
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -592,20 +812,60 @@ pub async fn refreshable(server: &Refgate, scope: &str) -> (String, String) {
         .token(
             "app",
             &[
-                (
-                    "grant_type",
-                    "urn:ietf:params:oauth:grant-type:token-exchange",
-                ),
+                ("grant_type", TOKEN_EXCHANGE),
                 ("subject_token", str_of(&subject, "access_token")),
-                (
-                    "subject_token_type",
-                    "urn:ietf:params:oauth:token-type:access_token",
-                ),
+                ("subject_token_type", ACCESS_TOKEN_TYPE),
                 ("scope", scope),
             ],
         )
         .await;
     assert_eq!(status, StatusCode::OK, "exchange failed: {body}");
+    (
+        str_of(&body, "access_token").to_string(),
+        str_of(&body, "refresh_token").to_string(),
+    )
+}
+
+/// A stored credential of the never-called `photos-as` authority (see
+/// [`AUTHORITY`]) that is valid for an hour.
+pub fn credential(access_token: &str, token_type: &str) -> Value {
+    serde_json::json!({
+        "access_token": access_token,
+        "token_type": token_type,
+        "expires_at": unix_now() + 3600,
+        "authority": "photos-as",
+    })
+}
+
+/// Whether `needle` occurs in `haystack` (an empty needle never does).
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The RFC 8693 token-exchange grant type.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// refgate's scope-mutating token exchange.
+pub const EXCHANGE_MUTATE: &str = "urn:ietf:params:oauth:grant-type:token-exchange-mutate";
+/// The RFC 8693 token type of an access token.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// An access and a refresh token `minter` mints for `subject` (issuer
+/// `https://idp.example.com`, scope `photos.read offline_access`), with
+/// `extra` form parameters.
+pub async fn minted_pair(
+    server: &Refgate,
+    subject: &str,
+    extra: &[(&str, &str)],
+) -> (String, String) {
+    let mut params = vec![
+        ("grant_type", "arbitrary_token"),
+        ("subject", subject),
+        ("issuer", "https://idp.example.com"),
+        ("scope", "photos.read offline_access"),
+    ];
+    params.extend_from_slice(extra);
+    let (status, body) = server.token("minter", &params).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     (
         str_of(&body, "access_token").to_string(),
         str_of(&body, "refresh_token").to_string(),
@@ -628,15 +888,26 @@ pub fn route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
     )
 }
 
+/// A route that requires `photos.read` and sends the credential `photos`;
+/// `more` holds extra lines.
+pub fn credential_route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
+    route(
+        name,
+        prefix,
+        upstream,
+        &format!("required_scopes = [\"photos.read\"]\ncredential = \"photos\"\n{more}"),
+    )
+}
+
 /// The standard protected route: `/photos/`, scope `photos.read`,
 /// credential `photos`.
 pub fn photos_route(upstream: &str) -> String {
-    route(
-        "photos",
-        "/photos/",
-        upstream,
-        "required_scopes = [\"photos.read\"]\ncredential = \"photos\"",
-    )
+    credential_route("photos", "/photos/", upstream, "")
+}
+
+/// A route without authentication; `more` holds extra lines.
+pub fn public_route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
+    route(name, prefix, upstream, &format!("auth = \"none\"\n{more}"))
 }
 
 /// The space-separated scopes of a JSON string, sorted.

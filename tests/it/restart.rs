@@ -2,8 +2,7 @@
 //! not in the process (SPEC 3.1); SIGTERM drains in-flight requests within
 //! a few seconds and exits 0 (SPEC 1).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -17,45 +16,21 @@ use serde_json::{json, Value};
 /// loaded machine.
 const STOP_WITHIN: Duration = Duration::from_secs(12);
 
-async fn refresh_as(server: &Refgate, client: &str, refresh: &str) -> (StatusCode, Value) {
-    server
-        .token(
-            client,
-            &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
-        )
-        .await
-}
-
-/// `(access, refresh)` minted by `minter` with offline_access and custom data.
-async fn minted_pair(server: &Refgate, subject: &str, custom: &Value) -> (String, String) {
-    let custom = custom.to_string();
-    let (status, body) = server
-        .token(
-            "minter",
-            &[
-                ("grant_type", "arbitrary_token"),
-                ("subject", subject),
-                ("issuer", "https://idp.example.com"),
-                ("scope", "photos.read offline_access"),
-                ("arbitrary_json", &custom),
-                ("arbitrary_claims", r#"{"groups": ["ops"]}"#),
-            ],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    (
-        str_of(&body, "access_token").to_string(),
-        str_of(&body, "refresh_token").to_string(),
-    )
-}
-
 #[tokio::test]
 async fn tokens_and_custom_data_survive_a_restart() {
     let mut server = Refgate::start();
 
     let app = server.client_token("app", Some("photos.read")).await;
     let app_access = str_of(&app, "access_token").to_string();
-    let (access, refresh) = minted_pair(&server, "mallory", &json!({"seed": 1})).await;
+    let (access, refresh) = minted_pair(
+        &server,
+        "mallory",
+        &[
+            ("arbitrary_json", &json!({"seed": 1}).to_string()),
+            ("arbitrary_claims", r#"{"groups": ["ops"]}"#),
+        ],
+    )
+    .await;
     let (status, body) = server
         .mutate(
             &json!({"token": access, "patch": {"credentials": {"photos": {
@@ -64,7 +39,7 @@ async fn tokens_and_custom_data_survive_a_restart() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let revoked = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let revoked = server.access_token("app").await;
     let (status, _) = server
         .post_form(
             "/oauth2/revoke",
@@ -94,7 +69,7 @@ async fn tokens_and_custom_data_survive_a_restart() {
 
     // The refresh token rotates after the restart, and the new access token
     // points at the same grant and custom data.
-    let (status, body) = refresh_as(&server, "minter", &refresh).await;
+    let (status, body) = server.refresh("minter", &refresh).await;
     assert_eq!(
         status,
         StatusCode::OK,
@@ -121,8 +96,16 @@ async fn tokens_and_custom_data_survive_a_restart() {
 #[tokio::test]
 async fn a_refresh_token_consumed_before_a_restart_stays_consumed() {
     let mut server = Refgate::start();
-    let (_, refresh) = minted_pair(&server, "nina", &json!({})).await;
-    let (status, body) = refresh_as(&server, "minter", &refresh).await;
+    let (_, refresh) = minted_pair(
+        &server,
+        "nina",
+        &[
+            ("arbitrary_json", "{}"),
+            ("arbitrary_claims", r#"{"groups": ["ops"]}"#),
+        ],
+    )
+    .await;
+    let (status, body) = server.refresh("minter", &refresh).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let new_access = str_of(&body, "access_token").to_string();
 
@@ -131,7 +114,7 @@ async fn a_refresh_token_consumed_before_a_restart_stays_consumed() {
     assert_eq!(server.introspect(&refresh).await, json!({"active": false}));
     assert_eq!(server.introspect(&new_access).await["active"], true);
     // Replaying it is still detected: invalid_grant, and the grant ends.
-    let (status, body) = refresh_as(&server, "minter", &refresh).await;
+    let (status, body) = server.refresh("minter", &refresh).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_grant");
     assert_eq!(
@@ -163,14 +146,36 @@ fn connect(server: &Refgate) -> TcpStream {
 }
 
 /// Headers of a client_credentials token request for `app` whose body is
-/// `body_len` bytes long.
-fn token_request_head(body_len: usize, connection: &str) -> String {
+/// `body_len` bytes long; with `expect_continue`, the server says
+/// `100 Continue` once it has parsed them and starts reading the body.
+fn token_request_head(body_len: usize, connection: &str, expect_continue: bool) -> String {
     let basic = STANDARD.encode("app:app-secret");
+    let expect = if expect_continue {
+        "Expect: 100-continue\r\n"
+    } else {
+        ""
+    };
     format!(
         "POST /oauth2/token HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {basic}\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {body_len}\r\n\
-         Connection: {connection}\r\n\r\n"
+         {expect}Connection: {connection}\r\n\r\n"
     )
+}
+
+/// Waits for the `100 Continue` of a request sent with
+/// `Expect: 100-continue`: the server has parsed the head and its handler
+/// is reading the body, so the request is in flight.
+fn read_continue(stream: &mut TcpStream) {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        stream
+            .read_exact(&mut byte)
+            .expect("read an interim answer");
+        bytes.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&bytes);
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
 }
 
 /// Reads one HTTP/1.1 response with a `Content-Length` body; its head.
@@ -217,24 +222,31 @@ async fn sigterm_drains_an_in_flight_request() {
     // accepted and served before shutdown begins.
     let mut stream = connect(&server);
     stream
-        .write_all(format!("{}{body}", token_request_head(body.len(), "keep-alive")).as_bytes())
+        .write_all(
+            format!(
+                "{}{body}",
+                token_request_head(body.len(), "keep-alive", false)
+            )
+            .as_bytes(),
+        )
         .expect("send a first request");
     let head = read_response(&mut stream);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
-    // A second request, of which only the head and part of the body arrive.
+    // A second request, of which only the head and part of the body arrive;
+    // the server has read the head and waits for the body.
     stream
-        .write_all(token_request_head(body.len(), "close").as_bytes())
+        .write_all(token_request_head(body.len(), "close", true).as_bytes())
         .expect("send headers");
+    read_continue(&mut stream);
     stream
         .write_all(first.as_bytes())
         .expect("send a first part");
-    // Let the server parse the headers and start waiting for the body.
-    tokio::time::sleep(Duration::from_millis(800)).await;
 
+    let log_path = server.log_path.clone();
     let stopping = stop_in_background(server);
-    // Let the signal arrive and shutdown begin while the request is open.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Shutdown has begun while the request is open.
+    wait_for_text(&log_path, "SIGTERM received");
     assert!(
         !stopping.is_finished(),
         "refgate exited with a request in flight"
@@ -262,11 +274,11 @@ async fn sigterm_exits_0_even_when_a_request_never_completes() {
     // A request whose body never arrives, and an idle keep-alive connection.
     let mut stalled = connect(&server);
     stalled
-        .write_all(token_request_head(1000, "close").as_bytes())
+        .write_all(token_request_head(1000, "close", true).as_bytes())
         .expect("send headers");
+    read_continue(&mut stalled);
     stalled.write_all(b"grant_type=").expect("send a part");
     let _idle = connect(&server);
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let (code, took, server) = stop_in_background(server).join().expect("stopper thread");
     assert_eq!(code, Some(0), "{}", server.log());

@@ -7,8 +7,7 @@
 //! `REFGATE_TEST_STORE=postgres`) and edits it directly, as someone holding
 //! a dump or the database would.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,9 +16,6 @@ use serde_json::{json, Value};
 
 /// Another data key (standard base64 of 32 bytes).
 const KEY_B: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
-
-const EXCHANGE_MUTATE: &str = "urn:ietf:params:oauth:grant-type:token-exchange-mutate";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// An access token of `app` whose grant holds `{"note": note}`.
 async fn token_with_note(server: &Refgate, note: &str) -> String {
@@ -193,7 +189,7 @@ async fn custom_data_put_back_from_an_older_version_is_never_shown() {
 
     // The older blob of the same grant goes back in, the version stays:
     // what a restored dump or a hand in the database could do.
-    server.stop();
+    server.stop_cleanly();
     put_blob(&server, &old_blob);
     server.restart();
     server.mark_log("blob-put-back");
@@ -253,7 +249,7 @@ async fn a_rotated_data_key_opens_old_data_until_it_is_sealed_again_then_can_be_
 
     // Key B is current, key A listed as previous: old data still opens and
     // the pass at start seals it again with B.
-    server.stop();
+    server.stop_cleanly();
     configure_keys(
         &server,
         KEY_B,
@@ -275,7 +271,7 @@ async fn a_rotated_data_key_opens_old_data_until_it_is_sealed_again_then_can_be_
     assert_eq!(blob_new[..9], blob_b[..9]);
 
     // Key A dropped: everything still opens.
-    server.stop();
+    server.stop_cleanly();
     configure_keys(&server, KEY_B, "");
     server.restart();
     assert_eq!(revealed_note(&server, &access).await, "during-rotation");
@@ -291,7 +287,7 @@ async fn a_store_sealed_with_a_key_that_is_not_configured_refuses_to_start() {
     let access = token_with_note(&server, "sealed-with-a").await;
 
     // Key A replaced by B without listing A: refused, saying what to do.
-    server.stop();
+    server.stop_cleanly();
     configure_keys(&server, KEY_B, "");
     let log = serve_expecting_refusal(&server);
     assert!(log.contains("1 grant(s)"), "{log}");
@@ -300,8 +296,8 @@ async fn a_store_sealed_with_a_key_that_is_not_configured_refuses_to_start() {
     assert!(!log.contains(DATA_KEY) && !log.contains(KEY_B), "{log}");
 
     // A listed through the environment: starts, and the data opens.
-    let variable = format!("REFGATE_TEST_PREVIOUS_KEY_{}", std::process::id());
-    std::env::set_var(&variable, DATA_KEY);
+    let variable = "REFGATE_TEST_PREVIOUS_KEY";
+    server.set_env(variable, DATA_KEY);
     configure_keys(
         &server,
         KEY_B,
@@ -343,7 +339,7 @@ async fn custom_data_sealed_before_blobs_named_their_key_still_opens_and_is_seal
     .trim()
     .to_string();
 
-    server.stop();
+    server.stop_cleanly();
     let legacy = seal_without_key_id(DATA_KEY, &grant_id, br#"{"note":"legacy-note"}"#);
     put_blob(&server, &legacy);
     server.mark_log("legacy");
@@ -393,7 +389,7 @@ async fn sqlite_files_are_readable_by_their_owner_only() {
     }
 
     // A store from before, readable by others: narrowed at start.
-    server.stop();
+    server.stop_cleanly();
     std::fs::set_permissions(&server.db_path, std::fs::Permissions::from_mode(0o644))
         .expect("chmod");
     server.restart();
@@ -418,13 +414,13 @@ async fn instances_sharing_postgres_rotate_in_three_steps_and_always_read_each_o
 
     // 1. Every instance learns B while A still seals.
     for server in [&mut one, &mut two] {
-        server.stop();
+        server.stop_cleanly();
         configure_keys(server, DATA_KEY, &with_a_current);
         server.restart();
     }
     // 2. B seals, one instance at a time: meanwhile each instance reads
     // what the other wrote.
-    one.stop();
+    one.stop_cleanly();
     configure_keys(&one, KEY_B, &with_b_current);
     one.mark_log("step 2");
     one.restart();
@@ -434,7 +430,7 @@ async fn instances_sharing_postgres_rotate_in_three_steps_and_always_read_each_o
     assert_eq!(revealed_note(&one, &access).await, "written-with-a");
     set_note(&one, &access, "written-with-b").await;
     assert_eq!(revealed_note(&two, &access).await, "written-with-b");
-    two.stop();
+    two.stop_cleanly();
     configure_keys(&two, KEY_B, &with_b_current);
     two.mark_log("step 2");
     two.restart();
@@ -442,7 +438,7 @@ async fn instances_sharing_postgres_rotate_in_three_steps_and_always_read_each_o
 
     // 3. A goes everywhere.
     for server in [&mut one, &mut two] {
-        server.stop();
+        server.stop_cleanly();
         configure_keys(server, KEY_B, "");
         server.restart();
         assert_eq!(revealed_note(server, &access).await, "written-with-b");

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 // The bench upstream is an example; compiled into this test as well, so
-// `cargo test --test bench_scripts` proves it builds and can run it
+// `cargo test --test it bench_scripts::` proves it builds and can run it
 // in-process on an ephemeral port.
 #[allow(dead_code)]
-#[path = "../examples/bench_upstream.rs"]
+#[path = "../../examples/bench_upstream.rs"]
 mod bench_upstream;
 
 fn bench_dir() -> PathBuf {
@@ -100,14 +100,13 @@ fn lua_checker() -> Option<(&'static str, Vec<&'static str>)> {
 fn bench_lua_scripts_compile() {
     let scripts = bench_files(&|p: &Path| p.extension().is_some_and(|e| e == "lua"));
     assert!(!scripts.is_empty(), "no wrk Lua scripts under bench/");
-    let Some((program, args)) = lua_checker() else {
-        eprintln!(
-            "SKIPPED: no luajit or luac on PATH; {} Lua scripts not syntax-checked \
-             (apt-get install luajit)",
+    let (program, args) = lua_checker().unwrap_or_else(|| {
+        panic!(
+            "no luajit or luac on PATH to syntax-check {} Lua scripts \
+             (scripts/test installs luajit)",
             scripts.len()
-        );
-        return;
-    };
+        )
+    });
     for script in &scripts {
         let mut command = Command::new(program);
         command.args(&args).arg(script);

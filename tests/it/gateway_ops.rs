@@ -2,30 +2,15 @@
 //! logs, configuration reload on file change and SIGHUP without dropping
 //! requests, refusal of an invalid configuration, and SIGTERM draining.
 
-mod common;
-use common::oidc::OidcAs;
-use common::upstream::Upstream;
-use common::*;
+use crate::common::oidc::OidcAs;
+use crate::common::upstream::Upstream;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-
-/// A public route (no token) named `name` for `prefix`.
-fn public_route(upstream: &str, name: &str, prefix: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\nauth = \"none\"\n"
-    )
-}
-
-/// A route using credential `photos`.
-fn photos_route(upstream: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"photos\"\npath_prefix = \"/photos/\"\nupstream = \"{upstream}\"\nrequired_scopes = [\"photos.read\"]\ncredential = \"photos\"\n"
-    )
-}
 
 async fn get(url: String, token: Option<&str>) -> reqwest::Response {
     let mut request = http().get(url);
@@ -275,8 +260,13 @@ async fn request_ids_are_in_the_log_lines_of_their_requests() {
             "{}\n{}\n{}\n{}",
             oidc.authority_toml("photos-as"),
             photos_route(&upstream.url()),
-            public_route(&upstream.url(), "open", "/open/"),
-            public_route(&format!("http://127.0.0.1:{}", dead.port), "dead", "/dead/")
+            public_route("open", "/open/", &upstream.url(), ""),
+            public_route(
+                "dead",
+                "/dead/",
+                &format!("http://127.0.0.1:{}", dead.port),
+                ""
+            )
         ),
         ..Options::default()
     });
@@ -363,19 +353,23 @@ async fn request_ids_are_in_the_log_lines_of_their_requests() {
 async fn a_route_added_to_the_file_serves_while_an_in_flight_request_completes() {
     let upstream = Upstream::start().await;
     let server = Refgate::start_with(Options {
-        extra: public_route(&upstream.url(), "slow", "/slow/"),
+        extra: public_route("held", "/hold/", &upstream.url(), ""),
         ..Options::default()
     });
     let response = get(format!("{}/fresh/x", server.proxy), None).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
-    let in_flight = tokio::spawn(get(format!("{}/slow/3000/x", server.proxy), None));
-    eventually(Duration::from_secs(5), "the slow request upstream", || {
-        let arrived = upstream.requests().iter().any(|r| r.path == "/slow/3000/x");
+    // The upstream holds this request until the test releases it.
+    let in_flight = tokio::spawn(get(format!("{}/hold/x", server.proxy), None));
+    eventually(Duration::from_secs(5), "the held request upstream", || {
+        let arrived = upstream.requests().iter().any(|r| r.path == "/hold/x");
         async move { arrived }
     })
     .await;
-    append_to_config(&server, &public_route(&upstream.url(), "fresh", "/fresh/"));
+    append_to_config(
+        &server,
+        &public_route("fresh", "/fresh/", &upstream.url(), ""),
+    );
 
     let proxy = server.proxy.clone();
     eventually(Duration::from_secs(10), "the new route", || {
@@ -383,12 +377,17 @@ async fn a_route_added_to_the_file_serves_while_an_in_flight_request_completes()
         async move { get(url, None).await.status() == StatusCode::OK }
     })
     .await;
+    assert!(
+        !in_flight.is_finished(),
+        "the held request finished before the reload"
+    );
+    upstream.release();
     let response = in_flight.await.expect("request task");
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.expect("upstream echo");
-    assert_eq!(body["path"], "/slow/3000/x");
+    assert_eq!(body["path"], "/hold/x");
     // The old route still serves.
-    let response = get(format!("{}/slow/0/y", server.proxy), None).await;
+    let response = get(format!("{}/hold/y", server.proxy), None).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(server.log().contains("configuration reloaded"));
 }
@@ -427,7 +426,7 @@ fn refgate_pid(config_path: &Path) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_configuration() {
     let upstream = Upstream::start().await;
-    let route = public_route(&upstream.url(), "fresh", "/fresh/");
+    let route = public_route("fresh", "/fresh/", &upstream.url(), "");
     // A comment as long as the route to add: replacing one with the other
     // keeps the file's size, and its mtime is put back, so only SIGHUP can
     // make refgate notice.
@@ -435,7 +434,7 @@ async fn sighup_reloads_the_configuration() {
     let server = Refgate::start_with(Options {
         extra: format!(
             "{}\n{padding}",
-            public_route(&upstream.url(), "old", "/old/")
+            public_route("old", "/old/", &upstream.url(), "")
         ),
         ..Options::default()
     });
@@ -481,7 +480,7 @@ async fn sighup_reloads_the_configuration() {
 async fn an_invalid_configuration_is_refused_and_the_old_one_keeps_serving() {
     let upstream = Upstream::start().await;
     let server = Refgate::start_with(Options {
-        extra: public_route(&upstream.url(), "old", "/old/"),
+        extra: public_route("old", "/old/", &upstream.url(), ""),
         ..Options::default()
     });
     let good = std::fs::read_to_string(&server.config_path).expect("read config");
@@ -504,7 +503,7 @@ async fn an_invalid_configuration_is_refused_and_the_old_one_keeps_serving() {
         &server.config_path,
         format!(
             "{good}\n{}unknown_key = 1\n",
-            public_route(&upstream.url(), "fresh", "/fresh/")
+            public_route("fresh", "/fresh/", &upstream.url(), "")
         ),
     )
     .expect("write config");
@@ -527,7 +526,7 @@ async fn an_invalid_configuration_is_refused_and_the_old_one_keeps_serving() {
         &server.config_path,
         format!(
             "{good}\n{}",
-            public_route(&upstream.url(), "fresh", "/fresh/")
+            public_route("fresh", "/fresh/", &upstream.url(), "")
         ),
     )
     .expect("write config");
@@ -543,20 +542,26 @@ async fn an_invalid_configuration_is_refused_and_the_old_one_keeps_serving() {
 async fn sigterm_lets_an_in_flight_request_finish_and_exits_zero() {
     let upstream = Upstream::start().await;
     let mut server = Refgate::start_with(Options {
-        extra: public_route(&upstream.url(), "slow", "/slow/"),
+        extra: public_route("held", "/hold/", &upstream.url(), ""),
         ..Options::default()
     });
 
-    let in_flight = tokio::spawn(get(format!("{}/slow/1500/x", server.proxy), None));
-    eventually(Duration::from_secs(5), "the slow request upstream", || {
+    // The upstream holds the request until shutdown has begun.
+    let in_flight = tokio::spawn(get(format!("{}/hold/x", server.proxy), None));
+    eventually(Duration::from_secs(5), "the held request upstream", || {
         let arrived = !upstream.requests().is_empty();
         async move { arrived }
     })
     .await;
     let started = Instant::now();
-    let (code, server) = tokio::task::spawn_blocking(move || (server.stop(), server))
+    let log_path = server.log_path.clone();
+    let stopping = tokio::task::spawn_blocking(move || (server.stop(), server));
+    let log = tokio::task::spawn_blocking(move || wait_for_text(&log_path, "SIGTERM received"))
         .await
-        .expect("stop");
+        .expect("log");
+    assert!(!in_flight.is_finished(), "answered before shutdown:\n{log}");
+    upstream.release();
+    let (code, server) = stopping.await.expect("stop");
     let took = started.elapsed();
     assert_eq!(code, Some(0), "{}", server.log());
     assert!(took < Duration::from_secs(8), "stopping took {took:?}");
@@ -568,7 +573,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_exits_zero() {
 async fn sigterm_exits_zero_within_seconds_despite_a_request_that_never_ends() {
     let upstream = Upstream::start().await;
     let mut server = Refgate::start_with(Options {
-        extra: public_route(&upstream.url(), "slow", "/slow/"),
+        extra: public_route("slow", "/slow/", &upstream.url(), ""),
         ..Options::default()
     });
 

@@ -6,69 +6,38 @@
 //! also when another route has a verified connection to the same address
 //! pooled.
 
-mod common;
-
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use common::upstream::Upstream;
-use common::*;
+use crate::common::upstream::Upstream;
+use crate::common::*;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
     SanType,
 };
-use serde_json::{json, Value};
-
-/// Serializes starts in this test binary: one test hands its refgate an
-/// `SSL_CERT_FILE`, which no other start may inherit.
-static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use serde_json::Value;
 
 fn start(options: Options) -> Refgate {
     start_with_platform_roots(options, None)
 }
 
 /// Starts refgate; with `roots`, it takes that PEM file as the platform's
-/// trusted roots (`SSL_CERT_FILE`, read by rustls-native-certs).
+/// trusted roots (`SSL_CERT_FILE` in its environment, read by
+/// rustls-native-certs).
 fn start_with_platform_roots(options: Options, roots: Option<&std::path::Path>) -> Refgate {
-    let _guard = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut env = options.env.clone();
     if let Some(roots) = roots {
-        std::env::set_var("SSL_CERT_FILE", roots);
+        env.push(("SSL_CERT_FILE".into(), roots.display().to_string()));
     }
-    let server = Refgate::start_with(Options {
+    Refgate::start_with(Options {
         extra: format!("{AUTHORITY}\n{}", options.extra),
+        env,
         ..options
-    });
-    if roots.is_some() {
-        std::env::remove_var("SSL_CERT_FILE");
-    }
-    server
-}
-
-/// A protected route with the `photos` credential; `more` adds lines.
-fn route(name: &str, prefix: &str, upstream: &str, more: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\nrequired_scopes = [\"photos.read\"]\ncredential = \"photos\"\n{more}\n"
-    )
+    })
 }
 
 fn ca_line(path: &std::path::Path) -> String {
     format!("ca_file = \"{}\"", path.display())
-}
-
-/// An `app` token whose grant holds the `photos` credential `down-abc`.
-async fn token_with_photos(server: &Refgate) -> String {
-    let token = str_of(&server.client_token("app", None).await, "access_token").to_string();
-    let credential = json!({
-        "access_token": "down-abc",
-        "token_type": "Bearer",
-        "expires_at": unix_now() + 3600,
-        "authority": "photos-as",
-    });
-    let (status, body) = server
-        .mutate(&json!({"token": token, "patch": {"credentials": {"photos": credential}}}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "mutate failed: {body}");
-    token
 }
 
 async fn get(server: &Refgate, path: &str, token: &str) -> (StatusCode, Value) {
@@ -203,7 +172,7 @@ async fn https_upstream_signed_by_the_routes_ca_is_proxied() {
     let upstream = tls_upstream(&ca.leaf(&[Name::Ip("127.0.0.1")])).await;
     assert!(upstream.url().starts_with("https://127.0.0.1:"));
     let server = start(Options {
-        extra: route(
+        extra: credential_route(
             "photos",
             "/photos/",
             &upstream.url(),
@@ -211,7 +180,7 @@ async fn https_upstream_signed_by_the_routes_ca_is_proxied() {
         ),
         ..Options::default()
     });
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
 
     for i in 0..3 {
         let (status, echo) = get(&server, &format!("/photos/{i}"), &token).await;
@@ -241,19 +210,19 @@ async fn dns_name_upstream_is_verified_against_its_certificate() {
     let by_ip = tls_upstream(&ca.leaf(&[Name::Ip("127.0.0.1")])).await;
     let trust = ca_line(&ca.pem_path);
     let routes = [
-        route(
+        credential_route(
             "named",
             "/named/",
             &format!("https://localhost:{}", by_name.port),
             &trust,
         ),
-        route(
+        credential_route(
             "named-by-ip",
             "/named-by-ip/",
             &format!("https://127.0.0.1:{}", by_name.port),
             &trust,
         ),
-        route(
+        credential_route(
             "ip-by-name",
             "/ip-by-name/",
             &format!("https://localhost:{}", by_ip.port),
@@ -265,7 +234,7 @@ async fn dns_name_upstream_is_verified_against_its_certificate() {
         extra: routes,
         ..Options::default()
     });
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
 
     let (status, echo) = get(&server, "/named/x", &token).await;
     assert_eq!(status, StatusCode::OK, "{echo}");
@@ -289,16 +258,16 @@ async fn upstream_not_trusted_by_the_route_is_502_even_when_another_route_trusts
     let upstream = tls_upstream(&ca.leaf(&[Name::Ip("127.0.0.1")])).await;
     let other_ca = TestCa::new("some other CA");
     let routes = [
-        route(
+        credential_route(
             "trusted",
             "/trusted/",
             &upstream.url(),
             &ca_line(&ca.pem_path),
         ),
         // No ca_file: only the platform roots, which do not know the test CA.
-        route("untrusted", "/untrusted/", &upstream.url(), ""),
+        credential_route("untrusted", "/untrusted/", &upstream.url(), ""),
         // A CA file, but the wrong CA.
-        route(
+        credential_route(
             "wrong-ca",
             "/wrong-ca/",
             &upstream.url(),
@@ -310,7 +279,7 @@ async fn upstream_not_trusted_by_the_route_is_502_even_when_another_route_trusts
         extra: routes,
         ..Options::default()
     });
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
 
     assert_bad_gateway(
         &get(&server, "/untrusted/a", &token).await,
@@ -341,7 +310,7 @@ async fn certificate_for_another_name_is_502() {
     let upstream =
         tls_upstream(&ca.leaf(&[Name::Dns("photos.internal"), Name::Ip("10.1.2.3")])).await;
     let server = start(Options {
-        extra: route(
+        extra: credential_route(
             "photos",
             "/photos/",
             &upstream.url(),
@@ -349,7 +318,7 @@ async fn certificate_for_another_name_is_502() {
         ),
         ..Options::default()
     });
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     for _ in 0..2 {
         assert_bad_gateway(&get(&server, "/photos/x", &token).await, "name mismatch");
     }
@@ -366,15 +335,15 @@ async fn self_signed_or_expired_upstream_certificates_are_502() {
     let expired = tls_upstream(&ca.leaf_with(old)).await;
     let trust = ca_line(&ca.pem_path);
     let routes = [
-        route("lone", "/lone/", &lone.url(), &trust),
-        route("expired", "/expired/", &expired.url(), &trust),
+        credential_route("lone", "/lone/", &lone.url(), &trust),
+        credential_route("expired", "/expired/", &expired.url(), &trust),
     ]
     .join("\n");
     let server = start(Options {
         extra: routes,
         ..Options::default()
     });
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     assert_bad_gateway(&get(&server, "/lone/x", &token).await, "self-signed");
     assert_bad_gateway(&get(&server, "/expired/x", &token).await, "expired");
     assert!(lone.requests().is_empty());
@@ -393,10 +362,10 @@ async fn gateway_wide_ca_file_is_trusted_for_every_route() {
     );
     let server = start(Options {
         gateway: ca_line(&bundle),
-        extra: route("photos", "/photos/", &upstream.url(), ""),
+        extra: credential_route("photos", "/photos/", &upstream.url(), ""),
         ..Options::default()
     });
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
     let (status, echo) = get(&server, "/photos/x", &token).await;
     assert_eq!(status, StatusCode::OK, "{echo}");
     assert_eq!(echo["authorization"], "Bearer down-abc");
@@ -411,10 +380,10 @@ async fn route_ca_file_adds_to_the_platform_roots_rather_than_replacing_them() {
     let by_extra = tls_upstream(&extra.leaf(&[Name::Ip("127.0.0.1")])).await;
     let trust_extra = ca_line(&extra.pem_path);
     let routes = [
-        route("p-plain", "/p-plain/", &by_platform.url(), ""),
-        route("p-extra", "/p-extra/", &by_platform.url(), &trust_extra),
-        route("e-extra", "/e-extra/", &by_extra.url(), &trust_extra),
-        route("e-plain", "/e-plain/", &by_extra.url(), ""),
+        credential_route("p-plain", "/p-plain/", &by_platform.url(), ""),
+        credential_route("p-extra", "/p-extra/", &by_platform.url(), &trust_extra),
+        credential_route("e-extra", "/e-extra/", &by_extra.url(), &trust_extra),
+        credential_route("e-plain", "/e-plain/", &by_extra.url(), ""),
     ]
     .join("\n");
     let server = start_with_platform_roots(
@@ -424,7 +393,7 @@ async fn route_ca_file_adds_to_the_platform_roots_rather_than_replacing_them() {
         },
         Some(&platform.pem_path),
     );
-    let token = token_with_photos(&server).await;
+    let token = server.token_with_photos().await;
 
     for path in ["/p-plain/x", "/p-extra/x", "/e-extra/x"] {
         let (status, echo) = get(&server, path, &token).await;

@@ -1,0 +1,34 @@
+//! refgate's integration tests, in one test binary (one link of pingora
+//! instead of one per file). Each module is one suite, named for what it
+//! covers; run one with `cargo test --test it <module>::`. Shared harness:
+//! [`common`] (the refgate process, the PostgreSQL databases, the upstream,
+//! the downstream authority, raw HTTP).
+
+mod common;
+
+mod at_rest;
+mod bench_scripts;
+mod cli;
+mod cluster;
+mod custom_mutate;
+mod data_keys;
+mod dns;
+mod exchange;
+mod gateway_edge;
+mod gateway_errors;
+mod gateway_hostile;
+mod gateway_obo;
+mod gateway_ops;
+mod gateway_refresh;
+mod gateway_routing;
+mod gateway_tls;
+mod hostile_input;
+mod introspection_revocation;
+mod layering;
+mod mutate_grant;
+mod refresh;
+mod restart;
+mod smoke;
+mod sqlite_store;
+mod token_grants;
+mod trust_boundaries;

@@ -3,22 +3,21 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
 use super::error::{no_store, OAuthError};
-use super::request::{
-    authenticate, authenticate_header_first, read_body, AuthMethods, Form, FORM_LIMIT,
-};
+use super::request::AuthenticatedForm;
 use super::TokenService;
 use crate::core::scope;
 use crate::crypto::TokenKind;
 use crate::lookup::{is_active, ActiveToken};
 
-pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<Body>) -> Response {
+pub async fn handle(
+    State(service): State<Arc<TokenService>>,
+    request: AuthenticatedForm,
+) -> Response {
     match introspect(&service, request).await {
         Ok(body) => {
             let mut response = axum::Json(body).into_response();
@@ -29,17 +28,15 @@ pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<B
     }
 }
 
-async fn introspect(service: &TokenService, request: Request<Body>) -> Result<Value, OAuthError> {
-    let config = service.config();
-    authenticate_header_first(&config, request.headers())?;
-    let (parts, body) = read_body(request, FORM_LIMIT).await?;
-    let form = Form::parse(&parts.headers, &body)?;
-    let client = authenticate(
-        &config,
-        &parts.headers,
-        Some(&form),
-        AuthMethods::BasicOrPost,
-    )?;
+async fn introspect(
+    service: &TokenService,
+    request: AuthenticatedForm,
+) -> Result<Value, OAuthError> {
+    let AuthenticatedForm {
+        config,
+        client,
+        form,
+    } = request;
     if !client.introspect {
         return Err(OAuthError::invalid_client(format!(
             "client `{}` may not introspect tokens",

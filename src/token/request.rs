@@ -234,3 +234,41 @@ fn parse_basic(value: &[u8]) -> Result<(String, String), OAuthError> {
     }
     Ok((id, secret))
 }
+
+/// A form request from an authenticated client, as the token,
+/// introspection and revocation endpoints all take theirs: HTTP Basic
+/// checked before the body is read (a wrong secret is refused without
+/// reading it), the body capped at [`FORM_LIMIT`] and parsed, then the
+/// client authenticated on the whole request (Basic or
+/// `client_secret_post`).
+pub struct AuthenticatedForm {
+    /// The configuration the request is served with, start to end.
+    pub config: Arc<Config>,
+    pub client: Arc<Client>,
+    pub form: Form,
+}
+
+impl axum::extract::FromRequest<Arc<super::TokenService>> for AuthenticatedForm {
+    type Rejection = OAuthError;
+
+    async fn from_request(
+        request: Request<Body>,
+        service: &Arc<super::TokenService>,
+    ) -> Result<Self, OAuthError> {
+        let config = service.config();
+        authenticate_header_first(&config, request.headers())?;
+        let (parts, body) = read_body(request, FORM_LIMIT).await?;
+        let form = Form::parse(&parts.headers, &body)?;
+        let client = authenticate(
+            &config,
+            &parts.headers,
+            Some(&form),
+            AuthMethods::BasicOrPost,
+        )?;
+        Ok(AuthenticatedForm {
+            config,
+            client,
+            form,
+        })
+    }
+}

@@ -6,22 +6,22 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::error::{no_store, OAuthError};
-use super::request::{
-    authenticate, authenticate_header_first, read_body, AuthMethods, Form, FORM_LIMIT,
-};
+use super::request::AuthenticatedForm;
 use super::TokenService;
 use crate::core::issue::whole_seconds;
 use crate::core::rotation::{still_usable, Presented};
 use crate::crypto::{hash_token, token_kind, TokenKind};
 use crate::lookup::now;
 
-pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<Body>) -> Response {
+pub async fn handle(
+    State(service): State<Arc<TokenService>>,
+    request: AuthenticatedForm,
+) -> Response {
     match revoke(&service, request).await {
         Ok(()) => {
             let mut response = StatusCode::OK.into_response();
@@ -32,17 +32,12 @@ pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<B
     }
 }
 
-async fn revoke(service: &TokenService, request: Request<Body>) -> Result<(), OAuthError> {
-    let config = service.config();
-    authenticate_header_first(&config, request.headers())?;
-    let (parts, body) = read_body(request, FORM_LIMIT).await?;
-    let form = Form::parse(&parts.headers, &body)?;
-    let client = authenticate(
-        &config,
-        &parts.headers,
-        Some(&form),
-        AuthMethods::BasicOrPost,
-    )?;
+async fn revoke(service: &TokenService, request: AuthenticatedForm) -> Result<(), OAuthError> {
+    let AuthenticatedForm {
+        config,
+        client,
+        form,
+    } = request;
     let token = form.require("token")?;
     // token_type_hint is only a hint: the prefix says what the token is.
     if token_kind(token).is_none() {

@@ -3,36 +3,30 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 
 use super::error::OAuthError;
-use super::request::{
-    authenticate, authenticate_header_first, read_body, AuthMethods, Form, FORM_LIMIT,
-};
+use super::request::AuthenticatedForm;
 use super::TokenService;
 use crate::config::GrantType;
 
-pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<Body>) -> Response {
+pub async fn handle(
+    State(service): State<Arc<TokenService>>,
+    request: AuthenticatedForm,
+) -> Response {
     match token(&service, request).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
-async fn token(service: &TokenService, request: Request<Body>) -> Result<Response, OAuthError> {
-    let config = service.config();
-    authenticate_header_first(&config, request.headers())?;
-    let (parts, body) = read_body(request, FORM_LIMIT).await?;
-    let form = Form::parse(&parts.headers, &body)?;
-    let client = authenticate(
-        &config,
-        &parts.headers,
-        Some(&form),
-        AuthMethods::BasicOrPost,
-    )?;
+async fn token(service: &TokenService, request: AuthenticatedForm) -> Result<Response, OAuthError> {
+    let AuthenticatedForm {
+        config,
+        client,
+        form,
+    } = request;
     let grant_type = form.require("grant_type")?;
     let grant = GrantType::parse(grant_type).ok_or_else(|| {
         OAuthError::unsupported_grant_type(format!("grant type `{grant_type}` is not supported"))

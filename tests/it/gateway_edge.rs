@@ -666,14 +666,29 @@ async fn trickle_until_closed(port: u16, start: &[u8]) -> Duration {
         .await
         .expect("connect");
     stream.write_all(start).await.expect("write");
+    trickle(&mut stream, started).await
+}
+
+/// Sends one byte every 300 ms until the server closes the stream (at
+/// most 20 s), and returns the time from `since`; an answer to the head
+/// that never ends fails the test.
+async fn trickle<S>(stream: &mut S, since: Instant) -> Duration
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let written = stream.write_all(b"X").await;
+        if stream.write_all(b"X").await.is_err() || stream.flush().await.is_err() {
+            return since.elapsed();
+        }
         let mut buf = [0u8; 256];
-        let read = tokio::time::timeout(Duration::from_millis(10), stream.read(&mut buf)).await;
-        let closed = written.is_err() || matches!(read, Ok(Ok(0)) | Ok(Err(_)));
-        if closed || started.elapsed() > Duration::from_secs(20) {
-            return started.elapsed();
+        match tokio::time::timeout(Duration::from_millis(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return since.elapsed(),
+            Ok(Ok(n)) => panic!("answered a head never finished: {:?}", lossy(&buf[..n])),
+            Err(_) => {}
+        }
+        if since.elapsed() > Duration::from_secs(20) {
+            return since.elapsed();
         }
     }
 }
@@ -928,20 +943,7 @@ async fn later_requests_on_a_kept_alive_connection_have_the_same_deadlines() {
     slow.write_all(b"GET /open/slow HTTP/1.1\r\n")
         .await
         .expect("write");
-    let started = Instant::now();
-    let cut = loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if slow.write_all(b"X").await.is_err() {
-            break started.elapsed();
-        }
-        let mut buf = [0u8; 256];
-        match tokio::time::timeout(Duration::from_millis(10), slow.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
-            Ok(Ok(n)) => panic!("answered a head never finished: {:?}", lossy(&buf[..n])),
-            Err(_) => {}
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "never cut");
-    };
+    let cut = trickle(&mut slow, Instant::now()).await;
     assert!(
         cut >= Duration::from_millis(1500) && cut < Duration::from_secs(5),
         "a trickled second head lasted {cut:?}"
@@ -1182,19 +1184,7 @@ async fn tls_handshakes_count_against_the_proxy_limit_and_have_the_head_deadline
     tls.write_all(b"GET /open/slow HTTP/1.1\r\n")
         .await
         .expect("write");
-    let cut = loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if tls.write_all(b"X").await.is_err() || tls.flush().await.is_err() {
-            break accepted.elapsed();
-        }
-        let mut buf = [0u8; 256];
-        match tokio::time::timeout(Duration::from_millis(10), tls.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break accepted.elapsed(),
-            Ok(Ok(n)) => panic!("answered a head never finished: {:?}", lossy(&buf[..n])),
-            Err(_) => {}
-        }
-        assert!(accepted.elapsed() < Duration::from_secs(10), "never cut");
-    };
+    let cut = trickle(&mut tls, accepted).await;
     assert!(
         cut >= Duration::from_millis(1500) && cut < Duration::from_secs(5),
         "a trickled head over TLS lasted {cut:?}"

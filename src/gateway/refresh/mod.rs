@@ -174,19 +174,26 @@ impl Refresher {
                         "stopped waiting for a credential refresh; it goes on in the background"
                     )
                 });
-                let current = self
-                    .stored(grant_id, name)
-                    .await?
-                    .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
-                if current.reauth_required() {
-                    return Err(GatewayError::ReauthRequired(name.to_string()));
-                }
+                let current = self.usable(grant_id, name).await?;
                 Self::fall_back(&current)
             }
         }
     }
 
     /// The stored credential, read from the store (not the cache).
+    /// The stored credential, unless it is missing or its authority asked
+    /// for consent again (then the error to answer).
+    async fn usable(&self, grant_id: &str, name: &str) -> Result<StoredCredential, GatewayError> {
+        let current = self
+            .stored(grant_id, name)
+            .await?
+            .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
+        if current.reauth_required() {
+            return Err(GatewayError::ReauthRequired(name.to_string()));
+        }
+        Ok(current)
+    }
+
     async fn stored(
         &self,
         grant_id: &str,
@@ -229,13 +236,7 @@ impl Refresher {
         waiting_since: Instant,
     ) -> Result<Arc<Credential>, GatewayError> {
         let skew = state.config.gateway.refresh_skew.as_secs() as i64;
-        let current = self
-            .stored(grant_id, name)
-            .await?
-            .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
-        if current.reauth_required() {
-            return Err(GatewayError::ReauthRequired(name.to_string()));
-        }
+        let current = self.usable(grant_id, name).await?;
         if !Self::still_needed(&current, need, skew) {
             return Ok(for_use(&current));
         }
@@ -268,13 +269,7 @@ impl Refresher {
             let deadline = Instant::now() + Duration::from_secs(lease_seconds as u64);
             while Instant::now() < deadline {
                 tokio::time::sleep(WAIT_POLL).await;
-                current = self
-                    .stored(grant_id, name)
-                    .await?
-                    .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
-                if current.reauth_required() {
-                    return Err(GatewayError::ReauthRequired(name.to_string()));
-                }
+                current = self.usable(grant_id, name).await?;
                 if !Self::still_needed(&current, need, skew) {
                     self.count("-", "waited");
                     return Ok(Arc::new(Credential::obtained(&current)));
@@ -295,10 +290,7 @@ impl Refresher {
         // lease, whether at once or after waiting: `current` was read
         // before, and its refresh token may be spent (a rotating authority
         // revokes the grant when it is presented again).
-        current = self
-            .stored(grant_id, name)
-            .await?
-            .ok_or_else(|| GatewayError::CredentialMissing(name.to_string()))?;
+        current = self.usable(grant_id, name).await?;
         if !Self::still_needed(&current, need, skew) {
             let _ = store.release_lease(key, &self.holder).await;
             return Ok(for_use(&current));

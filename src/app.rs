@@ -157,6 +157,11 @@ fn tokio_listener(
     what: &str,
 ) -> anyhow::Result<tokio::net::TcpListener> {
     let address = listener.local_addr().context("listener address")?;
+    // A caller's socket may be blocking (std binds them so); tokio needs
+    // it non-blocking.
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("cannot listen on {address}"))?;
     let listener = tokio::net::TcpListener::from_std(listener)
         .with_context(|| format!("cannot listen on {address}"))?;
     tracing::info!(%address, "{what} listening");
@@ -239,6 +244,11 @@ fn run_proxy(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("proxy listener address")?;
+    // pingora accepts on each of its runtimes; a blocking socket (as std
+    // binds them) would stall a runtime in accept.
+    listener
+        .set_nonblocking(true)
+        .context("cannot make the proxy listener non-blocking")?;
     let mut server = Server::new_with_opt_and_conf(None, proxy_server_conf());
     server.bootstrap();
     let drain = Arc::new(Drain::default());

@@ -23,6 +23,7 @@ mod gateway_refresh;
 mod gateway_routing;
 mod gateway_tls;
 mod hostile_input;
+mod in_process;
 mod introspection_revocation;
 mod layering;
 mod mutate_grant;

@@ -39,10 +39,11 @@ impl Reloader {
             || new.listen.request_head_timeout != old.listen.request_head_timeout
             || new.listen.keepalive_timeout != old.listen.keepalive_timeout
             || new.gateway.dns_servers != old.gateway.dns_servers
+            || new.tokens.auth_failures != old.tokens.auth_failures
             || new.store.url != old.store.url
         {
             tracing::warn!(
-                "listener addresses and limits, DNS servers and the store only change on restart; keeping the running ones"
+                "listener addresses and limits, DNS servers, the failed-authentication limit and the store only change on restart; keeping the running ones"
             );
         }
         let new = Arc::new(new);

@@ -65,6 +65,8 @@ pub struct Tokens {
     pub refresh_token_ttl: Option<String>,
     pub refresh_grace: Option<String>,
     pub custom_data_max: Option<i64>,
+    /// Failed client authentications allowed per client id ("30/min").
+    pub auth_failures: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

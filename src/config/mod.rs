@@ -78,6 +78,34 @@ pub struct TokenSettings {
     pub refresh_token_ttl: Duration,
     pub refresh_grace: Duration,
     pub custom_data_max: usize,
+    /// Failed client authentications allowed per client id; `None`: off.
+    pub auth_failures: Option<Rate>,
+}
+
+/// A number of events per period ("30/min", "100/s").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// `N/s` or `N/min`, N from 1 to 1,000,000.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let shape = || format!("`{text}` is not a rate such as \"30/min\" or \"100/s\"");
+        let (count, unit) = text.split_once('/').ok_or_else(shape)?;
+        let count: u32 = count
+            .parse()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| format!("`{text}`: the count must be between 1 and 1000000"))?;
+        let per = match unit {
+            "s" => Duration::from_secs(1),
+            "min" => Duration::from_secs(60),
+            _ => return Err(shape()),
+        };
+        Ok(Rate { count, per })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -484,6 +512,30 @@ mod tests {
         assert!(parse_duration("99999999999999ms").is_err());
         assert!(parse_duration("30d\n").is_err());
         assert!(parse_duration(" 30d").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(
+            Rate::parse("30/min"),
+            Ok(Rate {
+                count: 30,
+                per: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(Rate::parse("5/s").map(|r| r.count), Ok(5));
+        for bad in [
+            "30",
+            "0/min",
+            "-1/s",
+            "30/h",
+            "30/min ",
+            "1000001/s",
+            "/s",
+            "x/s",
+        ] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct OAuthError {
     pub description: String,
     /// Extra members of the JSON body.
     pub extra: Option<serde_json::Value>,
+    /// Seconds for `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -26,7 +28,15 @@ impl OAuthError {
             code,
             description: description.into(),
             extra: None,
+            retry_after: None,
         }
+    }
+
+    /// Too many attempts: 429 with `Retry-After` (SPEC 5).
+    pub fn rate_limited(description: impl Into<String>, wait: std::time::Duration) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", description);
+        error.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        error
     }
 
     pub fn invalid_request(description: impl Into<String>) -> Self {
@@ -169,6 +179,11 @@ impl IntoResponse for OAuthError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

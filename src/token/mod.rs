@@ -25,6 +25,7 @@ mod metadata;
 mod mutate;
 mod request;
 mod revoke;
+mod throttle;
 mod token_endpoint;
 
 use std::sync::Arc;
@@ -49,15 +50,19 @@ pub struct TokenService {
     /// Every grant operation and write goes through it.
     pub grants: Arc<Grants>,
     pub id_tokens: id_token::IdTokenVerifier,
+    /// Failed client authentications per client id (set at start).
+    pub auth_throttle: throttle::AuthThrottle,
 }
 
 impl TokenService {
     pub fn new(live: Live, lookup: Arc<TokenLookup>, http: reqwest::Client) -> Self {
+        let auth_failures = live.load().config.tokens.auth_failures;
         TokenService {
             live,
             grants: Arc::new(Grants::new(lookup.clone())),
             lookup,
             id_tokens: id_token::IdTokenVerifier::new(http),
+            auth_throttle: throttle::AuthThrottle::new(auth_failures),
         }
     }
 

@@ -38,7 +38,13 @@ pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<B
 async fn mutate(service: &TokenService, request: Request<Body>) -> Result<i64, OAuthError> {
     let config = service.config();
     let headers = request.headers().clone();
-    let client = authenticate(&config, &headers, None, AuthMethods::BasicOnly)?;
+    let client = authenticate(
+        &config,
+        &service.auth_throttle,
+        &headers,
+        None,
+        AuthMethods::BasicOnly,
+    )?;
     if !client.mutate {
         return Err(OAuthError::unauthorized_client(format!(
             "client `{}` may not mutate tokens",

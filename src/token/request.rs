@@ -11,6 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use super::error::OAuthError;
+use super::throttle::AuthThrottle;
 use crate::config::{Client, Config};
 use crate::crypto::SecretHash;
 
@@ -149,9 +150,12 @@ pub enum AuthMethods {
     BasicOnly,
 }
 
-/// Authenticates the calling client; every failure is 401 `invalid_client`.
+/// Authenticates the calling client; every failure is 401 `invalid_client`,
+/// and 429 `rate_limited` once the client id has failed too often
+/// ([`AuthThrottle`]).
 pub fn authenticate(
     config: &Config,
+    throttle: &AuthThrottle,
     headers: &HeaderMap,
     form: Option<&Form>,
     methods: AuthMethods,
@@ -192,13 +196,22 @@ pub fn authenticate(
             ))
         }
     };
+    let refused = |wait| {
+        OAuthError::rate_limited("too many failed client authentications; retry later", wait)
+    };
+    if let Some(wait) = throttle.refused(config, &id) {
+        return Err(refused(wait));
+    }
     let client = config.clients.get(&id);
     let expected = client
         .map(|c| c.secret.clone())
         .unwrap_or_else(SecretHash::unmatchable);
     match client {
         Some(c) if expected.verify(&secret) => Ok(c.clone()),
-        _ => Err(OAuthError::invalid_client("client authentication failed")),
+        _ => match throttle.failed(config, &id) {
+            Some(wait) => Err(refused(wait)),
+            None => Err(OAuthError::invalid_client("client authentication failed")),
+        },
     }
 }
 
@@ -207,9 +220,13 @@ pub fn authenticate(
 /// refgate reading (and holding) its body. Without the header nothing is
 /// checked here (`client_secret_post` needs the body); [`authenticate`]
 /// runs on the whole request afterwards either way.
-pub fn authenticate_header_first(config: &Config, headers: &HeaderMap) -> Result<(), OAuthError> {
+pub fn authenticate_header_first(
+    config: &Config,
+    throttle: &AuthThrottle,
+    headers: &HeaderMap,
+) -> Result<(), OAuthError> {
     if headers.contains_key(header::AUTHORIZATION) {
-        authenticate(config, headers, None, AuthMethods::BasicOnly)?;
+        authenticate(config, throttle, headers, None, AuthMethods::BasicOnly)?;
     }
     Ok(())
 }
@@ -256,11 +273,12 @@ impl axum::extract::FromRequest<Arc<super::TokenService>> for AuthenticatedForm 
         service: &Arc<super::TokenService>,
     ) -> Result<Self, OAuthError> {
         let config = service.config();
-        authenticate_header_first(&config, request.headers())?;
+        authenticate_header_first(&config, &service.auth_throttle, request.headers())?;
         let (parts, body) = read_body(request, FORM_LIMIT).await?;
         let form = Form::parse(&parts.headers, &body)?;
         let client = authenticate(
             &config,
+            &service.auth_throttle,
             &parts.headers,
             Some(&form),
             AuthMethods::BasicOrPost,

@@ -36,11 +36,22 @@ pub(super) fn token_settings(c: &mut Checker<'_>, t: &file::Tokens) -> TokenSett
             16_384
         }
     };
+    let auth_failures = match t.auth_failures.as_deref() {
+        None => Some(Rate {
+            count: 30,
+            per: Duration::from_secs(60),
+        }),
+        Some("off") => None,
+        Some(text) => Rate::parse(text)
+            .map_err(|e| c.report("tokens.auth_failures", format!("{e}, or \"off\"")))
+            .ok(),
+    };
     TokenSettings {
         access_token_ttl,
         refresh_token_ttl,
         refresh_grace,
         custom_data_max,
+        auth_failures,
     }
 }
 

@@ -212,12 +212,13 @@ impl Parts {
         let config = Arc::new(config);
         let gateway = GatewayState::build(config, dns).map_err(anyhow::Error::msg)?;
         let live: Live = Arc::new(ArcSwap::from_pointee(gateway));
+        let metrics = Arc::new(Metrics::new());
         let tokens = Arc::new(TokenService::new(
             live.clone(),
             lookup.clone(),
             http.clone(),
+            metrics.clone(),
         ));
-        let metrics = Arc::new(Metrics::new());
         let refresher = Arc::new(Refresher::new(
             lookup.clone(),
             tokens.clone(),

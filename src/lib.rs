@@ -39,6 +39,7 @@
 //!   ([`app::run`]), run until shutdown;
 //! - [`connections`]: per listener, the connection limit and the deadline
 //!   to a first request head;
+//! - [`limits`]: request rate limits per client and per route;
 //! - [`telemetry`]: logging and Prometheus metrics.
 
 pub mod app;
@@ -49,6 +50,7 @@ pub mod credential;
 pub mod crypto;
 pub mod dns;
 pub mod gateway;
+pub mod limits;
 pub mod listeners;
 pub mod lookup;
 pub mod reload;

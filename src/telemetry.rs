@@ -147,6 +147,9 @@ pub struct Metrics {
     pub upstream_seconds: prometheus::HistogramVec,
     /// Time of a refresh call to an authority.
     pub refresh_seconds: prometheus::HistogramVec,
+    /// Requests refused by a rate limit, by limit (`route`, `client`,
+    /// `auth_failures`) and the route or client it belongs to.
+    pub rate_limited: prometheus::IntCounterVec,
 }
 
 impl Metrics {
@@ -199,12 +202,21 @@ impl Metrics {
             &["authority"],
         )
         .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "refgate_rate_limited_total",
+                "Requests refused by a rate limit, by limit (route, client, auth_failures) and what it belongs to",
+            ),
+            &["limit", "name"],
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache.clone()),
             Box::new(refreshes.clone()),
             Box::new(upstream_seconds.clone()),
             Box::new(refresh_seconds.clone()),
+            Box::new(rate_limited.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
@@ -215,6 +227,7 @@ impl Metrics {
             refreshes,
             upstream_seconds,
             refresh_seconds,
+            rate_limited,
         }
     }
 

@@ -110,6 +110,9 @@ pub struct Client {
     pub exchange_from: Option<Vec<String>>,
     pub access_token_ttl: Option<String>,
     pub refresh_token_ttl: Option<String>,
+    /// Token-endpoint requests of this client ("100/s", "600/min").
+    pub rate_limit: Option<String>,
+    pub rate_limit_burst: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +153,9 @@ pub struct Route {
     /// Send the client's `Host` upstream instead of the upstream's own.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Requests per calling client on this route.
+    pub rate_limit: Option<String>,
+    pub rate_limit_burst: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

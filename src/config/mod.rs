@@ -82,6 +82,14 @@ pub struct TokenSettings {
     pub auth_failures: Option<Rate>,
 }
 
+/// A token bucket: `rate` refills it, `burst` is its size (the rate's
+/// count unless set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub rate: Rate,
+    pub burst: u32,
+}
+
 /// A number of events per period ("30/min", "100/s").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -175,6 +183,8 @@ pub struct Client {
     pub exchange_from: ExchangeFrom,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    /// Token-endpoint requests of this client.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Whose tokens a client may present as a token-exchange subject
@@ -258,6 +268,8 @@ pub struct Route {
     pub audience: Option<String>,
     /// Send the client's `Host` upstream (default: the upstream's authority).
     pub preserve_host: bool,
+    /// Requests per calling client on this route.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// What a route does with the inbound token.

@@ -42,6 +42,10 @@ pub enum GatewayError {
     AuthorityUnavailable,
     #[error("the upstream is unavailable")]
     UpstreamUnavailable,
+    /// The calling client's requests on this route are over its rate
+    /// limit; whole seconds until it may send again.
+    #[error("too many requests on this route; retry later")]
+    RateLimited(u64),
     #[error("the token store is unavailable")]
     StoreUnavailable,
 }
@@ -61,6 +65,7 @@ impl GatewayError {
             | GatewayError::CredentialInvalid(_)
             | GatewayError::ReauthRequired(_) => 401,
             GatewayError::InsufficientScope(_) => 403,
+            GatewayError::RateLimited(_) => 429,
             GatewayError::UpstreamUnavailable => 502,
             GatewayError::AuthorityUnavailable | GatewayError::StoreUnavailable => 503,
         }
@@ -82,6 +87,7 @@ impl GatewayError {
             GatewayError::AuthorityUnavailable => "authority_unavailable",
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
             GatewayError::StoreUnavailable => "store_unavailable",
+            GatewayError::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -101,10 +107,11 @@ impl GatewayError {
         }
     }
 
-    fn retry_after(&self) -> Option<&'static str> {
+    fn retry_after(&self) -> Option<String> {
         match self {
-            GatewayError::AuthorityUnavailable => Some("5"),
-            GatewayError::StoreUnavailable => Some("1"),
+            GatewayError::AuthorityUnavailable => Some("5".to_string()),
+            GatewayError::StoreUnavailable => Some("1".to_string()),
+            GatewayError::RateLimited(seconds) => Some(seconds.to_string()),
             _ => None,
         }
     }

@@ -44,6 +44,8 @@ pub struct GatewayState {
     /// Resolves upstream host names (shared across reloads: its answers
     /// stay cached).
     pub dns: Arc<Dns>,
+    /// Rate limits of this generation (token endpoint and routes).
+    pub limits: crate::limits::Limits,
 }
 
 impl GatewayState {
@@ -56,6 +58,7 @@ impl GatewayState {
             entries.push(Arc::new(RouteEntry::new(route.clone(), peer)));
         }
         Ok(GatewayState {
+            limits: crate::limits::Limits::build(&config),
             routes: RouteTable::new(entries),
             config,
             dns,

@@ -39,6 +39,7 @@ use crate::config::Config;
 use crate::core::Grants;
 use crate::lookup::TokenLookup;
 use crate::reload::Live;
+use crate::telemetry::Metrics;
 
 pub use error::OAuthError;
 pub use issue::TokenResponse;
@@ -52,18 +53,36 @@ pub struct TokenService {
     pub id_tokens: id_token::IdTokenVerifier,
     /// Failed client authentications per client id (set at start).
     pub auth_throttle: throttle::AuthThrottle,
+    pub metrics: Arc<Metrics>,
 }
 
 impl TokenService {
-    pub fn new(live: Live, lookup: Arc<TokenLookup>, http: reqwest::Client) -> Self {
+    pub fn new(
+        live: Live,
+        lookup: Arc<TokenLookup>,
+        http: reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let auth_failures = live.load().config.tokens.auth_failures;
         TokenService {
             live,
             grants: Arc::new(Grants::new(lookup.clone())),
             lookup,
             id_tokens: id_token::IdTokenVerifier::new(http),
-            auth_throttle: throttle::AuthThrottle::new(auth_failures),
+            auth_throttle: throttle::AuthThrottle::new(auth_failures, metrics.clone()),
+            metrics,
         }
+    }
+
+    /// A token-endpoint request of `client` against its rate limit.
+    pub fn check_rate(&self, client: &str) -> Result<(), OAuthError> {
+        self.live.load().limits.client(client).map_err(|wait| {
+            self.metrics
+                .rate_limited
+                .with_label_values(&["client", client])
+                .inc();
+            OAuthError::rate_limited("too many requests from this client; retry later", wait)
+        })
     }
 
     /// The configuration in force now.

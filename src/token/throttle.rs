@@ -12,18 +12,20 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::{Config, Rate};
+use crate::telemetry::Metrics;
 
 /// Counters for made-up client ids.
 const UNKNOWN_BUCKETS: u64 = 1 << 16;
 
 pub struct AuthThrottle {
     limit: Option<Limit>,
+    metrics: Arc<Metrics>,
 }
 
 struct Limit {
@@ -35,7 +37,7 @@ struct Limit {
 }
 
 impl AuthThrottle {
-    pub fn new(rate: Option<Rate>) -> Self {
+    pub fn new(rate: Option<Rate>, metrics: Arc<Metrics>) -> Self {
         let limit = rate.map(|rate| {
             let burst = NonZeroU32::new(rate.count).unwrap_or(NonZeroU32::MIN);
             let quota = Quota::with_period(rate.per / rate.count)
@@ -48,7 +50,20 @@ impl AuthThrottle {
                 refused: Mutex::new(HashMap::new()),
             }
         });
-        AuthThrottle { limit }
+        AuthThrottle { limit, metrics }
+    }
+
+    /// Counts a refusal; an id nobody configured is not a metric label.
+    fn count(&self, config: &Config, id: &str) {
+        let name = if config.clients.contains_key(id) {
+            id
+        } else {
+            "-"
+        };
+        self.metrics
+            .rate_limited
+            .with_label_values(&["auth_failures", name])
+            .inc();
     }
 
     /// How long `id` is still refused, if it is.
@@ -62,6 +77,8 @@ impl AuthThrottle {
             refused.remove(&key);
             return None;
         }
+        drop(refused);
+        self.count(config, id);
         Some(left)
     }
 
@@ -78,6 +95,8 @@ impl AuthThrottle {
         if limit.failures.len() > 4 * UNKNOWN_BUCKETS as usize {
             limit.failures.retain_recent();
         }
+        drop(refused);
+        self.count(config, id);
         Some(limit.period)
     }
 }

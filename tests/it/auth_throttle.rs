@@ -100,3 +100,156 @@ async fn the_limit_can_be_switched_off_and_bad_values_are_refused() {
         assert!(stderr.contains("tokens.auth_failures"), "{bad:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_noisy_client_is_limited_while_others_pass_untouched() {
+    let upstream = crate::common::upstream::Upstream::start().await;
+    let url = upstream.url();
+    let mut server = Refgate::start_with(Options {
+        extra: format!(
+            "{}{}",
+            credential_route("photos", "/photos/", &url, "rate_limit = \"2/min\""),
+            public_route("open", "/open/", &url, "rate_limit = \"2/min\"")
+        ),
+        ..Options::default()
+    });
+    // The token endpoint, per client: `minter` may ask 3 times a minute.
+    let config = std::fs::read_to_string(&server.config_path).expect("config");
+    let config = config.replacen(
+        "id = \"minter\"\n",
+        "id = \"minter\"\nrate_limit = \"3/min\"\n",
+        1,
+    );
+    let metrics_port = server.reserve_metrics_port();
+    let config = config.replacen(
+        "[listen]\n",
+        &format!("[listen]\nmetrics = \"127.0.0.1:{metrics_port}\"\n"),
+        1,
+    );
+    std::fs::write(&server.config_path, config).expect("config");
+    server.restart();
+
+    let mint = |n: usize| {
+        let server = &server;
+        async move {
+            let response = http()
+                .post(server.url("/oauth2/token"))
+                .basic_auth("minter", Some("minter-secret"))
+                .form(&[
+                    ("grant_type", "arbitrary_token"),
+                    ("subject", &format!("user-{n}")),
+                    ("issuer", "https://idp.example.com"),
+                ])
+                .send()
+                .await
+                .expect("token request");
+            let retry = response.headers().get("retry-after").cloned();
+            (
+                response.status(),
+                retry,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    for n in 0..3 {
+        let (status, _, body) = mint(n).await;
+        assert_eq!(status, StatusCode::OK, "#{n}: {body}");
+    }
+    let (status, retry, body) = mint(3).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "rate_limited");
+    assert!(retry.is_some(), "no Retry-After");
+    // Another client is untouched.
+    let token = server.access_token("app").await;
+    assert!(token.starts_with("rgat_"));
+
+    // A route, per calling client.
+    let app = server.token_with_photos().await;
+    let other = server.access_token("other").await;
+    server
+        .store_credential(&other, "photos", credential("down-other", "Bearer"))
+        .await;
+    let get = |path: &'static str, token: Option<String>| {
+        let server = &server;
+        async move {
+            let mut request = http().get(format!("{}{path}", server.proxy));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.expect("proxy request");
+            let retry = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let id = response.headers().get("x-request-id").cloned();
+            (
+                response.status(),
+                retry,
+                id,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    for _ in 0..2 {
+        let (status, ..) = get("/photos/a", Some(app.clone())).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, retry, id, body) = get("/photos/a", Some(app.clone())).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "rate_limited");
+    assert!(retry.is_some_and(|s| (1..=60).contains(&s)), "{retry:?}");
+    assert!(id.is_some());
+    let (status, ..) = get("/photos/a", Some(other.clone())).await;
+    assert_eq!(status, StatusCode::OK, "another client on the same route");
+    // A public route: its callers share one bucket.
+    for _ in 0..2 {
+        assert_eq!(get("/open/x", None).await.0, StatusCode::OK);
+    }
+    assert_eq!(get("/open/x", None).await.0, StatusCode::TOO_MANY_REQUESTS);
+
+    let metrics = http()
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for line in [
+        "refgate_rate_limited_total{limit=\"client\",name=\"minter\"} 1",
+        "refgate_rate_limited_total{limit=\"route\",name=\"photos\"} 1",
+        "refgate_rate_limited_total{limit=\"route\",name=\"open\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn check_refuses_rate_limits_that_cannot_work() {
+    let mut server = Refgate::start();
+    server.stop_cleanly();
+    let original = std::fs::read_to_string(&server.config_path).expect("config");
+    for (line, key) in [
+        ("rate_limit = \"fast\"", "clients[0].rate_limit"),
+        ("rate_limit = \"0/s\"", "clients[0].rate_limit"),
+        ("rate_limit_burst = 5", "clients[0].rate_limit_burst"),
+        (
+            "rate_limit = \"5/s\"\nrate_limit_burst = 0",
+            "clients[0].rate_limit_burst",
+        ),
+    ] {
+        let config = original.replacen("id = \"app\"\n", &format!("id = \"app\"\n{line}\n"), 1);
+        std::fs::write(&server.config_path, config).expect("config");
+        let out = server
+            .command()
+            .arg("check")
+            .arg("--config")
+            .arg(&server.config_path)
+            .output()
+            .expect("run check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{line}: accepted");
+        assert!(stderr.contains(key), "{line}: {stderr}");
+    }
+}

@@ -104,6 +104,37 @@ impl Checker<'_> {
         path
     }
 
+    /// `rate_limit` and `rate_limit_burst` of one table.
+    fn rate_limit(
+        &mut self,
+        key: impl Fn(&str) -> String,
+        rate: Option<&str>,
+        burst: Option<i64>,
+    ) -> Option<RateLimit> {
+        let Some(rate) = rate else {
+            if burst.is_some() {
+                self.report(key("rate_limit_burst"), "needs a rate_limit");
+            }
+            return None;
+        };
+        let rate = match Rate::parse(rate) {
+            Ok(rate) => rate,
+            Err(e) => {
+                self.report(key("rate_limit"), e);
+                return None;
+            }
+        };
+        let burst = match burst {
+            None => rate.count,
+            Some(n) if (1..=1_000_000).contains(&n) => n as u32,
+            Some(_) => {
+                self.report(key("rate_limit_burst"), "must be between 1 and 1000000");
+                return None;
+            }
+        };
+        Some(RateLimit { rate, burst })
+    }
+
     fn env_secret(&mut self, key: &str, name: &str) -> Option<String> {
         match std::env::var(name) {
             Ok(v) if !v.is_empty() => Some(v),

@@ -93,6 +93,7 @@ pub(super) fn clients(
             exchange_from,
             access_token_ttl,
             refresh_token_ttl,
+            rate_limit: c.rate_limit(key, f.rate_limit.as_deref(), f.rate_limit_burst),
         };
         if out.insert(f.id.clone(), Arc::new(client)).is_some() {
             c.report(key("id"), format!("client `{}` is defined twice", f.id));

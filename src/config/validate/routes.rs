@@ -172,6 +172,7 @@ pub(super) fn routes(
                 ca_file,
                 audience: f.audience.clone(),
                 preserve_host: f.preserve_host,
+                rate_limit: c.rate_limit(key, f.rate_limit.as_deref(), f.rate_limit_burst),
             }));
         }
     }

@@ -1,0 +1,70 @@
+//! Request rate limits, as token buckets (governor): per client on the
+//! token endpoint (`[[clients]] rate_limit`) and per calling client on a
+//! gateway route (`[[routes]] rate_limit`; on a public route every caller
+//! shares one bucket). Built with each configuration generation, so a
+//! reload starts them afresh. Failed client authentications have a limit
+//! of their own (`token::throttle`).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::config::{Config, RateLimit};
+
+/// The limits of one configuration.
+#[derive(Default)]
+pub struct Limits {
+    clients: HashMap<String, DefaultDirectRateLimiter>,
+    /// By route name; keyed by the calling client's id (configured ids
+    /// only, so the keys are bounded).
+    routes: HashMap<String, DefaultKeyedRateLimiter<String>>,
+}
+
+impl Limits {
+    pub fn build(config: &Config) -> Self {
+        let clients = config
+            .clients
+            .values()
+            .filter_map(|c| Some((c.id.clone(), RateLimiter::direct(quota(c.rate_limit?)))))
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.name.clone(), RateLimiter::keyed(quota(r.rate_limit?)))))
+            .collect();
+        Limits { clients, routes }
+    }
+
+    /// A token-endpoint request of `client`: `Err` with the time until it
+    /// may ask again when its bucket is empty.
+    pub fn client(&self, client: &str) -> Result<(), Duration> {
+        let Some(limiter) = self.clients.get(client) else {
+            return Ok(());
+        };
+        limiter
+            .check()
+            .map_err(|until| until.wait_time_from(limiter.clock().now()))
+    }
+
+    /// A request of `client` (`""` for a public route's callers) on
+    /// `route`.
+    pub fn route(&self, route: &str, client: &str) -> Result<(), Duration> {
+        let Some(limiter) = self.routes.get(route) else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&client.to_string())
+            .map_err(|until| until.wait_time_from(limiter.clock().now()))
+    }
+}
+
+fn quota(limit: RateLimit) -> Quota {
+    let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
+    // At most 1,000,000 a second: the period is at least a microsecond.
+    Quota::with_period(limit.rate.per / limit.rate.count)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+        .allow_burst(burst)
+}

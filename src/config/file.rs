@@ -102,6 +102,9 @@ pub struct Client {
     pub reveal_custom: bool,
     #[serde(default)]
     pub mutate: bool,
+    /// May revoke every grant of a subject (`token_type_hint=subject`).
+    #[serde(default)]
+    pub revoke_subject: bool,
     #[serde(default)]
     pub allowed_issuers: Vec<String>,
     /// When set, the only `audience` values this client may request.

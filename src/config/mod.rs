@@ -178,6 +178,8 @@ pub struct Client {
     pub introspect: bool,
     pub reveal_custom: bool,
     pub mutate: bool,
+    /// May revoke every grant of a subject at `/oauth2/revoke`.
+    pub revoke_subject: bool,
     pub allowed_issuers: Vec<String>,
     pub audiences: Option<Vec<String>>,
     pub exchange_from: ExchangeFrom,

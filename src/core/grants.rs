@@ -132,6 +132,20 @@ impl Grants {
         Ok(revoked)
     }
 
+    /// Revokes every grant of `subject` that is not revoked yet, and those
+    /// exchanged from them; forgets them. Returns how many grants ended. A
+    /// grant issued while this runs may escape: it is a new session.
+    pub async fn revoke_subject(&self, subject: &str) -> Result<usize, StoreError> {
+        let mut ended = std::collections::HashSet::new();
+        for id in self.lookup.store().live_grants_of_subject(subject).await? {
+            if ended.contains(&id) {
+                continue;
+            }
+            ended.extend(self.revoke_grant(&id).await?);
+        }
+        Ok(ended.len())
+    }
+
     /// Revokes one token; forgets it.
     pub async fn revoke_token(&self, hash: &TokenHash) -> Result<bool, StoreError> {
         let done = self.lookup.store().revoke_token(hash).await?;

@@ -190,6 +190,9 @@ pub trait Store: Send + Sync + 'static {
     /// grants revoked (the grant's own first; empty when it does not exist).
     async fn revoke_grant(&self, id: &str) -> Result<Vec<String>, StoreError>;
 
+    /// The ids of a subject's grants that are not revoked, oldest first.
+    async fn live_grants_of_subject(&self, subject: &str) -> Result<Vec<String>, StoreError>;
+
     /// The latest expiry among the live tokens of a grant, capped by its
     /// own `not_after`: how long the grant can still be used. `None` when it
     /// has no live token (or does not exist).

@@ -28,6 +28,7 @@ use crate::crypto::{KeyId, TokenHash};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_grants_and_tokens.sql"),
     include_str!("migrations/postgres/0002_grant_lineage.sql"),
+    include_str!("migrations/postgres/0003_grants_by_subject.sql"),
 ];
 /// The notification channel.
 const CHANNEL: &str = "refgate_invalidate";
@@ -380,6 +381,16 @@ impl Store for PostgresStore {
             .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         Ok(done)
+    }
+
+    async fn live_grants_of_subject(&self, subject: &str) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT id FROM grants WHERE subject = $1 AND NOT revoked ORDER BY created_at, id",
+        )
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)
     }
 
     async fn revoke_grant(&self, id: &str) -> Result<Vec<String>, StoreError> {

@@ -2,7 +2,8 @@
 //! authenticated: for unknown tokens, for already revoked ones, and for
 //! tokens of another client (which stay active: no oracle). Only a live
 //! token has effects: a refresh token ends its grant, an access token only
-//! itself.
+//! itself. With `token_type_hint=subject`, a client with `revoke_subject`
+//! ends every grant of the subject named by `token`.
 
 use std::sync::Arc;
 
@@ -39,6 +40,19 @@ async fn revoke(service: &TokenService, request: AuthenticatedForm) -> Result<()
         form,
     } = request;
     let token = form.require("token")?;
+    if form.get("token_type_hint") == Some("subject") {
+        // Every session of one user, whichever client it was issued to.
+        if !client.revoke_subject {
+            return Err(OAuthError::unauthorized_client(format!(
+                "client `{}` may not revoke a subject's grants",
+                client.id
+            ))
+            .with_status(StatusCode::FORBIDDEN));
+        }
+        let ended = service.grants.revoke_subject(token).await?;
+        tracing::info!(client = %client.id, grants = ended, "subject revoked");
+        return Ok(());
+    }
     // token_type_hint is only a hint: the prefix says what the token is.
     if token_kind(token).is_none() {
         return Ok(());

@@ -32,5 +32,6 @@ mod refresh;
 mod restart;
 mod smoke;
 mod sqlite_store;
+mod subject_revocation;
 mod token_grants;
 mod trust_boundaries;

@@ -88,6 +88,7 @@ pub(super) fn clients(
             introspect: f.introspect,
             reveal_custom: f.reveal_custom,
             mutate: f.mutate,
+            revoke_subject: f.revoke_subject,
             allowed_issuers: f.allowed_issuers.clone(),
             audiences: f.audiences.clone(),
             exchange_from,

@@ -273,6 +273,18 @@ impl Store for SqliteStore {
         self.write(move |conn| revoke_tree(conn, &id)).await
     }
 
+    async fn live_grants_of_subject(&self, subject: &str) -> Result<Vec<String>, StoreError> {
+        let subject = subject.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id FROM grants WHERE subject = ?1 AND revoked = 0 ORDER BY created_at, id",
+            )?
+            .query_map(params![subject], |r| r.get::<_, String>(0))?
+            .collect()
+        })
+        .await
+    }
+
     async fn grant_expiry(&self, id: &str, now: UnixTime) -> Result<Option<UnixTime>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| {

@@ -84,20 +84,24 @@ impl Checker<'_> {
     /// An existing PEM file of certificates that parse (a CA file, a
     /// certificate chain).
     fn certificate_file(&mut self, key: &str, value: &str) -> PathBuf {
-        let path = self.existing_file(key, value);
-        if path.is_file() {
-            if let Err(e) = super::pem::certificates(&path) {
-                self.report(key, e);
-            }
-        }
-        path
+        self.pem_file(key, value, |p| super::pem::certificates(p).map(drop))
     }
 
     /// An existing PEM file holding a private key.
     fn key_file(&mut self, key: &str, value: &str) -> PathBuf {
+        self.pem_file(key, value, super::pem::private_key)
+    }
+
+    /// An existing file that `check` reads as `serve` will.
+    fn pem_file(
+        &mut self,
+        key: &str,
+        value: &str,
+        check: impl Fn(&Path) -> Result<(), String>,
+    ) -> PathBuf {
         let path = self.existing_file(key, value);
         if path.is_file() {
-            if let Err(e) = super::pem::private_key(&path) {
+            if let Err(e) = check(&path) {
                 self.report(key, e);
             }
         }

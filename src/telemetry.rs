@@ -150,6 +150,9 @@ pub struct Metrics {
     /// Requests refused by a rate limit, by limit (`route`, `client`,
     /// `auth_failures`) and the route or client it belongs to.
     pub rate_limited: prometheus::IntCounterVec,
+    /// Gateway requests answered `store_unavailable` (exported from start,
+    /// at 0, so an alert can watch its increase).
+    pub store_unavailable: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -210,6 +213,11 @@ impl Metrics {
             &["limit", "name"],
         )
         .expect("valid metric");
+        let store_unavailable = prometheus::IntCounter::new(
+            "refgate_store_unavailable_total",
+            "Gateway requests answered 503 store_unavailable",
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache.clone()),
@@ -217,6 +225,7 @@ impl Metrics {
             Box::new(upstream_seconds.clone()),
             Box::new(refresh_seconds.clone()),
             Box::new(rate_limited.clone()),
+            Box::new(store_unavailable.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
@@ -228,6 +237,7 @@ impl Metrics {
             upstream_seconds,
             refresh_seconds,
             rate_limited,
+            store_unavailable,
         }
     }
 

@@ -160,6 +160,9 @@ impl ProxyHttp for Gateway {
             }
             Err(error) => {
                 ctx.local_status = error.status();
+                if matches!(error, GatewayError::StoreUnavailable) {
+                    self.metrics.store_unavailable.inc();
+                }
                 if session.req_header().method == http::Method::CONNECT {
                     // What follows a CONNECT is not HTTP.
                     session.set_keepalive(None);

@@ -13,6 +13,7 @@ mod cli;
 mod cluster;
 mod custom_mutate;
 mod data_keys;
+mod deploy;
 mod dns;
 mod exchange;
 mod gateway_edge;

@@ -348,6 +348,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // pingora closes, rather than reuses, a connection whose request
+        // body was not read to its end: what is left is never taken for
+        // the next head.
         if let Some(watched) = Watched::of(session) {
             watched.request_ended();
         }

@@ -1288,3 +1288,35 @@ async fn check_refuses_pem_files_serve_could_not_use() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn the_unread_body_of_a_refused_request_is_never_taken_for_a_request() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream, "", "");
+    let mut stream = TcpStream::connect(("127.0.0.1", server.proxy_port))
+        .await
+        .expect("connect");
+    // No token on the scoped route: refused before the body is read. The
+    // body looks like a request of its own.
+    let body = "GET /open/smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let refused = format!(
+        "POST /open/admin/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(refused.as_bytes()).await.expect("write");
+    let (answers, rest, closed) = read_replies(&mut stream, 2).await;
+    assert_eq!(
+        answers.iter().map(|a| a.status).collect::<Vec<_>>(),
+        [401],
+        "{rest}"
+    );
+    assert!(closed, "the connection stayed open with an unread body");
+    assert!(
+        !upstream
+            .requests()
+            .iter()
+            .any(|r| r.path == "/open/smuggled"),
+        "{:?}",
+        upstream.requests()
+    );
+}

@@ -24,6 +24,7 @@ use crate::gateway::{
 use crate::listeners::{Listeners, PreBound};
 use crate::lookup::{now, CacheSettings, TokenLookup};
 use crate::reload::{Live, Reloader};
+use crate::signing::SigningKeys;
 use crate::telemetry::Metrics;
 use crate::token::TokenService;
 
@@ -110,6 +111,7 @@ pub fn run(
 
     control.spawn(purge(parts.tokens.grants.clone(), stop_rx.clone()));
     control.spawn(reseal(parts.lookup.clone(), stop_rx.clone()));
+    control.spawn(parts.tokens.signing.clone().keep(stop_rx.clone()));
     if let Some(feed) = parts.lookup.store().subscribe() {
         control.spawn(follow_invalidations(
             feed,
@@ -204,13 +206,24 @@ impl Parts {
             .build()
             .context("cannot build the HTTP client")?;
         let listen = config.listen.clone();
+        let signing_settings = config.signing.clone();
         let config = Arc::new(config);
         let gateway = GatewayState::build(config, dns).map_err(anyhow::Error::msg)?;
         let live: Live = Arc::new(ArcSwap::from_pointee(gateway));
+        let signing = Arc::new(SigningKeys::new(
+            lookup.store().clone(),
+            lookup.data_keys().clone(),
+            signing_settings,
+        ));
+        signing
+            .refresh()
+            .await
+            .context("cannot read or add signing keys")?;
         let tokens = Arc::new(TokenService::new(
             live.clone(),
             lookup.clone(),
             http.clone(),
+            signing.clone(),
         ));
         let metrics = Arc::new(Metrics::new());
         let refresher = Arc::new(Refresher::new(

@@ -15,6 +15,8 @@ pub struct File {
     #[serde(default)]
     pub gateway: Gateway,
     #[serde(default)]
+    pub signing: Signing,
+    #[serde(default)]
     pub clients: Vec<Client>,
     #[serde(default)]
     pub trusted_issuers: Vec<TrustedIssuer>,
@@ -84,6 +86,15 @@ pub struct Gateway {
     pub min_refresh_interval: Option<String>,
     /// DNS servers (`ip:port`) for upstream and authority host names.
     pub dns_servers: Option<Vec<String>>,
+}
+
+/// `[signing]`: the keys refgate signs JWTs with.
+#[derive(Debug, Default, Deserialize)]
+pub struct Signing {
+    pub algorithm: Option<String>,
+    pub rotate_every: Option<String>,
+    pub publish_ahead: Option<String>,
+    pub jwt_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -28,6 +28,7 @@ mod layering;
 mod mutate_grant;
 mod refresh;
 mod restart;
+mod signing;
 mod smoke;
 mod sqlite_store;
 mod token_grants;

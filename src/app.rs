@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::connections::{Activity, Admission, Closable, InFlight, Opening};
 use crate::dns::Dns;
 use crate::gateway::{
-    Drain, Gateway, GatewayState, HeadLimits, ProxyListener, Refresher, TlsArrivals,
+    Drain, Gateway, GatewayState, HeadLimits, PhantomTokens, ProxyListener, Refresher, TlsArrivals,
 };
 use crate::listeners::{Listeners, PreBound};
 use crate::lookup::{now, CacheSettings, TokenLookup};
@@ -255,12 +255,14 @@ fn run_proxy(
     let mut server = Server::new_with_opt_and_conf(None, proxy_server_conf());
     server.bootstrap();
     let drain = Arc::new(Drain::default());
+    let phantom = Arc::new(PhantomTokens::new(parts.tokens.signing.clone()));
     let proxy = |h2c: bool| {
         let gateway = Gateway::new(
             parts.live.clone(),
             parts.lookup.clone(),
             parts.refresher.clone(),
             parts.metrics.clone(),
+            phantom.clone(),
             drain.clone(),
         );
         let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);

@@ -159,6 +159,8 @@ pub struct Route {
     /// Send the client's `Host` upstream instead of the upstream's own.
     #[serde(default)]
     pub preserve_host: bool,
+    /// `"jwt"`: a phantom-token route.
+    pub forward: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

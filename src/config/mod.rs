@@ -279,6 +279,8 @@ pub enum RouteAccess {
     Credential(String),
     /// Transparent on-behalf-of: exchange the inbound token (SPEC 4.4).
     Exchange(RouteExchange),
+    /// Phantom token: forward a JWT refgate signs for the inbound token.
+    Jwt,
 }
 
 #[derive(Debug, Clone)]

@@ -44,6 +44,9 @@ pub enum GatewayError {
     UpstreamUnavailable,
     #[error("the token store is unavailable")]
     StoreUnavailable,
+    /// A phantom-token route cannot sign now (no usable signing key).
+    #[error("the gateway cannot sign a token for this route now")]
+    SigningUnavailable,
 }
 
 const REALM: &str = "Bearer realm=\"refgate\"";
@@ -62,7 +65,9 @@ impl GatewayError {
             | GatewayError::ReauthRequired(_) => 401,
             GatewayError::InsufficientScope(_) => 403,
             GatewayError::UpstreamUnavailable => 502,
-            GatewayError::AuthorityUnavailable | GatewayError::StoreUnavailable => 503,
+            GatewayError::AuthorityUnavailable
+            | GatewayError::StoreUnavailable
+            | GatewayError::SigningUnavailable => 503,
         }
     }
 
@@ -82,6 +87,7 @@ impl GatewayError {
             GatewayError::AuthorityUnavailable => "authority_unavailable",
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
             GatewayError::StoreUnavailable => "store_unavailable",
+            GatewayError::SigningUnavailable => "signing_unavailable",
         }
     }
 
@@ -104,7 +110,7 @@ impl GatewayError {
     fn retry_after(&self) -> Option<&'static str> {
         match self {
             GatewayError::AuthorityUnavailable => Some("5"),
-            GatewayError::StoreUnavailable => Some("1"),
+            GatewayError::StoreUnavailable | GatewayError::SigningUnavailable => Some("1"),
             _ => None,
         }
     }

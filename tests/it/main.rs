@@ -26,6 +26,7 @@ mod hostile_input;
 mod introspection_revocation;
 mod layering;
 mod mutate_grant;
+mod phantom_routes;
 mod refresh;
 mod restart;
 mod signing;

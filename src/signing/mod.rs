@@ -144,7 +144,40 @@ impl SigningKeys {
             }
             records = self.store.signing_keys(self.published_after(now)).await?;
         }
+        self.reseal_stale(&mut records, now).await?;
         self.install(records, now);
+        Ok(())
+    }
+
+    /// Seals again with the current data key the private keys, still to
+    /// sign, that a previous data key sealed: the previous key can then be
+    /// dropped from the configuration.
+    async fn reseal_stale(
+        &self,
+        records: &mut [SigningKeyRecord],
+        now: UnixTime,
+    ) -> Result<(), SigningError> {
+        for record in records.iter_mut().filter(|r| r.signs_until > now) {
+            let name = sealing_name(&record.kid);
+            let Ok(opened) = self
+                .data_keys
+                .open(&name, record.generation, &record.private_sealed)
+            else {
+                continue;
+            };
+            if !opened.stale {
+                continue;
+            }
+            let resealed = self.data_keys.seal(&name, record.generation, &opened.plain);
+            if self
+                .store
+                .reseal_signing_key(record.generation, &record.private_sealed, &resealed)
+                .await?
+            {
+                tracing::info!(kid = %record.kid, "signing key sealed with the current data key");
+                record.private_sealed = resealed;
+            }
+        }
         Ok(())
     }
 

@@ -259,6 +259,16 @@ pub trait Store: Send + Sync + 'static {
     /// short to end there, so at most one key signs at any time.
     async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError>;
 
+    /// Replaces the sealed private key of generation `generation` with
+    /// `resealed` (the same key sealed with the current data key) if it is
+    /// still `current`. Returns whether it was replaced.
+    async fn reseal_signing_key(
+        &self,
+        generation: i64,
+        current: &[u8],
+        resealed: &[u8],
+    ) -> Result<bool, StoreError>;
+
     /// Changes made by other instances sharing this store, for cache
     /// invalidation. `None` when the store is not shared (SQLite).
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {

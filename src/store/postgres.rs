@@ -672,6 +672,26 @@ impl Store for PostgresStore {
         Ok(true)
     }
 
+    async fn reseal_signing_key(
+        &self,
+        generation: i64,
+        current: &[u8],
+        resealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE signing_keys SET private_sealed = $3 \
+             WHERE generation = $1 AND private_sealed = $2",
+        )
+        .bind(generation)
+        .bind(current)
+        .bind(resealed)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
     fn subscribe(&self) -> Option<broadcast::Receiver<Invalidation>> {
         Some(self.invalidations.subscribe())
     }

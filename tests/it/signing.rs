@@ -317,3 +317,56 @@ jwt_ttl = "forever"
         "the message names the choices: {errors}"
     );
 }
+
+#[tokio::test]
+async fn signing_keys_keep_signing_across_a_data_key_rotation() {
+    const NEW_DATA_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+    let upstream = crate::common::upstream::Upstream::start().await;
+    let mut server = Refgate::start_with(Options {
+        extra: route("api", "/api/", &upstream.url(), "forward = \"jwt\""),
+        ..Options::default()
+    });
+    let (_, before) = jwks(&server).await;
+
+    // The new data key current, the old one previous: the signing key is
+    // sealed again with the new one...
+    server.stop_cleanly();
+    crate::data_keys::configure_keys(
+        &server,
+        NEW_DATA_KEY,
+        &format!("previous_data_keys = [\"{DATA_KEY}\"]"),
+    );
+    server.restart();
+    server.wait_for_log("signing key sealed with the current data key");
+
+    // ...so it still signs once the old data key is gone.
+    server.stop_cleanly();
+    crate::data_keys::configure_keys(&server, NEW_DATA_KEY, "");
+    server.restart();
+    let (_, after) = jwks(&server).await;
+    assert_eq!(kids(&after), kids(&before));
+    let token = server.access_token("app").await;
+    let status = http()
+        .get(format!("{}/api/x", server.proxy))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("proxy request")
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    let sent = upstream
+        .requests()
+        .last()
+        .expect("a request")
+        .header("authorization");
+    let jwt = sent.expect("Authorization");
+    let header_part = jwt
+        .trim_start_matches("Bearer ")
+        .split('.')
+        .next()
+        .expect("header");
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header_part).expect("b64")).expect("JSON");
+    assert_eq!(header["kid"].as_str(), Some(kids(&before)[0].as_str()));
+    assert!(!server.log().contains(NEW_DATA_KEY));
+}

@@ -487,6 +487,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn reseal_signing_key(
+        &self,
+        generation: i64,
+        current: &[u8],
+        resealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let (current, resealed) = (current.to_vec(), resealed.to_vec());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE signing_keys SET private_sealed = ?3 \
+                 WHERE generation = ?1 AND private_sealed = ?2",
+            )?
+            .execute(params![generation, current, resealed])
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
     async fn purge_expired(&self, before: UnixTime) -> Result<u64, StoreError> {
         self.write(move |conn| {
             let gone = conn

@@ -34,6 +34,9 @@ const CLOCK_LEEWAY: i64 = 60;
 const JWKS_FRESH: Duration = Duration::from_secs(1);
 /// Longest time between two looks at the schedule.
 const MOST_BETWEEN_CHECKS: Duration = Duration::from_secs(60);
+/// A retired key is deleted from the store this long after it left the
+/// JWKS (so instances whose clocks differ a little agree on the JWKS).
+const PURGE_AFTER: i64 = 3600;
 /// Tries to add a key when other instances keep winning the race.
 const ADD_TRIES: usize = 3;
 
@@ -330,6 +333,14 @@ impl SigningKeys {
         loop {
             if let Err(e) = self.refresh().await {
                 tracing::warn!("signing keys not checked: {e}");
+            }
+            // A retired key's private half has no use once it is no longer
+            // published: it leaves the store.
+            let before = self.published_after(crate::lookup::now()) - PURGE_AFTER;
+            match self.store.purge_signing_keys(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(keys = n, "retired signing keys deleted"),
+                Err(e) => tracing::warn!("retired signing keys not deleted: {e}"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.check_every()) => {}

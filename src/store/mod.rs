@@ -259,6 +259,11 @@ pub trait Store: Send + Sync + 'static {
     /// short to end there, so at most one key signs at any time.
     async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError>;
 
+    /// Deletes the signing keys whose turn ended before `before`, except
+    /// the latest generation (the next one is numbered after it). Returns
+    /// how many went.
+    async fn purge_signing_keys(&self, before: UnixTime) -> Result<u64, StoreError>;
+
     /// Replaces the sealed private key of generation `generation` with
     /// `resealed` (the same key sealed with the current data key) if it is
     /// still `current`. Returns whether it was replaced.

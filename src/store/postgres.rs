@@ -672,6 +672,18 @@ impl Store for PostgresStore {
         Ok(true)
     }
 
+    async fn purge_signing_keys(&self, before: UnixTime) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM signing_keys WHERE signs_until < $1 \
+             AND generation < (SELECT max(generation) FROM signing_keys)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .rows_affected())
+    }
+
     async fn reseal_signing_key(
         &self,
         generation: i64,

@@ -370,3 +370,52 @@ async fn signing_keys_keep_signing_across_a_data_key_rotation() {
     assert_eq!(header["kid"].as_str(), Some(kids(&before)[0].as_str()));
     assert!(!server.log().contains(NEW_DATA_KEY));
 }
+
+#[tokio::test]
+async fn concurrent_rotations_on_postgres_never_make_two_keys_sign_at_once() {
+    let db = PgDatabase::create();
+    let server = Refgate::start_with(Options {
+        store_url: Some(db.url.clone()),
+        ..signing(r#"publish_ahead = "1h""#)
+    });
+    let outputs: Vec<Output> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| rotate_signing(&server)))
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("rotation thread"))
+            .collect()
+    });
+    let added = outputs.iter().filter(|o| o.status.success()).count();
+    assert!(added >= 1, "no rotation succeeded");
+    let rows = std::process::Command::new("psql")
+        .args(["-X", "-A", "-t", "-F", " ", &db.url, "-c"])
+        .arg("SELECT generation, signs_from, signs_until FROM signing_keys ORDER BY generation")
+        .output()
+        .expect("run psql");
+    let text = String::from_utf8_lossy(&rows.stdout).to_string();
+    let spans: Vec<(i64, i64, i64)> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let n: Vec<i64> = l
+                .split_whitespace()
+                .map(|x| x.parse().expect("number"))
+                .collect();
+            (n[0], n[1], n[2])
+        })
+        .collect();
+    assert_eq!(spans.len(), 1 + added, "{text}");
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            let overlap = a.1.max(b.1) < a.2.min(b.2);
+            assert!(!overlap, "keys {a:?} and {b:?} sign at the same time");
+        }
+    }
+    // Within a second every key is in the JWKS.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kids(&jwks(&server).await.1).len() != 1 + added {
+        assert!(Instant::now() < deadline, "the JWKS lacks keys");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -487,6 +487,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn purge_signing_keys(&self, before: UnixTime) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "DELETE FROM signing_keys WHERE signs_until < ?1 \
+                 AND generation < (SELECT max(generation) FROM signing_keys)",
+            )?
+            .execute(params![before])
+            .map(|n| n as u64)
+        })
+        .await
+    }
+
     async fn reseal_signing_key(
         &self,
         generation: i64,

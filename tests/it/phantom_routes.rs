@@ -343,3 +343,34 @@ async fn jwts_signed_before_a_forced_rotation_keep_verifying() {
     }
     assert_eq!(verify_with_jose(&server, "api", &jwt)["ok"], true);
 }
+
+#[tokio::test]
+async fn an_exchanged_token_carries_its_actor_into_the_jwt() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream);
+    let subject = server.client_token("other", None).await;
+    let (status, body) = server
+        .token(
+            "app",
+            &[
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
+                ("subject_token", str_of(&subject, "access_token")),
+                ("subject_token_type", ACCESS_TOKEN_TYPE),
+                ("scope", "photos.read"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = str_of(&body, "access_token").to_string();
+    assert_eq!(call(&server, "/api/x", &token).await, StatusCode::OK);
+    let verified = verify_with_jose(&server, "api", &last_jwt(&upstream));
+    assert_eq!(verified["ok"], true, "{verified}");
+    let claims = &verified["payload"];
+    assert_eq!(claims["sub"], "other");
+    assert_eq!(claims["client_id"], "app");
+    assert_eq!(claims["act"]["sub"], "app");
+    assert_eq!(claims["scope"], "photos.read");
+}

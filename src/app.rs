@@ -19,11 +19,12 @@ use crate::config::Config;
 use crate::connections::{Activity, Admission, Closable, InFlight, Opening};
 use crate::dns::Dns;
 use crate::gateway::{
-    Drain, Gateway, GatewayState, HeadLimits, ProxyListener, Refresher, TlsArrivals,
+    Drain, Gateway, GatewayState, HeadLimits, PhantomTokens, ProxyListener, Refresher, TlsArrivals,
 };
 use crate::listeners::{Listeners, PreBound};
 use crate::lookup::{now, CacheSettings, TokenLookup};
 use crate::reload::{Live, Reloader};
+use crate::signing::SigningKeys;
 use crate::telemetry::Metrics;
 use crate::token::TokenService;
 
@@ -110,6 +111,7 @@ pub fn run(
 
     control.spawn(purge(parts.tokens.grants.clone(), stop_rx.clone()));
     control.spawn(reseal(parts.lookup.clone(), stop_rx.clone()));
+    control.spawn(parts.tokens.signing.clone().keep(stop_rx.clone()));
     if let Some(feed) = parts.lookup.store().subscribe() {
         control.spawn(follow_invalidations(
             feed,
@@ -209,15 +211,26 @@ impl Parts {
             .build()
             .context("cannot build the HTTP client")?;
         let listen = config.listen.clone();
+        let signing_settings = config.signing.clone();
         let config = Arc::new(config);
         let gateway = GatewayState::build(config, dns).map_err(anyhow::Error::msg)?;
         let live: Live = Arc::new(ArcSwap::from_pointee(gateway));
         let metrics = Arc::new(Metrics::new());
+        let signing = Arc::new(SigningKeys::new(
+            lookup.store().clone(),
+            lookup.data_keys().clone(),
+            signing_settings,
+        ));
+        signing
+            .refresh()
+            .await
+            .context("cannot read or add signing keys")?;
         let tokens = Arc::new(TokenService::new(
             live.clone(),
             lookup.clone(),
             http.clone(),
             metrics.clone(),
+            signing.clone(),
         ));
         let refresher = Arc::new(Refresher::new(
             lookup.clone(),
@@ -253,12 +266,14 @@ fn run_proxy(
     let mut server = Server::new_with_opt_and_conf(None, proxy_server_conf());
     server.bootstrap();
     let drain = Arc::new(Drain::default());
+    let phantom = Arc::new(PhantomTokens::new(parts.tokens.signing.clone()));
     let proxy = |h2c: bool| {
         let gateway = Gateway::new(
             parts.live.clone(),
             parts.lookup.clone(),
             parts.refresher.clone(),
             parts.metrics.clone(),
+            phantom.clone(),
             drain.clone(),
         );
         let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);

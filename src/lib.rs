@@ -25,6 +25,8 @@
 //!   per token: its state and a view of its grant), shared by introspection
 //!   and the gateway; opening and sealing grants' custom data, and sealing
 //!   it again with the current data key;
+//! - [`signing`]: refgate's signing keys: made, sealed in the store,
+//!   rotated on the `[signing]` schedule, published as a JWKS;
 //! - [`token`]: the token service's HTTP endpoints (axum), one file per
 //!   endpoint and grant; they read requests, call [`core`] and write its
 //!   errors as RFC 6749 responses;
@@ -54,6 +56,7 @@ pub mod limits;
 pub mod listeners;
 pub mod lookup;
 pub mod reload;
+pub mod signing;
 pub mod store;
 pub mod telemetry;
 pub mod token;

@@ -47,7 +47,7 @@ enum Command {
         #[command(subcommand)]
         command: SecretCommand,
     },
-    /// Data-encryption keys.
+    /// Data-encryption and signing keys.
     Key {
         #[command(subcommand)]
         command: KeyCommand,
@@ -64,6 +64,13 @@ enum SecretCommand {
 enum KeyCommand {
     /// Print a fresh 256-bit data-encryption key (standard base64).
     Generate,
+    /// Add a new signing key now: published at once, it takes over from
+    /// the current key after `[signing] publish_ahead`.
+    RotateSigning {
+        /// Configuration file (its store and data key are used).
+        #[arg(long, default_value = "config/refgate.toml")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +86,54 @@ fn main() -> ExitCode {
         } => {
             println!("{}", refgate::crypto::Random::default().data_key_base64());
             ExitCode::SUCCESS
+        }
+        Command::Key {
+            command: KeyCommand::RotateSigning { config },
+        } => rotate_signing(&config, cli.log_format),
+    }
+}
+
+fn rotate_signing(path: &std::path::Path, format: LogFormat) -> ExitCode {
+    telemetry::init(format);
+    let config = match config::load(path, LoadMode::Serve) {
+        Ok(c) => c,
+        Err(e) => {
+            for problem in &e.0 {
+                eprintln!("{problem}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let store = refgate::store::open(&config.store.url, 1).await?;
+        let keys = refgate::signing::SigningKeys::new(
+            store,
+            config.store.data_keys.clone(),
+            config.signing.clone(),
+        );
+        anyhow::Ok(keys.rotate().await?)
+    });
+    match outcome {
+        Ok(added) => {
+            println!(
+                "signing key {} ({}) published; it signs from {} (Unix time)",
+                added.kid, added.algorithm, added.signs_from
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot rotate the signing key: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

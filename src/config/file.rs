@@ -15,6 +15,8 @@ pub struct File {
     #[serde(default)]
     pub gateway: Gateway,
     #[serde(default)]
+    pub signing: Signing,
+    #[serde(default)]
     pub clients: Vec<Client>,
     #[serde(default)]
     pub trusted_issuers: Vec<TrustedIssuer>,
@@ -88,6 +90,15 @@ pub struct Gateway {
     pub dns_servers: Option<Vec<String>>,
 }
 
+/// `[signing]`: the keys refgate signs JWTs with.
+#[derive(Debug, Default, Deserialize)]
+pub struct Signing {
+    pub algorithm: Option<String>,
+    pub rotate_every: Option<String>,
+    pub publish_ahead: Option<String>,
+    pub jwt_ttl: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 pub struct Client {
     pub id: String,
@@ -159,6 +170,8 @@ pub struct Route {
     /// Requests per calling client on this route.
     pub rate_limit: Option<String>,
     pub rate_limit_burst: Option<i64>,
+    /// `"jwt"`: a phantom-token route.
+    pub forward: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

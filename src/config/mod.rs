@@ -27,6 +27,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub tokens: TokenSettings,
     pub gateway: GatewaySettings,
+    pub signing: SigningSettings,
     pub clients: HashMap<String, Arc<Client>>,
     pub trusted_issuers: Vec<Arc<TrustedIssuer>>,
     pub authorities: HashMap<String, Arc<Authority>>,
@@ -129,6 +130,43 @@ pub struct GatewaySettings {
     pub min_refresh_interval: Duration,
     /// DNS servers for host names; empty: the system's (`/etc/resolv.conf`).
     pub dns_servers: Vec<SocketAddr>,
+}
+
+/// `[signing]`: how refgate makes, rotates and publishes its signing keys.
+#[derive(Debug, Clone)]
+pub struct SigningSettings {
+    pub algorithm: SigningAlgorithm,
+    /// How long one key signs.
+    pub rotate_every: Duration,
+    /// How long a new key is published before it signs.
+    pub publish_ahead: Duration,
+    /// Longest lifetime of a JWT refgate signs.
+    pub jwt_ttl: Duration,
+}
+
+/// The JWS algorithms refgate signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlgorithm {
+    /// ECDSA with P-256 and SHA-256.
+    Es256,
+    /// Ed25519.
+    EdDsa,
+}
+
+impl SigningAlgorithm {
+    /// The JWS `alg` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::Es256 => "ES256",
+            SigningAlgorithm::EdDsa => "EdDSA",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa]
+            .into_iter()
+            .find(|a| a.as_str() == text)
+    }
 }
 
 /// The grant types refgate implements.
@@ -283,6 +321,8 @@ pub enum RouteAccess {
     Credential(String),
     /// Transparent on-behalf-of: exchange the inbound token (SPEC 4.4).
     Exchange(RouteExchange),
+    /// Phantom token: forward a JWT refgate signs for the inbound token.
+    Jwt,
 }
 
 #[derive(Debug, Clone)]

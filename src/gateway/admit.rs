@@ -90,6 +90,17 @@ pub async fn admit(
     }
     check_destination(route, &active.grant)?;
 
+    if let RouteAccess::Jwt = route.access {
+        let header =
+            gateway
+                .phantom
+                .authorization(&active, route, &state.config.issuer, &ctx.request_id)?;
+        ctx.phantom = Some(header);
+        ctx.grant = Some(active.grant);
+        ctx.state = Some(state);
+        return Ok(());
+    }
+
     let skew = state.config.gateway.refresh_skew.as_secs() as i64;
     let grant_id = &*active.grant.id;
     let (name, credential): (&str, Arc<Credential>) = match &route.access {
@@ -183,7 +194,7 @@ pub async fn admit(
             };
             (name, fresh)
         }
-        RouteAccess::Public => return Ok(()),
+        RouteAccess::Public | RouteAccess::Jwt => return Ok(()),
     };
     if !credential.is_sendable() {
         return Err(GatewayError::CredentialInvalid(name.to_string()));
@@ -266,7 +277,7 @@ pub fn credential_name(route: &crate::config::Route) -> Option<&str> {
     match &route.access {
         RouteAccess::Credential(name) => Some(name),
         RouteAccess::Exchange(_) => Some(&route.name),
-        RouteAccess::Public => None,
+        RouteAccess::Public | RouteAccess::Jwt => None,
     }
 }
 

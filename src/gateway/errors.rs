@@ -48,6 +48,9 @@ pub enum GatewayError {
     RateLimited(u64),
     #[error("the token store is unavailable")]
     StoreUnavailable,
+    /// A phantom-token route cannot sign now (no usable signing key).
+    #[error("the gateway cannot sign a token for this route now")]
+    SigningUnavailable,
 }
 
 const REALM: &str = "Bearer realm=\"refgate\"";
@@ -67,7 +70,9 @@ impl GatewayError {
             GatewayError::InsufficientScope(_) => 403,
             GatewayError::RateLimited(_) => 429,
             GatewayError::UpstreamUnavailable => 502,
-            GatewayError::AuthorityUnavailable | GatewayError::StoreUnavailable => 503,
+            GatewayError::AuthorityUnavailable
+            | GatewayError::StoreUnavailable
+            | GatewayError::SigningUnavailable => 503,
         }
     }
 
@@ -88,6 +93,7 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
             GatewayError::StoreUnavailable => "store_unavailable",
             GatewayError::RateLimited(_) => "rate_limited",
+            GatewayError::SigningUnavailable => "signing_unavailable",
         }
     }
 
@@ -110,7 +116,9 @@ impl GatewayError {
     fn retry_after(&self) -> Option<String> {
         match self {
             GatewayError::AuthorityUnavailable => Some("5".to_string()),
-            GatewayError::StoreUnavailable => Some("1".to_string()),
+            GatewayError::StoreUnavailable | GatewayError::SigningUnavailable => {
+                Some("1".to_string())
+            }
             GatewayError::RateLimited(seconds) => Some(seconds.to_string()),
             _ => None,
         }

@@ -4,6 +4,7 @@
 //! - `proxy`: the thin `ProxyHttp` hooks;
 //! - `admit`: per-request checks — route, bearer token, lookup, scopes,
 //!   credential (SPEC 4.1);
+//! - `phantom`: the signed JWTs of `forward = "jwt"` routes, cached;
 //! - `refresh`: credential refresh and transparent OBO exchange (4.2, 4.4),
 //!   refgate's own token service called through [`crate::core`];
 //! - `routing`, `bearer`, `upstream`: route matching, token extraction,
@@ -15,6 +16,7 @@ mod admit;
 mod bearer;
 mod errors;
 mod listener;
+mod phantom;
 mod proxy;
 mod refresh;
 mod routing;
@@ -28,6 +30,7 @@ use crate::dns::Dns;
 
 pub use errors::GatewayError;
 pub use listener::{ProxyListener, TlsArrivals};
+pub use phantom::PhantomTokens;
 pub use proxy::{Drain, Gateway};
 pub use refresh::Refresher;
 pub use routing::route_path;

@@ -16,6 +16,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use super::admit::credential_name;
 use super::errors::{self, GatewayError};
+use super::phantom::PhantomTokens;
 use super::refresh::{Need, Refresher};
 use super::routing::RouteEntry;
 use super::watched::Watched;
@@ -30,6 +31,7 @@ pub struct Gateway {
     pub(super) lookup: Arc<TokenLookup>,
     pub(super) refresher: Arc<Refresher>,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) phantom: Arc<PhantomTokens>,
     ids: RequestIds,
     drain: Arc<Drain>,
 }
@@ -82,6 +84,8 @@ pub struct RequestCtx {
     /// The inbound token's grant, once admitted.
     pub(super) grant: Option<Arc<Grant>>,
     pub(super) credential: Option<Arc<Credential>>,
+    /// The `Authorization` of a phantom-token route: a JWT refgate signed.
+    pub(super) phantom: Option<http::HeaderValue>,
     started: Option<Instant>,
     upstream_started: Option<Instant>,
     /// A refresh already happened for this request (no second one).
@@ -106,6 +110,7 @@ impl Gateway {
         lookup: Arc<TokenLookup>,
         refresher: Arc<Refresher>,
         metrics: Arc<Metrics>,
+        phantom: Arc<PhantomTokens>,
         drain: Arc<Drain>,
     ) -> Self {
         Gateway {
@@ -113,6 +118,7 @@ impl Gateway {
             lookup,
             refresher,
             metrics,
+            phantom,
             ids: RequestIds::new(),
             drain,
         }
@@ -471,7 +477,11 @@ fn prepare_upstream_request(session: &Session, upstream: &mut RequestHeader, ctx
         );
     }
     set_forwarding_headers(session, upstream, ctx);
-    match ctx.credential.as_ref().and_then(|c| c.header_value()) {
+    match ctx
+        .phantom
+        .clone()
+        .or_else(|| ctx.credential.as_ref().and_then(|c| c.header_value()))
+    {
         Some(header) => {
             let _ = upstream.insert_header(http::header::AUTHORIZATION, header);
         }

@@ -249,10 +249,70 @@ pub trait Store: Send + Sync + 'static {
     /// tokens; returns how many tokens went.
     async fn purge_expired(&self, before: UnixTime) -> Result<u64, StoreError>;
 
+    /// Signing keys that sign after `signs_after`, and always the latest
+    /// generation, in generation order.
+    async fn signing_keys(
+        &self,
+        signs_after: UnixTime,
+    ) -> Result<Vec<SigningKeyRecord>, StoreError>;
+
+    /// Adds `key` unless its generation exists already (another instance
+    /// or a forced rotation was first: `false`). In the same transaction,
+    /// every earlier key that would still sign at `key.signs_from` is cut
+    /// short to end there, so at most one key signs at any time.
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError>;
+
+    /// Deletes the signing keys whose turn ended before `before`, except
+    /// the latest generation (the next one is numbered after it). Returns
+    /// how many went.
+    async fn purge_signing_keys(&self, before: UnixTime) -> Result<u64, StoreError>;
+
+    /// Replaces the sealed private key of generation `generation` with
+    /// `resealed` (the same key sealed with the current data key) if it is
+    /// still `current`. Returns whether it was replaced.
+    async fn reseal_signing_key(
+        &self,
+        generation: i64,
+        current: &[u8],
+        resealed: &[u8],
+    ) -> Result<bool, StoreError>;
+
     /// Changes made by other instances sharing this store, for cache
     /// invalidation. `None` when the store is not shared (SQLite).
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
         None
+    }
+}
+
+/// A signing key as stored: the private half sealed with the data key.
+#[derive(Clone)]
+pub struct SigningKeyRecord {
+    /// The turn of the schedule this key serves; unique, counting up.
+    pub generation: i64,
+    /// RFC 7638 thumbprint of the public key.
+    pub kid: String,
+    /// JWS `alg`.
+    pub algorithm: String,
+    /// The public key as a JWK (JSON text).
+    pub public_jwk: String,
+    /// The PKCS#8 private key sealed with the data key.
+    pub private_sealed: Vec<u8>,
+    pub created_at: UnixTime,
+    /// The key signs from this time...
+    pub signs_from: UnixTime,
+    /// ...until this one (a later key that starts earlier cuts it short).
+    pub signs_until: UnixTime,
+}
+
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("generation", &self.generation)
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("signs_from", &self.signs_from)
+            .field("signs_until", &self.signs_until)
+            .finish_non_exhaustive()
     }
 }
 

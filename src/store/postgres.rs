@@ -28,7 +28,8 @@ use crate::crypto::{KeyId, TokenHash};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_grants_and_tokens.sql"),
     include_str!("migrations/postgres/0002_grant_lineage.sql"),
-    include_str!("migrations/postgres/0003_grants_by_subject.sql"),
+    include_str!("migrations/postgres/0003_signing_keys.sql"),
+    include_str!("migrations/postgres/0004_grants_by_subject.sql"),
 ];
 /// The notification channel.
 const CHANNEL: &str = "refgate_invalidate";
@@ -614,6 +615,104 @@ impl Store for PostgresStore {
         .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         Ok(gone)
+    }
+
+    async fn signing_keys(
+        &self,
+        signs_after: UnixTime,
+    ) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT generation, kid, algorithm, public_jwk, private_sealed, created_at, \
+             signs_from, signs_until FROM signing_keys \
+             WHERE signs_until > $1 OR generation = (SELECT max(generation) FROM signing_keys) \
+             ORDER BY generation",
+        )
+        .bind(signs_after)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                Ok(SigningKeyRecord {
+                    generation: row.try_get(0).map_err(corrupt)?,
+                    kid: row.try_get(1).map_err(corrupt)?,
+                    algorithm: row.try_get(2).map_err(corrupt)?,
+                    public_jwk: row.try_get(3).map_err(corrupt)?,
+                    private_sealed: row.try_get(4).map_err(corrupt)?,
+                    created_at: row.try_get(5).map_err(corrupt)?,
+                    signs_from: row.try_get(6).map_err(corrupt)?,
+                    signs_until: row.try_get(7).map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let added = sqlx::query(
+            "INSERT INTO signing_keys (generation, kid, algorithm, public_jwk, private_sealed, \
+             created_at, signs_from, signs_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(key.generation)
+        .bind(&key.kid)
+        .bind(&key.algorithm)
+        .bind(&key.public_jwk)
+        .bind(&key.private_sealed)
+        .bind(key.created_at)
+        .bind(key.signs_from)
+        .bind(key.signs_until)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected()
+            == 1;
+        if !added {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE signing_keys SET signs_until = $1 \
+             WHERE generation < $2 AND signs_until > $1",
+        )
+        .bind(key.signs_from)
+        .bind(key.generation)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(true)
+    }
+
+    async fn purge_signing_keys(&self, before: UnixTime) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM signing_keys WHERE signs_until < $1 \
+             AND generation < (SELECT max(generation) FROM signing_keys)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .rows_affected())
+    }
+
+    async fn reseal_signing_key(
+        &self,
+        generation: i64,
+        current: &[u8],
+        resealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE signing_keys SET private_sealed = $3 \
+             WHERE generation = $1 AND private_sealed = $2",
+        )
+        .bind(generation)
+        .bind(current)
+        .bind(resealed)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        Ok(done == 1)
     }
 
     fn subscribe(&self) -> Option<broadcast::Receiver<Invalidation>> {

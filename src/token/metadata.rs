@@ -27,6 +27,7 @@ pub async fn handle(State(service): State<Arc<TokenService>>) -> Response {
         "introspection_endpoint": format!("{base}/oauth2/introspect"),
         "revocation_endpoint": format!("{base}/oauth2/revoke"),
         "mutate_endpoint": format!("{base}/oauth2/mutate"),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "grant_types_supported": grant_types,
         "response_types_supported": [],
         "scopes_supported": scopes,

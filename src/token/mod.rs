@@ -6,7 +6,7 @@
 //! - `token_endpoint` dispatches `POST /oauth2/token` to the `grant_*`
 //!   files (one per grant type that has parameters to read;
 //!   `client_credentials` calls the core directly);
-//! - `introspect`, `revoke`, `mutate`, `metadata`, `health`;
+//! - `introspect`, `revoke`, `mutate`, `metadata`, `jwks`, `health`;
 //! - `request` reads bodies and authenticates clients, `error` is the one
 //!   mapping of failures (among them [`crate::core::Error`]) to RFC 6749
 //!   responses, `issue` writes token responses.
@@ -21,6 +21,7 @@ mod health;
 pub mod id_token;
 mod introspect;
 mod issue;
+mod jwks;
 mod metadata;
 mod mutate;
 mod request;
@@ -39,6 +40,7 @@ use crate::config::Config;
 use crate::core::Grants;
 use crate::lookup::TokenLookup;
 use crate::reload::Live;
+use crate::signing::SigningKeys;
 use crate::telemetry::Metrics;
 
 pub use error::OAuthError;
@@ -54,6 +56,8 @@ pub struct TokenService {
     /// Failed client authentications per client id (set at start).
     pub auth_throttle: throttle::AuthThrottle,
     pub metrics: Arc<Metrics>,
+    /// refgate's own signing keys (the JWKS it publishes).
+    pub signing: Arc<SigningKeys>,
 }
 
 impl TokenService {
@@ -62,10 +66,12 @@ impl TokenService {
         lookup: Arc<TokenLookup>,
         http: reqwest::Client,
         metrics: Arc<Metrics>,
+        signing: Arc<SigningKeys>,
     ) -> Self {
         let auth_failures = live.load().config.tokens.auth_failures;
         TokenService {
             live,
+            signing,
             grants: Arc::new(Grants::new(lookup.clone())),
             lookup,
             id_tokens: id_token::IdTokenVerifier::new(http),
@@ -98,6 +104,7 @@ pub fn router(service: Arc<TokenService>) -> Router {
             "/.well-known/oauth-authorization-server",
             get(metadata::handle),
         )
+        .route("/.well-known/jwks.json", get(jwks::handle))
         .route("/oauth2/token", post(token_endpoint::handle))
         .route("/oauth2/introspect", post(introspect::handle))
         .route("/oauth2/revoke", post(revoke::handle))

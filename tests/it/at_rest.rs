@@ -120,7 +120,7 @@ async fn issue_everything(server: &Refgate) -> Issued {
 
 /// The database file and every companion file next to it (`-wal`, `-shm`,
 /// `-journal`), as raw bytes.
-fn store_files(db_path: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+pub(crate) fn store_files(db_path: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = db_path.parent().expect("the database has a directory");
     let name = db_path
         .file_name()

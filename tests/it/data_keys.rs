@@ -95,7 +95,7 @@ fn store_query(server: &Refgate, sqlite: &str, postgres: &str) -> String {
 }
 
 /// Rewrites the `[store]` keys of the server's configuration.
-fn configure_keys(server: &Refgate, current: &str, previous: &str) {
+pub(crate) fn configure_keys(server: &Refgate, current: &str, previous: &str) {
     let text = std::fs::read_to_string(&server.config_path).expect("read config");
     let mut out = Vec::new();
     for line in text.lines() {

@@ -250,6 +250,7 @@ pub(super) fn validate(
     let store = store_config(&mut c, &file.store);
     let tokens = token_settings(&mut c, &file.tokens);
     let gateway = gateway_settings(&mut c, &file.gateway);
+    let signing = signing_settings(&mut c, &file.signing);
     let clients = clients(&mut c, &file.clients, &tokens);
     let trusted_issuers = trusted_issuers(&mut c, &file.trusted_issuers);
     check_exchange_sources(&mut c, &file.clients, &clients, &trusted_issuers);
@@ -266,6 +267,7 @@ pub(super) fn validate(
         store: store.expect("no problems means the store section was valid"),
         tokens,
         gateway,
+        signing,
         clients,
         trusted_issuers,
         authorities,

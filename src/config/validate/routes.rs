@@ -69,7 +69,28 @@ pub(super) fn routes(
                 false
             }
         };
+        let jwt = match f.forward.as_deref() {
+            None => false,
+            Some("jwt") => true,
+            Some(other) => {
+                c.report(
+                    key("forward"),
+                    format!("`{other}` is not a forwarding mode: the one there is, is \"jwt\""),
+                );
+                false
+            }
+        };
         let access = match (public, &f.credential, &f.exchange) {
+            _ if jwt => {
+                if public || f.credential.is_some() || f.exchange.is_some() {
+                    c.report(
+                        key("forward"),
+                        "a phantom-token route (forward = \"jwt\") takes no credential, \
+                         exchange or auth = \"none\"",
+                    );
+                }
+                RouteAccess::Jwt
+            }
             (true, None, None) => RouteAccess::Public,
             (true, _, _) => {
                 c.report(
@@ -136,7 +157,8 @@ pub(super) fn routes(
             (false, _, _) => {
                 c.report(
                     format!("routes[{i}]"),
-                    "set exactly one of credential or [routes.exchange] (or auth = \"none\")",
+                    "set exactly one of credential, [routes.exchange] or forward = \"jwt\" \
+                     (or auth = \"none\")",
                 );
                 RouteAccess::Public
             }

@@ -1,5 +1,5 @@
-//! `[tokens]` and `[gateway]`: lifetimes, limits, caches, refresh
-//! timing, DNS servers.
+//! `[tokens]`, `[gateway]` and `[signing]`: lifetimes, limits, caches,
+//! refresh timing, DNS servers, the signing-key schedule.
 
 use super::*;
 
@@ -127,4 +127,59 @@ pub(super) fn dns_servers(c: &mut Checker<'_>, list: Option<&[String]>) -> Vec<S
         }
     }
     out
+}
+
+/// Longest `rotate_every`: a key that signs for years is not rotated.
+const MAX_ROTATE_EVERY: Duration = Duration::from_secs(365 * 86_400);
+/// Longest `jwt_ttl`: a signed token cannot be revoked, so it stays short.
+const MAX_JWT_TTL: Duration = Duration::from_secs(86_400);
+
+pub(super) fn signing_settings(c: &mut Checker<'_>, s: &file::Signing) -> SigningSettings {
+    let algorithm = match s.algorithm.as_deref() {
+        None => SigningAlgorithm::Es256,
+        Some(text) => SigningAlgorithm::parse(text).unwrap_or_else(|| {
+            c.report(
+                "signing.algorithm",
+                format!(
+                    "`{text}` is not a signing algorithm refgate offers: \"ES256\" or \"EdDSA\""
+                ),
+            );
+            SigningAlgorithm::Es256
+        }),
+    };
+    let rotate_every = c.duration(
+        "signing.rotate_every",
+        s.rotate_every.as_ref(),
+        Duration::from_secs(30 * 86_400),
+    );
+    let publish_ahead = c.duration(
+        "signing.publish_ahead",
+        s.publish_ahead.as_ref(),
+        Duration::from_secs(86_400),
+    );
+    let jwt_ttl = c.duration(
+        "signing.jwt_ttl",
+        s.jwt_ttl.as_ref(),
+        Duration::from_secs(300),
+    );
+    if rotate_every < Duration::from_secs(60) || rotate_every > MAX_ROTATE_EVERY {
+        c.report("signing.rotate_every", "must be between 1m and 365d");
+    }
+    if publish_ahead < Duration::from_secs(1) {
+        c.report("signing.publish_ahead", "must be at least 1s");
+    } else if publish_ahead >= rotate_every {
+        c.report(
+            "signing.publish_ahead",
+            "must be shorter than signing.rotate_every (a key is published ahead of its turn, not a whole turn ahead)",
+        );
+    }
+    if jwt_ttl < Duration::from_secs(1) || jwt_ttl > MAX_JWT_TTL {
+        c.report("signing.jwt_ttl", "must be between 1s and 1d");
+    }
+    SigningSettings {
+        algorithm,
+        rotate_every,
+        publish_ahead,
+        jwt_ttl,
+    }
 }

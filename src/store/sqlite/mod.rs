@@ -48,7 +48,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_grants_and_tokens.sql"),
     include_str!("../migrations/sqlite/0002_leases.sql"),
     include_str!("../migrations/sqlite/0003_grant_lineage.sql"),
-    include_str!("../migrations/sqlite/0004_grants_by_subject.sql"),
+    include_str!("../migrations/sqlite/0004_signing_keys.sql"),
+    include_str!("../migrations/sqlite/0005_grants_by_subject.sql"),
 ];
 
 /// How long the writer, and a read moved off the calling thread, wait for

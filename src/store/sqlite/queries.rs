@@ -440,6 +440,95 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn signing_keys(
+        &self,
+        signs_after: UnixTime,
+    ) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT generation, kid, algorithm, public_jwk, private_sealed, created_at, \
+                 signs_from, signs_until FROM signing_keys \
+                 WHERE signs_until > ?1 OR generation = (SELECT max(generation) FROM signing_keys) \
+                 ORDER BY generation",
+            )?
+            .query_map(params![signs_after], |row| {
+                Ok(SigningKeyRecord {
+                    generation: row.get(0)?,
+                    kid: row.get(1)?,
+                    algorithm: row.get(2)?,
+                    public_jwk: row.get(3)?,
+                    private_sealed: row.get(4)?,
+                    created_at: row.get(5)?,
+                    signs_from: row.get(6)?,
+                    signs_until: row.get(7)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError> {
+        let key = key.clone();
+        self.write(move |conn| {
+            let added =
+                conn.prepare_cached(
+                    "INSERT INTO signing_keys (generation, kid, algorithm, public_jwk, \
+                     private_sealed, created_at, signs_from, signs_until) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![
+                    key.generation,
+                    key.kid,
+                    key.algorithm,
+                    key.public_jwk,
+                    key.private_sealed,
+                    key.created_at,
+                    key.signs_from,
+                    key.signs_until
+                ])? == 1;
+            if added {
+                conn.prepare_cached(
+                    "UPDATE signing_keys SET signs_until = ?1 \
+                     WHERE generation < ?2 AND signs_until > ?1",
+                )?
+                .execute(params![key.signs_from, key.generation])?;
+            }
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn purge_signing_keys(&self, before: UnixTime) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "DELETE FROM signing_keys WHERE signs_until < ?1 \
+                 AND generation < (SELECT max(generation) FROM signing_keys)",
+            )?
+            .execute(params![before])
+            .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn reseal_signing_key(
+        &self,
+        generation: i64,
+        current: &[u8],
+        resealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let (current, resealed) = (current.to_vec(), resealed.to_vec());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE signing_keys SET private_sealed = ?3 \
+                 WHERE generation = ?1 AND private_sealed = ?2",
+            )?
+            .execute(params![generation, current, resealed])
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
     async fn purge_expired(&self, before: UnixTime) -> Result<u64, StoreError> {
         self.write(move |conn| {
             let gone = conn

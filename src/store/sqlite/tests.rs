@@ -387,3 +387,48 @@ async fn with_no_idle_connection_a_lookup_on_a_locked_file_opens_one_off_the_cal
         "the connection opened for the lookup is kept for the next"
     );
 }
+
+fn signing_key(generation: i64, signs_from: i64, signs_until: i64) -> SigningKeyRecord {
+    SigningKeyRecord {
+        generation,
+        kid: format!("kid-{generation}"),
+        algorithm: "ES256".into(),
+        public_jwk: "{}".into(),
+        private_sealed: vec![generation as u8; 4],
+        created_at: 0,
+        signs_from,
+        signs_until,
+    }
+}
+
+#[tokio::test]
+async fn one_signing_key_per_generation_and_a_new_key_cuts_earlier_ones_short() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(&dir).await;
+    assert!(store
+        .add_signing_key(&signing_key(1, 0, 1000))
+        .await
+        .unwrap());
+    // A second key for generation 1 (another instance lost the race).
+    assert!(!store
+        .add_signing_key(&signing_key(1, 5, 1005))
+        .await
+        .unwrap());
+    // A forced rotation starting at 500 ends generation 1 there.
+    assert!(store
+        .add_signing_key(&signing_key(2, 500, 1500))
+        .await
+        .unwrap());
+    let keys = store.signing_keys(0).await.unwrap();
+    let spans: Vec<(i64, i64, i64)> = keys
+        .iter()
+        .map(|k| (k.generation, k.signs_from, k.signs_until))
+        .collect();
+    assert_eq!(spans, [(1, 0, 500), (2, 500, 1500)]);
+    // Retired keys go, the latest generation stays even when retired.
+    assert_eq!(store.purge_signing_keys(600).await.unwrap(), 1);
+    assert_eq!(store.purge_signing_keys(10_000).await.unwrap(), 0);
+    let left = store.signing_keys(10_000).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].generation, 2);
+}

@@ -87,17 +87,7 @@ async fn the_limit_can_be_switched_off_and_bad_values_are_refused() {
             "auth_failures = \"off\"",
             &format!("auth_failures = \"{bad}\""),
         );
-        std::fs::write(&server.config_path, config).expect("config");
-        let out = server
-            .command()
-            .arg("check")
-            .arg("--config")
-            .arg(&server.config_path)
-            .output()
-            .expect("run check");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{bad:?} accepted");
-        assert!(stderr.contains("tokens.auth_failures"), "{bad:?}: {stderr}");
+        server.assert_check_refuses(&config, "tokens.auth_failures");
     }
 }
 
@@ -240,16 +230,6 @@ async fn check_refuses_rate_limits_that_cannot_work() {
         ),
     ] {
         let config = original.replacen("id = \"app\"\n", &format!("id = \"app\"\n{line}\n"), 1);
-        std::fs::write(&server.config_path, config).expect("config");
-        let out = server
-            .command()
-            .arg("check")
-            .arg("--config")
-            .arg(&server.config_path)
-            .output()
-            .expect("run check");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{line}: accepted");
-        assert!(stderr.contains(key), "{line}: {stderr}");
+        server.assert_check_refuses(&config, key);
     }
 }

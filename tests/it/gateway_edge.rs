@@ -1210,17 +1210,7 @@ async fn check_refuses_connection_limits_that_cannot_work() {
         ("max_connections = 0", "listen.max_connections"),
     ] {
         let config = original.replacen("[listen]\n", &format!("[listen]\n{line}\n"), 1);
-        std::fs::write(&server.config_path, config).expect("config");
-        let out = server
-            .command()
-            .arg("check")
-            .arg("--config")
-            .arg(&server.config_path)
-            .output()
-            .expect("run check");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{line}: accepted");
-        assert!(stderr.contains(key), "{line}: {stderr}");
+        server.assert_check_refuses(&config, key);
     }
 }
 
@@ -1260,28 +1250,11 @@ async fn check_refuses_pem_files_serve_could_not_use() {
         ),
     ] {
         let config = format!("{original}{addition}");
-        std::fs::write(&server.config_path, config).expect("config");
-        let out = server
-            .command()
-            .arg("check")
-            .arg("--config")
-            .arg(&server.config_path)
-            .output()
-            .expect("run check");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{key}: accepted");
-        assert!(stderr.contains(key), "{key}: {stderr}");
-        assert!(stderr.contains("garbage.pem"), "{key}: {stderr}");
+        server.assert_check_refuses(&config, key);
+        server.assert_check_refuses(&config, "garbage.pem");
     }
     // The good pair passes.
-    std::fs::write(&server.config_path, format!("{original}{good}")).expect("config");
-    let out = server
-        .command()
-        .arg("check")
-        .arg("--config")
-        .arg(&server.config_path)
-        .output()
-        .expect("run check");
+    let out = server.check_config(&format!("{original}{good}"));
     assert!(
         out.status.success(),
         "{}",

@@ -412,6 +412,27 @@ data_key = "{DATA_KEY}"
         port
     }
 
+    /// Writes `config` as this instance's file and runs `refgate check` on
+    /// it (within 30 s).
+    pub fn check_config(&self, config: &str) -> std::process::Output {
+        std::fs::write(&self.config_path, config).expect("write config");
+        output_within(
+            self.command()
+                .arg("check")
+                .arg("--config")
+                .arg(&self.config_path),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// Asserts that `refgate check` refuses `config` and names `key`.
+    pub fn assert_check_refuses(&self, config: &str, key: &str) {
+        let out = self.check_config(config);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key}: accepted");
+        assert!(stderr.contains(key), "{key}: {stderr}");
+    }
+
     /// Stops and starts again on the same configuration and data.
     pub fn restart(&mut self) {
         if self.is_running() {

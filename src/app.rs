@@ -79,6 +79,7 @@ pub fn run(
         token_service,
         proxy,
         metrics,
+        admin,
     } = listeners;
     let token_listener =
         control.block_on(async { tokio_listener(token_service, "token service") })?;
@@ -95,6 +96,12 @@ pub fn run(
         admission(),
         stop_rx.clone(),
     ));
+
+    if let Some(listener) = admin {
+        let listener = control.block_on(async { tokio_listener(listener, "admin API") })?;
+        let app = crate::token::admin::router(parts.tokens.clone());
+        control.spawn(serve_http(listener, app, admission(), stop_rx.clone()));
+    }
 
     if let Some(listener) = metrics {
         let listener = control.block_on(async { tokio_listener(listener, "metrics") })?;

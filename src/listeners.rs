@@ -26,17 +26,20 @@ pub struct Listeners {
     pub proxy: Option<TcpListener>,
     /// Prometheus `/metrics`, when `[listen] metrics` is set.
     pub metrics: Option<TcpListener>,
+    /// The admin API, when `[listen] admin` is set.
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
     /// Takes each socket named in `LISTEN_FDNAMES` (`proxy`, `token_service`,
-    /// `metrics`) from the inherited descriptors and binds the others at the
+    /// `metrics`, `admin`) from the inherited descriptors and binds the others at the
     /// addresses in `listen`.
     pub fn open(listen: &Listen) -> anyhow::Result<Self> {
         let mut inherited = inherited_sockets()?;
         let enabled = |name: &str| match name {
             "proxy" => listen.proxy.is_some(),
             "metrics" => listen.metrics.is_some(),
+            "admin" => listen.admin.is_some(),
             _ => true,
         };
         if let Some(name) = inherited.keys().find(|n| !enabled(n)) {
@@ -57,9 +60,15 @@ impl Listeners {
             .context("the token service needs a listener")?;
         let proxy = take("proxy", listen.proxy)?;
         let metrics = take("metrics", listen.metrics)?;
-        for listener in [Some(&token_service), proxy.as_ref(), metrics.as_ref()]
-            .into_iter()
-            .flatten()
+        let admin = take("admin", listen.admin)?;
+        for listener in [
+            Some(&token_service),
+            proxy.as_ref(),
+            metrics.as_ref(),
+            admin.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
         {
             listener
                 .set_nonblocking(true)
@@ -69,6 +78,7 @@ impl Listeners {
             token_service,
             proxy,
             metrics,
+            admin,
         })
     }
 }
@@ -96,11 +106,11 @@ fn inherited_sockets() -> anyhow::Result<std::collections::HashMap<String, TcpLi
     if names.len() != count as usize {
         anyhow::bail!(
             "LISTEN_FDNAMES must name each of the {count} inherited sockets \
-             (proxy, token_service, metrics), separated by ':'"
+             (proxy, token_service, metrics, admin), separated by ':'"
         );
     }
     for (i, name) in names.into_iter().enumerate() {
-        if !["proxy", "token_service", "metrics"].contains(&name) {
+        if !["proxy", "token_service", "metrics", "admin"].contains(&name) {
             anyhow::bail!("unknown inherited socket name {name:?} in LISTEN_FDNAMES");
         }
         let fd = FIRST_INHERITED_FD + i as RawFd;

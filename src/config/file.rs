@@ -31,6 +31,8 @@ pub struct Listen {
     pub proxy: Option<String>,
     pub token_service: String,
     pub metrics: Option<String>,
+    /// The admin API (off when absent).
+    pub admin: Option<String>,
     pub tls: Option<ListenTls>,
     /// Open connections each listener (proxy, token service) holds.
     pub max_connections: Option<i64>,
@@ -116,6 +118,9 @@ pub struct Client {
     /// May revoke every grant of a subject (`token_type_hint=subject`).
     #[serde(default)]
     pub revoke_subject: bool,
+    /// May use the admin API.
+    #[serde(default)]
+    pub admin: bool,
     #[serde(default)]
     pub allowed_issuers: Vec<String>,
     /// When set, the only `audience` values this client may request.

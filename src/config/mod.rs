@@ -39,6 +39,8 @@ pub struct Listen {
     pub proxy: Option<SocketAddr>,
     pub token_service: SocketAddr,
     pub metrics: Option<SocketAddr>,
+    /// The admin API, when set.
+    pub admin: Option<SocketAddr>,
     pub tls: Option<ProxyTls>,
     /// Open connections each of the proxy and the token service holds.
     pub max_connections: usize,
@@ -218,6 +220,8 @@ pub struct Client {
     pub mutate: bool,
     /// May revoke every grant of a subject at `/oauth2/revoke`.
     pub revoke_subject: bool,
+    /// May use the admin API (`[listen] admin`).
+    pub admin: bool,
     pub allowed_issuers: Vec<String>,
     pub audiences: Option<Vec<String>>,
     pub exchange_from: ExchangeFrom,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::crypto::{KeyId, Random, TokenHash};
 use crate::lookup::{Grant, LookupError, TokenLookup, Unreadable};
 use crate::store::{
-    GrantChange, GrantRecord, GrantUpdate, NewToken, Rotation, SealedCustom, StoreError,
+    GrantChange, GrantRecord, GrantUpdate, GrantsOf, NewToken, Rotation, SealedCustom, StoreError,
     TokenRecord, UnixTime,
 };
 
@@ -132,18 +132,30 @@ impl Grants {
         Ok(revoked)
     }
 
-    /// Revokes every grant of `subject` that is not revoked yet, and those
+    /// Revokes every grant of a subject or client that is not revoked yet,
+    /// and those
     /// exchanged from them; forgets them. Returns how many grants ended. A
     /// grant issued while this runs may escape: it is a new session.
-    pub async fn revoke_subject(&self, subject: &str) -> Result<usize, StoreError> {
+    pub async fn revoke_all(&self, owner: &GrantsOf) -> Result<usize, StoreError> {
         let mut ended = std::collections::HashSet::new();
-        for id in self.lookup.store().live_grants_of_subject(subject).await? {
+        for id in self.lookup.store().live_grants_of(owner).await? {
             if ended.contains(&id) {
                 continue;
             }
             ended.extend(self.revoke_grant(&id).await?);
         }
         Ok(ended.len())
+    }
+
+    /// Grants of a subject or client, newest first (see
+    /// [`crate::store::Store::list_grants`]).
+    pub async fn list(
+        &self,
+        owner: &GrantsOf,
+        before: Option<&(UnixTime, String)>,
+        limit: u32,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        self.lookup.store().list_grants(owner, before, limit).await
     }
 
     /// Revokes one token; forgets it.

@@ -28,6 +28,23 @@ pub use sqlite::SqliteStore;
 /// Seconds since the Unix epoch.
 pub type UnixTime = i64;
 
+/// Whose grants: one subject's, or one client's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantsOf {
+    Subject(String),
+    Client(String),
+}
+
+impl GrantsOf {
+    /// The grants column it filters on, and the value.
+    pub fn filter(&self) -> (&'static str, &str) {
+        match self {
+            GrantsOf::Subject(s) => ("subject", s),
+            GrantsOf::Client(c) => ("client_id", c),
+        }
+    }
+}
+
 /// A grant as stored.
 #[derive(Debug, Clone, Default)]
 pub struct GrantRecord {
@@ -190,8 +207,19 @@ pub trait Store: Send + Sync + 'static {
     /// grants revoked (the grant's own first; empty when it does not exist).
     async fn revoke_grant(&self, id: &str) -> Result<Vec<String>, StoreError>;
 
-    /// The ids of a subject's grants that are not revoked, oldest first.
-    async fn live_grants_of_subject(&self, subject: &str) -> Result<Vec<String>, StoreError>;
+    /// The ids of the grants of a subject or client that are not revoked,
+    /// oldest first.
+    async fn live_grants_of(&self, owner: &GrantsOf) -> Result<Vec<String>, StoreError>;
+
+    /// Grants of a subject or client, revoked ones included, newest first:
+    /// at most `limit`, all created before `before` (`created_at`, `id`)
+    /// when given.
+    async fn list_grants(
+        &self,
+        owner: &GrantsOf,
+        before: Option<&(UnixTime, String)>,
+        limit: u32,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
 
     /// The latest expiry among the live tokens of a grant, capped by its
     /// own `not_after`: how long the grant can still be used. `None` when it

@@ -384,14 +384,41 @@ impl Store for PostgresStore {
         Ok(done)
     }
 
-    async fn live_grants_of_subject(&self, subject: &str) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT id FROM grants WHERE subject = $1 AND NOT revoked ORDER BY created_at, id",
-        )
-        .bind(subject)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)
+    async fn live_grants_of(&self, owner: &GrantsOf) -> Result<Vec<String>, StoreError> {
+        let (column, value) = owner.filter();
+        let sql = format!(
+            "SELECT id FROM grants WHERE {column} = $1 AND NOT revoked ORDER BY created_at, id"
+        );
+        sqlx::query_scalar(&sql)
+            .bind(value)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn list_grants(
+        &self,
+        owner: &GrantsOf,
+        before: Option<&(UnixTime, String)>,
+        limit: u32,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        let (column, value) = owner.filter();
+        let sql = format!(
+            "SELECT {} FROM grants g WHERE g.{column} = $1 \
+             AND (g.created_at < $2 OR (g.created_at = $2 AND g.id < $3)) \
+             ORDER BY g.created_at DESC, g.id DESC LIMIT $4",
+            grant_columns!()
+        );
+        let (at, id) = before.cloned().unwrap_or((UnixTime::MAX, String::new()));
+        let rows = sqlx::query(&sql)
+            .bind(value)
+            .bind(at)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(|r| grant_from_row(r, 0)).collect()
     }
 
     async fn revoke_grant(&self, id: &str) -> Result<Vec<String>, StoreError> {

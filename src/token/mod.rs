@@ -11,6 +11,7 @@
 //!   mapping of failures (among them [`crate::core::Error`]) to RFC 6749
 //!   responses, `issue` writes token responses.
 
+pub mod admin;
 mod error;
 mod grant_arbitrary;
 mod grant_exchange;

@@ -18,6 +18,7 @@ use crate::core::issue::whole_seconds;
 use crate::core::rotation::{still_usable, Presented};
 use crate::crypto::{hash_token, token_kind, TokenKind};
 use crate::lookup::now;
+use crate::store::GrantsOf;
 
 pub async fn handle(
     State(service): State<Arc<TokenService>>,
@@ -49,7 +50,10 @@ async fn revoke(service: &TokenService, request: AuthenticatedForm) -> Result<()
             ))
             .with_status(StatusCode::FORBIDDEN));
         }
-        let ended = service.grants.revoke_subject(token).await?;
+        let ended = service
+            .grants
+            .revoke_all(&GrantsOf::Subject(token.to_string()))
+            .await?;
         tracing::info!(client = %client.id, grants = ended, "subject revoked");
         return Ok(());
     }

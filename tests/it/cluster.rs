@@ -382,3 +382,41 @@ async fn store_outage_fails_closed_and_recovers_without_restart() {
     assert_eq!(cluster.a.introspect(&survivor).await["active"], true);
     assert_eq!(call(&cluster.a.proxy, &at).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_admin_revocation_on_one_instance_reaches_the_other_at_once() {
+    let ops = format!(
+        "[[clients]]\nid = \"ops\"\nsecret_hash = \"{}\"\ngrant_types = [\"client_credentials\"]\nadmin = true\n",
+        secret_hash("ops-secret")
+    );
+    let mut cluster = start_cluster(&ops);
+    let port = cluster.a.reserve_admin_port();
+    let config = std::fs::read_to_string(&cluster.a.config_path).expect("config");
+    let config = config.replacen(
+        "[listen]\n",
+        &format!("[listen]\nadmin = \"127.0.0.1:{port}\"\n"),
+        1,
+    );
+    std::fs::write(&cluster.a.config_path, config).expect("config");
+    cluster.a.restart();
+    let (token, _) = minted_pair(&cluster.a, "carol", &[]).await;
+    // B has the token cached as active.
+    assert_eq!(cluster.b.introspect(&token).await["active"], true);
+    let revoked = http()
+        .post(format!("http://127.0.0.1:{port}/admin/revoke"))
+        .basic_auth("ops", Some("ops-secret"))
+        .json(&json!({ "subject": "carol" }))
+        .send()
+        .await
+        .expect("admin revoke");
+    assert_eq!(revoked.status(), reqwest::StatusCode::OK);
+    let started = std::time::Instant::now();
+    while cluster.b.introspect(&token).await["active"] != false {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "instance B still sees the token active"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    eprintln!("B saw the admin revocation after {:?}", started.elapsed());
+}

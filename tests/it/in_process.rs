@@ -41,6 +41,7 @@ data_key = "{DATA_KEY}"
         token_service: token_listener,
         proxy: Some(proxy_listener),
         metrics: None,
+        admin: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = std::thread::spawn(move || {

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod admin;
 mod at_rest;
 mod auth_throttle;
 mod bench_scripts;

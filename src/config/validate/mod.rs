@@ -215,6 +215,11 @@ pub(super) fn validate(
             .metrics
             .as_deref()
             .and_then(|a| c.address("listen.metrics", a)),
+        admin: file
+            .listen
+            .admin
+            .as_deref()
+            .and_then(|a| c.address("listen.admin", a)),
         tls: file.listen.tls.as_ref().map(|t| ProxyTls {
             cert: c.certificate_file("listen.tls.cert", &t.cert),
             key: c.key_file("listen.tls.key", &t.key),

@@ -89,6 +89,7 @@ pub(super) fn clients(
             reveal_custom: f.reveal_custom,
             mutate: f.mutate,
             revoke_subject: f.revoke_subject,
+            admin: f.admin,
             allowed_issuers: f.allowed_issuers.clone(),
             audiences: f.audiences.clone(),
             exchange_from,

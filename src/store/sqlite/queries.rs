@@ -273,14 +273,39 @@ impl Store for SqliteStore {
         self.write(move |conn| revoke_tree(conn, &id)).await
     }
 
-    async fn live_grants_of_subject(&self, subject: &str) -> Result<Vec<String>, StoreError> {
-        let subject = subject.to_string();
+    async fn live_grants_of(&self, owner: &GrantsOf) -> Result<Vec<String>, StoreError> {
+        let (column, value) = owner.filter();
+        let sql = format!(
+            "SELECT id FROM grants WHERE {column} = ?1 AND revoked = 0 ORDER BY created_at, id"
+        );
+        let value = value.to_string();
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT id FROM grants WHERE subject = ?1 AND revoked = 0 ORDER BY created_at, id",
-            )?
-            .query_map(params![subject], |r| r.get::<_, String>(0))?
-            .collect()
+            conn.prepare_cached(&sql)?
+                .query_map(params![value], |r| r.get::<_, String>(0))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn list_grants(
+        &self,
+        owner: &GrantsOf,
+        before: Option<&(UnixTime, String)>,
+        limit: u32,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        let (column, value) = owner.filter();
+        let sql = format!(
+            "SELECT {} FROM grants g WHERE g.{column} = ?1 \
+             AND (g.created_at < ?2 OR (g.created_at = ?2 AND g.id < ?3)) \
+             ORDER BY g.created_at DESC, g.id DESC LIMIT ?4",
+            grant_columns!()
+        );
+        let value = value.to_string();
+        let (at, id) = before.cloned().unwrap_or((UnixTime::MAX, String::new()));
+        self.read(move |conn| {
+            conn.prepare_cached(&sql)?
+                .query_map(params![value, at, id, limit], |row| grant_from_row(row, 0))?
+                .collect()
         })
         .await
     }

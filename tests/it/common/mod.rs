@@ -405,10 +405,20 @@ data_key = "{DATA_KEY}"
     /// A metrics listener for the next start (listeners take a restart);
     /// the caller adds `metrics = "127.0.0.1:<port>"` to `[listen]`.
     pub fn reserve_metrics_port(&mut self) -> u16 {
+        self.reserve_listener("metrics")
+    }
+
+    /// The admin API's listener, as [`Refgate::reserve_metrics_port`]
+    /// (`admin = "127.0.0.1:<port>"`).
+    pub fn reserve_admin_port(&mut self) -> u16 {
+        self.reserve_listener("admin")
+    }
+
+    fn reserve_listener(&mut self, name: &'static str) -> u16 {
         let listener = loopback_listener();
         let port = listener.local_addr().expect("address").port();
-        self.listeners.retain(|(name, _)| *name != "metrics");
-        self.listeners.push(("metrics", listener));
+        self.listeners.retain(|(held, _)| *held != name);
+        self.listeners.push((name, listener));
         port
     }
 

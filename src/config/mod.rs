@@ -179,15 +179,17 @@ pub enum GrantType {
     TokenExchange,
     TokenExchangeMutate,
     ArbitraryToken,
+    ArbitraryIdentity,
 }
 
 impl GrantType {
-    pub const ALL: [GrantType; 5] = [
+    pub const ALL: [GrantType; 6] = [
         GrantType::ClientCredentials,
         GrantType::RefreshToken,
         GrantType::TokenExchange,
         GrantType::TokenExchangeMutate,
         GrantType::ArbitraryToken,
+        GrantType::ArbitraryIdentity,
     ];
 
     /// The `grant_type` value on the wire.
@@ -200,6 +202,7 @@ impl GrantType {
                 "urn:ietf:params:oauth:grant-type:token-exchange-mutate"
             }
             GrantType::ArbitraryToken => "arbitrary_token",
+            GrantType::ArbitraryIdentity => "arbitrary_identity",
         }
     }
 

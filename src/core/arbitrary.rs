@@ -46,13 +46,7 @@ pub async fn mint(
     client: &Client,
     request: Arbitrary<'_>,
 ) -> Result<TokenResponse, Error> {
-    let issuer = request.issuer;
-    if !client.allowed_issuers.iter().any(|i| i == issuer) {
-        return Err(Error::UnauthorizedClient(format!(
-            "client `{}` may not assert issuer `{issuer}`",
-            client.id
-        )));
-    }
+    let issuer = asserted_issuer(client, request.issuer)?;
     let scopes = scope::for_client(client, request.scope)?;
     let claims = request.claims.map(claims).transpose()?;
     let custom = match request.custom {
@@ -104,6 +98,40 @@ pub async fn mint(
         },
     )
     .await
+}
+
+/// Most bytes of a signed token's claims (as JSON), arbitrary ones
+/// included.
+pub const SIGNED_CLAIMS_MAX: usize = 16 * 1024;
+
+/// The issuer a client asserts, if it may.
+pub fn asserted_issuer<'a>(client: &Client, issuer: &'a str) -> Result<&'a str, Error> {
+    if client.allowed_issuers.iter().any(|i| i == issuer) {
+        Ok(issuer)
+    } else {
+        Err(Error::UnauthorizedClient(format!(
+            "client `{}` may not assert issuer `{issuer}`",
+            client.id
+        )))
+    }
+}
+
+/// Claims to sign: `registered` (refgate's) with the caller's
+/// `arbitrary_claims` beside them, at most [`SIGNED_CLAIMS_MAX`] bytes.
+pub fn signed_claims(
+    mut registered: serde_json::Map<String, serde_json::Value>,
+    arbitrary: Option<&str>,
+) -> Result<serde_json::Value, Error> {
+    if let Some(serde_json::Value::Object(extra)) = arbitrary.map(claims).transpose()? {
+        registered.extend(extra);
+    }
+    let claims = serde_json::Value::Object(registered);
+    if serde_json::to_vec(&claims).map_or(usize::MAX, |v| v.len()) > SIGNED_CLAIMS_MAX {
+        return Err(Error::InvalidRequest(format!(
+            "the token's claims exceed {SIGNED_CLAIMS_MAX} bytes"
+        )));
+    }
+    Ok(claims)
 }
 
 /// `arbitrary_claims`: a JSON object of string arrays, no registered names.

@@ -56,6 +56,9 @@ async fn token(service: &TokenService, request: AuthenticatedForm) -> Result<Res
         GrantType::ArbitraryToken => {
             super::grant_arbitrary::grant(service, &config, &client, &form).await?
         }
+        GrantType::ArbitraryIdentity => {
+            return super::grant_arbitrary::identity(service, &client, &form).await;
+        }
     };
     Ok(response.into_response())
 }

@@ -33,6 +33,7 @@ mod mutate_grant;
 mod phantom_routes;
 mod refresh;
 mod restart;
+mod signed_tokens;
 mod signing;
 mod smoke;
 mod sqlite_store;

@@ -71,24 +71,13 @@ fn verify_with_jose(server: &Refgate, audience: &str, jwt: &str) -> Value {
 
 /// What `jose` says of `jwt` signed by `signer`, with the JWKS of `publisher`.
 fn verify_with(publisher: &Refgate, signer: &Refgate, audience: &str, jwt: &str) -> Value {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/oidc-as");
-    let output = output_within(
-        std::process::Command::new("node")
-            .arg("verify-jwt.mjs")
-            .arg(publisher.url("/.well-known/jwks.json"))
-            .arg(signer.url("").trim_end_matches('/'))
-            .arg(audience)
-            .arg(jwt)
-            .current_dir(dir),
-        Duration::from_secs(30),
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
-        panic!(
-            "node printed {:?} / {:?}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
+    jose_verify(
+        &publisher.url("/.well-known/jwks.json"),
+        signer.url("").trim_end_matches('/'),
+        audience,
+        jwt,
+        "at+jwt",
+    )
 }
 
 fn payload(jwt: &str) -> Value {

@@ -48,10 +48,13 @@ pub(super) fn clients(
                 );
             }
         }
-        if !f.allowed_issuers.is_empty() && !grant_types.contains(&GrantType::ArbitraryToken) {
+        if !f.allowed_issuers.is_empty()
+            && !grant_types.contains(&GrantType::ArbitraryToken)
+            && !grant_types.contains(&GrantType::ArbitraryIdentity)
+        {
             c.report(
                 key("allowed_issuers"),
-                "only matters with the arbitrary_token grant type",
+                "only matters with the arbitrary_token or arbitrary_identity grant type",
             );
         }
         let access_token_ttl = c.duration(

@@ -997,3 +997,28 @@ pub async fn plant_custom(server: &Refgate, token: &str, custom: serde_json::Val
         .expect("store");
     assert!(matches!(updated, GrantUpdate::Updated(_)), "{updated:?}");
 }
+
+/// What `jose` (node, outside refgate) says of `jwt`, verified with only
+/// the JWKS at `jwks_uri`: `{"ok":true,"header":…,"payload":…}` or
+/// `{"ok":false,"error":…}`. `audience` `-`: none to check.
+pub fn jose_verify(jwks_uri: &str, issuer: &str, audience: &str, jwt: &str, typ: &str) -> Value {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/oidc-as");
+    let output = output_within(
+        Command::new("node")
+            .arg("verify-jwt.mjs")
+            .arg(jwks_uri)
+            .arg(issuer)
+            .arg(audience)
+            .arg(jwt)
+            .arg(typ)
+            .current_dir(dir),
+        Duration::from_secs(30),
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "node printed {:?} / {:?}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}

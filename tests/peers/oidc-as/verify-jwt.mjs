@@ -2,16 +2,17 @@
 // using only the JWKS refgate publishes. Prints one JSON line:
 // {"ok":true,"header":{...},"payload":{...}} or {"ok":false,"error":"..."}.
 //
-// node verify-jwt.mjs <jwks_uri> <issuer> <audience> <jwt>
+// node verify-jwt.mjs <jwks_uri> <issuer> <audience> <jwt> [typ]
+// (audience `-`: the token has none to check; typ defaults to at+jwt)
 import { createRemoteJWKSet, jwtVerify } from 'jose';
 
-const [jwksUri, issuer, audience, jwt] = process.argv.slice(2);
+const [jwksUri, issuer, audience, jwt, typ = 'at+jwt'] = process.argv.slice(2);
 const jwks = createRemoteJWKSet(new URL(jwksUri));
 try {
   const { payload, protectedHeader } = await jwtVerify(jwt, jwks, {
     issuer,
-    audience,
-    typ: 'at+jwt',
+    ...(audience === '-' ? {} : { audience }),
+    typ,
     algorithms: ['ES256', 'EdDSA'],
   });
   console.log(JSON.stringify({ ok: true, header: protectedHeader, payload }));

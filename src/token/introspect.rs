@@ -14,18 +14,86 @@ use crate::core::scope;
 use crate::crypto::TokenKind;
 use crate::lookup::{is_active, ActiveToken};
 
+/// RFC 9701's media type for a signed introspection answer.
+const JWT_ANSWER: &str = "application/token-introspection+jwt";
+
 pub async fn handle(
     State(service): State<Arc<TokenService>>,
     request: AuthenticatedForm,
 ) -> Response {
-    match introspect(&service, request).await {
-        Ok(body) => {
-            let mut response = axum::Json(body).into_response();
-            no_store(&mut response);
-            response
+    let signed = match wants_jwt(&request.headers) {
+        Ok(signed) => signed,
+        Err(e) => return e.into_response(),
+    };
+    let caller = request.client.id.clone();
+    let issuer = request.config.issuer.clone();
+    let body = match introspect(&service, request).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    let mut response = if signed {
+        // RFC 9701 §5: the answer inside a JWT for the caller.
+        let claims = json!({
+            "iss": issuer,
+            "aud": caller,
+            "iat": crate::lookup::now(),
+            "token_introspection": body,
+        });
+        match service.signing.sign("token-introspection+jwt", &claims) {
+            Ok(jwt) => ([(axum::http::header::CONTENT_TYPE, JWT_ANSWER)], jwt).into_response(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sign an introspection answer");
+                return OAuthError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "no signing key is available; retry shortly",
+                )
+                .into_response();
+            }
         }
-        Err(e) => e.into_response(),
+    } else {
+        axum::Json(body).into_response()
+    };
+    no_store(&mut response);
+    response
+}
+
+/// Whether `Accept` asks for a signed answer (RFC 9701); plain JSON when it
+/// is absent or allows JSON; 406 when it allows neither.
+fn wants_jwt(headers: &axum::http::HeaderMap) -> Result<bool, OAuthError> {
+    let accepted: Vec<String> = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next()?.to_ascii_lowercase();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (!refused && !media.is_empty()).then_some(media)
+        })
+        .collect();
+    if headers.get(axum::http::header::ACCEPT).is_none() {
+        return Ok(false);
     }
+    if accepted.iter().any(|m| m == JWT_ANSWER) {
+        return Ok(true);
+    }
+    if accepted
+        .iter()
+        .any(|m| m == "application/json" || m == "application/*" || m == "*/*")
+    {
+        return Ok(false);
+    }
+    Err(OAuthError::new(
+        axum::http::StatusCode::NOT_ACCEPTABLE,
+        "invalid_request",
+        format!("introspection answers application/json or {JWT_ANSWER}"),
+    ))
 }
 
 async fn introspect(
@@ -36,6 +104,7 @@ async fn introspect(
         config,
         client,
         form,
+        ..
     } = request;
     if !client.introspect {
         return Err(OAuthError::invalid_client(format!(

@@ -28,6 +28,7 @@ pub async fn handle(State(service): State<Arc<TokenService>>) -> Response {
         "revocation_endpoint": format!("{base}/oauth2/revoke"),
         "mutate_endpoint": format!("{base}/oauth2/mutate"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "introspection_signing_alg_values_supported": [config.signing.algorithm.as_str()],
         "grant_types_supported": grant_types,
         "response_types_supported": [],
         "scopes_supported": scopes,

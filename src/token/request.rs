@@ -263,6 +263,8 @@ pub struct AuthenticatedForm {
     pub config: Arc<Config>,
     pub client: Arc<Client>,
     pub form: Form,
+    /// The request's headers (for content negotiation).
+    pub headers: HeaderMap,
 }
 
 impl axum::extract::FromRequest<Arc<super::TokenService>> for AuthenticatedForm {
@@ -287,6 +289,7 @@ impl axum::extract::FromRequest<Arc<super::TokenService>> for AuthenticatedForm 
             config,
             client,
             form,
+            headers: parts.headers,
         })
     }
 }

@@ -39,6 +39,7 @@ async fn revoke(service: &TokenService, request: AuthenticatedForm) -> Result<()
         config,
         client,
         form,
+        ..
     } = request;
     let token = form.require("token")?;
     if form.get("token_type_hint") == Some("subject") {

@@ -26,6 +26,7 @@ async fn token(service: &TokenService, request: AuthenticatedForm) -> Result<Res
         config,
         client,
         form,
+        ..
     } = request;
     service.check_rate(&client.id)?;
     let grant_type = form.require("grant_type")?;

@@ -200,3 +200,73 @@ async fn bad_signed_token_requests_are_refused_and_issue_nothing() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "unauthorized_client");
 }
+
+#[tokio::test]
+async fn introspection_answers_a_signed_jwt_when_asked() {
+    let server = start();
+    let token = server.access_token("app").await;
+    let introspect = |accept: Option<&'static str>| {
+        let server = &server;
+        let token = token.clone();
+        async move {
+            let mut request = http()
+                .post(server.url("/oauth2/introspect"))
+                .basic_auth("introspector", Some("introspector-secret"))
+                .form(&[("token", token.as_str())]);
+            if let Some(accept) = accept {
+                request = request.header("accept", accept);
+            }
+            let response = request.send().await.expect("introspection");
+            let status = response.status();
+            let kind = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            (status, kind, response.text().await.expect("body"))
+        }
+    };
+    let (status, kind, jwt) = introspect(Some("application/token-introspection+jwt")).await;
+    assert_eq!(status, StatusCode::OK, "{jwt}");
+    assert_eq!(kind, "application/token-introspection+jwt");
+    let verified = jose_verify(
+        &server.url("/.well-known/jwks.json"),
+        server.url("").trim_end_matches('/'),
+        "introspector",
+        &jwt,
+        "token-introspection+jwt",
+    );
+    assert_eq!(verified["ok"], true, "{verified}");
+    let answer = &verified["payload"]["token_introspection"];
+    assert_eq!(answer["active"], true, "{verified}");
+    assert_eq!(answer["client_id"], "app");
+
+    // JSON when asked for it, or for nothing in particular.
+    for accept in [None, Some("application/json"), Some("*/*")] {
+        let (status, kind, body) = introspect(accept).await;
+        assert_eq!(status, StatusCode::OK, "{accept:?}");
+        assert!(kind.starts_with("application/json"), "{accept:?}: {kind}");
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(body["active"], true);
+    }
+    // Neither: 406.
+    for accept in ["text/html", "application/token-introspection+jwt;q=0"] {
+        let (status, _, body) = introspect(Some(accept)).await;
+        assert_eq!(status, StatusCode::NOT_ACCEPTABLE, "{accept}: {body}");
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(body["error"], "invalid_request");
+    }
+    let metadata: Value = http()
+        .get(server.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .expect("metadata")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        metadata["introspection_signing_alg_values_supported"],
+        json!(["ES256"])
+    );
+}

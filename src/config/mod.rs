@@ -153,6 +153,7 @@ pub enum SigningAlgorithm {
     Es256,
     /// Ed25519.
     EdDsa,
+    Rs256,
 }
 
 impl SigningAlgorithm {
@@ -161,13 +162,18 @@ impl SigningAlgorithm {
         match self {
             SigningAlgorithm::Es256 => "ES256",
             SigningAlgorithm::EdDsa => "EdDSA",
+            SigningAlgorithm::Rs256 => "RS256",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa]
-            .into_iter()
-            .find(|a| a.as_str() == text)
+        [
+            SigningAlgorithm::Es256,
+            SigningAlgorithm::EdDsa,
+            SigningAlgorithm::Rs256,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == text)
     }
 }
 

@@ -1,6 +1,6 @@
-//! One signing key pair: made with ring, its public half as a JWK and its
-//! RFC 7638 thumbprint (the `kid`), its private half as PKCS#8 for
-//! `jsonwebtoken`.
+//! One signing key pair: made with ring (RSA keys with the `rsa` crate,
+//! which ring cannot make), its public half as a JWK and its RFC 7638
+//! thumbprint (the `kid`), its private half as PKCS#8 for `jsonwebtoken`.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -11,6 +11,9 @@ use ring::signature::{
 use serde_json::json;
 
 use crate::config::SigningAlgorithm;
+
+/// Bits of an RS256 key.
+const RSA_BITS: usize = 2048;
 
 /// A fresh key pair. Its `Debug` shows no private material.
 pub struct KeyPair {
@@ -70,6 +73,19 @@ impl KeyPair {
                 });
                 (doc.as_ref().to_vec(), jwk)
             }
+            SigningAlgorithm::Rs256 => {
+                use rsa::pkcs8::EncodePrivateKey;
+                use rsa::traits::PublicKeyParts;
+                let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, RSA_BITS)
+                    .map_err(|_| failed())?;
+                let jwk = json!({
+                    "kty": "RSA",
+                    "n": URL_SAFE_NO_PAD.encode(key.n().to_bytes_be()),
+                    "e": URL_SAFE_NO_PAD.encode(key.e().to_bytes_be()),
+                });
+                let der = key.to_pkcs8_der().map_err(|_| failed())?;
+                (der.as_bytes().to_vec(), jwk)
+            }
         };
         let kid = thumbprint(&public_jwk).ok_or_else(failed)?;
         Ok(KeyPair {
@@ -99,17 +115,34 @@ pub fn thumbprint(jwk: &serde_json::Value) -> Option<String> {
             member("crv")?,
             member("x")?
         ),
+        "RSA" => format!(
+            r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+            member("e")?,
+            member("n")?
+        ),
         _ => return None,
     };
     let digest = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
     Some(URL_SAFE_NO_PAD.encode(digest.as_ref()))
 }
 
-/// The `jsonwebtoken` signing key for a PKCS#8 private key.
-pub fn encoding_key(algorithm: SigningAlgorithm, pkcs8: &[u8]) -> jsonwebtoken::EncodingKey {
+/// The `jsonwebtoken` signing key for a PKCS#8 private key; `None` when
+/// the bytes are not a key of that algorithm.
+pub fn encoding_key(
+    algorithm: SigningAlgorithm,
+    pkcs8: &[u8],
+) -> Option<jsonwebtoken::EncodingKey> {
     match algorithm {
-        SigningAlgorithm::Es256 => jsonwebtoken::EncodingKey::from_ec_der(pkcs8),
-        SigningAlgorithm::EdDsa => jsonwebtoken::EncodingKey::from_ed_der(pkcs8),
+        SigningAlgorithm::Es256 => Some(jsonwebtoken::EncodingKey::from_ec_der(pkcs8)),
+        SigningAlgorithm::EdDsa => Some(jsonwebtoken::EncodingKey::from_ed_der(pkcs8)),
+        SigningAlgorithm::Rs256 => {
+            // jsonwebtoken (ring) takes an RSA key as PKCS#1.
+            use rsa::pkcs1::EncodeRsaPrivateKey;
+            use rsa::pkcs8::DecodePrivateKey;
+            let key = rsa::RsaPrivateKey::from_pkcs8_der(pkcs8).ok()?;
+            let pkcs1 = key.to_pkcs1_der().ok()?;
+            Some(jsonwebtoken::EncodingKey::from_rsa_der(pkcs1.as_bytes()))
+        }
     }
 }
 
@@ -118,6 +151,7 @@ pub fn jws_algorithm(algorithm: SigningAlgorithm) -> jsonwebtoken::Algorithm {
     match algorithm {
         SigningAlgorithm::Es256 => jsonwebtoken::Algorithm::ES256,
         SigningAlgorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+        SigningAlgorithm::Rs256 => jsonwebtoken::Algorithm::RS256,
     }
 }
 
@@ -138,14 +172,18 @@ mod tests {
 
     #[test]
     fn generated_keys_sign_and_verify() {
-        for algorithm in [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
+        for algorithm in [
+            SigningAlgorithm::Es256,
+            SigningAlgorithm::EdDsa,
+            SigningAlgorithm::Rs256,
+        ] {
             let pair = KeyPair::generate(algorithm).expect("generate");
             let mut header = jsonwebtoken::Header::new(jws_algorithm(algorithm));
             header.kid = Some(pair.kid.clone());
             let token = jsonwebtoken::encode(
                 &header,
                 &json!({"sub": "x", "exp": 4_000_000_000u64}),
-                &encoding_key(algorithm, &pair.pkcs8),
+                &encoding_key(algorithm, &pair.pkcs8).expect("a key"),
             )
             .expect("sign");
             let jwk: jsonwebtoken::jwk::Jwk =

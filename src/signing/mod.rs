@@ -286,7 +286,13 @@ impl SigningKeys {
             record.generation,
             &record.private_sealed,
         ) {
-            Ok(opened) => Some(keypair::encoding_key(algorithm, &opened.plain)),
+            Ok(opened) => {
+                let key = keypair::encoding_key(algorithm, &opened.plain);
+                if key.is_none() {
+                    tracing::error!(kid = %record.kid, "a signing key does not parse");
+                }
+                key
+            }
             Err(e) => {
                 tracing::error!(kid = %record.kid, "cannot open a signing key: {e}");
                 None

@@ -54,6 +54,11 @@ fn thumbprint(jwk: &Value) -> String {
             str_of(jwk, "crv"),
             str_of(jwk, "x")
         ),
+        "RSA" => format!(
+            r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+            str_of(jwk, "e"),
+            str_of(jwk, "n")
+        ),
         other => panic!("unexpected kty {other}"),
     };
     URL_SAFE_NO_PAD.encode(ring::digest::digest(
@@ -151,6 +156,47 @@ async fn eddsa_keys_are_published_as_ed25519() {
     assert_eq!(key["alg"], "EdDSA");
     assert_eq!(str_of(key, "kid"), thumbprint(key));
     assert!(key.get("d").is_none());
+}
+
+#[tokio::test]
+async fn rs256_keys_are_published_as_rsa_and_sign_what_jose_verifies() {
+    let server = Refgate::start_with(signing(r#"algorithm = "RS256""#));
+    let (_, body) = jwks(&server).await;
+    let key = &body["keys"][0];
+    assert_eq!(key["kty"], "RSA");
+    assert_eq!(key["alg"], "RS256");
+    assert_eq!(key["e"], "AQAB");
+    // 2048 bits: 256 bytes of modulus, base64url without padding.
+    assert_eq!(str_of(key, "n").len(), 342, "{key}");
+    assert_eq!(str_of(key, "kid"), thumbprint(key));
+    for private in ["d", "p", "q", "dp", "dq", "qi"] {
+        assert!(
+            key.get(private).is_none(),
+            "private member {private}: {key}"
+        );
+    }
+    // A token signed with it verifies outside refgate.
+    let (status, minted) = server
+        .token(
+            "minter",
+            &[
+                ("grant_type", "arbitrary_token"),
+                ("subject", "alice"),
+                ("issuer", "https://idp.example.com"),
+                ("access_token_type", "jwt"),
+            ],
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{minted}");
+    let verified = jose_verify(
+        &server.url("/.well-known/jwks.json"),
+        "https://idp.example.com",
+        "-",
+        str_of(&minted, "access_token"),
+        "at+jwt",
+    );
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["header"]["alg"], "RS256");
 }
 
 /// The kid `refgate key rotate-signing` reports.

@@ -141,7 +141,7 @@ pub(super) fn signing_settings(c: &mut Checker<'_>, s: &file::Signing) -> Signin
             c.report(
                 "signing.algorithm",
                 format!(
-                    "`{text}` is not a signing algorithm refgate offers: \"ES256\" or \"EdDSA\""
+                    "`{text}` is not a signing algorithm refgate offers: \"ES256\", \"EdDSA\" or \"RS256\""
                 ),
             );
             SigningAlgorithm::Es256

@@ -13,7 +13,7 @@ try {
     issuer,
     ...(audience === '-' ? {} : { audience }),
     typ,
-    algorithms: ['ES256', 'EdDSA'],
+    algorithms: ['ES256', 'EdDSA', 'RS256'],
   });
   console.log(JSON.stringify({ ok: true, header: protectedHeader, payload }));
 } catch (e) {

@@ -7,6 +7,7 @@
 mod common;
 
 mod at_rest;
+mod audit;
 mod auth_throttle;
 mod bench_scripts;
 mod cli;

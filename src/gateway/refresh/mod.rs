@@ -135,7 +135,9 @@ impl Refresher {
         let (task_grant_id, task_name) = (grant_id.to_string(), name.to_string());
         let waiting_since = Instant::now();
         let span = request_span(request_id);
-        let task = self.control.spawn(
+        let audit_request_id = request_id.to_string();
+        let task = self.control.spawn(crate::audit::with_request_id(
+            audit_request_id,
             async move {
                 let key = format!("{task_grant_id}/{task_name}");
                 let flight = this.flights.flight(&key);
@@ -164,7 +166,7 @@ impl Refresher {
                 result
             }
             .instrument(span.clone()),
-        );
+        ));
         match tokio::time::timeout(patience, task).await {
             Ok(joined) => joined.map_err(|_| GatewayError::AuthorityUnavailable)?,
             Err(_) => {
@@ -224,6 +226,11 @@ impl Refresher {
             Need::Expiring => current.needs_refresh(now(), skew),
             Need::Rejected { sent } => Credential::from_stored(current).same_header(sent),
         }
+    }
+
+    /// The audit trail the token service writes too.
+    pub fn audit(&self) -> &crate::audit::Audit {
+        &self.tokens.audit
     }
 
     async fn refresh_in_turn(
@@ -405,6 +412,14 @@ impl Refresher {
                     credential = name,
                     authority = %Untrusted(&authority_name),
                     "the authority refused the refresh; the credential needs re-consent"
+                );
+                self.tokens.audit.record(
+                    "refresh_refused",
+                    json!({
+                        "grant_id": grant_id,
+                        "credential": name,
+                        "authority": authority_name,
+                    }),
                 );
                 let patch = json!({ "credentials": { name: { "reauth_required": true } } });
                 if let Err(e) = self.patch_custom(grant_id, &patch).await {

@@ -19,14 +19,32 @@ use serde_json::{Map, Value};
 
 use crate::config::AuditTarget;
 
+/// The request an audit line is written for: its id and, for work the
+/// gateway does on a grant's behalf (a credential refresh), whose grant.
+#[derive(Clone, Default)]
+pub struct RequestScope {
+    pub request_id: String,
+    pub client_id: Option<String>,
+    pub sub: Option<String>,
+}
+
 tokio::task_local! {
-    /// The request id of the token-service request being answered.
-    static REQUEST_ID: String;
+    static REQUEST: RequestScope;
 }
 
 /// Runs `work` with `id` as the request id audit lines carry.
 pub async fn with_request_id<F: std::future::Future>(id: String, work: F) -> F::Output {
-    REQUEST_ID.scope(id, work).await
+    let scope = RequestScope {
+        request_id: id,
+        ..RequestScope::default()
+    };
+    REQUEST.scope(scope, work).await
+}
+
+/// Runs `work` for `scope`: its lines carry its request id, client and
+/// subject unless they name others.
+pub async fn with_request<F: std::future::Future>(scope: RequestScope, work: F) -> F::Output {
+    REQUEST.scope(scope, work).await
 }
 
 /// The caller's `x-request-id` when it is short and plain, else a new one.
@@ -88,8 +106,8 @@ impl Audit {
     }
 
     /// Writes one event. `members` is a JSON object of identifiers; its
-    /// null members are left out. Without a `request_id` member, the
-    /// current token-service request's id is used.
+    /// null members are left out. The current [`RequestScope`] gives
+    /// `request_id` (and `client_id`, `sub`) unless `members` has them.
     pub fn record(&self, event: &str, members: Value) {
         let Some(sink) = &self.sink else {
             return;
@@ -102,8 +120,14 @@ impl Audit {
                 .into(),
         );
         line.insert("event".into(), event.into());
-        if let Ok(id) = REQUEST_ID.try_with(Clone::clone) {
-            line.insert("request_id".into(), id.into());
+        if let Ok(scope) = REQUEST.try_with(Clone::clone) {
+            line.insert("request_id".into(), scope.request_id.into());
+            if let Some(client_id) = scope.client_id {
+                line.insert("client_id".into(), client_id.into());
+            }
+            if let Some(sub) = scope.sub {
+                line.insert("sub".into(), sub.into());
+            }
         }
         if let Value::Object(members) = members {
             for (key, value) in members {

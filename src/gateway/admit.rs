@@ -139,7 +139,7 @@ pub async fn admit(
                     .refresher
                     .refresh(
                         state.clone(),
-                        grant_id,
+                        &active.grant,
                         name,
                         Need::Expiring,
                         &ctx.request_id,
@@ -171,7 +171,7 @@ pub async fn admit(
                             .refresher
                             .refresh(
                                 state.clone(),
-                                grant_id,
+                                &active.grant,
                                 name,
                                 Need::Rejected { sent: c },
                                 &ctx.request_id,
@@ -184,7 +184,7 @@ pub async fn admit(
                         .refresher
                         .refresh(
                             state.clone(),
-                            grant_id,
+                            &active.grant,
                             name,
                             Need::Expiring,
                             &ctx.request_id,

@@ -304,7 +304,8 @@ async fn a_walk_through_writes_the_expected_events_and_no_secret() {
     );
     expect(
         14,
-        json!({"request_id": "walk-gateway", "grant_id": member(12, "grant_id"),
+        json!({"request_id": "walk-gateway", "client_id": "app", "sub": "app",
+               "grant_id": member(12, "grant_id"),
                "credential": "photos", "authority": "photos-as"}),
     );
 

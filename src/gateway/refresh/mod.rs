@@ -38,7 +38,7 @@ use super::GatewayState;
 use crate::core::custom::{self, Writer};
 use crate::core::Error;
 use crate::credential::{Credential, StoredCredential, SELF_AUTHORITY};
-use crate::lookup::{now, TokenLookup};
+use crate::lookup::{now, Grant, TokenLookup};
 use crate::telemetry::{Metrics, Untrusted};
 use crate::token::TokenService;
 use authority_client::{AuthorityClient, Outcome};
@@ -125,19 +125,25 @@ impl Refresher {
     pub async fn refresh(
         self: &Arc<Self>,
         state: Arc<GatewayState>,
-        grant_id: &str,
+        grant: &Grant,
         name: &str,
         need: Need,
         request_id: &str,
     ) -> Result<Arc<Credential>, GatewayError> {
+        let grant_id = &*grant.id;
         let patience = state.config.gateway.authority_timeout;
         let this = self.clone();
         let (task_grant_id, task_name) = (grant_id.to_string(), name.to_string());
         let waiting_since = Instant::now();
         let span = request_span(request_id);
-        let audit_request_id = request_id.to_string();
-        let task = self.control.spawn(crate::audit::with_request_id(
-            audit_request_id,
+        // Audit lines of the refresh name the grant's client and subject.
+        let audited = crate::audit::RequestScope {
+            request_id: request_id.to_string(),
+            client_id: Some(grant.client_id.to_string()),
+            sub: Some(grant.subject.to_string()),
+        };
+        let task = self.control.spawn(crate::audit::with_request(
+            audited,
             async move {
                 let key = format!("{task_grant_id}/{task_name}");
                 let flight = this.flights.flight(&key);

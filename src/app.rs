@@ -218,6 +218,10 @@ impl Parts {
             .build()
             .context("cannot build the HTTP client")?;
         let listen = config.listen.clone();
+        let audit = Arc::new(
+            crate::audit::Audit::open(config.audit_log.as_ref())
+                .context("cannot open the audit log")?,
+        );
         let signing_settings = config.signing.clone();
         let config = Arc::new(config);
         let gateway = GatewayState::build(config, dns).map_err(anyhow::Error::msg)?;
@@ -238,6 +242,7 @@ impl Parts {
             http.clone(),
             metrics.clone(),
             signing.clone(),
+            audit,
         ));
         let refresher = Arc::new(Refresher::new(
             lookup.clone(),

@@ -42,9 +42,11 @@
 //! - [`connections`]: per listener, the connection limit and the deadline
 //!   to a first request head;
 //! - [`limits`]: request rate limits per client and per route;
-//! - [`telemetry`]: logging and Prometheus metrics.
+//! - [`telemetry`]: logging and Prometheus metrics;
+//! - [`audit`]: the audit trail, one JSON line per security event.
 
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod connections;
 pub mod core;

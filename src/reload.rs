@@ -41,9 +41,10 @@ impl Reloader {
             || new.gateway.dns_servers != old.gateway.dns_servers
             || new.tokens.auth_failures != old.tokens.auth_failures
             || new.store.url != old.store.url
+            || new.audit_log != old.audit_log
         {
             tracing::warn!(
-                "listener addresses and limits, DNS servers, the failed-authentication limit and the store only change on restart; keeping the running ones"
+                "listener addresses and limits, DNS servers, the failed-authentication limit, the audit log and the store only change on restart; keeping the running ones"
             );
         }
         let new = Arc::new(new);

@@ -17,6 +17,8 @@ pub struct File {
     #[serde(default)]
     pub signing: Signing,
     #[serde(default)]
+    pub telemetry: Telemetry,
+    #[serde(default)]
     pub clients: Vec<Client>,
     #[serde(default)]
     pub trusted_issuers: Vec<TrustedIssuer>,
@@ -90,6 +92,12 @@ pub struct Gateway {
     pub min_refresh_interval: Option<String>,
     /// DNS servers (`ip:port`) for upstream and authority host names.
     pub dns_servers: Option<Vec<String>>,
+}
+
+/// `[telemetry]`: where the audit trail goes.
+#[derive(Debug, Default, Deserialize)]
+pub struct Telemetry {
+    pub audit_log: Option<String>,
 }
 
 /// `[signing]`: the keys refgate signs JWTs with.

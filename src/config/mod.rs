@@ -28,10 +28,19 @@ pub struct Config {
     pub tokens: TokenSettings,
     pub gateway: GatewaySettings,
     pub signing: SigningSettings,
+    /// Where the audit trail goes (`None`: off).
+    pub audit_log: Option<AuditTarget>,
     pub clients: HashMap<String, Arc<Client>>,
     pub trusted_issuers: Vec<Arc<TrustedIssuer>>,
     pub authorities: HashMap<String, Arc<Authority>>,
     pub routes: Vec<Arc<Route>>,
+}
+
+/// `[telemetry] audit_log`: a file (appended, created 0600) or stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    Stderr,
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone)]

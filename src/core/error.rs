@@ -30,6 +30,10 @@ pub enum Error {
     /// The presented grant (refresh token, subject) is not usable.
     #[error("{0}")]
     InvalidGrant(String),
+    /// A consumed refresh token was presented again: its grant and the
+    /// grants derived from it are revoked (an `invalid_grant` on the wire).
+    #[error("the refresh token was already used; the grant has been revoked")]
+    RefreshReplayed { grant_id: String, subject: String },
     #[error("{0}")]
     InvalidScope(String),
     /// An audience or resource the client may not obtain tokens for.

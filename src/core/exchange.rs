@@ -18,6 +18,9 @@ use crate::store::GrantRecord;
 /// Who an exchange is for, and what the new grant inherits from its source.
 pub struct Subject {
     pub subject: String,
+    /// The client of the source grant, when the subject came from a
+    /// refgate token.
+    pub client_id: Option<String>,
     /// The issuer the subject belongs to (`None`: refgate's own subjects).
     pub idp: Option<String>,
     pub prior_actor: Option<serde_json::Value>,
@@ -35,6 +38,7 @@ impl Subject {
     pub fn of_id_token(subject: String, issuer: String) -> Self {
         Subject {
             subject,
+            client_id: None,
             idp: Some(issuer),
             prior_actor: None,
             parent_id: None,
@@ -52,6 +56,7 @@ impl Subject {
             .ok_or(Error::SubjectInactive)?;
         Ok(Subject {
             subject: grant.subject.to_string(),
+            client_id: Some(grant.client_id.to_string()),
             idp: grant.subject_issuer().map(str::to_string),
             prior_actor: grant.actor().cloned(),
             parent_id: Some(grant.id.to_string()),

@@ -33,6 +33,12 @@ pub struct TokenResponse {
     pub refresh_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issued_token_type: Option<&'static str>,
+    /// The grant the tokens belong to (for the audit trail; never sent).
+    #[serde(skip)]
+    pub grant_id: String,
+    /// That grant's subject (for the audit trail; never sent).
+    #[serde(skip)]
+    pub subject: String,
 }
 
 /// What a new grant is made of.
@@ -131,6 +137,8 @@ pub async fn issue(
         scope: scope::join(&record.scopes),
         refresh_token: refresh,
         issued_token_type: None,
+        grant_id: record.id,
+        subject: record.subject,
     })
 }
 

@@ -96,6 +96,8 @@ pub async fn redeem(
             scope: scope::join(&scopes),
             refresh_token: Some(refresh),
             issued_token_type: None,
+            grant_id: grant.id,
+            subject: grant.subject,
         }),
         Rotation::Replayed(revoked) => {
             tracing::warn!(
@@ -104,9 +106,10 @@ pub async fn redeem(
                 derived = revoked.len().saturating_sub(1),
                 "a consumed refresh token was presented again; the grant and the grants derived from it are revoked"
             );
-            Err(Error::InvalidGrant(
-                "the refresh token was already used; the grant has been revoked".into(),
-            ))
+            Err(Error::RefreshReplayed {
+                grant_id: grant.id,
+                subject: grant.subject,
+            })
         }
         Rotation::Inactive => Err(invalid()),
     }

@@ -75,5 +75,7 @@ pub async fn rescope(
         scope: scope::join(&scopes),
         refresh_token: None,
         issued_token_type: Some(ACCESS_TOKEN_TYPE),
+        grant_id: active.grant.id.to_string(),
+        subject: active.grant.subject.to_string(),
     })
 }

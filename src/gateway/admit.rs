@@ -54,7 +54,7 @@ pub async fn admit(
     if let RouteAccess::Public = route.access {
         // Callers of a public route are not told apart: they share one
         // bucket.
-        return rate_limit(&state, gateway, &route.name, "");
+        return rate_limit(&state, gateway, &route.name, "", &ctx.request_id);
     }
 
     let token = match bearer::extract(request) {
@@ -82,7 +82,13 @@ pub async fn admit(
     let active = found
         .filter(|t| t.token.kind == TokenKind::Access)
         .ok_or(GatewayError::InvalidToken)?;
-    rate_limit(&state, gateway, &route.name, &active.grant.client_id)?;
+    rate_limit(
+        &state,
+        gateway,
+        &route.name,
+        &active.grant.client_id,
+        &ctx.request_id,
+    )?;
     if !route.required_scopes.iter().all(|s| active.has_scope(s)) {
         return Err(GatewayError::InsufficientScope(
             route.required_scopes.join(" "),
@@ -133,7 +139,7 @@ pub async fn admit(
                     .refresher
                     .refresh(
                         state.clone(),
-                        grant_id,
+                        &active.grant,
                         name,
                         Need::Expiring,
                         &ctx.request_id,
@@ -165,7 +171,7 @@ pub async fn admit(
                             .refresher
                             .refresh(
                                 state.clone(),
-                                grant_id,
+                                &active.grant,
                                 name,
                                 Need::Rejected { sent: c },
                                 &ctx.request_id,
@@ -178,7 +184,7 @@ pub async fn admit(
                         .refresher
                         .refresh(
                             state.clone(),
-                            grant_id,
+                            &active.grant,
                             name,
                             Need::Expiring,
                             &ctx.request_id,
@@ -340,6 +346,7 @@ fn rate_limit(
     gateway: &Gateway,
     route: &str,
     client: &str,
+    request_id: &str,
 ) -> Result<(), GatewayError> {
     state.limits.route(route, client).map_err(|wait| {
         gateway
@@ -347,6 +354,17 @@ fn rate_limit(
             .rate_limited
             .with_label_values(&["route", route])
             .inc();
+        // `client` is the id of a live grant's client ("" on a public
+        // route), never a string the caller chose.
+        gateway.refresher.audit().record(
+            "rate_limited",
+            serde_json::json!({
+                "request_id": request_id,
+                "client_id": (!client.is_empty()).then_some(client),
+                "limit": "route",
+                "route": route,
+            }),
+        );
         GatewayError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64)
     })
 }

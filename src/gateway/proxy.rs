@@ -423,7 +423,7 @@ impl Gateway {
         let need = Need::Rejected { sent: sent.clone() };
         let refreshed = self
             .refresher
-            .refresh(state, &grant.id, name, need, &ctx.request_id)
+            .refresh(state, &grant, name, need, &ctx.request_id)
             .await;
         match refreshed {
             Ok(fresh) if !fresh.same_header(&sent) => {

@@ -113,7 +113,9 @@ impl From<crate::core::Error> for OAuthError {
             Error::InvalidRequest(_) | Error::SubjectInactive => Self::invalid_request(description),
             Error::InvalidClient(_) => Self::invalid_client(description),
             Error::UnauthorizedClient(_) => Self::unauthorized_client(description),
-            Error::InvalidGrant(_) => Self::invalid_grant(description),
+            Error::InvalidGrant(_) | Error::RefreshReplayed { .. } => {
+                Self::invalid_grant(description)
+            }
             Error::InvalidScope(_) => Self::invalid_scope(description),
             Error::InvalidTarget(_) => Self::invalid_target(description),
             Error::TokenInactive => Self::invalid_request(description).with_code("invalid_token"),

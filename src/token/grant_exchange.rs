@@ -60,5 +60,18 @@ pub async fn grant(
         }
     };
 
-    Ok(issue_exchanged(&service.grants, client, subject, scopes, audience, None).await?)
+    let (subject_client_id, idp) = (subject.client_id.clone(), subject.idp.clone());
+    let response =
+        issue_exchanged(&service.grants, client, subject, scopes, audience, None).await?;
+    service.audit.record(
+        "token_exchanged",
+        serde_json::json!({
+            "client_id": client.id,
+            "sub": response.subject,
+            "grant_id": response.grant_id,
+            "subject_client_id": subject_client_id,
+            "idp": idp,
+        }),
+    );
+    Ok(response)
 }

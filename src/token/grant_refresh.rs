@@ -14,12 +14,19 @@ pub async fn grant(
     form: &Form,
 ) -> Result<TokenResponse, OAuthError> {
     let presented = form.require("refresh_token")?;
-    Ok(crate::core::refresh::redeem(
+    let redeemed = crate::core::refresh::redeem(
         &service.grants,
         config,
         client,
         presented,
         form.get("scope"),
     )
-    .await?)
+    .await;
+    if let Err(crate::core::Error::RefreshReplayed { grant_id, subject }) = &redeemed {
+        service.audit.record(
+            "refresh_replay_detected",
+            serde_json::json!({ "client_id": client.id, "sub": subject, "grant_id": grant_id }),
+        );
+    }
+    Ok(redeemed?)
 }

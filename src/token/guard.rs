@@ -1,6 +1,8 @@
 //! Request hygiene in front of every token-service endpoint: HTTP/1.1
 //! requests need exactly one valid `Host` (RFC 9112 §3.2), and no request
 //! may take longer than a bound (a slow body never holds a task forever).
+//! Every answer carries the request's `x-request-id` (the caller's when it
+//! is sane, else a new one), the id its audit lines carry.
 
 use std::time::Duration;
 
@@ -40,4 +42,20 @@ pub async fn guard(request: Request<Body>, next: Next) -> Response {
         )
         .into_response(),
     }
+}
+
+/// Gives the request an id for the audit trail and returns it as
+/// `x-request-id`.
+pub async fn request_id(request: Request<Body>, next: Next) -> Response {
+    let offered = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok());
+    let id = crate::audit::request_id(offered);
+    let value = axum::http::HeaderValue::from_str(&id).ok();
+    let mut response = crate::audit::with_request_id(id, next.run(request)).await;
+    if let Some(value) = value {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
 }

@@ -36,7 +36,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
+use serde_json::json;
 
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::core::Grants;
 use crate::lookup::TokenLookup;
@@ -59,6 +61,8 @@ pub struct TokenService {
     pub metrics: Arc<Metrics>,
     /// refgate's own signing keys (the JWKS it publishes).
     pub signing: Arc<SigningKeys>,
+    /// The audit trail (also written by the gateway's refreshes).
+    pub audit: Arc<Audit>,
 }
 
 impl TokenService {
@@ -68,16 +72,20 @@ impl TokenService {
         http: reqwest::Client,
         metrics: Arc<Metrics>,
         signing: Arc<SigningKeys>,
+        audit: Arc<Audit>,
     ) -> Self {
         let auth_failures = live.load().config.tokens.auth_failures;
+        let auth_throttle =
+            throttle::AuthThrottle::new(auth_failures, metrics.clone(), audit.clone());
         TokenService {
             live,
             signing,
             grants: Arc::new(Grants::new(lookup.clone())),
             lookup,
             id_tokens: id_token::IdTokenVerifier::new(http),
-            auth_throttle: throttle::AuthThrottle::new(auth_failures, metrics.clone()),
+            auth_throttle,
             metrics,
+            audit,
         }
     }
 
@@ -88,6 +96,10 @@ impl TokenService {
                 .rate_limited
                 .with_label_values(&["client", client])
                 .inc();
+            self.audit.record(
+                "rate_limited",
+                json!({ "client_id": client, "limit": "client" }),
+            );
             OAuthError::rate_limited("too many requests from this client; retry later", wait)
         })
     }
@@ -115,6 +127,7 @@ pub fn router(service: Arc<TokenService>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(guard::guard))
+        .layer(axum::middleware::from_fn(guard::request_id))
         .with_state(service)
 }
 

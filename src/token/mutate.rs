@@ -74,7 +74,7 @@ async fn mutate(service: &TokenService, request: Request<Body>) -> Result<i64, O
         .await?
         .filter(|t| t.token.kind == TokenKind::Access)
         .ok_or(crate::core::Error::TokenInactive)?;
-    Ok(crate::core::custom::patch(
+    let version = crate::core::custom::patch(
         &service.grants,
         &config,
         &active.grant.id,
@@ -82,5 +82,40 @@ async fn mutate(service: &TokenService, request: Request<Body>) -> Result<i64, O
         request.if_version,
         Writer::Client,
     )
-    .await?)
+    .await?;
+    let mut paths = Vec::new();
+    if let Value::Object(members) = &request.patch {
+        for (key, value) in members {
+            patched_paths(key, value, &mut String::new(), &mut paths);
+        }
+    }
+    paths.sort_unstable();
+    service.audit.record(
+        "custom_mutated",
+        json!({
+            "client_id": client.id,
+            "sub": &*active.grant.subject,
+            "grant_id": &*active.grant.id,
+            "version": version,
+            "paths": paths,
+        }),
+    );
+    Ok(version)
+}
+
+/// The JSON pointers (RFC 6901) a merge patch's member `key` sets or
+/// removes: its leaves, never their values.
+fn patched_paths(key: &str, value: &Value, prefix: &mut String, paths: &mut Vec<String>) {
+    let length = prefix.len();
+    prefix.push('/');
+    prefix.push_str(&key.replace('~', "~0").replace('/', "~1"));
+    match value {
+        Value::Object(members) if !members.is_empty() => {
+            for (key, value) in members {
+                patched_paths(key, value, prefix, paths);
+            }
+        }
+        _ => paths.push(prefix.clone()),
+    }
+    prefix.truncate(length);
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde_json::json;
 
 use super::error::{no_store, OAuthError};
 use super::request::AuthenticatedForm;
@@ -56,6 +57,15 @@ async fn revoke(service: &TokenService, request: AuthenticatedForm) -> Result<()
             .revoke_all(&GrantsOf::Subject(token.to_string()))
             .await?;
         tracing::info!(client = %client.id, grants = ended, "subject revoked");
+        service.audit.record(
+            "token_revoked",
+            json!({
+                "client_id": client.id,
+                "sub": token,
+                "token_type_hint": "subject",
+                "grants": ended,
+            }),
+        );
         return Ok(());
     }
     // token_type_hint is only a hint: the prefix says what the token is.
@@ -85,14 +95,26 @@ async fn revoke(service: &TokenService, request: AuthenticatedForm) -> Result<()
         // down with it.
         return Ok(());
     }
-    match record.kind {
+    let (hint, grants) = match record.kind {
         TokenKind::Refresh => {
             // Grants exchanged from this one end with it.
-            service.grants.revoke_grant(&grant.id).await?;
+            let ended = service.grants.revoke_grant(&grant.id).await?;
+            ("refresh_token", ended.len())
         }
         TokenKind::Access => {
             service.grants.revoke_token(&hash).await?;
+            ("access_token", 0)
         }
-    }
+    };
+    service.audit.record(
+        "token_revoked",
+        json!({
+            "client_id": client.id,
+            "sub": grant.subject,
+            "grant_id": grant.id,
+            "token_type_hint": hint,
+            "grants": (grants > 0).then_some(grants),
+        }),
+    );
     Ok(())
 }

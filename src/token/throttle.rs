@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::audit::Audit;
 use crate::config::{Config, Rate};
 use crate::telemetry::Metrics;
 
@@ -26,6 +27,7 @@ const UNKNOWN_BUCKETS: u64 = 1 << 16;
 pub struct AuthThrottle {
     limit: Option<Limit>,
     metrics: Arc<Metrics>,
+    audit: Arc<Audit>,
 }
 
 struct Limit {
@@ -37,7 +39,7 @@ struct Limit {
 }
 
 impl AuthThrottle {
-    pub fn new(rate: Option<Rate>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(rate: Option<Rate>, metrics: Arc<Metrics>, audit: Arc<Audit>) -> Self {
         let limit = rate.map(|rate| {
             let burst = NonZeroU32::new(rate.count).unwrap_or(NonZeroU32::MIN);
             let quota = Quota::with_period(rate.per / rate.count)
@@ -50,20 +52,29 @@ impl AuthThrottle {
                 refused: Mutex::new(HashMap::new()),
             }
         });
-        AuthThrottle { limit, metrics }
+        AuthThrottle {
+            limit,
+            metrics,
+            audit,
+        }
     }
 
-    /// Counts a refusal; an id nobody configured is not a metric label.
+    /// Counts a refusal; an id nobody configured is not a metric label,
+    /// nor a `client_id` in the audit trail.
     fn count(&self, config: &Config, id: &str) {
-        let name = if config.clients.contains_key(id) {
-            id
-        } else {
-            "-"
-        };
+        let known = config.clients.contains_key(id);
+        let name = if known { id } else { "-" };
         self.metrics
             .rate_limited
             .with_label_values(&["auth_failures", name])
             .inc();
+        self.audit.record(
+            "rate_limited",
+            serde_json::json!({
+                "client_id": known.then_some(id),
+                "limit": "auth_failures",
+            }),
+        );
     }
 
     /// How long `id` is still refused, if it is.

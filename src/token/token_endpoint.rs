@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use serde_json::json;
 
 use super::error::OAuthError;
 use super::request::AuthenticatedForm;
@@ -40,6 +41,13 @@ async fn token(service: &TokenService, request: AuthenticatedForm) -> Result<Res
             grant.as_str()
         )));
     }
+    let audited = match grant {
+        GrantType::RefreshToken => Some("token_refreshed"),
+        GrantType::TokenExchangeMutate => Some("scope_mutated"),
+        // Written where the subject's origin is known.
+        GrantType::TokenExchange => None,
+        GrantType::ClientCredentials | GrantType::ArbitraryToken => Some("token_issued"),
+    };
     let response = match grant {
         GrantType::ClientCredentials => {
             crate::core::issue::client_credentials(&service.grants, &client, form.get("scope"))
@@ -61,5 +69,20 @@ async fn token(service: &TokenService, request: AuthenticatedForm) -> Result<Res
             return super::grant_arbitrary::identity(service, &client, &form).await;
         }
     };
+    if let Some(event) = audited {
+        let mut members = json!({
+            "client_id": client.id,
+            "sub": response.subject,
+            "grant_id": response.grant_id,
+        });
+        match grant {
+            GrantType::ClientCredentials | GrantType::ArbitraryToken => {
+                members["grant_type"] = grant.as_str().into();
+            }
+            GrantType::TokenExchangeMutate => members["scope"] = response.scope.clone().into(),
+            _ => {}
+        }
+        service.audit.record(event, members);
+    }
     Ok(response.into_response())
 }

@@ -8,6 +8,7 @@ mod common;
 
 mod admin;
 mod at_rest;
+mod audit;
 mod auth_throttle;
 mod bench_scripts;
 mod cli;

@@ -256,6 +256,11 @@ pub(super) fn validate(
     let tokens = token_settings(&mut c, &file.tokens);
     let gateway = gateway_settings(&mut c, &file.gateway);
     let signing = signing_settings(&mut c, &file.signing);
+    let audit_log = file
+        .telemetry
+        .audit_log
+        .as_deref()
+        .and_then(|v| audit_target(&mut c, v));
     let clients = clients(&mut c, &file.clients, &tokens);
     let trusted_issuers = trusted_issuers(&mut c, &file.trusted_issuers);
     check_exchange_sources(&mut c, &file.clients, &clients, &trusted_issuers);
@@ -273,9 +278,41 @@ pub(super) fn validate(
         tokens,
         gateway,
         signing,
+        audit_log,
         clients,
         trusted_issuers,
         authorities,
         routes,
     })
+}
+
+/// `[telemetry] audit_log`: `"stderr"`, or a file whose directory exists
+/// (the file itself is created when refgate starts).
+fn audit_target(c: &mut Checker<'_>, value: &str) -> Option<AuditTarget> {
+    const KEY: &str = "telemetry.audit_log";
+    if value == "stderr" {
+        return Some(AuditTarget::Stderr);
+    }
+    if value.is_empty() || value.chars().any(char::is_control) {
+        c.report(KEY, "must be \"stderr\" or the path of a file");
+        return None;
+    }
+    let path = c.path(value);
+    if path.is_dir() {
+        c.report(
+            KEY,
+            format!("`{}` is a directory, not a file", path.display()),
+        );
+        return None;
+    }
+    match path.parent() {
+        Some(dir) if dir.is_dir() => Some(AuditTarget::File(path)),
+        _ => {
+            c.report(
+                KEY,
+                format!("the directory of `{}` does not exist", path.display()),
+            );
+            None
+        }
+    }
 }

@@ -38,7 +38,7 @@ use super::GatewayState;
 use crate::core::custom::{self, Writer};
 use crate::core::Error;
 use crate::credential::{Credential, StoredCredential, SELF_AUTHORITY};
-use crate::lookup::{now, TokenLookup};
+use crate::lookup::{now, Grant, TokenLookup};
 use crate::telemetry::{Metrics, Untrusted};
 use crate::token::TokenService;
 use authority_client::{AuthorityClient, Outcome};
@@ -125,17 +125,25 @@ impl Refresher {
     pub async fn refresh(
         self: &Arc<Self>,
         state: Arc<GatewayState>,
-        grant_id: &str,
+        grant: &Grant,
         name: &str,
         need: Need,
         request_id: &str,
     ) -> Result<Arc<Credential>, GatewayError> {
+        let grant_id = &*grant.id;
         let patience = state.config.gateway.authority_timeout;
         let this = self.clone();
         let (task_grant_id, task_name) = (grant_id.to_string(), name.to_string());
         let waiting_since = Instant::now();
         let span = request_span(request_id);
-        let task = self.control.spawn(
+        // Audit lines of the refresh name the grant's client and subject.
+        let audited = crate::audit::RequestScope {
+            request_id: request_id.to_string(),
+            client_id: Some(grant.client_id.to_string()),
+            sub: Some(grant.subject.to_string()),
+        };
+        let task = self.control.spawn(crate::audit::with_request(
+            audited,
             async move {
                 let key = format!("{task_grant_id}/{task_name}");
                 let flight = this.flights.flight(&key);
@@ -164,7 +172,7 @@ impl Refresher {
                 result
             }
             .instrument(span.clone()),
-        );
+        ));
         match tokio::time::timeout(patience, task).await {
             Ok(joined) => joined.map_err(|_| GatewayError::AuthorityUnavailable)?,
             Err(_) => {
@@ -224,6 +232,11 @@ impl Refresher {
             Need::Expiring => current.needs_refresh(now(), skew),
             Need::Rejected { sent } => Credential::from_stored(current).same_header(sent),
         }
+    }
+
+    /// The audit trail the token service writes too.
+    pub fn audit(&self) -> &crate::audit::Audit {
+        &self.tokens.audit
     }
 
     async fn refresh_in_turn(
@@ -405,6 +418,14 @@ impl Refresher {
                     credential = name,
                     authority = %Untrusted(&authority_name),
                     "the authority refused the refresh; the credential needs re-consent"
+                );
+                self.tokens.audit.record(
+                    "refresh_refused",
+                    json!({
+                        "grant_id": grant_id,
+                        "credential": name,
+                        "authority": authority_name,
+                    }),
                 );
                 let patch = json!({ "credentials": { name: { "reauth_required": true } } });
                 if let Err(e) = self.patch_custom(grant_id, &patch).await {

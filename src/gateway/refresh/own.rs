@@ -97,7 +97,9 @@ impl Refresher {
                 scope: Some(response.scope).filter(|s| !s.is_empty()),
             }),
             // A dead refresh token: exchange again.
-            Err(DerivedRefusal::Failed(Error::InvalidGrant(_))) => Outcome::Refused,
+            Err(DerivedRefusal::Failed(Error::InvalidGrant(_) | Error::RefreshReplayed { .. })) => {
+                Outcome::Refused
+            }
             Err(DerivedRefusal::Foreign) => {
                 tracing::warn!(
                     credential = name,

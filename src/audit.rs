@@ -49,17 +49,22 @@ pub async fn with_request<F: std::future::Future>(scope: RequestScope, work: F) 
 
 /// The caller's `x-request-id` when it is short and plain, else a new one.
 pub fn request_id(offered: Option<&str>) -> String {
-    match offered {
-        Some(id)
-            if (1..=128).contains(&id.len())
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
-        {
-            id.to_string()
-        }
-        _ => new_request_id(),
+    match sane_request_id(offered) {
+        Some(id) => id.to_string(),
+        None => new_request_id(),
     }
+}
+
+/// A request id a caller offered, if refgate may repeat it (in logs,
+/// answers and audit lines): 1 to 128 letters, digits and `-_.:`. The
+/// gateway and the token service keep the same ones.
+pub fn sane_request_id(offered: Option<&str>) -> Option<&str> {
+    offered.filter(|id| {
+        (1..=128).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    })
 }
 
 fn new_request_id() -> String {

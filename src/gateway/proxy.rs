@@ -564,17 +564,11 @@ impl RequestIds {
     }
 
     pub(super) fn for_request(&self, request: &RequestHeader) -> String {
-        if let Some(given) = request
+        let offered = request
             .headers
             .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| {
-                !v.is_empty()
-                    && v.len() <= 128
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-            })
-        {
+            .and_then(|v| v.to_str().ok());
+        if let Some(given) = crate::audit::sane_request_id(offered) {
             return given.to_string();
         }
         self.fresh()

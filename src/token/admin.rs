@@ -36,11 +36,12 @@ pub fn router(service: Arc<TokenService>) -> Router {
         .route("/admin/grants/{id}", get(show).delete(delete))
         .route("/admin/revoke", post(revoke))
         .fallback(|| async { not_found("no such admin endpoint") })
+        .layer(axum::middleware::from_fn(super::guard::request_id))
         .with_state(service)
 }
 
-/// The calling client, if it is an admin.
-fn admin(service: &TokenService, headers: &HeaderMap) -> Result<(), OAuthError> {
+/// The calling client's id, if it is an admin.
+fn admin(service: &TokenService, headers: &HeaderMap) -> Result<String, OAuthError> {
     let config = service.config();
     let client = authenticate(
         &config,
@@ -55,7 +56,7 @@ fn admin(service: &TokenService, headers: &HeaderMap) -> Result<(), OAuthError> 
             client.id
         )));
     }
-    Ok(())
+    Ok(client.id.clone())
 }
 
 fn answer(status: StatusCode, body: Value) -> Response {
@@ -155,9 +156,10 @@ async fn delete(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(e) = admin(&service, &headers) {
-        return e.into_response();
-    }
+    let caller = match admin(&service, &headers) {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
     match service.grants.find_grant(&id).await {
         Ok(Some(_)) => {}
         Ok(None) => return not_found("no such grant"),
@@ -166,6 +168,15 @@ async fn delete(
     match service.grants.revoke_grant(&id).await {
         Ok(revoked) => {
             tracing::info!(grants = revoked.len(), "admin revoked a grant");
+            service.audit.record(
+                "admin_action",
+                json!({
+                    "client_id": caller,
+                    "action": "revoke_grant",
+                    "grant_id": id,
+                    "grants": revoked.len(),
+                }),
+            );
             let mut response = StatusCode::NO_CONTENT.into_response();
             no_store(&mut response);
             response
@@ -186,9 +197,10 @@ async fn revoke(
     headers: HeaderMap,
     body: Result<axum::Json<RevokeBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(e) = admin(&service, &headers) {
-        return e.into_response();
-    }
+    let caller = match admin(&service, &headers) {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
     let Ok(axum::Json(body)) = body else {
         return OAuthError::invalid_request(
             "the body must be JSON with exactly one of subject and client_id",
@@ -206,6 +218,21 @@ async fn revoke(
     match service.grants.revoke_all(&owner).await {
         Ok(revoked) => {
             tracing::info!(grants = revoked, "admin revoked grants");
+            let mut members = json!({
+                "client_id": caller,
+                "grants": revoked,
+            });
+            match &owner {
+                GrantsOf::Subject(subject) => {
+                    members["action"] = "revoke_subject".into();
+                    members["sub"] = subject.clone().into();
+                }
+                GrantsOf::Client(client) => {
+                    members["action"] = "revoke_client".into();
+                    members["target_client_id"] = client.clone().into();
+                }
+            }
+            service.audit.record("admin_action", members);
             answer(StatusCode::OK, json!({ "revoked": revoked }))
         }
         Err(e) => OAuthError::from(e).into_response(),

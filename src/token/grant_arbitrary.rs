@@ -106,6 +106,14 @@ pub async fn identity(
     registered.insert("exp".into(), json!(issued_at + lifetime));
     let claims = signed_claims(registered, form.get("arbitrary_claims"))?;
     let id_token = sign(service, "JWT", &claims)?;
+    service.audit.record(
+        "token_issued",
+        json!({
+            "client_id": client.id,
+            "sub": subject,
+            "grant_type": "arbitrary_identity",
+        }),
+    );
     let mut response = (
         StatusCode::OK,
         axum::Json(json!({

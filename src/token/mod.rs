@@ -17,7 +17,7 @@ mod grant_arbitrary;
 mod grant_exchange;
 mod grant_exchange_mutate;
 mod grant_refresh;
-mod guard;
+pub(crate) mod guard;
 mod health;
 pub mod id_token;
 mod introspect;

@@ -44,8 +44,9 @@ async fn token(service: &TokenService, request: AuthenticatedForm) -> Result<Res
     let audited = match grant {
         GrantType::RefreshToken => Some("token_refreshed"),
         GrantType::TokenExchangeMutate => Some("scope_mutated"),
-        // Written where the subject's origin is known.
-        GrantType::TokenExchange => None,
+        // Written where the subject's origin is known, or (an id_token)
+        // where it is minted.
+        GrantType::TokenExchange | GrantType::ArbitraryIdentity => None,
         GrantType::ClientCredentials | GrantType::ArbitraryToken => Some("token_issued"),
     };
     let response = match grant {

@@ -63,7 +63,7 @@ async fn start() -> (Refgate, Admin, Upstream) {
     let upstream = Upstream::start().await;
     let mut server = Refgate::start_with(Options {
         extra: format!(
-            "{}{}",
+            "{}{}\n[telemetry]\naudit_log = \"audit.log\"\n",
             OPS.replace("OPS_HASH", &secret_hash("ops-secret")),
             photos_route(&upstream.url())
         ),
@@ -247,4 +247,34 @@ async fn operators_list_show_and_revoke_grants_and_see_no_secrets() {
         let (status, body) = post(bad.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
+
+    // Each admin action is in the audit trail, with who did it.
+    let audit = std::fs::read_to_string(server.dir.path().join("audit.log")).expect("audit log");
+    let actions: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+        .filter(|l| l["event"] == "admin_action")
+        .collect();
+    let summary: Vec<(String, i64)> = actions
+        .iter()
+        .map(|a| {
+            assert_eq!(a["client_id"], "ops", "{a}");
+            assert!(a["request_id"].is_string(), "{a}");
+            (
+                a["action"].as_str().unwrap_or("-").to_string(),
+                a["grants"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("revoke_grant".to_string(), 1),
+            ("revoke_subject".to_string(), 2),
+            ("revoke_client".to_string(), 1),
+        ],
+        "{audit}"
+    );
+    assert_eq!(actions[1]["sub"], "alice");
+    assert_eq!(actions[2]["target_client_id"], "minter");
 }

@@ -68,12 +68,8 @@ pub fn sane_request_id(offered: Option<&str>) -> Option<&str> {
 }
 
 fn new_request_id() -> String {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("the system random source is available");
-    hex::encode(bytes)
+    // 128 random bits, hex, like a grant id.
+    crate::crypto::Random::default().grant_id()
 }
 
 enum Sink {

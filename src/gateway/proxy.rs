@@ -143,8 +143,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if let Some(watched) = Watched::of(session) {
-            watched.request_began();
-            let keepalive = watched.keepalive_secs();
+            let keepalive = watched.request_began();
             // pingora times each read of the next head by its keep-alive
             // timeout; it must not cut before refgate's own does.
             if session.get_keepalive().is_some() {

@@ -139,19 +139,16 @@ impl Watched {
         stream.as_any().downcast_ref::<Watched>()
     }
 
-    /// The keep-alive timeout, in whole seconds (pingora's unit).
-    pub fn keepalive_secs(&self) -> u64 {
-        self.lock().limits.keepalive.as_secs().max(1)
-    }
-
     /// A request has begun (its head was read, perhaps from bytes pingora
-    /// already held): no deadline until it ends.
-    pub fn request_began(&self) {
+    /// already held): no deadline until it ends. Returns the keep-alive
+    /// timeout in whole seconds (pingora's unit).
+    pub fn request_began(&self) -> u64 {
         let mut state = self.lock();
         if matches!(state.phase, Phase::Idle | Phase::Head) && state.held.is_empty() {
             state.phase = Phase::Serving;
             state.ticket.served();
         }
+        state.limits.keepalive.as_secs().max(1)
     }
 
     /// The request was answered: the next head is waited for, for the

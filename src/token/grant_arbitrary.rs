@@ -127,7 +127,12 @@ pub async fn identity(
     Ok(response)
 }
 
-fn sign(service: &TokenService, typ: &str, claims: &Value) -> Result<String, OAuthError> {
+/// Signs with refgate's current key; 503 when none can sign.
+pub(super) fn sign(
+    service: &TokenService,
+    typ: &str,
+    claims: &Value,
+) -> Result<String, OAuthError> {
     service.signing.sign(typ, claims).map_err(|e| {
         tracing::warn!(error = %e, "cannot sign a token");
         OAuthError::new(

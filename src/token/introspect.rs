@@ -39,17 +39,9 @@ pub async fn handle(
             "iat": crate::lookup::now(),
             "token_introspection": body,
         });
-        match service.signing.sign("token-introspection+jwt", &claims) {
+        match super::grant_arbitrary::sign(&service, "token-introspection+jwt", &claims) {
             Ok(jwt) => ([(axum::http::header::CONTENT_TYPE, JWT_ANSWER)], jwt).into_response(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot sign an introspection answer");
-                return OAuthError::new(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "no signing key is available; retry shortly",
-                )
-                .into_response();
-            }
+            Err(e) => return e.into_response(),
         }
     } else {
         axum::Json(body).into_response()

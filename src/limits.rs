@@ -12,15 +12,31 @@ use std::time::Duration;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::config::{Config, RateLimit};
+use crate::config::{Config, RateLimit, Route};
 
-/// The limits of one configuration.
+/// The token-endpoint limits of one configuration, by client id.
 #[derive(Default)]
 pub struct Limits {
     clients: HashMap<String, DefaultDirectRateLimiter>,
-    /// By route name; keyed by the calling client's id (configured ids
-    /// only, so the keys are bounded).
-    routes: HashMap<String, DefaultKeyedRateLimiter<String>>,
+}
+
+/// One route's limit, kept with the route; keyed by the calling client's
+/// id (configured ids only, so the keys are bounded).
+pub struct RouteLimit(DefaultKeyedRateLimiter<String>);
+
+impl RouteLimit {
+    /// The route's limit, if it has one.
+    pub fn of(route: &Route) -> Option<Self> {
+        Some(RouteLimit(RateLimiter::keyed(quota(route.rate_limit?))))
+    }
+
+    /// A request of `client` (`""` for a public route's callers): `Err`
+    /// with the time until it may send again when its bucket is empty.
+    pub fn check(&self, client: &str) -> Result<(), Duration> {
+        self.0
+            .check_key(&client.to_string())
+            .map_err(|until| until.wait_time_from(self.0.clock().now()))
+    }
 }
 
 impl Limits {
@@ -30,12 +46,7 @@ impl Limits {
             .values()
             .filter_map(|c| Some((c.id.clone(), RateLimiter::direct(quota(c.rate_limit?)))))
             .collect();
-        let routes = config
-            .routes
-            .iter()
-            .filter_map(|r| Some((r.name.clone(), RateLimiter::keyed(quota(r.rate_limit?)))))
-            .collect();
-        Limits { clients, routes }
+        Limits { clients }
     }
 
     /// A token-endpoint request of `client`: `Err` with the time until it
@@ -46,17 +57,6 @@ impl Limits {
         };
         limiter
             .check()
-            .map_err(|until| until.wait_time_from(limiter.clock().now()))
-    }
-
-    /// A request of `client` (`""` for a public route's callers) on
-    /// `route`.
-    pub fn route(&self, route: &str, client: &str) -> Result<(), Duration> {
-        let Some(limiter) = self.routes.get(route) else {
-            return Ok(());
-        };
-        limiter
-            .check_key(&client.to_string())
             .map_err(|until| until.wait_time_from(limiter.clock().now()))
     }
 }

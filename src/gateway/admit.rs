@@ -54,7 +54,7 @@ pub async fn admit(
     if let RouteAccess::Public = route.access {
         // Callers of a public route are not told apart: they share one
         // bucket.
-        return rate_limit(&state, gateway, &route.name, "", &ctx.request_id);
+        return rate_limit(&entry, gateway, "", &ctx.request_id);
     }
 
     let token = match bearer::extract(request) {
@@ -82,13 +82,7 @@ pub async fn admit(
     let active = found
         .filter(|t| t.token.kind == TokenKind::Access)
         .ok_or(GatewayError::InvalidToken)?;
-    rate_limit(
-        &state,
-        gateway,
-        &route.name,
-        &active.grant.client_id,
-        &ctx.request_id,
-    )?;
+    rate_limit(&entry, gateway, &active.grant.client_id, &ctx.request_id)?;
     if !route.required_scopes.iter().all(|s| active.has_scope(s)) {
         return Err(GatewayError::InsufficientScope(
             route.required_scopes.join(" "),
@@ -342,13 +336,16 @@ fn is_authority(text: &str) -> bool {
 
 /// The route's rate limit for the calling client.
 fn rate_limit(
-    state: &super::GatewayState,
+    entry: &super::RouteEntry,
     gateway: &Gateway,
-    route: &str,
     client: &str,
     request_id: &str,
 ) -> Result<(), GatewayError> {
-    state.limits.route(route, client).map_err(|wait| {
+    let Some(limit) = &entry.limit else {
+        return Ok(());
+    };
+    let route = entry.route.name.as_str();
+    limit.check(client).map_err(|wait| {
         gateway
             .metrics
             .rate_limited

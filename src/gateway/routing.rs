@@ -24,6 +24,8 @@ pub struct RouteEntry {
     lower_prefix: String,
     /// The route's metric series, resolved on first use.
     metrics: OnceLock<RouteMetrics>,
+    /// Its `rate_limit`, per calling client.
+    pub limit: Option<crate::limits::RouteLimit>,
 }
 
 impl RouteEntry {
@@ -45,6 +47,7 @@ impl RouteEntry {
         RouteEntry {
             lower_prefix: route.path_prefix.to_ascii_lowercase(),
             upstream_host,
+            limit: crate::limits::RouteLimit::of(&route),
             route,
             peer,
             metrics: OnceLock::new(),

@@ -193,14 +193,16 @@ impl Drop for Ticket {
 /// idle, back on the waiting list, and may be closed to make room
 /// ([`Closable`] ends its reads then).
 pub struct Activity {
-    /// The ticket and the requests in flight, changed together.
-    state: Mutex<(Ticket, usize)>,
+    /// The ticket and the requests in flight, changed together, and the
+    /// reader to wake when the connection goes back on the waiting list
+    /// (its read is pending on the old ticket state).
+    state: Mutex<(Ticket, usize, Option<std::task::Waker>)>,
 }
 
 impl Activity {
     pub fn new(ticket: Ticket) -> Arc<Self> {
         Arc::new(Activity {
-            state: Mutex::new((ticket, 0)),
+            state: Mutex::new((ticket, 0, None)),
         })
     }
 
@@ -212,7 +214,7 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Ticket, usize)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Ticket, usize, Option<std::task::Waker>)> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -226,6 +228,10 @@ impl Drop for InFlight {
         state.1 = state.1.saturating_sub(1);
         if state.1 == 0 {
             state.0.waiting();
+            // A read pending since before watches the new state now.
+            if let Some(reader) = state.2.take() {
+                reader.wake();
+            }
         }
     }
 }
@@ -250,8 +256,12 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Closable<T> {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.activity.lock().0.poll_closed(cx) {
-            return std::task::Poll::Ready(Ok(()));
+        {
+            let mut state = this.activity.lock();
+            if state.0.poll_closed(cx) {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            state.2 = Some(cx.waker().clone());
         }
         std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
     }

@@ -70,6 +70,18 @@ function ratio(a, b, c, table,    i, k, r, x, y, vals) {
     return k ? sprintf("%.2f", median(vals, k)) : "-"
 }
 
+# Median over rounds of a - b (server CPU per request, µs) measured in the
+# same round; "-" when missing.
+function cpu_difference(a, b, c,    i, k, r, vals) {
+    k = 0
+    for (i = 1; i <= nrounds; i++) {
+        r = rounds[i]
+        if (!(((a, c, r) in cpu_round) && ((b, c, r) in cpu_round))) continue
+        vals[++k] = cpu_round[a, c, r] - cpu_round[b, c, r]
+    }
+    return k ? sprintf("%.1f µs", median(vals, k)) : "-"
+}
+
 function table(title, wanted,    names, nnames, i, j, key, count) {
     printed = 0
     nnames = split(wanted, names, " ")
@@ -94,7 +106,7 @@ function table(title, wanted,    names, nnames, i, j, key, count) {
 }
 
 END {
-    table("Proxy paths", "direct nginx pingora-bare refgate-hot refgate-cold")
+    table("Proxy paths", "direct nginx pingora-bare refgate-hot refgate-cold phantom-hot phantom-cold")
     table("Token endpoint", "token-issue token-introspect")
     print "### Ratios (median of per-round ratios)"
     print ""
@@ -113,6 +125,23 @@ END {
             ratio("refgate-hot", "direct", c, "cpu"), ratio("refgate-hot", "pingora-bare", c, "cpu"),
             ratio("pingora-bare", "nginx", c, "cpu"), ratio("nginx", "direct", c, "cpu"),
             ratio("refgate-cold", "refgate-hot", c, "cpu")
+    }
+    print ""
+    phantom = 0
+    for (i = 1; i <= nconns; i++) if (("phantom-hot", conns_list[i]) in n) phantom = 1
+    if (!phantom) exit
+    print "### Phantom-token route (median of per-round ratios)"
+    print ""
+    print "`phantom-hot / refgate-hot`: a cached JWT against a cached stored credential (the target is at least 0.95 for req/s). `phantom-cold - refgate-cold`: the server CPU one JWT signature adds to a request when nothing is cached, i.e. the signing cost per token."
+    print ""
+    print "| conns | phantom-hot / refgate-hot req/s | phantom-hot / refgate-hot CPU per request | phantom-cold / refgate-cold req/s | signing cost per token (phantom-cold - refgate-cold CPU per request) |"
+    print "|---:|---:|---:|---:|---:|"
+    for (i = 1; i <= nconns; i++) {
+        c = conns_list[i]
+        if (!(("phantom-hot", c) in n)) continue
+        printf "| %s | %s | %s | %s | %s |\n", c, ratio("phantom-hot", "refgate-hot", c, "rps"),
+            ratio("phantom-hot", "refgate-hot", c, "cpu"), ratio("phantom-cold", "refgate-cold", c, "rps"),
+            cpu_difference("phantom-cold", "refgate-cold", c)
     }
     print ""
 }

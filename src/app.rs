@@ -278,7 +278,10 @@ fn run_proxy(
     let mut server = Server::new_with_opt_and_conf(None, proxy_server_conf());
     server.bootstrap();
     let drain = Arc::new(Drain::default());
-    let phantom = Arc::new(PhantomTokens::new(parts.tokens.signing.clone()));
+    // `cache_capacity = 0` turns every gateway cache off, the JWTs of
+    // phantom routes too.
+    let caching = parts.live.load().config.gateway.cache_capacity > 0;
+    let phantom = Arc::new(PhantomTokens::new(parts.tokens.signing.clone(), caching));
     let proxy = |h2c: bool| {
         let gateway = Gateway::new(
             parts.live.clone(),

@@ -8,6 +8,8 @@
 //! token never gets this far, since admission looks the token up first
 //! through the lookup cache that writes and other instances' notifications
 //! invalidate. So a change reaches the upstream with the next request.
+//! With `[gateway] cache_capacity = 0` nothing is cached: every request on
+//! a phantom route signs a new JWT.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +48,8 @@ struct Minted {
 /// Signs and caches the JWTs of phantom-token routes.
 pub struct PhantomTokens {
     keys: Arc<SigningKeys>,
-    cache: moka::sync::Cache<(TokenHash, Arc<str>), Arc<Minted>>,
+    /// `None` when caching is off.
+    cache: Option<moka::sync::Cache<(TokenHash, Arc<str>), Arc<Minted>>>,
     random: Random,
 }
 
@@ -65,14 +68,17 @@ impl moka::Expiry<(TokenHash, Arc<str>), Arc<Minted>> for UntilRenewal {
 }
 
 impl PhantomTokens {
-    pub fn new(keys: Arc<SigningKeys>) -> Self {
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(CACHE_BYTES)
-            .weigher(|_key, value: &Arc<Minted>| {
-                (value.header.len() + 128).try_into().unwrap_or(u32::MAX)
-            })
-            .expire_after(UntilRenewal)
-            .build();
+    /// Signs with `keys`; caches the JWTs when `caching`.
+    pub fn new(keys: Arc<SigningKeys>, caching: bool) -> Self {
+        let cache = caching.then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(CACHE_BYTES)
+                .weigher(|_key, value: &Arc<Minted>| {
+                    (value.header.len() + 128).try_into().unwrap_or(u32::MAX)
+                })
+                .expire_after(UntilRenewal)
+                .build()
+        });
         PhantomTokens {
             keys,
             cache,
@@ -89,8 +95,11 @@ impl PhantomTokens {
         issuer: &str,
         request_id: &str,
     ) -> Result<HeaderValue, GatewayError> {
+        let Some(cache) = &self.cache else {
+            return Ok(self.mint(active, route, issuer, request_id)?.header);
+        };
         let key = (active.hash, Arc::<str>::from(route.name.as_str()));
-        if let Some(minted) = self.cache.get(&key) {
+        if let Some(minted) = cache.get(&key) {
             if minted.version == active.grant.version
                 && *minted.audience == *audience(route)
                 && *minted.issuer == *issuer
@@ -101,7 +110,7 @@ impl PhantomTokens {
         }
         let minted = Arc::new(self.mint(active, route, issuer, request_id)?);
         let header = minted.header.clone();
-        self.cache.insert(key, minted);
+        cache.insert(key, minted);
         Ok(header)
     }
 

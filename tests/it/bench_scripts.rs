@@ -139,6 +139,10 @@ fn bench_report_renders_medians_and_per_round_ratios() {
         "pingora-bare\t16\t2\t10000\t1400\t2000\t9000\t0\t40.0",
         "refgate-hot\t16\t2\t15000\t1000\t2400\t31000\t0\t60.0",
         "refgate-cold\t16\t2\t3000\t5000\t12000\t40000\t2\t300.0",
+        "phantom-hot\t16\t1\t29000\t500\t1200\t30000\t0\t31.0",
+        "phantom-cold\t16\t1\t5000\t3000\t7000\t40000\t0\t180.0",
+        "phantom-hot\t16\t2\t15000\t1000\t2400\t31000\t0\t60.0",
+        "phantom-cold\t16\t2\t2000\t6000\t14000\t40000\t0\t400.0",
     ];
     let input = std::env::temp_dir().join(format!("bench-report-{}.tsv", std::process::id()));
     std::fs::write(&input, rows.join("\n") + "\n").expect("write the sample");
@@ -164,6 +168,12 @@ fn bench_report_renders_medians_and_per_round_ratios() {
     );
     assert!(
         report.contains("| 16 | CPU per request | 3.00 | 6.00 | 1.50 | 2.00 | 2.00 | 5.00 |"),
+        "{report}"
+    );
+    // Phantom route: per-round ratios 29000/30000 and 1.00 (median 0.98);
+    // signing cost per token: the median of 30 and 100 µs.
+    assert!(
+        report.contains("| 16 | 0.98 | 1.02 | 0.75 | 65.0 µs |"),
         "{report}"
     );
 }

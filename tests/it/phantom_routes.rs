@@ -363,3 +363,30 @@ async fn an_exchanged_token_carries_its_actor_into_the_jwt() {
     assert_eq!(claims["act"]["sub"], "app");
     assert_eq!(claims["scope"], "photos.read");
 }
+
+#[tokio::test]
+async fn with_caching_off_every_request_gets_a_newly_signed_jwt() {
+    let upstream = Upstream::start().await;
+    let server = Refgate::start_with(Options {
+        gateway: "cache_capacity = 0".into(),
+        extra: route(
+            "api",
+            "/api/",
+            &upstream.url(),
+            "required_scopes = [\"photos.read\"]\nforward = \"jwt\"",
+        ),
+        ..Options::default()
+    });
+    let token = server.access_token("app").await;
+    assert_eq!(call(&server, "/api/x", &token).await, StatusCode::OK);
+    let first = last_jwt(&upstream);
+    assert_eq!(call(&server, "/api/y", &token).await, StatusCode::OK);
+    let second = last_jwt(&upstream);
+    assert_ne!(first, second, "a JWT was reused with caching off");
+    assert_ne!(payload(&first)["jti"], payload(&second)["jti"]);
+    for jwt in [&first, &second] {
+        let verified = verify_with_jose(&server, "api", jwt);
+        assert_eq!(verified["ok"], true, "{verified}");
+        assert_eq!(verified["payload"]["sub"], "app");
+    }
+}

@@ -98,6 +98,13 @@ impl Random {
         out
     }
 
+    /// 32 random bytes as unpadded base64url: a one-time secret for a URL
+    /// or a cookie.
+    pub fn url_secret(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.bytes::<32>())
+    }
+
     /// A fresh token of the given kind.
     pub fn token(&self, kind: TokenKind) -> String {
         let prefix = match kind {

@@ -52,6 +52,7 @@ pub mod connections;
 pub mod core;
 pub mod credential;
 pub mod crypto;
+pub mod discovery;
 pub mod dns;
 pub mod gateway;
 pub mod limits;

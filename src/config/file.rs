@@ -26,6 +26,19 @@ pub struct File {
     pub authorities: Vec<Authority>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// The connect flow (refgate obtains a user's credential itself).
+    pub connect: Option<Connect>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Connect {
+    /// refgate's `/connect/callback` URL as authorities and browsers see it.
+    pub redirect_uri: String,
+    /// URLs a finished connect flow may send the browser back to (prefixes).
+    #[serde(default)]
+    pub return_to: Vec<String>,
+    /// Lifetime of a `connect_uri` and of the flow it starts.
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,11 +167,21 @@ pub struct TrustedIssuer {
 #[derive(Debug, Deserialize)]
 pub struct Authority {
     pub name: String,
-    pub token_endpoint: String,
+    /// Optional when `issuer` is set (discovery).
+    pub token_endpoint: Option<String>,
     pub client_id: String,
     pub client_secret: Option<String>,
     pub client_secret_env: Option<String>,
     pub auth_method: Option<String>,
+    /// Endpoints come from this issuer's discovery document.
+    pub issuer: Option<String>,
+    /// Where a connect flow sends the browser.
+    pub authorization_endpoint: Option<String>,
+    /// Scopes a connect flow asks for.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The credential a connect flow at this authority fills.
+    pub connect_credential: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,6 +34,32 @@ pub struct Config {
     pub trusted_issuers: Vec<Arc<TrustedIssuer>>,
     pub authorities: HashMap<String, Arc<Authority>>,
     pub routes: Vec<Arc<Route>>,
+    /// `[connect]`: present when any authority is connectable.
+    pub connect: Option<ConnectSettings>,
+}
+
+/// `[connect]`: the connect flow's URLs and lifetime.
+#[derive(Debug, Clone)]
+pub struct ConnectSettings {
+    /// refgate's `/connect/callback` as authorities and browsers see it.
+    pub redirect_uri: String,
+    /// `POST /oauth2/connect` at the same place (derived from `redirect_uri`).
+    pub connect_endpoint: String,
+    /// Where `connect_uri`s point (`…/connect/start`).
+    pub start_uri: String,
+    /// Allowed `return_to` prefixes, normalised.
+    pub return_to: Vec<String>,
+    pub ttl: Duration,
+}
+
+impl Config {
+    /// The connectable authority that fills credential `name`.
+    pub fn connectable_for(&self, name: &str) -> Option<&Arc<Authority>> {
+        self.connect.as_ref()?;
+        self.authorities
+            .values()
+            .find(|a| a.connect_credential.as_deref() == Some(name))
+    }
 }
 
 /// `[telemetry] audit_log`: a file (appended, created 0600) or stderr.
@@ -303,10 +329,21 @@ pub enum JwksSource {
 #[derive(Debug)]
 pub struct Authority {
     pub name: String,
+    /// Empty when it comes from the discovery document of `issuer`.
     pub token_endpoint: String,
     pub client_id: String,
     pub client_secret: Secret,
     pub auth_method: AuthMethod,
+    /// The authority's issuer identifier: endpoints not configured come
+    /// from its discovery document, and its answers must name it.
+    pub issuer: Option<String>,
+    /// Where a connect flow sends the browser (else from discovery).
+    pub authorization_endpoint: Option<String>,
+    /// Scopes a connect flow asks for.
+    pub scopes: Vec<String>,
+    /// The credential a connect flow at this authority fills; `None`: the
+    /// authority is not connectable.
+    pub connect_credential: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

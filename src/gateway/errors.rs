@@ -55,6 +55,27 @@ pub enum GatewayError {
 
 const REALM: &str = "Bearer realm=\"refgate\"";
 
+/// Where the holder of a token can start a connect flow that fills the
+/// credential it lacks (a connectable authority fills it).
+#[derive(Debug, Clone)]
+pub struct ConnectHint {
+    /// Absolute URL of `POST /oauth2/connect`.
+    pub endpoint: String,
+    pub authority: String,
+}
+
+/// The hint for `error`, when it is about a credential a connect flow fills.
+pub fn connect_hint(error: &GatewayError, config: &crate::config::Config) -> Option<ConnectHint> {
+    let (GatewayError::CredentialMissing(name) | GatewayError::ReauthRequired(name)) = error else {
+        return None;
+    };
+    let authority = config.connectable_for(name)?;
+    Some(ConnectHint {
+        endpoint: config.connect.as_ref()?.connect_endpoint.clone(),
+        authority: authority.name.clone(),
+    })
+}
+
 impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
@@ -97,7 +118,13 @@ impl GatewayError {
         }
     }
 
-    fn www_authenticate(&self) -> Option<String> {
+    fn www_authenticate(&self, hint: Option<&ConnectHint>) -> Option<String> {
+        if let Some(hint) = hint {
+            return Some(format!(
+                "{REALM}, error=\"invalid_token\", connect_endpoint=\"{}\"",
+                hint.endpoint.replace(['"', '\\'], "")
+            ));
+        }
         match self {
             GatewayError::MissingToken => Some(REALM.to_string()),
             GatewayError::Malformed(_) => Some(format!("{REALM}, error=\"invalid_request\"")),
@@ -124,8 +151,12 @@ impl GatewayError {
         }
     }
 
-    fn body(&self) -> Bytes {
+    fn body(&self, hint: Option<&ConnectHint>) -> Bytes {
         let mut body = json!({ "error": self.code(), "error_description": self.to_string() });
+        if let Some(hint) = hint {
+            body["connect_endpoint"] = json!(hint.endpoint);
+            body["authority"] = json!(hint.authority);
+        }
         match self {
             GatewayError::CredentialMissing(name)
             | GatewayError::CredentialInvalid(name)
@@ -141,7 +172,7 @@ impl GatewayError {
     /// The whole HTTP/1.1 answer, closing the connection, for a client
     /// refused before pingora has a session for it.
     pub fn http1_answer(&self, request_id: &str) -> Vec<u8> {
-        let body = self.body();
+        let body = self.body(None);
         let status =
             http::StatusCode::from_u16(self.status()).unwrap_or(http::StatusCode::BAD_REQUEST);
         let mut out = format!(
@@ -150,7 +181,7 @@ impl GatewayError {
             status.canonical_reason().unwrap_or(""),
             body.len()
         );
-        if let Some(challenge) = self.www_authenticate() {
+        if let Some(challenge) = self.www_authenticate(None) {
             out.push_str(&format!("www-authenticate: {challenge}\r\n"));
         }
         if !request_id.is_empty() {
@@ -164,15 +195,20 @@ impl GatewayError {
 }
 
 /// Writes the error to the client, keeping the connection usable.
-pub async fn respond(session: &mut Session, error: &GatewayError, request_id: &str) {
-    let body = error.body();
+pub async fn respond(
+    session: &mut Session,
+    error: &GatewayError,
+    request_id: &str,
+    hint: Option<&ConnectHint>,
+) {
+    let body = error.body(hint);
     let Ok(mut header) = ResponseHeader::build(error.status(), Some(6)) else {
         return;
     };
     let _ = header.insert_header(http::header::CONTENT_TYPE, "application/json");
     let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
     let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
-    if let Some(challenge) = error.www_authenticate() {
+    if let Some(challenge) = error.www_authenticate(hint) {
         let _ = header.insert_header(http::header::WWW_AUTHENTICATE, challenge);
     }
     if let Some(seconds) = error.retry_after() {

@@ -45,11 +45,14 @@ struct Minted {
     renew_at: Instant,
 }
 
+/// JWTs by (token, route name).
+type JwtCache = moka::sync::Cache<(TokenHash, Arc<str>), Arc<Minted>>;
+
 /// Signs and caches the JWTs of phantom-token routes.
 pub struct PhantomTokens {
     keys: Arc<SigningKeys>,
     /// `None` when caching is off.
-    cache: Option<moka::sync::Cache<(TokenHash, Arc<str>), Arc<Minted>>>,
+    cache: Option<JwtCache>,
     random: Random,
 }
 

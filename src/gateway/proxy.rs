@@ -172,7 +172,8 @@ impl ProxyHttp for Gateway {
                     // What follows a CONNECT is not HTTP.
                     session.set_keepalive(None);
                 }
-                errors::respond(session, &error, &ctx.request_id).await;
+                let hint = errors::connect_hint(&error, &self.state.load().config);
+                errors::respond(session, &error, &ctx.request_id, hint.as_ref()).await;
                 Ok(true)
             }
         }
@@ -290,7 +291,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         if let Some(error) = ctx.answer_instead.clone() {
-            errors::respond(session, &error, &ctx.request_id).await;
+            let hint = errors::connect_hint(&error, &self.state.load().config);
+            errors::respond(session, &error, &ctx.request_id, hint.as_ref()).await;
             ctx.local_status = error.status();
             return FailToProxy {
                 error_code: error.status(),
@@ -310,7 +312,13 @@ impl ProxyHttp for Gateway {
         };
         if code == 502 {
             tracing::warn!(request_id = %ctx.request_id, error = %e, "upstream unavailable");
-            errors::respond(session, &GatewayError::UpstreamUnavailable, &ctx.request_id).await;
+            errors::respond(
+                session,
+                &GatewayError::UpstreamUnavailable,
+                &ctx.request_id,
+                None,
+            )
+            .await;
         } else if code > 0 {
             let _ = session.respond_error(code).await;
         }

@@ -12,6 +12,7 @@
 //!   responses, `issue` writes token responses.
 
 pub mod admin;
+mod connect;
 mod error;
 mod grant_arbitrary;
 mod grant_exchange;
@@ -63,6 +64,10 @@ pub struct TokenService {
     pub signing: Arc<SigningKeys>,
     /// The audit trail (also written by the gateway's refreshes).
     pub audit: Arc<Audit>,
+    /// Calls to downstream authorities (the connect flow's code redemption).
+    pub http: reqwest::Client,
+    /// Authorities' endpoints from their discovery documents.
+    pub discovery: Arc<crate::discovery::Discovery>,
 }
 
 impl TokenService {
@@ -82,7 +87,9 @@ impl TokenService {
             signing,
             grants: Arc::new(Grants::new(lookup.clone())),
             lookup,
-            id_tokens: id_token::IdTokenVerifier::new(http),
+            id_tokens: id_token::IdTokenVerifier::new(http.clone()),
+            discovery: Arc::new(crate::discovery::Discovery::new(http.clone())),
+            http,
             auth_throttle,
             metrics,
             audit,
@@ -122,6 +129,9 @@ pub fn router(service: Arc<TokenService>) -> Router {
         .route("/oauth2/introspect", post(introspect::handle))
         .route("/oauth2/revoke", post(revoke::handle))
         .route("/oauth2/mutate", post(mutate::handle))
+        .route("/oauth2/connect", post(connect::begin))
+        .route("/connect/start", get(connect::start))
+        .route("/connect/callback", get(connect::callback))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)

@@ -12,6 +12,7 @@ use super::file;
 use super::*;
 use crate::crypto::{DataKey, DataKeys, Random, SecretHash};
 
+mod connect;
 mod parties;
 mod routes;
 mod settings;
@@ -266,6 +267,7 @@ pub(super) fn validate(
     check_exchange_sources(&mut c, &file.clients, &clients, &trusted_issuers);
     let authorities = authorities(&mut c, &file.authorities);
     let routes = routes(&mut c, &file.routes, &clients, &authorities);
+    let connect = connect::settings(&mut c, file.connect.as_ref(), &authorities);
 
     if !c.problems.is_empty() {
         return Err(c.problems);
@@ -283,6 +285,7 @@ pub(super) fn validate(
         trusted_issuers,
         authorities,
         routes,
+        connect,
     })
 }
 

@@ -204,8 +204,44 @@ pub(super) fn authorities(
         }
         c.word(&key("name"), &f.name);
         c.word(&key("client_id"), &f.client_id);
-        if let Some(u) = c.http_url(&key("token_endpoint"), &f.token_endpoint) {
-            warn_plain_http(&u, &key("token_endpoint"));
+        match (&f.token_endpoint, &f.issuer) {
+            (Some(endpoint), _) => {
+                if let Some(u) = c.http_url(&key("token_endpoint"), endpoint) {
+                    warn_plain_http(&u, &key("token_endpoint"));
+                }
+            }
+            (None, Some(_)) => {}
+            (None, None) => c.report(
+                format!("authorities[{i}]"),
+                "set token_endpoint, or issuer to take it from the authority's discovery document",
+            ),
+        }
+        for (name, value) in [
+            ("issuer", &f.issuer),
+            ("authorization_endpoint", &f.authorization_endpoint),
+        ] {
+            if let Some(u) = value.as_deref().and_then(|v| c.http_url(&key(name), v)) {
+                warn_plain_http(&u, &key(name));
+            }
+        }
+        if let Some(i) = f.issuer.as_deref() {
+            if i.contains(['?', '#']) {
+                c.report(key("issuer"), "an issuer has no query or fragment");
+            }
+        }
+        for (j, scope) in f.scopes.iter().enumerate() {
+            c.word(&format!("authorities[{i}].scopes[{j}]"), scope);
+        }
+        if let Some(name) = &f.connect_credential {
+            if c.word(&key("connect_credential"), name)
+                && f.authorization_endpoint.is_none()
+                && f.issuer.is_none()
+            {
+                c.report(
+                    key("connect_credential"),
+                    "a connectable authority needs authorization_endpoint, or issuer for discovery",
+                );
+            }
         }
         let secret = match (&f.client_secret, &f.client_secret_env) {
             (Some(s), None) => Some(s.clone()),
@@ -231,10 +267,14 @@ pub(super) fn authorities(
         };
         let authority = Authority {
             name: f.name.clone(),
-            token_endpoint: f.token_endpoint.clone(),
+            token_endpoint: f.token_endpoint.clone().unwrap_or_default(),
             client_id: f.client_id.clone(),
             client_secret: Secret::new(secret.unwrap_or_default()),
             auth_method,
+            issuer: f.issuer.clone(),
+            authorization_endpoint: f.authorization_endpoint.clone(),
+            scopes: f.scopes.clone(),
+            connect_credential: f.connect_credential.clone(),
         };
         if out.insert(f.name.clone(), Arc::new(authority)).is_some() {
             c.report(

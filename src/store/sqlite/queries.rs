@@ -313,8 +313,12 @@ impl Store for SqliteStore {
     async fn grant_expiry(&self, id: &str, now: UnixTime) -> Result<Option<UnixTime>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| {
-            conn.prepare_cached(GRANT_EXPIRY_SQL)?
+            // No live token: no row at all (the GROUP BY has no group).
+            Ok(conn
+                .prepare_cached(GRANT_EXPIRY_SQL)?
                 .query_row(params![id, now], |r| r.get::<_, Option<i64>>(0))
+                .optional()?
+                .flatten())
         })
         .await
     }

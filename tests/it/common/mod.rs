@@ -201,6 +201,9 @@ pub struct Options {
     /// Environment variables of the refgate process (never of this test
     /// process: it runs tests on many threads).
     pub env: Vec<(String, String)>,
+    /// The token service's socket, bound by the test beforehand (its port
+    /// must be known before the configuration is written).
+    pub token_listener: Option<std::sync::Arc<TcpListener>>,
 }
 
 impl Default for Options {
@@ -212,6 +215,7 @@ impl Default for Options {
             standard_clients: true,
             store_url: None,
             env: Vec::new(),
+            token_listener: None,
         }
     }
 }
@@ -245,7 +249,10 @@ impl Refgate {
 
     pub fn start_with(options: Options) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let token_listener = loopback_listener();
+        let token_listener = match &options.token_listener {
+            Some(l) => l.try_clone().expect("duplicate the token service socket"),
+            None => loopback_listener(),
+        };
         let proxy_listener = loopback_listener();
         let token_port = token_listener.local_addr().expect("address").port();
         let proxy_port = proxy_listener.local_addr().expect("address").port();

@@ -21,6 +21,11 @@ pub const CLIENT_SECRET: &str = "gateway-secret";
 impl OidcAs {
     /// Starts it with access tokens living `access_ttl` seconds.
     pub fn start(access_ttl: u64) -> Self {
+        Self::start_with(access_ttl, &[])
+    }
+
+    /// Starts it with more environment (`CLIENTS`, …).
+    pub fn start_with(access_ttl: u64, env: &[(&str, &str)]) -> Self {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/oidc-as");
         assert!(
             std::path::Path::new(dir).join("node_modules").exists(),
@@ -31,6 +36,7 @@ impl OidcAs {
             .current_dir(dir)
             .env("PORT", "0")
             .env("ACCESS_TTL", access_ttl.to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -11,6 +11,7 @@ console.info = console.error;
 console.debug = console.error;
 
 const { default: Provider, errors } = await import('oidc-provider');
+const { interactionsConfig, installInteractions } = await import('./interactions.js');
 
 const MINT_GRANT = 'urn:refgate:test:mint';
 const DEFAULT_SCOPE = 'openid offline_access api';
@@ -133,6 +134,7 @@ const provider = new Provider(issuer, {
   clients: [...clientsById.values()],
   scopes: SCOPES,
   rotateRefreshToken: true,
+  interactions: interactionsConfig,
   features: {
     introspection: { enabled: true, allowedPolicy: async () => true },
     revocation: { enabled: true, allowedPolicy: async () => true },
@@ -209,7 +211,7 @@ provider.use(async (ctx, next) => {
   const { path, method } = ctx;
 
   if (path === '/_stats' && method === 'GET') {
-    return sendJson(ctx, 200, { ...stats });
+    return sendJson(ctx, 200, { ...stats, authorization_code: stats.authorization_code || 0 });
   }
   if (path === '/_reset' && method === 'POST') {
     for (const k of Object.keys(stats)) stats[k] = 0;
@@ -294,10 +296,14 @@ provider.use(async (ctx, next) => {
       else stats.refresh_failed += 1;
     } else if (grantType === MINT_GRANT) {
       stats.mint += 1;
+    } else if (grantType === 'authorization_code' && !threw && ctx.status === 200) {
+      stats.authorization_code = (stats.authorization_code || 0) + 1;
     }
   }
   return undefined;
 });
+
+installInteractions(provider, stats);
 
 provider.on('server_error', (ctx, err) => console.error('[oidc-as] server_error', err));
 provider.on('grant.error', (ctx, err) => console.error(

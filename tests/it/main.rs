@@ -13,6 +13,7 @@ mod auth_throttle;
 mod bench_scripts;
 mod cli;
 mod cluster;
+mod connect_browser;
 mod connect_flow;
 mod custom_mutate;
 mod data_keys;

@@ -109,6 +109,14 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// `text` followed by `x` up to `bytes` bytes.
+fn padded(mut text: String, bytes: usize) -> String {
+    while text.len() < bytes {
+        text.push('x');
+    }
+    text
+}
+
 /// Issues tokens with credentials; writes them to `--out`.
 async fn issue(args: &Args) -> Result<bool, String> {
     let base = args.text("token-service", None)?;
@@ -121,6 +129,9 @@ async fn issue(args: &Args) -> Result<bool, String> {
     let expires_in: i64 = args.number("expires-in", 86_400)?;
     let label = args.text("label", Some("bench"))?;
     let scope = args.text("scope", Some("photos.read"))?;
+    // Pads each downstream access token with `x` to this many bytes (a
+    // realistic signed token is several hundred); 0 leaves them short.
+    let credential_bytes: usize = args.number("credential-bytes", 0)?;
     if mode != "arbitrary" && mode != "mutate" {
         return Err(format!("--mode must be arbitrary or mutate, not `{mode}`"));
     }
@@ -135,7 +146,7 @@ async fn issue(args: &Args) -> Result<bool, String> {
     let results: Vec<Result<String, String>> = futures::stream::iter(0..count)
         .map(|i| {
             let stored = json!({
-                "access_token": format!("down-{label}-{i}"),
+                "access_token": padded(format!("down-{label}-{i}"), credential_bytes),
                 "refresh_token": format!("rt-{label}-{nonce}-{i}"),
                 "token_type": "Bearer",
                 "expires_at": expires_at,

@@ -2,7 +2,7 @@
 //! JWT (RFC 9068) that refgate signs for the inbound reference token, never
 //! the reference token itself.
 //!
-//! JWTs are cached per (token, route) until shortly before they expire. An
+//! JWTs are cached per (token, audience) until shortly before they expire. An
 //! entry is used only for the grant version it was signed for: every
 //! change to a grant (scopes, custom data) bumps its version, and a revoked
 //! token never gets this far, since admission looks the token up first
@@ -45,8 +45,11 @@ struct Minted {
     renew_at: Instant,
 }
 
-/// JWTs by (token, route name).
-type JwtCache = moka::sync::Cache<(TokenHash, Arc<str>), Arc<Minted>>;
+/// JWTs by token and a hash of their `aud`: what a JWT says depends only on
+/// the grant (its version), the audience and the issuer, so routes with one
+/// audience share it. A hash collision only makes a JWT be signed anew (the
+/// entry names its audience and is used for that one alone).
+type JwtCache = moka::sync::Cache<(TokenHash, u64), Arc<Minted>>;
 
 /// Signs and caches the JWTs of phantom-token routes.
 pub struct PhantomTokens {
@@ -59,10 +62,10 @@ pub struct PhantomTokens {
 /// Per-entry expiry: each JWT lives in the cache until its own renewal time.
 struct UntilRenewal;
 
-impl moka::Expiry<(TokenHash, Arc<str>), Arc<Minted>> for UntilRenewal {
+impl moka::Expiry<(TokenHash, u64), Arc<Minted>> for UntilRenewal {
     fn expire_after_create(
         &self,
-        _key: &(TokenHash, Arc<str>),
+        _key: &(TokenHash, u64),
         value: &Arc<Minted>,
         created_at: Instant,
     ) -> Option<Duration> {
@@ -101,7 +104,7 @@ impl PhantomTokens {
         let Some(cache) = &self.cache else {
             return Ok(self.mint(active, route, issuer, request_id)?.header);
         };
-        let key = (active.hash, Arc::<str>::from(route.name.as_str()));
+        let key = (active.hash, audience_key(audience(route)));
         if let Some(minted) = cache.get(&key) {
             if minted.version == active.grant.version
                 && *minted.audience == *audience(route)
@@ -159,6 +162,11 @@ impl PhantomTokens {
             renew_at,
         })
     }
+}
+
+fn audience_key(audience: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(audience)
 }
 
 /// A phantom JWT's `aud`: the route's `audience`, else its name.

@@ -16,29 +16,60 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Safe to call once per process.
-pub fn init(format: LogFormat) {
-    // Per-request access lines (target `refgate::access`) are off unless
-    // RUST_LOG asks for them: the hot path does no logging by default.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,refgate::access=off,pingora_core=warn,pingora_proxy=warn,sqlx=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => builder.finish().with(PingoraLogs).try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .finish()
-            .with(PingoraLogs)
-            .try_init(),
-    };
-    if let Err(e) = result {
+/// Installs the global subscriber. Safe to call once per process. With a
+/// `tracer`, refgate's trace spans ([`crate::traces::TARGET`]) go to it;
+/// the log lines never show them.
+pub fn init(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
+    if let Err(e) = subscriber(format, default_filter(), tracer).try_init() {
         eprintln!("logging was already initialised: {e}");
     }
+}
+
+/// `RUST_LOG`, else refgate's default filter.
+fn default_filter() -> EnvFilter {
+    // Per-request access lines (target `refgate::access`) are off unless
+    // RUST_LOG asks for them: the hot path does no logging by default.
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,refgate::access=off,pingora_core=warn,pingora_proxy=warn,sqlx=warn")
+    })
+}
+
+type Boxed = Box<dyn Subscriber + Send + Sync>;
+
+/// The log layer (filtered by `filter`, trace spans left out), pingora's
+/// restrictions, and the export layer when there is a tracer.
+fn subscriber(
+    format: LogFormat,
+    filter: EnvFilter,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+) -> Boxed {
+    use tracing_subscriber::filter::{filter_fn, FilterExt, Targets};
+    let logs = filter.and(filter_fn(|m| m.target() != crate::traces::TARGET));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_filter(logs).boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(logs).boxed(),
+    };
+    let export = tracer.map(|tracer| {
+        // Only the attributes refgate gives a span: no source locations,
+        // thread names or timings.
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_target(false)
+            .with_level(false)
+            .with_filter(Targets::new().with_target(crate::traces::TARGET, Level::INFO))
+    });
+    Box::new(
+        tracing_subscriber::registry()
+            .with(fmt)
+            .with(PingoraLogs)
+            .with(export),
+    )
 }
 
 /// What pingora may log, whatever `RUST_LOG` says.
@@ -398,6 +429,23 @@ mod tests {
         assert!(!out.contains("reusable stream"), "{out}");
         assert!(!out.contains("Bearer secret"), "{out}");
         assert!(out.contains("a pool error that matters"), "{out}");
+    }
+
+    /// With tracing off, a trace span's call site is disabled (no span is
+    /// made, whatever RUST_LOG says); with a tracer it is enabled.
+    #[test]
+    fn trace_spans_exist_only_for_the_export() {
+        use opentelemetry::trace::TracerProvider as _;
+        let enabled = |tracer| {
+            let subscriber = subscriber(LogFormat::Text, EnvFilter::new("trace"), tracer);
+            tracing::subscriber::with_default(
+                subscriber,
+                || tracing::span_enabled!(target: crate::traces::TARGET, Level::INFO),
+            )
+        };
+        assert!(!enabled(None));
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        assert!(enabled(Some(provider.tracer("test"))));
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl TokenService {
 
 /// The token service's HTTP routes.
 pub fn router(service: Arc<TokenService>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(
             "/.well-known/oauth-authorization-server",
             get(metadata::handle),
@@ -123,7 +123,8 @@ pub fn router(service: Arc<TokenService>) -> Router {
         .route("/oauth2/revoke", post(revoke::handle))
         .route("/oauth2/mutate", post(mutate::handle))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    crate::traces::endpoint_spans(routes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(guard::guard))

@@ -40,4 +40,5 @@ mod smoke;
 mod sqlite_store;
 mod subject_revocation;
 mod token_grants;
+mod tracing;
 mod trust_boundaries;

@@ -20,7 +20,8 @@ pub enum LogFormat {
 /// `tracer`, refgate's trace spans ([`crate::traces::TARGET`]) go to it;
 /// the log lines never show them.
 pub fn init(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
-    if let Err(e) = subscriber(format, default_filter(), tracer).try_init() {
+    let subscriber = subscriber(format, default_filter(), tracer, std::io::stderr);
+    if let Err(e) = subscriber.try_init() {
         eprintln!("logging was already initialised: {e}");
     }
 }
@@ -38,16 +39,20 @@ type Boxed = Box<dyn Subscriber + Send + Sync>;
 
 /// The log layer (filtered by `filter`, trace spans left out), pingora's
 /// restrictions, and the export layer when there is a tracer.
-fn subscriber(
+fn subscriber<W>(
     format: LogFormat,
     filter: EnvFilter,
     tracer: Option<opentelemetry_sdk::trace::Tracer>,
-) -> Boxed {
+    writer: W,
+) -> Boxed
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     use tracing_subscriber::filter::{filter_fn, FilterExt, Targets};
     let logs = filter.and(filter_fn(|m| m.target() != crate::traces::TARGET));
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let fmt = match format {
         LogFormat::Text => fmt.with_filter(logs).boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).with_filter(logs).boxed(),
@@ -431,21 +436,51 @@ mod tests {
         assert!(out.contains("a pool error that matters"), "{out}");
     }
 
-    /// With tracing off, a trace span's call site is disabled (no span is
-    /// made, whatever RUST_LOG says); with a tracer it is enabled.
+    /// With a tracer, refgate's trace spans are made whatever RUST_LOG
+    /// says, and the log lines never show them.
     #[test]
-    fn trace_spans_exist_only_for_the_export() {
+    fn trace_spans_go_to_the_export_only() {
         use opentelemetry::trace::TracerProvider as _;
-        let enabled = |tracer| {
-            let subscriber = subscriber(LogFormat::Text, EnvFilter::new("trace"), tracer);
-            tracing::subscriber::with_default(
-                subscriber,
-                || tracing::span_enabled!(target: crate::traces::TARGET, Level::INFO),
-            )
-        };
-        assert!(!enabled(None));
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-        assert!(enabled(Some(provider.tracer("test"))));
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let quiet = subscriber(
+            LogFormat::Text,
+            EnvFilter::new("error"),
+            Some(provider.tracer("test")),
+            move || writer.clone(),
+        );
+        let made = tracing::subscriber::with_default(quiet, || {
+            let span = tracing::info_span!(target: crate::traces::TARGET, "traced", marker = "zq9");
+            !span.is_disabled()
+        });
+        assert!(made, "RUST_LOG must not turn trace spans off");
+        let writer = lines.clone();
+        let verbose = subscriber(
+            LogFormat::Text,
+            EnvFilter::new("trace"),
+            Some(provider.tracer("test")),
+            move || writer.clone(),
+        );
+        tracing::subscriber::with_default(verbose, || {
+            let span = tracing::info_span!(target: crate::traces::TARGET, "traced", marker = "zq9");
+            span.in_scope(|| tracing::info!("inside the span"));
+        });
+        let out = String::from_utf8(lines.0.lock().expect("lock").clone()).expect("UTF-8");
+        assert!(out.contains("inside the span"), "{out}");
+        assert!(!out.contains("zq9") && !out.contains("traced"), "{out}");
     }
 
     #[test]

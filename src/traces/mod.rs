@@ -5,10 +5,11 @@
 //! on a thread of its own; W3C `traceparent`/`tracestate` taken from
 //! callers and sent to upstreams and authorities.
 //!
-//! The spans have the target [`TARGET`], which only the export layer
-//! sees: with tracing off their call sites are disabled (a span costs one
-//! atomic load), nothing is extracted or injected, and the log output is
-//! the same either way.
+//! With tracing off no span is made (each helper here checks one flag and
+//! returns a disabled span), nothing is extracted or injected, and the
+//! store is not wrapped. The spans have the target [`TARGET`], which only
+//! the export layer sees: the log output is the same either way, and
+//! `RUST_LOG` does not turn them off.
 //!
 //! Attributes are identifiers only: route, credential and authority names
 //! from the configuration, client ids, grant ids, hit or miss, status
@@ -201,26 +202,41 @@ pub fn gateway_request(method: &http::Method, headers: &http::HeaderMap) -> Span
 
 /// Admission of a gateway request: route, token, scopes, credential.
 pub fn admission() -> Span {
+    if !on() {
+        return Span::none();
+    }
     tracing::info_span!(target: TARGET, "admission")
 }
 
 /// A token lookup; `cache` is recorded as `hit` or `miss`.
 pub fn token_lookup() -> Span {
+    if !on() {
+        return Span::none();
+    }
     tracing::info_span!(target: TARGET, "token lookup", cache = Empty)
 }
 
 /// A downstream credential refresh (including the wait for one).
 pub fn refresh(credential: &str) -> Span {
+    if !on() {
+        return Span::none();
+    }
     tracing::info_span!(target: TARGET, "credential refresh", credential)
 }
 
 /// A transparent exchange for an exchange route.
 pub fn exchange(route: &str) -> Span {
+    if !on() {
+        return Span::none();
+    }
     tracing::info_span!(target: TARGET, "credential exchange", route)
 }
 
 /// A call to an authority's token endpoint.
 pub fn authority_call(authority: &str) -> Span {
+    if !on() {
+        return Span::none();
+    }
     tracing::info_span!(
         target: TARGET,
         "authority token request",
@@ -232,6 +248,9 @@ pub fn authority_call(authority: &str) -> Span {
 
 /// A store call.
 pub fn store_call(operation: &'static str) -> Span {
+    if !on() {
+        return Span::none();
+    }
     tracing::info_span!(
         target: TARGET,
         "store",
@@ -282,6 +301,22 @@ async fn endpoint_span(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_tracing_off_no_span_is_made() {
+        assert!(!on());
+        for span in [
+            admission(),
+            token_lookup(),
+            refresh("photos"),
+            exchange("reports"),
+            authority_call("photos-as"),
+            store_call("find_token"),
+        ] {
+            assert!(span.is_disabled());
+        }
+        assert!(headers_for(&token_lookup()).is_empty());
+    }
 
     #[test]
     fn a_malformed_traceparent_starts_a_new_trace() {

@@ -15,6 +15,7 @@ mod cli;
 mod cluster;
 mod custom_mutate;
 mod data_keys;
+mod deb_package;
 mod deploy;
 mod dns;
 mod exchange;

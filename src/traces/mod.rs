@@ -102,10 +102,6 @@ impl Extractor for Headers<'_> {
     }
 }
 
-impl Injector for Headers<'_> {
-    fn set(&mut self, _: &str, _: String) {}
-}
-
 struct Collected(HashMap<String, String>);
 
 impl Injector for Collected {

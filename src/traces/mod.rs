@@ -47,6 +47,9 @@ pub fn on() -> bool {
 
 /// How long one export request may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long exiting waits for the last export: with the 5 s drain, within
+/// the unit's 15 s stop timeout even when the collector does not answer.
+const FLUSH_AT_EXIT: Duration = Duration::from_secs(3);
 
 /// The running export: a tracer provider whose batch processor posts to
 /// the OTLP endpoint from its own thread.
@@ -82,9 +85,10 @@ impl Export {
         self.provider.tracer("refgate")
     }
 
-    /// Exports what is still queued and stops the export thread.
+    /// Exports what is still queued (waiting at most [`FLUSH_AT_EXIT`]) and
+    /// stops the export thread.
     pub fn shutdown(self) {
-        if let Err(e) = self.provider.shutdown() {
+        if let Err(e) = self.provider.shutdown_with_timeout(FLUSH_AT_EXIT) {
             tracing::warn!(error = %e, "exporting the last spans failed");
         }
     }

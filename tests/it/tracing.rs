@@ -393,6 +393,38 @@ async fn one_trace_runs_from_the_caller_through_refresh_to_authority_and_upstrea
     assert_eq!(trace, CALLER_TRACE);
     assert_eq!(parent, gateway.span_id);
 
+    // A refresh the authority refuses: its audit line, written by the
+    // gateway's refresh, carries the caller's trace id.
+    let refused = str_of(&server.client_token("app", None).await, "access_token").to_string();
+    let (status, answer) = server
+        .mutate(
+            &json!({"token": refused, "patch": {"credentials": {"photos": {
+                "access_token": "stale",
+                "refresh_token": "not-a-refresh-token-the-authority-knows",
+                "token_type": "Bearer",
+                "expires_at": unix_now() - 10,
+                "authority": "photos-as",
+            }}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let other_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let response = http()
+        .get(format!("{}/photos/album/2", server.proxy))
+        .bearer_auth(&refused)
+        .header("traceparent", format!("00-{other_trace}-{CALLER_SPAN}-01"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let audit = wait_for_text(&server.dir.path().join("audit.log"), "refresh_refused");
+    let line: Value = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+        .find(|l| l["event"] == "refresh_refused")
+        .expect("refresh_refused line");
+    assert_eq!(line["trace_id"], other_trace, "{line}");
+
     // The service name from the configuration.
     assert!(receiver
         .received
@@ -414,6 +446,8 @@ async fn one_trace_runs_from_the_caller_through_refresh_to_authority_and_upstrea
         CUSTOM_VALUE.to_string(),
         caller.clone(),
         "vendor=opaque".to_string(),
+        refused.clone(),
+        "not-a-refresh-token-the-authority-knows".to_string(),
     ];
     for member in ["access_token", "refresh_token"] {
         secrets.push(str_of(&stored, member).to_string());
@@ -654,6 +688,48 @@ async fn queued_spans_are_exported_at_shutdown() {
         })
         .await;
     assert!(!spans.is_empty());
+}
+
+/// A collector that takes connections and never answers costs requests
+/// nothing, and holds up a stop by a few seconds at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_delays_neither_requests_nor_shutdown() {
+    // Connections complete in the kernel's backlog; nothing reads them.
+    let silent = loopback_listener();
+    let port = silent.local_addr().expect("address").port();
+    let upstream = Upstream::start().await;
+    let mut server = Refgate::start_with(Options {
+        extra: format!(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:{port}\"\n\n{}",
+            public_route("open", "/open/", &upstream.url(), "")
+        ),
+        env: fast_export(),
+        ..Options::default()
+    });
+    for n in 0..20 {
+        let started = Instant::now();
+        let response = http()
+            .get(format!("{}/open/{n}", server.proxy))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::OK);
+        server.client_token("app", None).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopping = Instant::now();
+    server.stop_cleanly();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
+    drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -193,6 +193,11 @@ impl Parts {
         let store = crate::store::open(&config.store.url, config.store.max_connections)
             .await
             .context("cannot open the store")?;
+        let store: Arc<dyn crate::store::Store> = if crate::traces::on() {
+            Arc::new(crate::traces::Traced(store))
+        } else {
+            store
+        };
         let cache = CacheSettings {
             capacity: config.gateway.cache_capacity,
             max_ttl: config.gateway.cache_max_ttl,

@@ -8,6 +8,9 @@
 //! to [`Audit::record`]. A line is written whole with one `write` on an
 //! append-only file, under a plain mutex that is never held across an
 //! await; a failed write is logged once and never fails the request.
+//! With tracing on, a line carries the `trace_id` of the span it was
+//! written in, and its `client_id` and `grant_id` become that span's
+//! attributes.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -136,6 +139,10 @@ impl Audit {
                     line.insert(key, value);
                 }
             }
+        }
+        if let Some(trace_id) = crate::traces::current_trace_id() {
+            line.insert("trace_id".into(), trace_id.into());
+            crate::traces::note_ids(&line);
         }
         let mut text = Value::Object(line).to_string();
         text.push('\n');

@@ -43,6 +43,8 @@
 //!   to a first request head;
 //! - [`limits`]: request rate limits per client and per route;
 //! - [`telemetry`]: logging and Prometheus metrics;
+//! - [`traces`]: OpenTelemetry spans, W3C trace propagation and the OTLP
+//!   export (`[telemetry] otlp_endpoint`);
 //! - [`audit`]: the audit trail, one JSON line per security event.
 
 pub mod app;
@@ -63,5 +65,6 @@ pub mod signing;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod traces;
 
 pub use app::run;

@@ -94,7 +94,7 @@ fn main() -> ExitCode {
 }
 
 fn rotate_signing(path: &std::path::Path, format: LogFormat) -> ExitCode {
-    telemetry::init(format);
+    telemetry::init(format, None);
     let config = match config::load(path, LoadMode::Serve) {
         Ok(c) => c,
         Err(e) => {
@@ -139,16 +139,28 @@ fn rotate_signing(path: &std::path::Path, format: LogFormat) -> ExitCode {
 }
 
 fn serve(path: &std::path::Path, format: LogFormat) -> ExitCode {
-    telemetry::init(format);
+    // Logging starts once the configuration says whether spans are
+    // exported too.
     let config = match config::load(path, LoadMode::Serve) {
         Ok(c) => c,
         Err(e) => {
+            telemetry::init(format, None);
             for problem in &e.0 {
                 tracing::error!("{problem}");
             }
             return ExitCode::FAILURE;
         }
     };
+    let export = match config.tracing.as_ref().map(refgate::traces::Export::start) {
+        None => None,
+        Some(Ok(export)) => Some(export),
+        Some(Err(e)) => {
+            telemetry::init(format, None);
+            tracing::error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    telemetry::init(format, export.as_ref().map(|e| e.tracer()));
     let listeners = match refgate::listeners::Listeners::open(&config.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -156,7 +168,12 @@ fn serve(path: &std::path::Path, format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match refgate::app::run(config, listeners, shutdown_signal()) {
+    let outcome = refgate::app::run(config, listeners, shutdown_signal());
+    // The spans of the last requests are exported before exiting.
+    if let Some(export) = export {
+        export.shutdown();
+    }
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -42,9 +42,10 @@ impl Reloader {
             || new.tokens.auth_failures != old.tokens.auth_failures
             || new.store.url != old.store.url
             || new.audit_log != old.audit_log
+            || new.tracing != old.tracing
         {
             tracing::warn!(
-                "listener addresses and limits, DNS servers, the failed-authentication limit, the audit log and the store only change on restart; keeping the running ones"
+                "listener addresses and limits, DNS servers, the failed-authentication limit, the audit log, trace export and the store only change on restart; keeping the running ones"
             );
         }
         let new = Arc::new(new);

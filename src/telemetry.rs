@@ -16,29 +16,65 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Safe to call once per process.
-pub fn init(format: LogFormat) {
-    // Per-request access lines (target `refgate::access`) are off unless
-    // RUST_LOG asks for them: the hot path does no logging by default.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,refgate::access=off,pingora_core=warn,pingora_proxy=warn,sqlx=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => builder.finish().with(PingoraLogs).try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .finish()
-            .with(PingoraLogs)
-            .try_init(),
-    };
-    if let Err(e) = result {
+/// Installs the global subscriber. Safe to call once per process. With a
+/// `tracer`, refgate's trace spans ([`crate::traces::TARGET`]) go to it;
+/// the log lines never show them.
+pub fn init(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
+    let subscriber = subscriber(format, default_filter(), tracer, std::io::stderr);
+    if let Err(e) = subscriber.try_init() {
         eprintln!("logging was already initialised: {e}");
     }
+}
+
+/// `RUST_LOG`, else refgate's default filter.
+fn default_filter() -> EnvFilter {
+    // Per-request access lines (target `refgate::access`) are off unless
+    // RUST_LOG asks for them: the hot path does no logging by default.
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,refgate::access=off,pingora_core=warn,pingora_proxy=warn,sqlx=warn")
+    })
+}
+
+type Boxed = Box<dyn Subscriber + Send + Sync>;
+
+/// The log layer (filtered by `filter`, trace spans left out), pingora's
+/// restrictions, and the export layer when there is a tracer.
+fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+    writer: W,
+) -> Boxed
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::filter::{filter_fn, FilterExt, Targets};
+    let logs = filter.and(filter_fn(|m| m.target() != crate::traces::TARGET));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(writer);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_filter(logs).boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(logs).boxed(),
+    };
+    let export = tracer.map(|tracer| {
+        // Only the attributes refgate gives a span: no source locations,
+        // thread names or timings.
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_target(false)
+            .with_level(false)
+            .with_filter(Targets::new().with_target(crate::traces::TARGET, Level::INFO))
+    });
+    Box::new(
+        tracing_subscriber::registry()
+            .with(fmt)
+            .with(PingoraLogs)
+            .with(export),
+    )
 }
 
 /// What pingora may log, whatever `RUST_LOG` says.
@@ -398,6 +434,53 @@ mod tests {
         assert!(!out.contains("reusable stream"), "{out}");
         assert!(!out.contains("Bearer secret"), "{out}");
         assert!(out.contains("a pool error that matters"), "{out}");
+    }
+
+    /// With a tracer, refgate's trace spans are made whatever RUST_LOG
+    /// says, and the log lines never show them.
+    #[test]
+    fn trace_spans_go_to_the_export_only() {
+        use opentelemetry::trace::TracerProvider as _;
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let quiet = subscriber(
+            LogFormat::Text,
+            EnvFilter::new("error"),
+            Some(provider.tracer("test")),
+            move || writer.clone(),
+        );
+        let made = tracing::subscriber::with_default(quiet, || {
+            let span = tracing::info_span!(target: crate::traces::TARGET, "traced", marker = "zq9");
+            !span.is_disabled()
+        });
+        assert!(made, "RUST_LOG must not turn trace spans off");
+        let writer = lines.clone();
+        let verbose = subscriber(
+            LogFormat::Text,
+            EnvFilter::new("trace"),
+            Some(provider.tracer("test")),
+            move || writer.clone(),
+        );
+        tracing::subscriber::with_default(verbose, || {
+            let span = tracing::info_span!(target: crate::traces::TARGET, "traced", marker = "zq9");
+            span.in_scope(|| tracing::info!("inside the span"));
+        });
+        let out = String::from_utf8(lines.0.lock().expect("lock").clone()).expect("UTF-8");
+        assert!(out.contains("inside the span"), "{out}");
+        assert!(!out.contains("zq9") && !out.contains("traced"), "{out}");
     }
 
     #[test]

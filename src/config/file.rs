@@ -107,10 +107,13 @@ pub struct Gateway {
     pub dns_servers: Option<Vec<String>>,
 }
 
-/// `[telemetry]`: where the audit trail goes.
+/// `[telemetry]`: where the audit trail goes, and where traces are sent.
 #[derive(Debug, Default, Deserialize)]
 pub struct Telemetry {
     pub audit_log: Option<String>,
+    /// OTLP/HTTP base URL; tracing is off without it.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
 }
 
 /// `[signing]`: the keys refgate signs JWTs with.

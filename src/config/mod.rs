@@ -30,6 +30,8 @@ pub struct Config {
     pub signing: SigningSettings,
     /// Where the audit trail goes (`None`: off).
     pub audit_log: Option<AuditTarget>,
+    /// OpenTelemetry trace export (`None`: off).
+    pub tracing: Option<TracingSettings>,
     pub clients: HashMap<String, Arc<Client>>,
     pub trusted_issuers: Vec<Arc<TrustedIssuer>>,
     pub authorities: HashMap<String, Arc<Authority>>,
@@ -60,6 +62,15 @@ impl Config {
             .values()
             .find(|a| a.connect_credential.as_deref() == Some(name))
     }
+}
+
+/// `[telemetry] otlp_endpoint` and `service_name`: spans are posted as
+/// OTLP/HTTP protobuf to `traces_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracingSettings {
+    /// `<otlp_endpoint>/v1/traces`.
+    pub traces_url: String,
+    pub service_name: String,
 }
 
 /// `[telemetry] audit_log`: a file (appended, created 0600) or stderr.

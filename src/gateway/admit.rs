@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
+use tracing::Instrument;
 
 use super::bearer::{self, Bearer};
 use super::errors::GatewayError;
@@ -65,14 +66,17 @@ pub async fn admit(
     if token_kind(token) != Some(TokenKind::Access) {
         return Err(GatewayError::InvalidToken);
     }
+    let lookup = crate::traces::token_lookup();
     let (found, hit) = gateway
         .lookup
         .find_active_counted(hash_token(token))
+        .instrument(lookup.clone())
         .await
         .map_err(|e| {
             tracing::warn!(request_id = %ctx.request_id, error = %e, "token lookup failed");
             GatewayError::StoreUnavailable
         })?;
+    lookup.record("cache", if hit { "hit" } else { "miss" });
     let counted = entry.metrics(&gateway.metrics);
     if hit {
         counted.cache_hit.inc();

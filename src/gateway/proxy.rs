@@ -102,6 +102,8 @@ pub struct RequestCtx {
     pub(super) upstream_target: String,
     /// The host the client addressed (its `Host`, or the URI's authority).
     pub(super) client_host: Option<String>,
+    /// The request's trace span (tracing on only).
+    span: Option<tracing::Span>,
 }
 
 impl Gateway {
@@ -156,7 +158,12 @@ impl ProxyHttp for Gateway {
         session.as_downstream_mut().set_pipelining_enabled(true);
         ctx.started = Some(Instant::now());
         ctx.request_id = self.ids.for_request(session.req_header());
-        match super::admit::admit(self, session, ctx).await {
+        let admitted = if crate::traces::on() {
+            self.admit_traced(session, ctx).await
+        } else {
+            super::admit::admit(self, session, ctx).await
+        };
+        match admitted {
             Ok(()) => {
                 // A credential obtained for this very request is not
                 // refreshed again when the upstream rejects it.
@@ -208,6 +215,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         prepare_upstream_request(session, upstream, ctx);
+        if let Some(span) = &ctx.span {
+            // The upstream's parent is refgate's span, not the client's.
+            for name in crate::traces::PROPAGATED {
+                upstream.remove_header(name);
+            }
+            for (name, value) in crate::traces::headers_for(span) {
+                let _ = upstream.insert_header(name, value);
+            }
+        }
         ctx.upstream_started = Some(Instant::now());
         Ok(())
     }
@@ -227,7 +243,13 @@ impl ProxyHttp for Gateway {
         if response.status != 401 {
             return Ok(());
         }
-        match self.refresh_after_rejection(session, ctx).await {
+        let span = ctx.span.clone();
+        let after = self.refresh_after_rejection(session, ctx);
+        let after = match span {
+            Some(span) => tracing::Instrument::instrument(after, span).await,
+            None => after.await,
+        };
+        match after {
             AfterRejection::PassOn => Ok(()),
             AfterRejection::Replay => {
                 let mut e = Error::explain(
@@ -372,6 +394,9 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .unwrap_or(ctx.local_status);
         let route = ctx.route.as_ref().map_or("-", |e| e.route.name.as_str());
+        if let Some(span) = &ctx.span {
+            span.record("http.response.status_code", status);
+        }
         match &ctx.route {
             Some(entry) => entry.metrics(&self.metrics).count_request(status),
             None => self
@@ -392,6 +417,33 @@ impl ProxyHttp for Gateway {
                 micros = ctx.started.map_or(0, |s| s.elapsed().as_micros() as u64),
             );
         }
+    }
+}
+
+impl Gateway {
+    /// Admission inside the request's span (child of the caller's trace);
+    /// the span then names the route, client and grant.
+    async fn admit_traced(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
+        use tracing::Instrument;
+        let request = session.req_header();
+        let span = crate::traces::gateway_request(&request.method, &request.headers);
+        let admission = span.in_scope(crate::traces::admission);
+        let admitted = super::admit::admit(self, session, ctx)
+            .instrument(admission)
+            .await;
+        if let Some(entry) = &ctx.route {
+            span.record("route", entry.route.name.as_str());
+        }
+        if let Some(grant) = &ctx.grant {
+            span.record("client_id", &*grant.client_id);
+            span.record("grant_id", &*grant.id);
+        }
+        ctx.span = Some(span);
+        admitted
     }
 }
 

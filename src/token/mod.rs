@@ -119,7 +119,7 @@ impl TokenService {
 
 /// The token service's HTTP routes.
 pub fn router(service: Arc<TokenService>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(
             "/.well-known/oauth-authorization-server",
             get(metadata::handle),
@@ -133,7 +133,8 @@ pub fn router(service: Arc<TokenService>) -> Router {
         .route("/connect/start", get(connect::start))
         .route("/connect/callback", get(connect::callback))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    crate::traces::endpoint_spans(routes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(guard::guard))

@@ -262,6 +262,7 @@ pub(super) fn validate(
         .audit_log
         .as_deref()
         .and_then(|v| audit_target(&mut c, v));
+    let tracing = tracing_settings(&mut c, &file.telemetry);
     let clients = clients(&mut c, &file.clients, &tokens);
     let trusted_issuers = trusted_issuers(&mut c, &file.trusted_issuers);
     check_exchange_sources(&mut c, &file.clients, &clients, &trusted_issuers);
@@ -281,11 +282,48 @@ pub(super) fn validate(
         gateway,
         signing,
         audit_log,
+        tracing,
         clients,
         trusted_issuers,
         authorities,
         routes,
         connect,
+    })
+}
+
+/// `[telemetry] otlp_endpoint` (an http(s) base URL without query, fragment
+/// or credentials) and `service_name` (default `refgate`).
+fn tracing_settings(
+    c: &mut Checker<'_>,
+    telemetry: &file::Telemetry,
+) -> Option<crate::config::TracingSettings> {
+    let service_name = telemetry.service_name.as_deref().unwrap_or("refgate");
+    if service_name.is_empty()
+        || service_name.len() > 200
+        || service_name.chars().any(char::is_control)
+    {
+        c.report(
+            "telemetry.service_name",
+            "must be 1 to 200 characters, none of them a control character",
+        );
+    }
+    let value = telemetry.otlp_endpoint.as_deref()?;
+    const KEY: &str = "telemetry.otlp_endpoint";
+    let url = c.http_url(KEY, value)?;
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        c.report(
+            KEY,
+            "must be a base URL without query, fragment or credentials (refgate posts to <otlp_endpoint>/v1/traces)",
+        );
+        return None;
+    }
+    Some(crate::config::TracingSettings {
+        traces_url: format!("{}/v1/traces", url.as_str().trim_end_matches('/')),
+        service_name: service_name.to_string(),
     })
 }
 

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::config::{AuthMethod, Authority};
 
@@ -73,12 +74,17 @@ impl AuthorityClient {
                 form.push(("client_secret", authority.client_secret.expose()));
             }
         }
-        let response = match request.form(&form).send().await {
+        let span = crate::traces::authority_call(&authority.name);
+        for (name, value) in crate::traces::headers_for(&span) {
+            request = request.header(name, value);
+        }
+        let response = match request.form(&form).send().instrument(span.clone()).await {
             Ok(r) => r,
             Err(e) => return Outcome::Unavailable(format!("request failed: {}", e.without_url())),
         };
         let status = response.status();
-        let body = match response.bytes().await {
+        span.record("http.response.status_code", status.as_u16());
+        let body = match response.bytes().instrument(span).await {
             Ok(b) if b.len() <= MAX_RESPONSE => b,
             Ok(_) => return Outcome::Unavailable("token response too large".into()),
             Err(e) => {

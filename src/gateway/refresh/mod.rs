@@ -135,7 +135,8 @@ impl Refresher {
         let this = self.clone();
         let (task_grant_id, task_name) = (grant_id.to_string(), name.to_string());
         let waiting_since = Instant::now();
-        let span = request_span(request_id);
+        let traced = crate::traces::refresh(name);
+        let span = traced.in_scope(|| request_span(request_id));
         // Audit lines of the refresh name the grant's client and subject.
         let audited = crate::audit::RequestScope {
             request_id: request_id.to_string(),
@@ -171,6 +172,7 @@ impl Refresher {
                 this.flights.land(&key, flight);
                 result
             }
+            .instrument(traced)
             .instrument(span.clone()),
         ));
         match tokio::time::timeout(patience, task).await {

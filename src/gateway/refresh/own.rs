@@ -58,6 +58,7 @@ impl Refresher {
                     this.flights.land(&key, flight);
                     result
                 }
+                .instrument(crate::traces::exchange(route_name))
                 .instrument(request_span(request_id)),
             )
             .await

@@ -206,6 +206,18 @@ provider.registerGrantType(MINT_GRANT, async (ctx) => {
   };
 }, ['sub', 'scope']);
 
+// --- the W3C traceparent the token endpoint last received (tracing tests) --
+let lastTraceparent = null;
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/_traceparent' && ctx.method === 'GET') {
+    return sendJson(ctx, 200, { last_traceparent: lastTraceparent });
+  }
+  if (ctx.path === '/token' && ctx.method === 'POST') {
+    lastTraceparent = ctx.get('traceparent') || null;
+  }
+  return next();
+});
+
 // --- test-control endpoints + token-endpoint fault injection ---------------
 provider.use(async (ctx, next) => {
   const { path, method } = ctx;

@@ -77,6 +77,10 @@ pub struct GrantRecord {
     /// The route whose upstream the gateway minted this grant for (a
     /// transparent exchange); its tokens are admitted on no other route.
     pub route: Option<String>,
+    /// The subject token the grant was exchanged from, sealed (see
+    /// [`crate::core::kept`]). Written when the grant is created; grant
+    /// reads leave it `None`: only [`Store::kept_subject_token`] reads it.
+    pub kept_subject_token: Option<Vec<u8>>,
 }
 
 impl GrantRecord {
@@ -198,6 +202,9 @@ pub trait Store: Send + Sync + 'static {
         grace: i64,
         new_tokens: &[NewToken],
     ) -> Result<Rotation, StoreError>;
+
+    /// The sealed subject token a live (not revoked) grant keeps.
+    async fn kept_subject_token(&self, grant_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Revokes one token; returns whether it existed.
     async fn revoke_token(&self, hash: &TokenHash) -> Result<bool, StoreError>;

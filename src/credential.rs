@@ -429,6 +429,27 @@ mod tests {
             ),
             Err("credentials.reports.access_token".into())
         );
+        // Entries of an external exchange: deleted, never made nor changed.
+        let exchanged = json!({"credentials": {"graph": {
+            "access_token": "a", "authority": "photos-as", "exchanged": true}}});
+        assert_eq!(
+            check(json!({"credentials": {"graph": null}}), exchanged.clone()),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                json!({"credentials": {"graph": {"expires_at": 1}}}),
+                exchanged
+            ),
+            Err("credentials.graph".into())
+        );
+        assert_eq!(
+            check(
+                json!({"credentials": {"graph": {"access_token": "a", "authority": "photos-as", "exchanged": true}}}),
+                json!({})
+            ),
+            Err("credentials.graph.exchanged".into())
+        );
         // Even with another authority: a client deletes refgate's entry first.
         assert_eq!(
             check(

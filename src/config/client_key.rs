@@ -32,7 +32,8 @@ impl ClientKey {
     /// Reads a PKCS#8 PEM file. The error says what is wrong without
     /// quoting the file's contents.
     pub fn read(path: &Path) -> Result<Self, String> {
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mut reader = pem.as_slice();
         let der = loop {
             match rustls_pemfile::read_one(&mut reader) {
@@ -59,8 +60,7 @@ impl ClientKey {
 
     /// An RSA or EC P-256 key from PKCS#8 DER.
     fn from_pkcs8(der: &[u8]) -> Option<Self> {
-        if let Ok(rsa) = <rsa::RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_der(der)
-        {
+        if let Ok(rsa) = <rsa::RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_der(der) {
             use rsa::pkcs1::EncodeRsaPrivateKey;
             use rsa::traits::PublicKeyParts;
             let jwk = json!({

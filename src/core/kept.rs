@@ -53,12 +53,7 @@ impl KeptSubject {
 /// The subject token grant `grant_id` keeps, if any. One that no data key
 /// opens is logged and counts as none.
 pub async fn open(grants: &Grants, grant_id: &str) -> Result<Option<KeptSubject>, Error> {
-    let Some(sealed) = grants
-        .lookup()
-        .store()
-        .kept_subject_token(grant_id)
-        .await?
-    else {
+    let Some(sealed) = grants.lookup().store().kept_subject_token(grant_id).await? else {
         return Ok(None);
     };
     let opened = match grants

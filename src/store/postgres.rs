@@ -315,13 +315,12 @@ impl Store for PostgresStore {
     }
 
     async fn kept_subject_token(&self, grant_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let row: Option<(Option<Vec<u8>>,)> = sqlx::query_as(
-            "SELECT kept_subject_token FROM grants WHERE id = $1 AND NOT revoked",
-        )
-        .bind(grant_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        let row: Option<(Option<Vec<u8>>,)> =
+            sqlx::query_as("SELECT kept_subject_token FROM grants WHERE id = $1 AND NOT revoked")
+                .bind(grant_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
         Ok(row.and_then(|(sealed,)| sealed))
     }
 

@@ -18,6 +18,7 @@ mod data_keys;
 mod deploy;
 mod dns;
 mod exchange;
+mod external_exchange;
 mod gateway_edge;
 mod gateway_errors;
 mod gateway_hostile;

@@ -300,10 +300,16 @@ fn external_exchange(
     }
     if let Some(scope) = &x.scope {
         if scope.split(' ').any(|s| !valid_scope_token(s)) {
-            c.report(key("scope"), format!("{scope:?} is not a valid scope string"));
+            c.report(
+                key("scope"),
+                format!("{scope:?} is not a valid scope string"),
+            );
         }
     } else if grant == ExternalGrant::JwtBearer {
-        c.report(key("scope"), "an on-behalf-of request (jwt-bearer) needs a scope");
+        c.report(
+            key("scope"),
+            "an on-behalf-of request (jwt-bearer) needs a scope",
+        );
     }
     if grant == ExternalGrant::JwtBearer {
         for (member, set) in [

@@ -181,7 +181,10 @@ impl Refresher {
             .is_some_and(|k| k.valid_at(now())))
     }
 
-    async fn kept_subject(&self, grant_id: &str) -> Result<Option<kept::KeptSubject>, GatewayError> {
+    async fn kept_subject(
+        &self,
+        grant_id: &str,
+    ) -> Result<Option<kept::KeptSubject>, GatewayError> {
         kept::open(&self.tokens.grants, grant_id)
             .await
             .map_err(|e| {

@@ -422,7 +422,9 @@ impl Refresher {
                 );
                 self.exchange_again(state, grant_id, name).await
             }
-            Outcome::Refused if external.is_some() && self.subject_still_valid(grant_id).await? => {
+            Outcome::Refused
+                if external.is_some() && self.subject_still_valid(grant_id).await? =>
+            {
                 // The kept subject token is still good: no consent is
                 // needed to exchange it again.
                 self.count(&authority_name, "refused");

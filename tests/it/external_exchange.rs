@@ -412,6 +412,57 @@ async fn the_authority_refusing_the_subject_token_needs_a_new_sign_in_and_is_not
     assert!(upstream.requests().is_empty());
 }
 
+#[tokio::test]
+async fn an_upstream_401_renews_an_exchanged_credential_and_replays_once() {
+    let setup = Setup::start(600, JWT_BEARER_ROUTE, true, "").await;
+    let token = setup.sign_in(&id_token("user-17", 600)).await;
+    let (status, _) = setup.get(&token).await;
+    assert_eq!(status, StatusCode::OK);
+    let first = setup.last_sent();
+    setup.upstream.reject(&format!("Bearer {first}"));
+    let (status, body) = setup.get(&token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let renewed = setup.last_sent();
+    assert_ne!(renewed, first);
+    assert!(setup.authority.is_active(&renewed).await);
+    let stats = setup.authority.stats().await;
+    assert_eq!(stats["refresh_ok"], 1, "{stats}");
+    assert_eq!(stats["exchange"], 1, "{stats}");
+}
+
+#[tokio::test]
+async fn an_unreachable_authority_is_503_and_a_still_valid_credential_keeps_serving() {
+    // Every credential is within the refresh skew from the start.
+    let setup = Setup::start(30, TOKEN_EXCHANGE_ROUTE, true, "refresh_skew = \"60s\"").await;
+    let signed_in = setup.sign_in(&id_token("user-15", 600)).await;
+    let (status, _) = setup.get(&signed_in).await;
+    assert_eq!(status, StatusCode::OK);
+    let first = setup.last_sent();
+
+    setup.authority.set_mode("down", 0).await;
+    // The refresh fails; the old token is still valid, so it is used.
+    let (status, body) = setup.get(&signed_in).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(setup.last_sent(), first);
+    // A grant with no credential yet cannot be served.
+    let other = setup.sign_in(&id_token("user-16", 600)).await;
+    let response = http()
+        .get(format!("{}/graph/me", setup.server.proxy))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .expect("proxy request");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["error"], "authority_unavailable");
+
+    // Back up: the next request exchanges.
+    setup.authority.set_mode("normal", 0).await;
+    let (status, body) = setup.get(&other).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 // --- grants without a kept subject token ------------------------------------
 
 #[tokio::test]

@@ -65,16 +65,16 @@ impl Refresher {
         request_id: &str,
     ) -> Result<Arc<Credential>, GatewayError> {
         let this = self.clone();
-        let (grant_id, name) = (grant_id.to_string(), route_name.to_string());
-        let exchange = exchange.clone();
+        let (task_grant_id, name) = (grant_id.to_string(), route_name.to_string());
+        let task_exchange = exchange.clone();
         let patience = state.config.gateway.authority_timeout;
         let task = self.control.spawn(
             async move {
-                let key = format!("{grant_id}/{name}");
+                let key = format!("{task_grant_id}/{name}");
                 let flight = this.flights.flight(&key);
                 let result = {
                     let _turn = flight.lock().await;
-                    this.external_in_turn(&state, &grant_id, &name, &key, &exchange)
+                    this.external_in_turn(&state, &task_grant_id, &name, &key, &task_exchange)
                         .await
                 };
                 this.flights.land(&key, flight);
@@ -86,7 +86,21 @@ impl Refresher {
         // and its answer is stored.
         match tokio::time::timeout(patience, task).await {
             Ok(joined) => joined.map_err(|_| GatewayError::AuthorityUnavailable)?,
-            Err(_) => Err(GatewayError::AuthorityUnavailable),
+            Err(_) => {
+                // The old credential while it is valid (a refresh taking
+                // long), else 503.
+                match self.stored(grant_id, route_name).await? {
+                    Some(current)
+                        if current.exchanged()
+                            && current.authority.as_deref() == Some(&exchange.authority)
+                            && !current.reauth_required()
+                            && !current.access_token.is_empty() =>
+                    {
+                        Self::fall_back(&current)
+                    }
+                    _ => Err(GatewayError::AuthorityUnavailable),
+                }
+            }
         }
     }
 

@@ -8,11 +8,14 @@
 //! custom data cannot plant one, introspection and the admin API never
 //! show it. A grant derived from this one (an exchange of its access token)
 //! does not inherit it: it is for the grant the subject signed in to.
+//! A data-key rotation seals kept tokens again, as it does custom data
+//! ([`reseal_stale`], called from [`crate::lookup::reseal`]).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::{Error, Grants};
+use crate::store::StoreError;
 
 /// The sealing context of a grant's kept subject token: distinct from its
 /// custom data's, so neither blob opens in the other's place.
@@ -72,6 +75,55 @@ pub async fn open(grants: &Grants, grant_id: &str) -> Result<Option<KeptSubject>
     };
     let expires_at = expiry(&token);
     Ok(Some(KeptSubject { token, expires_at }))
+}
+
+/// What a re-sealing pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resealed {
+    pub resealed: u64,
+    /// Kept tokens no configured data key opens (they count as none).
+    pub unreadable: u64,
+}
+
+/// Seals again, with the current data key, every kept subject token sealed
+/// with another one (a data-key rotation), `page` grants per query.
+pub async fn reseal_stale(grants: &Grants, page: u32) -> Result<Resealed, StoreError> {
+    let keys = grants.lookup().data_keys();
+    let store = grants.lookup().store();
+    let header = keys.current_header();
+    let mut done = Resealed::default();
+    let mut after = String::new();
+    loop {
+        let batch = store.kept_sealed_otherwise(&header, &after, page).await?;
+        let Some((last, _)) = batch.last() else {
+            break;
+        };
+        after = last.clone();
+        for (grant_id, sealed) in &batch {
+            match keys.open(&context(grant_id), 0, sealed) {
+                Ok(opened) => {
+                    let again = keys.seal(&context(grant_id), 0, &opened.plain);
+                    if store.reseal_kept(grant_id, sealed, &again).await? {
+                        done.resealed += 1;
+                    }
+                }
+                Err(e) => {
+                    done.unreadable += 1;
+                    tracing::warn!(grant = %grant_id, "a kept subject token cannot be read: {e}");
+                }
+            }
+        }
+        if batch.len() < page as usize {
+            break;
+        }
+    }
+    if done.resealed > 0 {
+        tracing::info!(
+            grants = done.resealed,
+            "sealed kept subject tokens again with the current data key"
+        );
+    }
+    Ok(done)
 }
 
 /// The `exp` of a JWT, read without checking its signature (it was checked

@@ -206,6 +206,26 @@ pub trait Store: Send + Sync + 'static {
     /// The sealed subject token a live (not revoked) grant keeps.
     async fn kept_subject_token(&self, grant_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Live grants whose kept subject token does not start with `header`,
+    /// with ids after `after`, in id order, at most `limit`: each grant's
+    /// id and sealed token.
+    async fn kept_sealed_otherwise(
+        &self,
+        header: &[u8],
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Replaces a live grant's kept subject token with `resealed` (the
+    /// same token sealed again) if it is still `current`. Returns whether
+    /// it was replaced.
+    async fn reseal_kept(
+        &self,
+        grant_id: &str,
+        current: &[u8],
+        resealed: &[u8],
+    ) -> Result<bool, StoreError>;
+
     /// Revokes one token; returns whether it existed.
     async fn revoke_token(&self, hash: &TokenHash) -> Result<bool, StoreError>;
 

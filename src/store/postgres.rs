@@ -324,6 +324,54 @@ impl Store for PostgresStore {
         Ok(row.and_then(|(sealed,)| sealed))
     }
 
+    async fn kept_sealed_otherwise(
+        &self,
+        header: &[u8],
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kept_subject_token FROM grants \
+             WHERE NOT revoked AND kept_subject_token IS NOT NULL \
+             AND substring(kept_subject_token from 1 for $2) <> $1 AND id > $3 \
+             ORDER BY id LIMIT $4",
+        )
+        .bind(header)
+        .bind(header.len() as i32)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(corrupt)?,
+                    row.try_get(1).map_err(corrupt)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn reseal_kept(
+        &self,
+        grant_id: &str,
+        current: &[u8],
+        resealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE grants SET kept_subject_token = $3 \
+             WHERE id = $1 AND kept_subject_token = $2 AND NOT revoked",
+        )
+        .bind(grant_id)
+        .bind(current)
+        .bind(resealed)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn rotate_refresh(
         &self,
         old: &TokenHash,

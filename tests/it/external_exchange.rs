@@ -463,6 +463,45 @@ async fn an_unreachable_authority_is_503_and_a_still_valid_credential_keeps_serv
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+#[tokio::test]
+async fn a_kept_subject_token_is_sealed_again_in_a_data_key_rotation() {
+    const KEY_B: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+    let mut setup = Setup::start(600, TOKEN_EXCHANGE_ROUTE, true, "").await;
+    let subject = id_token("user-18", 600);
+    let token = setup.sign_in(&subject).await;
+
+    // Key B current, the old key previous: the pass at start seals the
+    // kept token again with B...
+    setup.server.stop_cleanly();
+    crate::data_keys::configure_keys(
+        &setup.server,
+        KEY_B,
+        &format!("previous_data_keys = [\"{DATA_KEY}\"]"),
+    );
+    setup.server.mark_log("rotated");
+    setup.server.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = setup.server.log();
+        let since = log.rsplit("--- rotated").next().unwrap_or_default();
+        if since.contains("sealed kept subject tokens again with the current data key grants=1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{since}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...so it still opens once the old key is gone.
+    setup.server.stop_cleanly();
+    crate::data_keys::configure_keys(&setup.server, KEY_B, "");
+    setup.server.restart();
+    let (status, body) = setup.get(&token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        setup.exchanges().await[0]["subject_token_sha256"],
+        sha256_hex(&subject)
+    );
+}
+
 // --- grants without a kept subject token ------------------------------------
 
 #[tokio::test]

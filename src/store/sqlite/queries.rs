@@ -221,6 +221,46 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn kept_sealed_otherwise(
+        &self,
+        header: &[u8],
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let (header, after) = (header.to_vec(), after.to_string());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, kept_subject_token FROM grants \
+                 WHERE revoked = 0 AND kept_subject_token IS NOT NULL \
+                 AND substr(kept_subject_token, 1, ?2) <> ?1 \
+                 AND id > ?3 ORDER BY id LIMIT ?4",
+            )?
+            .query_map(params![header, header.len() as i64, after, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn reseal_kept(
+        &self,
+        grant_id: &str,
+        current: &[u8],
+        resealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let (id, current, resealed) = (grant_id.to_string(), current.to_vec(), resealed.to_vec());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE grants SET kept_subject_token = ?3 \
+                 WHERE id = ?1 AND kept_subject_token = ?2 AND revoked = 0",
+            )?
+            .execute(params![id, current, resealed])
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
     async fn rotate_refresh(
         &self,
         old: &TokenHash,

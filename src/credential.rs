@@ -170,6 +170,11 @@ impl Credential {
         self.authority.as_deref()
     }
 
+    /// Whether refgate obtained it by an external exchange.
+    pub fn is_exchanged(&self) -> bool {
+        self.exchanged
+    }
+
     /// Whether refgate obtained it by an external exchange at `authority`.
     pub fn exchanged_at(&self, authority: &str) -> bool {
         self.exchanged && self.authority() == Some(authority)

@@ -197,10 +197,7 @@ pub async fn admit(
         RouteAccess::ExternalExchange(exchange) => {
             let name = route.name.as_str();
             let stored = active.grant.credentials.get(name).cloned();
-            if stored
-                .as_ref()
-                .is_some_and(|c| !c.exchanged_at(&exchange.authority))
-            {
+            if stored.as_ref().is_some_and(|c| !c.is_exchanged()) {
                 // Custom data is written by clients: only what refgate's own
                 // exchange at the route's authority obtained is used.
                 tracing::warn!(
@@ -210,7 +207,9 @@ pub async fn admit(
                 );
                 return Err(GatewayError::CredentialInvalid(name.to_string()));
             }
-            let fresh = match stored {
+            // One exchanged at another authority (the route changed since)
+            // is replaced by a new exchange.
+            let fresh = match stored.filter(|c| c.exchanged_at(&exchange.authority)) {
                 Some(c) if c.reauth_required() => {
                     return Err(GatewayError::ReauthRequired(name.to_string()))
                 }

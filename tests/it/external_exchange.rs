@@ -502,6 +502,35 @@ async fn a_kept_subject_token_is_sealed_again_in_a_data_key_rotation() {
     );
 }
 
+#[tokio::test]
+async fn a_route_moved_to_another_authority_exchanges_there_anew() {
+    let mut setup = Setup::start(600, JWT_BEARER_ROUTE, true, "").await;
+    let token = setup.sign_in(&id_token("user-19", 600)).await;
+    let (status, _) = setup.get(&token).await;
+    assert_eq!(status, StatusCode::OK);
+    let first = setup.last_sent();
+
+    let second = start_authority(600, secret_client(), AUDIENCE);
+    let config = std::fs::read_to_string(&setup.server.config_path).expect("config");
+    let moved = config.replace(
+        "[routes.exchange]\nauthority = \"entra\"",
+        "[routes.exchange]\nauthority = \"entra2\"",
+    ) + &authority_toml(&second, SECRET_AUTH)
+        .replace("name = \"entra\"", "name = \"entra2\"");
+    std::fs::write(&setup.server.config_path, moved).expect("config");
+    setup.server.restart();
+
+    let (status, body) = setup.get(&token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sent = setup.last_sent();
+    assert_ne!(sent, first);
+    assert!(second.is_active(&sent).await);
+    assert_eq!(second.stats().await["exchange_ok"], 1);
+    assert_eq!(setup.authority.stats().await["exchange"], 1);
+    let view = setup.server.introspect(&token).await;
+    assert_eq!(view["custom"]["credentials"][ROUTE]["authority"], "entra2");
+}
+
 // --- grants without a kept subject token ------------------------------------
 
 #[tokio::test]

@@ -117,25 +117,29 @@ impl Refresher {
             c.exchanged() && c.authority.as_deref() == Some(&exchange.authority)
         };
         if let Some(stored) = self.stored(grant_id, name).await? {
-            if !ours(&stored) {
+            if !stored.exchanged() {
                 tracing::warn!(
                     credential = name,
                     "an external exchange route's credential was not obtained by refgate; it is not used"
                 );
                 return Err(GatewayError::CredentialInvalid(name.to_string()));
             }
-            if stored.reauth_required() {
-                return Err(GatewayError::ReauthRequired(name.to_string()));
+            if ours(&stored) {
+                if stored.reauth_required() {
+                    return Err(GatewayError::ReauthRequired(name.to_string()));
+                }
+                if !stored.needs_refresh(now(), skew) {
+                    // Another request got here first.
+                    return Ok(for_use(&stored));
+                }
+                // Refreshed (or exchanged again when that is refused) under
+                // the refresh's own lease.
+                return self
+                    .refresh_in_turn(state, grant_id, name, &Need::Expiring, key, Instant::now())
+                    .await;
             }
-            if !stored.needs_refresh(now(), skew) {
-                // Another request got here first.
-                return Ok(for_use(&stored));
-            }
-            // Refreshed (or exchanged again when that is refused) under the
-            // refresh's own lease.
-            return self
-                .refresh_in_turn(state, grant_id, name, &Need::Expiring, key, Instant::now())
-                .await;
+            // Exchanged at another authority (the route changed since): a
+            // new exchange replaces it.
         }
         let store = &self.tokens.grants;
         let lease_seconds = Self::call_limit(state).as_secs() as i64 + 5;
@@ -151,11 +155,11 @@ impl Refresher {
             let deadline = Instant::now() + Duration::from_secs(lease_seconds as u64);
             while !leased && Instant::now() < deadline {
                 tokio::time::sleep(WAIT_POLL).await;
-                if let Some(stored) = self.stored(grant_id, name).await? {
+                if let Some(stored) = self.stored(grant_id, name).await?.filter(ours) {
                     if stored.reauth_required() {
                         return Err(GatewayError::ReauthRequired(name.to_string()));
                     }
-                    if ours(&stored) && !stored.needs_refresh(now(), skew) {
+                    if !stored.needs_refresh(now(), skew) {
                         self.count(&exchange.authority, "waited");
                         return Ok(Arc::new(Credential::obtained(&stored)));
                     }
@@ -176,7 +180,7 @@ impl Refresher {
                 }
             }
             current => {
-                let current = current.unwrap_or_default();
+                let current = current.filter(ours).unwrap_or_default();
                 self.exchange_external_now(state, grant_id, name, key, exchange, &current)
                     .await
             }

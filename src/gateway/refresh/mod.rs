@@ -237,6 +237,12 @@ impl Refresher {
         }
     }
 
+    /// The client of downstream authorities' token endpoints (one client
+    /// authentication for every request made to them).
+    pub fn authority_client(&self) -> &AuthorityClient {
+        &self.authorities
+    }
+
     /// The audit trail the token service writes too.
     pub fn audit(&self) -> &crate::audit::Audit {
         &self.tokens.audit

@@ -33,11 +33,20 @@ pub struct StoredCredential {
     /// Set when the authority refused a refresh: the user must consent again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reauth_required: Option<bool>,
+    /// Set by refgate on a credential it obtained by an external exchange
+    /// (a route's `[routes.exchange] authority`); no client may set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchanged: Option<bool>,
 }
 
 impl StoredCredential {
     pub fn reauth_required(&self) -> bool {
         self.reauth_required == Some(true)
+    }
+
+    /// Whether refgate obtained it by an external exchange.
+    pub fn exchanged(&self) -> bool {
+        self.exchanged == Some(true)
     }
 
     /// Whether it must be refreshed before use at `now` with `skew` seconds.
@@ -78,6 +87,8 @@ pub struct Credential {
     /// The authority it names, as stored (checked against the
     /// configuration where it is used: the configuration may change).
     authority: Option<Box<str>>,
+    /// refgate obtained it by an external exchange.
+    exchanged: bool,
     /// This process obtained it from its authority for the request at hand
     /// (a refresh or an exchange), rather than reading it from the store:
     /// an upstream 401 to it is final, refreshing again would not help.
@@ -98,6 +109,7 @@ impl Credential {
             reauth_required: stored.reauth_required(),
             refreshable: stored.refresh_token.is_some(),
             authority: stored.authority.as_deref().map(Box::from),
+            exchanged: stored.exchanged(),
             just_obtained: false,
         }
     }
@@ -156,6 +168,16 @@ impl Credential {
     /// The authority it names.
     pub fn authority(&self) -> Option<&str> {
         self.authority.as_deref()
+    }
+
+    /// Whether refgate obtained it by an external exchange.
+    pub fn is_exchanged(&self) -> bool {
+        self.exchanged
+    }
+
+    /// Whether refgate obtained it by an external exchange at `authority`.
+    pub fn exchanged_at(&self, authority: &str) -> bool {
+        self.exchanged && self.authority() == Some(authority)
     }
 
     /// Whether refgate obtained it itself (a transparent exchange).
@@ -246,7 +268,10 @@ pub struct CredentialRefused {
 /// configured authority (`is_authority`). `"self"` entries are refgate's
 /// own (a transparent exchange's result): a client may not create one,
 /// nor put a token into one; it may change their other members or delete
-/// them. Custom data is written by clients, and the gateway acts on these
+/// them. Entries refgate obtained by an external exchange (`exchanged`)
+/// are refgate's too: a client may delete one, never create one nor change
+/// one, so it cannot point their refresh token at another authority.
+/// Custom data is written by clients, and the gateway acts on these
 /// entries: without this a client could make it redeem a refresh token
 /// that is not its own, as the token's owner.
 pub fn check_client_write(
@@ -273,7 +298,19 @@ pub fn check_client_write(
         }
         let was_self =
             entry_of(before, name).get("authority") == Some(&Value::from(SELF_AUTHORITY));
+        if entry_of(before, name).get("exchanged") == Some(&Value::Bool(true)) {
+            return refuse(
+                format!("credentials.{name}"),
+                "was obtained by refgate's exchange: a client may delete it, not change it",
+            );
+        }
         if let Value::Object(members) = change {
+            if members.get("exchanged").is_some_and(|v| !v.is_null()) {
+                return refuse(
+                    format!("credentials.{name}.exchanged"),
+                    "is set by refgate on credentials it obtained itself",
+                );
+            }
             if members.get("authority") == Some(&Value::from(SELF_AUTHORITY)) {
                 return refuse(
                     format!("credentials.{name}.authority"),
@@ -396,6 +433,27 @@ mod tests {
                 mine
             ),
             Err("credentials.reports.access_token".into())
+        );
+        // Entries of an external exchange: deleted, never made nor changed.
+        let exchanged = json!({"credentials": {"graph": {
+            "access_token": "a", "authority": "photos-as", "exchanged": true}}});
+        assert_eq!(
+            check(json!({"credentials": {"graph": null}}), exchanged.clone()),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                json!({"credentials": {"graph": {"expires_at": 1}}}),
+                exchanged
+            ),
+            Err("credentials.graph".into())
+        );
+        assert_eq!(
+            check(
+                json!({"credentials": {"graph": {"access_token": "a", "authority": "photos-as", "exchanged": true}}}),
+                json!({})
+            ),
+            Err("credentials.graph.exchanged".into())
         );
         // Even with another authority: a client deletes refgate's entry first.
         assert_eq!(

@@ -62,41 +62,55 @@ impl Discovery {
         }
     }
 
-    /// The endpoints of `authority`: the configured ones, the rest from
-    /// its discovery document when it has an `issuer`.
-    pub async fn endpoints(
+    /// The token endpoint of `authority`: the configured one, else its
+    /// discovery document's.
+    pub async fn token_endpoint(
+        &self,
+        authority: &Authority,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        if !authority.token_endpoint.is_empty() {
+            return Ok(authority.token_endpoint.clone());
+        }
+        Ok(self
+            .discovered(authority, timeout)
+            .await?
+            .token_endpoint
+            .clone())
+    }
+
+    /// The authorization endpoint of `authority`: the configured one, else
+    /// its discovery document's (`None`: it publishes none).
+    pub async fn authorization_endpoint(
+        &self,
+        authority: &Authority,
+        timeout: Duration,
+    ) -> Result<Option<String>, String> {
+        if let Some(endpoint) = &authority.authorization_endpoint {
+            return Ok(Some(endpoint.clone()));
+        }
+        Ok(self
+            .discovered(authority, timeout)
+            .await?
+            .authorization_endpoint
+            .clone())
+    }
+
+    /// The endpoints in `authority`'s discovery document, cached.
+    async fn discovered(
         &self,
         authority: &Authority,
         timeout: Duration,
     ) -> Result<Arc<Endpoints>, String> {
-        let configured = Endpoints {
-            authorization_endpoint: authority.authorization_endpoint.clone(),
-            token_endpoint: authority.token_endpoint.clone(),
-        };
         let Some(issuer) = authority.issuer.as_deref() else {
-            return Ok(Arc::new(configured));
+            return Err("the authority has neither the endpoint nor an issuer".into());
         };
-        if configured.authorization_endpoint.is_some() && !configured.token_endpoint.is_empty() {
-            return Ok(Arc::new(configured));
+        if let Some(entry) = self.cache.get(issuer) {
+            return Ok(entry.endpoints.clone());
         }
-        let discovered = match self.cache.get(issuer) {
-            Some(entry) => entry.endpoints.clone(),
-            None => {
-                let entry = Arc::new(self.fetch(issuer, timeout).await?);
-                self.cache.insert(issuer.to_string(), entry.clone());
-                entry.endpoints.clone()
-            }
-        };
-        Ok(Arc::new(Endpoints {
-            authorization_endpoint: configured
-                .authorization_endpoint
-                .or_else(|| discovered.authorization_endpoint.clone()),
-            token_endpoint: if configured.token_endpoint.is_empty() {
-                discovered.token_endpoint.clone()
-            } else {
-                configured.token_endpoint
-            },
-        }))
+        let entry = Arc::new(self.fetch(issuer, timeout).await?);
+        self.cache.insert(issuer.to_string(), entry.clone());
+        Ok(entry.endpoints.clone())
     }
 
     /// Forgets every cached document (a reload may have changed issuers).

@@ -165,6 +165,10 @@ pub struct TrustedIssuer {
     pub jwks_file: Option<String>,
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Keep the id_token a grant was exchanged from, sealed, for external
+    /// exchanges on routes.
+    #[serde(default)]
+    pub keep_subject_token: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +189,9 @@ pub struct Authority {
     pub scopes: Vec<String>,
     /// The credential a connect flow at this authority fills.
     pub connect_credential: Option<String>,
+    /// `private_key_jwt`: the PKCS#8 PEM key signing client assertions
+    /// (absent: refgate's own signing key).
+    pub private_key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,8 +222,17 @@ pub struct Route {
 
 #[derive(Debug, Deserialize)]
 pub struct RouteExchange {
-    pub client: String,
+    /// Exchange at refgate itself, as this client.
+    pub client: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
     pub audience: Option<String>,
+    /// Exchange at this `[[authorities]]` entry instead.
+    pub authority: Option<String>,
+    /// `token-exchange` or `jwt-bearer` (external exchanges).
+    pub grant: Option<String>,
+    /// The scope asked of the authority (external exchanges).
+    pub scope: Option<String>,
+    /// RFC 8707 resource asked of the authority (external exchanges).
+    pub resource: Option<String>,
 }

@@ -2,6 +2,7 @@
 //! [`Config`] (`validate`), and problem reporting with file, line and key.
 //! Only the validated [`Config`] is ever seen by the request path.
 
+mod client_key;
 mod file;
 mod locate;
 pub mod pem;
@@ -15,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crypto::{DataKeys, SecretHash};
+
+pub use client_key::ClientKey;
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -328,6 +331,9 @@ pub struct TrustedIssuer {
     pub issuer: String,
     pub jwks: JwksSource,
     pub audiences: Vec<String>,
+    /// Keep the id_token a grant is exchanged from, sealed, so that routes
+    /// can exchange it at an external authority.
+    pub keep_subject_token: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -355,12 +361,18 @@ pub struct Authority {
     /// The credential a connect flow at this authority fills; `None`: the
     /// authority is not connectable.
     pub connect_credential: Option<String>,
+    /// `private_key_jwt` with `private_key_file`: the key signing client
+    /// assertions. `None` with `private_key_jwt`: refgate's own current
+    /// signing key (published at its JWKS).
+    pub client_key: Option<Arc<ClientKey>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
+    /// RFC 7523 client assertions.
+    PrivateKeyJwt,
 }
 
 /// A gateway route.
@@ -391,6 +403,9 @@ pub enum RouteAccess {
     Credential(String),
     /// Transparent on-behalf-of: exchange the inbound token (SPEC 4.4).
     Exchange(RouteExchange),
+    /// On-behalf-of at an external authority: exchange the subject token
+    /// the inbound grant keeps.
+    ExternalExchange(ExternalExchange),
     /// Phantom token: forward a JWT refgate signs for the inbound token.
     Jwt,
 }
@@ -400,6 +415,26 @@ pub struct RouteExchange {
     pub client: String,
     pub scopes: Vec<String>,
     pub audience: Option<String>,
+}
+
+/// `[routes.exchange]` with `authority`: an exchange at that authority.
+#[derive(Debug, Clone)]
+pub struct ExternalExchange {
+    pub authority: String,
+    pub grant: ExternalGrant,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+}
+
+/// The request an external exchange makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExternalGrant {
+    /// RFC 8693 token exchange.
+    TokenExchange,
+    /// Microsoft Entra's on-behalf-of request (RFC 7523 `jwt-bearer` with
+    /// `requested_token_use=on_behalf_of`).
+    JwtBearer,
 }
 
 /// A host a route matches: exact, or every subdomain of a suffix.

@@ -31,6 +31,9 @@ pub struct Subject {
     /// The route the source grant is bound to: a grant made from a token
     /// the gateway minted for one route's upstream stays bound to it.
     pub route: Option<String>,
+    /// The subject token to keep with the new grant (an id_token whose
+    /// trusted issuer keeps them). Never inherited from a source grant.
+    pub kept_token: Option<String>,
 }
 
 impl Subject {
@@ -44,6 +47,7 @@ impl Subject {
             parent_id: None,
             not_after: None,
             route: None,
+            kept_token: None,
         }
     }
 
@@ -62,6 +66,7 @@ impl Subject {
             parent_id: Some(grant.id.to_string()),
             not_after: Some(not_after),
             route: grant.route().map(str::to_string),
+            kept_token: None,
         })
     }
 
@@ -159,6 +164,7 @@ pub async fn issue_exchanged(
             not_after: subject.not_after,
             idp: subject.idp,
             route: route.map(str::to_string).or(subject.route),
+            kept_subject_token: subject.kept_token,
             ..NewGrant::default()
         },
     )

@@ -63,6 +63,8 @@ pub struct NewGrant {
     pub idp: Option<String>,
     /// The route the gateway minted it for.
     pub route: Option<String>,
+    /// The subject token to keep, sealed, with the grant.
+    pub kept_subject_token: Option<String>,
 }
 
 /// A token's expiry: `ttl` seconds from `issued_at`, but never past the
@@ -112,8 +114,8 @@ pub async fn issue(
     });
     // A new grant starts at version 1; its custom data is sealed for it.
     let record = GrantRecord {
+        id: grant_id.clone(),
         custom_sealed: grants.seal_custom(&grant_id, 1, &grant.custom),
-        id: grant_id,
         client_id: client.id.clone(),
         subject: grant.subject,
         scopes: grant.scopes,
@@ -128,6 +130,9 @@ pub async fn issue(
         not_after: grant.not_after,
         idp: grant.idp,
         route: grant.route,
+        kept_subject_token: grant
+            .kept_subject_token
+            .map(|token| super::kept::seal(grants, &grant_id, &token)),
     };
     grants.create(&record, &tokens).await?;
     Ok(TokenResponse {

@@ -8,7 +8,8 @@
 //!   cached lookups a write affects itself;
 //! - [`error`]: the one error enum of the operations;
 //! - [`issue`], [`refresh`], [`exchange`], [`rescope`], [`arbitrary`]: the
-//!   grant types; [`custom`]: merge patches on custom data;
+//!   grant types; [`custom`]: merge patches on custom data; [`kept`]: the
+//!   subject tokens grants keep for external exchanges;
 //! - [`rotation`]: the refresh grace/replay rule; [`version`]: the grant
 //!   version check; [`scope`]: scope parameters and allowances.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod exchange;
 pub mod grants;
 pub mod issue;
+pub mod kept;
 pub mod refresh;
 pub mod rescope;
 pub mod rotation;

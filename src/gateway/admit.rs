@@ -198,6 +198,35 @@ pub async fn admit(
             };
             (name, fresh)
         }
+        RouteAccess::ExternalExchange(exchange) => {
+            let name = route.name.as_str();
+            let stored = active.grant.credentials.get(name).cloned();
+            if stored.as_ref().is_some_and(|c| !c.is_exchanged()) {
+                // Custom data is written by clients: only what refgate's own
+                // exchange at the route's authority obtained is used.
+                tracing::warn!(
+                    request_id = %ctx.request_id,
+                    credential = %name,
+                    "an external exchange route's credential was not obtained by refgate; it is not used"
+                );
+                return Err(GatewayError::CredentialInvalid(name.to_string()));
+            }
+            // One exchanged at another authority (the route changed since)
+            // is replaced by a new exchange.
+            let fresh = match stored.filter(|c| c.exchanged_at(&exchange.authority)) {
+                Some(c) if c.reauth_required() => {
+                    return Err(GatewayError::ReauthRequired(name.to_string()))
+                }
+                Some(c) if !c.needs_refresh(now(), skew) && c.is_sendable() => c,
+                _ => {
+                    gateway
+                        .refresher
+                        .exchange_external(state.clone(), grant_id, name, exchange, &ctx.request_id)
+                        .await?
+                }
+            };
+            (name, fresh)
+        }
         RouteAccess::Public | RouteAccess::Jwt => return Ok(()),
     };
     if !credential.is_sendable() {
@@ -280,7 +309,7 @@ async fn own_credential_alive(
 pub fn credential_name(route: &crate::config::Route) -> Option<&str> {
     match &route.access {
         RouteAccess::Credential(name) => Some(name),
-        RouteAccess::Exchange(_) => Some(&route.name),
+        RouteAccess::Exchange(_) | RouteAccess::ExternalExchange(_) => Some(&route.name),
         RouteAccess::Public | RouteAccess::Jwt => None,
     }
 }

@@ -32,6 +32,7 @@ pub use errors::GatewayError;
 pub use listener::{ProxyListener, TlsArrivals};
 pub use phantom::PhantomTokens;
 pub use proxy::{Drain, Gateway};
+pub use refresh::authority_client::{AuthorityClient, ClientAuthError};
 pub use refresh::Refresher;
 pub use routing::route_path;
 use routing::{RouteEntry, RouteTable};

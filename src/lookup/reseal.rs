@@ -6,7 +6,8 @@
 //! - [`reseal_stale`], at start and then now and then: opens the custom
 //!   data sealed with a previous key (or before blobs named their key) and
 //!   seals it again with the current key, at the same grant version, so
-//!   that the previous keys can be dropped.
+//!   that the previous keys can be dropped; subject tokens grants keep
+//!   ([`crate::core::kept`]) likewise.
 //!
 //! Only the key id and the counts are logged, never key material or data.
 
@@ -86,11 +87,16 @@ pub async fn reseal_stale(lookup: &Arc<TokenLookup>, holder: &str) -> Result<Res
     {
         return Ok(Resealed::default());
     }
-    let outcome = reseal_pages(lookup, &store).await;
+    let outcome = match reseal_pages(lookup, &store).await {
+        Ok(done) => crate::core::kept::reseal_stale(&store, PAGE)
+            .await
+            .map(|kept| (done, kept)),
+        Err(e) => Err(e),
+    };
     if let Err(e) = store.release_lease(LEASE, holder).await {
         tracing::debug!(error = %e, "releasing the re-seal lease failed; it expires by itself");
     }
-    let done = outcome?;
+    let (done, kept) = outcome?;
     if done.resealed > 0 {
         tracing::info!(
             grants = done.resealed,
@@ -104,7 +110,7 @@ pub async fn reseal_stale(lookup: &Arc<TokenLookup>, holder: &str) -> Result<Res
              unknown key, altered or rolled back); those grants are treated as inactive"
         );
     }
-    if lookup.data_keys().has_previous() && done.unreadable == 0 {
+    if lookup.data_keys().has_previous() && done.unreadable == 0 && kept.unreadable == 0 {
         let current = Some(lookup.data_keys().current_id());
         let counts = store.count_sealed_by_key().await?;
         if counts.iter().all(|(id, _)| *id == current) {

@@ -77,6 +77,10 @@ pub struct GrantRecord {
     /// The route whose upstream the gateway minted this grant for (a
     /// transparent exchange); its tokens are admitted on no other route.
     pub route: Option<String>,
+    /// The subject token the grant was exchanged from, sealed (see
+    /// [`crate::core::kept`]). Written when the grant is created; grant
+    /// reads leave it `None`: only [`Store::kept_subject_token`] reads it.
+    pub kept_subject_token: Option<Vec<u8>>,
 }
 
 impl GrantRecord {
@@ -198,6 +202,29 @@ pub trait Store: Send + Sync + 'static {
         grace: i64,
         new_tokens: &[NewToken],
     ) -> Result<Rotation, StoreError>;
+
+    /// The sealed subject token a live (not revoked) grant keeps.
+    async fn kept_subject_token(&self, grant_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Live grants whose kept subject token does not start with `header`,
+    /// with ids after `after`, in id order, at most `limit`: each grant's
+    /// id and sealed token.
+    async fn kept_sealed_otherwise(
+        &self,
+        header: &[u8],
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Replaces a live grant's kept subject token with `resealed` (the
+    /// same token sealed again) if it is still `current`. Returns whether
+    /// it was replaced.
+    async fn reseal_kept(
+        &self,
+        grant_id: &str,
+        current: &[u8],
+        resealed: &[u8],
+    ) -> Result<bool, StoreError>;
 
     /// Revokes one token; returns whether it existed.
     async fn revoke_token(&self, hash: &TokenHash) -> Result<bool, StoreError>;

@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0002_grant_lineage.sql"),
     include_str!("migrations/postgres/0003_signing_keys.sql"),
     include_str!("migrations/postgres/0004_grants_by_subject.sql"),
+    include_str!("migrations/postgres/0005_kept_subject_token.sql"),
 ];
 /// The notification channel.
 const CHANNEL: &str = "refgate_invalidate";
@@ -239,8 +240,9 @@ impl Store for PostgresStore {
         let text = GrantText::of(grant);
         sqlx::query(
             "INSERT INTO grants (id, client_id, subject, scopes, audience, actor, issuer, \
-             claims, custom, version, created_at, revoked, parent_id, not_after, idp, route) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, FALSE, $12, $13, $14, $15)",
+             claims, custom, version, created_at, revoked, parent_id, not_after, idp, route, \
+             kept_subject_token) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, FALSE, $12, $13, $14, $15, $16)",
         )
         .bind(&grant.id)
         .bind(&grant.client_id)
@@ -257,6 +259,7 @@ impl Store for PostgresStore {
         .bind(grant.not_after)
         .bind(&grant.idp)
         .bind(&grant.route)
+        .bind(&grant.kept_subject_token)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -309,6 +312,64 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable)?;
         row.map(|r| grant_from_row(&r, 0)).transpose()
+    }
+
+    async fn kept_subject_token(&self, grant_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let row: Option<(Option<Vec<u8>>,)> =
+            sqlx::query_as("SELECT kept_subject_token FROM grants WHERE id = $1 AND NOT revoked")
+                .bind(grant_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(row.and_then(|(sealed,)| sealed))
+    }
+
+    async fn kept_sealed_otherwise(
+        &self,
+        header: &[u8],
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kept_subject_token FROM grants \
+             WHERE NOT revoked AND kept_subject_token IS NOT NULL \
+             AND substring(kept_subject_token from 1 for $2) <> $1 AND id > $3 \
+             ORDER BY id LIMIT $4",
+        )
+        .bind(header)
+        .bind(header.len() as i32)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(corrupt)?,
+                    row.try_get(1).map_err(corrupt)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn reseal_kept(
+        &self,
+        grant_id: &str,
+        current: &[u8],
+        resealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE grants SET kept_subject_token = $3 \
+             WHERE id = $1 AND kept_subject_token = $2 AND NOT revoked",
+        )
+        .bind(grant_id)
+        .bind(current)
+        .bind(resealed)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn rotate_refresh(

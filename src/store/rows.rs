@@ -86,6 +86,7 @@ impl GrantRow {
             not_after: self.not_after,
             idp: self.idp,
             route: self.route,
+            kept_subject_token: None,
         })
     }
 }

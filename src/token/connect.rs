@@ -32,9 +32,10 @@ use serde_json::{json, Value};
 use super::error::{no_store, OAuthError};
 use super::request::{read_body, Form, FORM_LIMIT};
 use super::TokenService;
-use crate::config::{AuthMethod, Authority, Config, ConnectSettings};
+use crate::config::{Authority, Config, ConnectSettings};
 use crate::core::custom::{self, Writer};
 use crate::crypto::{token_kind, Random, TokenKind};
+use crate::gateway::AuthorityClient;
 use crate::lookup::now;
 use crate::store::UnixTime;
 
@@ -456,9 +457,9 @@ async fn redirect_to_authority(
             "the token this link was made for is no longer active",
         ));
     }
-    let endpoints = service
+    let authorization_endpoint = service
         .discovery
-        .endpoints(authority, config.gateway.authority_timeout)
+        .authorization_endpoint(authority, config.gateway.authority_timeout)
         .await
         .map_err(|why| {
             tracing::warn!(authority = %authority.name, reason = %why, "connect: discovery failed");
@@ -468,7 +469,7 @@ async fn redirect_to_authority(
                 "the authority's metadata could not be read; retry later",
             )
         })?;
-    let Some(authorization_endpoint) = endpoints.authorization_endpoint.as_deref() else {
+    let Some(authorization_endpoint) = authorization_endpoint.as_deref() else {
         return Err(Failure::new(
             StatusCode::BAD_GATEWAY,
             "authority_unavailable",
@@ -848,38 +849,36 @@ async fn redeem(
         )
     };
     let timeout = config.gateway.authority_timeout;
-    let endpoints = service
+    let token_endpoint = service
         .discovery
-        .endpoints(authority, timeout)
+        .token_endpoint(authority, timeout)
         .await
         .map_err(unavailable)?;
-    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let mut form: Vec<(&str, &str)> = vec![
+    let form: Vec<(&str, &str)> = vec![
         ("grant_type", "authorization_code"),
         ("code", code),
         ("redirect_uri", &settings.redirect_uri),
         ("code_verifier", &state.verifier),
     ];
-    let mut request = service
+    let request = service
         .http
-        .post(&endpoints.token_endpoint)
+        .post(&token_endpoint)
         .timeout(timeout)
         .header(reqwest::header::ACCEPT, "application/json");
-    match authority.auth_method {
-        AuthMethod::ClientSecretBasic => {
-            request = request.basic_auth(
-                encode(&authority.client_id),
-                Some(encode(authority.client_secret.expose())),
-            );
-        }
-        AuthMethod::ClientSecretPost => {
-            form.push(("client_id", &authority.client_id));
-            form.push(("client_secret", authority.client_secret.expose()));
-        }
+    let client = AuthorityClient::new(
+        service.http.clone(),
+        service.signing.clone(),
+        service.discovery.clone(),
+    );
+    let request = client
+        .authenticate(request, form, authority, &token_endpoint)
+        .map_err(|e| unavailable(e.to_string()))?;
+    let span = crate::traces::authority_call(&authority.name);
+    let mut request = request;
+    for (name, value) in crate::traces::headers_for(&span) {
+        request = request.header(name, value);
     }
-    let response = request
-        .form(&form)
-        .send()
+    let response = tracing::Instrument::instrument(request.send(), span)
         .await
         .map_err(|e| unavailable(format!("request failed: {}", e.without_url())))?;
     let status = response.status();

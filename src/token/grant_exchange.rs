@@ -51,7 +51,14 @@ pub async fn grant(
                 )));
             }
             tracing::debug!(issuer = %verified.issuer, "id_token subject verified");
-            Subject::of_id_token(verified.subject, verified.issuer)
+            let keeps = config
+                .trusted_issuers
+                .iter()
+                .any(|t| t.issuer == verified.issuer && t.keep_subject_token);
+            let mut subject = Subject::of_id_token(verified.subject, verified.issuer);
+            // Kept for external exchanges on routes (sealed with the grant).
+            subject.kept_token = keeps.then(|| subject_token.to_string());
+            subject
         }
         other => {
             return Err(OAuthError::invalid_request(format!(

@@ -50,6 +50,37 @@ impl Store for Traced {
             .await
     }
 
+    async fn kept_subject_token(&self, grant_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0
+            .kept_subject_token(grant_id)
+            .instrument(store_call("kept_subject_token"))
+            .await
+    }
+
+    async fn kept_sealed_otherwise(
+        &self,
+        header: &[u8],
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.0
+            .kept_sealed_otherwise(header, after, limit)
+            .instrument(store_call("kept_sealed_otherwise"))
+            .await
+    }
+
+    async fn reseal_kept(
+        &self,
+        grant_id: &str,
+        current: &[u8],
+        resealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.0
+            .reseal_kept(grant_id, current, resealed)
+            .instrument(store_call("reseal_kept"))
+            .await
+    }
+
     async fn rotate_refresh(
         &self,
         old: &TokenHash,

@@ -44,7 +44,7 @@ fn clients_env(port: u16) -> String {
 pub async fn setup(explicit: bool, more: &str) -> Setup {
     let listener = Arc::new(TcpListener::bind("127.0.0.1:0").expect("bind"));
     let port = listener.local_addr().expect("address").port();
-    let oidc = OidcAs::start_with(300, &[("CLIENTS", &clients_env(port))]);
+    let oidc = OidcAs::start_with_env(300, &[("CLIENTS", clients_env(port))]);
     let upstream = Upstream::start().await;
     let endpoints = if explicit {
         format!(

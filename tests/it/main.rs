@@ -21,6 +21,7 @@ mod deb_package;
 mod deploy;
 mod dns;
 mod exchange;
+mod external_exchange;
 mod gateway_edge;
 mod gateway_errors;
 mod gateway_hostile;

@@ -172,6 +172,7 @@ pub(super) fn trusted_issuers(
             issuer: f.issuer.clone(),
             jwks,
             audiences: f.audiences.clone(),
+            keep_subject_token: f.keep_subject_token,
         }));
     }
     out
@@ -243,7 +244,31 @@ pub(super) fn authorities(
                 );
             }
         }
+        let auth_method = match f.auth_method.as_deref() {
+            None | Some("client_secret_basic") => AuthMethod::ClientSecretBasic,
+            Some("client_secret_post") => AuthMethod::ClientSecretPost,
+            Some("private_key_jwt") => AuthMethod::PrivateKeyJwt,
+            Some(other) => {
+                c.report(
+                    key("auth_method"),
+                    format!(
+                        "`{other}` is not client_secret_basic, client_secret_post or private_key_jwt"
+                    ),
+                );
+                AuthMethod::ClientSecretBasic
+            }
+        };
         let secret = match (&f.client_secret, &f.client_secret_env) {
+            _ if auth_method == AuthMethod::PrivateKeyJwt => {
+                if f.client_secret.is_some() || f.client_secret_env.is_some() {
+                    c.report(
+                        format!("authorities[{i}]"),
+                        "private_key_jwt signs its requests: drop client_secret and \
+                         client_secret_env",
+                    );
+                }
+                None
+            }
             (Some(s), None) => Some(s.clone()),
             (None, Some(name)) => c.env_secret(&key("client_secret_env"), name),
             _ => {
@@ -254,16 +279,22 @@ pub(super) fn authorities(
                 None
             }
         };
-        let auth_method = match f.auth_method.as_deref() {
-            None | Some("client_secret_basic") => AuthMethod::ClientSecretBasic,
-            Some("client_secret_post") => AuthMethod::ClientSecretPost,
-            Some(other) => {
+        let client_key = match &f.private_key_file {
+            Some(_) if auth_method != AuthMethod::PrivateKeyJwt => {
                 c.report(
-                    key("auth_method"),
-                    format!("`{other}` is neither client_secret_basic nor client_secret_post"),
+                    key("private_key_file"),
+                    "only auth_method = \"private_key_jwt\" signs with a key",
                 );
-                AuthMethod::ClientSecretBasic
+                None
             }
+            Some(file) => match ClientKey::read(&c.path(file)) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    c.report(key("private_key_file"), e);
+                    None
+                }
+            },
+            None => None,
         };
         let authority = Authority {
             name: f.name.clone(),
@@ -275,6 +306,7 @@ pub(super) fn authorities(
             authorization_endpoint: f.authorization_endpoint.clone(),
             scopes: f.scopes.clone(),
             connect_credential: f.connect_credential.clone(),
+            client_key,
         };
         if out.insert(f.name.clone(), Arc::new(authority)).is_some() {
             c.report(

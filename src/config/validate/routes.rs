@@ -7,7 +7,7 @@ pub(super) fn routes(
     c: &mut Checker<'_>,
     list: &[file::Route],
     clients: &HashMap<String, Arc<Client>>,
-    _authorities: &HashMap<String, Arc<Authority>>,
+    authorities: &HashMap<String, Arc<Authority>>,
 ) -> Vec<Arc<Route>> {
     let mut out = Vec::new();
     let mut names = HashSet::new();
@@ -103,14 +103,31 @@ pub(super) fn routes(
                 c.word(&key("credential"), name);
                 RouteAccess::Credential(name.clone())
             }
+            (false, None, Some(x)) if x.authority.is_some() || x.client.is_none() => {
+                external_exchange(c, i, x, authorities)
+            }
             (false, None, Some(x)) => {
-                match clients.get(&x.client) {
+                let client = x.client.clone().unwrap_or_default();
+                for (member, set) in [
+                    ("grant", x.grant.is_some()),
+                    ("scope", x.scope.is_some()),
+                    ("resource", x.resource.is_some()),
+                ] {
+                    if set {
+                        c.report(
+                            key(&format!("exchange.{member}")),
+                            "belongs to an exchange at an external authority (exchange.authority); \
+                             an exchange at refgate (exchange.client) takes scopes and audience",
+                        );
+                    }
+                }
+                match clients.get(&client) {
                     Some(cl) if cl.may_use(GrantType::TokenExchange) => {
                         for (j, s) in x.scopes.iter().enumerate() {
                             if !cl.has_scope(s) {
                                 c.report(
                                     format!("routes[{i}].exchange.scopes[{j}]"),
-                                    format!("client `{}` may not obtain scope `{s}`", x.client),
+                                    format!("client `{}` may not obtain scope `{s}`", client),
                                 );
                             }
                         }
@@ -134,22 +151,22 @@ pub(super) fn routes(
                                         .map(|id| format!("`{id}`"))
                                         .collect::<Vec<_>>()
                                         .join(", "),
-                                    x.client
+                                    client
                                 ),
                             );
                         }
                     }
                     Some(_) => c.report(
                         key("exchange.client"),
-                        format!("client `{}` lacks the token-exchange grant type", x.client),
+                        format!("client `{}` lacks the token-exchange grant type", client),
                     ),
                     None => c.report(
                         key("exchange.client"),
-                        format!("no [[clients]] entry `{}`", x.client),
+                        format!("no [[clients]] entry `{}`", client),
                     ),
                 }
                 RouteAccess::Exchange(RouteExchange {
-                    client: x.client.clone(),
+                    client: client.clone(),
                     scopes: x.scopes.clone(),
                     audience: x.audience.clone(),
                 })
@@ -221,5 +238,109 @@ pub(super) fn upstream(c: &mut Checker<'_>, key: &str, value: &str) -> Option<Up
         host,
         port,
         addr,
+    })
+}
+
+/// `[routes.exchange]` with `authority`: an exchange of the inbound
+/// grant's kept subject token at that authority.
+fn external_exchange(
+    c: &mut Checker<'_>,
+    i: usize,
+    x: &file::RouteExchange,
+    authorities: &HashMap<String, Arc<Authority>>,
+) -> RouteAccess {
+    let key = |k: &str| format!("routes[{i}].exchange.{k}");
+    let authority = match (&x.authority, &x.client) {
+        (Some(_), Some(_)) => {
+            c.report(
+                key("client"),
+                "set either client (an exchange at refgate) or authority (an exchange at an \
+                 external authority), not both",
+            );
+            x.authority.clone().unwrap_or_default()
+        }
+        (Some(a), None) => {
+            if !authorities.contains_key(a) {
+                c.report(key("authority"), format!("no [[authorities]] entry `{a}`"));
+            }
+            a.clone()
+        }
+        (None, _) => {
+            c.report(
+                format!("routes[{i}].exchange"),
+                "set client (an exchange at refgate) or authority (an exchange at an external \
+                 authority)",
+            );
+            String::new()
+        }
+    };
+    let grant = match x.grant.as_deref() {
+        Some("token-exchange") => ExternalGrant::TokenExchange,
+        Some("jwt-bearer") => ExternalGrant::JwtBearer,
+        Some(other) => {
+            c.report(
+                key("grant"),
+                format!("`{other}` is neither \"token-exchange\" nor \"jwt-bearer\""),
+            );
+            ExternalGrant::TokenExchange
+        }
+        None => {
+            c.report(
+                key("grant"),
+                "an exchange at an authority names its grant: \"token-exchange\" or \"jwt-bearer\"",
+            );
+            ExternalGrant::TokenExchange
+        }
+    };
+    if !x.scopes.is_empty() {
+        c.report(
+            key("scopes"),
+            "an exchange at an authority asks for `scope` (one space-separated string)",
+        );
+    }
+    if let Some(scope) = &x.scope {
+        if scope.split(' ').any(|s| !valid_scope_token(s)) {
+            c.report(
+                key("scope"),
+                format!("{scope:?} is not a valid scope string"),
+            );
+        }
+    } else if grant == ExternalGrant::JwtBearer {
+        c.report(
+            key("scope"),
+            "an on-behalf-of request (jwt-bearer) needs a scope",
+        );
+    }
+    if grant == ExternalGrant::JwtBearer {
+        for (member, set) in [
+            ("audience", x.audience.is_some()),
+            ("resource", x.resource.is_some()),
+        ] {
+            if set {
+                c.report(
+                    key(member),
+                    "an on-behalf-of request (jwt-bearer) names its target in scope",
+                );
+            }
+        }
+    }
+    if let Some(audience) = &x.audience {
+        c.word(&key("audience"), audience);
+    }
+    if let Some(resource) = &x.resource {
+        let valid = url::Url::parse(resource).is_ok_and(|u| u.fragment().is_none());
+        if !valid {
+            c.report(
+                key("resource"),
+                format!("`{resource}` is not an absolute URI without a fragment"),
+            );
+        }
+    }
+    RouteAccess::ExternalExchange(ExternalExchange {
+        authority,
+        grant,
+        scope: x.scope.clone(),
+        audience: x.audience.clone(),
+        resource: x.resource.clone(),
     })
 }

@@ -1,27 +1,37 @@
-//! The client side of a downstream authority's token endpoint: one
-//! `refresh_token` grant request, and what its answer means for the
-//! credential (SPEC 4.2). Only `invalid_grant` is a refusal (re-consent);
-//! anything else is the authority being unavailable.
+//! The client side of a downstream authority's token endpoint: a
+//! `refresh_token` grant request (SPEC 4.2), an exchange of a kept subject
+//! token (RFC 8693 or Entra's on-behalf-of request), and what an answer
+//! means for the credential. Only `invalid_grant` is a refusal
+//! (re-consent); anything else is the authority being unavailable.
+//!
+//! Every request authenticates the same way, in [`AuthorityClient::authenticate`]:
+//! `client_secret_basic`, `client_secret_post`, or `private_key_jwt`
+//! (RFC 7523 §2.2: a short-lived assertion signed with the authority's
+//! `private_key_file`, or with refgate's own current signing key).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::json;
 use tracing::Instrument;
 
-use crate::config::{AuthMethod, Authority};
+use crate::config::{AuthMethod, Authority, ExternalExchange, ExternalGrant};
+use crate::crypto::Random;
+use crate::signing::SigningKeys;
 
 /// Largest token response read from an authority.
 const MAX_RESPONSE: usize = 64 * 1024;
 
 /// What an authority answered.
-pub(super) enum Outcome {
+pub enum Outcome {
     Fresh(TokenFields),
     Refused,
     Unavailable(String),
 }
 
 #[derive(Debug, Deserialize)]
-pub(super) struct TokenFields {
+pub struct TokenFields {
     pub access_token: String,
     #[serde(default)]
     pub refresh_token: Option<String>,
@@ -38,12 +48,110 @@ struct ErrorFields {
     error: String,
 }
 
+/// RFC 7523 §2.2 client assertion type.
+const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// A client assertion is good for this long.
+const ASSERTION_LIFETIME: i64 = 60;
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+
+/// A client assertion could not be signed (no signing key signs now).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot sign a client assertion: {0}")]
+pub struct ClientAuthError(String);
+
 /// Calls authorities' token endpoints.
-pub(super) struct AuthorityClient {
-    pub http: reqwest::Client,
+pub struct AuthorityClient {
+    http: reqwest::Client,
+    /// refgate's own keys: `private_key_jwt` without `private_key_file`.
+    signing: Arc<SigningKeys>,
+    /// Token endpoints of authorities configured by `issuer`.
+    discovery: Arc<crate::discovery::Discovery>,
+    random: Random,
 }
 
 impl AuthorityClient {
+    pub fn new(
+        http: reqwest::Client,
+        signing: Arc<SigningKeys>,
+        discovery: Arc<crate::discovery::Discovery>,
+    ) -> Self {
+        AuthorityClient {
+            http,
+            signing,
+            discovery,
+            random: Random::default(),
+        }
+    }
+
+    /// Adds `authority`'s client authentication to a token-endpoint
+    /// request and sets `form` (with whatever the method adds) as its body.
+    /// `token_endpoint` is where the request goes (the assertion's `aud`).
+    pub fn authenticate(
+        &self,
+        request: reqwest::RequestBuilder,
+        form: Vec<(&str, &str)>,
+        authority: &Authority,
+        token_endpoint: &str,
+    ) -> Result<reqwest::RequestBuilder, ClientAuthError> {
+        // Shorter-lived fields join it below (the assertion).
+        let mut form: Vec<(&str, &str)> = form;
+        let encode =
+            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        match authority.auth_method {
+            AuthMethod::ClientSecretBasic => Ok(request
+                .basic_auth(
+                    encode(&authority.client_id),
+                    Some(encode(authority.client_secret.expose())),
+                )
+                .form(&form)),
+            AuthMethod::ClientSecretPost => {
+                form.push(("client_id", &authority.client_id));
+                form.push(("client_secret", authority.client_secret.expose()));
+                Ok(request.form(&form))
+            }
+            AuthMethod::PrivateKeyJwt => {
+                let assertion = self.client_assertion(authority, token_endpoint)?;
+                let mut form: Vec<(&str, &str)> = form;
+                form.push(("client_id", &authority.client_id));
+                form.push(("client_assertion_type", JWT_BEARER_ASSERTION));
+                form.push(("client_assertion", &assertion));
+                Ok(request.form(&form))
+            }
+        }
+    }
+
+    /// An RFC 7523 client assertion for `authority`: issued by and about
+    /// the client, for the token endpoint, short-lived, never reused.
+    fn client_assertion(
+        &self,
+        authority: &Authority,
+        token_endpoint: &str,
+    ) -> Result<String, ClientAuthError> {
+        let now = crate::lookup::now();
+        let claims = json!({
+            "iss": authority.client_id,
+            "sub": authority.client_id,
+            "aud": token_endpoint,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME,
+            "jti": self.random.grant_id(),
+        });
+        match &authority.client_key {
+            Some(key) => {
+                let mut header = jsonwebtoken::Header::new(key.algorithm);
+                header.kid = Some(key.kid.clone());
+                jsonwebtoken::encode(&header, &claims, &key.signer)
+                    .map_err(|e| ClientAuthError(e.to_string()))
+            }
+            None => self
+                .signing
+                .sign("JWT", &claims)
+                .map_err(|e| ClientAuthError(e.to_string())),
+        }
+    }
+
     /// Redeems `refresh_token` at `authority`, giving up after `timeout`.
     pub async fn refresh(
         &self,
@@ -51,34 +159,70 @@ impl AuthorityClient {
         refresh_token: &str,
         timeout: Duration,
     ) -> Outcome {
-        let encode =
-            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        let mut form: Vec<(&str, &str)> = vec![
+        let form = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token),
         ];
-        let mut request = self
-            .http
-            .post(&authority.token_endpoint)
-            .timeout(timeout)
-            .header(reqwest::header::ACCEPT, "application/json");
-        match authority.auth_method {
-            AuthMethod::ClientSecretBasic => {
-                request = request.basic_auth(
-                    encode(&authority.client_id),
-                    Some(encode(authority.client_secret.expose())),
-                );
-            }
-            AuthMethod::ClientSecretPost => {
-                form.push(("client_id", &authority.client_id));
-                form.push(("client_secret", authority.client_secret.expose()));
+        self.token_request(authority, form, timeout).await
+    }
+
+    /// Exchanges `subject_token` at `authority` as `exchange` says.
+    pub async fn exchange(
+        &self,
+        authority: &Authority,
+        exchange: &ExternalExchange,
+        subject_token: &str,
+        timeout: Duration,
+    ) -> Outcome {
+        let mut form = match exchange.grant {
+            ExternalGrant::TokenExchange => vec![
+                ("grant_type", TOKEN_EXCHANGE_GRANT),
+                ("subject_token", subject_token),
+                ("subject_token_type", ID_TOKEN_TYPE),
+            ],
+            ExternalGrant::JwtBearer => vec![
+                ("grant_type", JWT_BEARER_GRANT),
+                ("requested_token_use", "on_behalf_of"),
+                ("assertion", subject_token),
+            ],
+        };
+        for (name, value) in [
+            ("scope", &exchange.scope),
+            ("audience", &exchange.audience),
+            ("resource", &exchange.resource),
+        ] {
+            if let Some(value) = value {
+                form.push((name, value));
             }
         }
+        self.token_request(authority, form, timeout).await
+    }
+
+    /// Posts `form` to `authority`'s token endpoint, authenticated.
+    async fn token_request(
+        &self,
+        authority: &Authority,
+        form: Vec<(&str, &str)>,
+        timeout: Duration,
+    ) -> Outcome {
+        let endpoint = match self.discovery.token_endpoint(authority, timeout).await {
+            Ok(e) => e,
+            Err(why) => return Outcome::Unavailable(why),
+        };
+        let request = self
+            .http
+            .post(&endpoint)
+            .timeout(timeout)
+            .header(reqwest::header::ACCEPT, "application/json");
+        let mut request = match self.authenticate(request, form, authority, &endpoint) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Unavailable(e.to_string()),
+        };
         let span = crate::traces::authority_call(&authority.name);
         for (name, value) in crate::traces::headers_for(&span) {
             request = request.header(name, value);
         }
-        let response = match request.form(&form).send().instrument(span.clone()).await {
+        let response = match request.send().instrument(span.clone()).await {
             Ok(r) => r,
             Err(e) => return Outcome::Unavailable(format!("request failed: {}", e.without_url())),
         };

@@ -19,11 +19,13 @@
 //! The jobs: `flight` (who refreshes what in this process),
 //! `authority_client` (a downstream authority's token endpoint), `own`
 //! (credentials refgate obtains from itself: transparent exchange and
-//! authority `self`); this file decides when to refresh, takes the lease,
-//! and stores the result. refgate's
+//! authority `self`), `external` (credentials obtained by exchanging a
+//! grant's kept subject token at an external authority); this file decides
+//! when to refresh, takes the lease, and stores the result. refgate's
 //! own token service is called directly ([`crate::core`]), never over HTTP.
 
-mod authority_client;
+pub mod authority_client;
+mod external;
 mod flight;
 mod own;
 
@@ -107,10 +109,12 @@ impl Refresher {
             std::process::id(),
             tokens.grants.random().grant_id()
         );
+        let authorities =
+            AuthorityClient::new(http, tokens.signing.clone(), tokens.discovery.clone());
         Refresher {
             lookup,
             tokens,
-            authorities: AuthorityClient { http },
+            authorities,
             metrics,
             control,
             holder,
@@ -236,6 +240,12 @@ impl Refresher {
         }
     }
 
+    /// The client of downstream authorities' token endpoints (one client
+    /// authentication for every request made to them).
+    pub fn authority_client(&self) -> &AuthorityClient {
+        &self.authorities
+    }
+
     /// The audit trail the token service writes too.
     pub fn audit(&self) -> &crate::audit::Audit {
         &self.tokens.audit
@@ -347,10 +357,16 @@ impl Refresher {
         current: StoredCredential,
     ) -> Result<Arc<Credential>, GatewayError> {
         let authority_name = current.authority.clone().unwrap_or_default();
+        let external = external::route_of(state, name, &current);
         let Some(refresh_token) = current.refresh_token.clone() else {
             if authority_name == SELF_AUTHORITY {
                 // SPEC 4.4: no refresh token, so exchange again.
                 return self.exchange_again(state, grant_id, name).await;
+            }
+            if let Some(exchange) = &external {
+                return self
+                    .exchange_external_now(state, grant_id, name, key, exchange, &current)
+                    .await;
             }
             return if current.still_valid(now()) {
                 Ok(for_use(&current))
@@ -396,6 +412,7 @@ impl Refresher {
                     authority: current.authority.clone(),
                     scope: fields.scope.or(current.scope.clone()),
                     reauth_required: None,
+                    exchanged: current.exchanged,
                 };
                 self.store_credential(grant_id, name, &stored).await;
                 let fresh = Arc::new(Credential::obtained(&stored));
@@ -413,6 +430,20 @@ impl Refresher {
                     "refgate refused to refresh its own exchanged credential; exchanging again"
                 );
                 self.exchange_again(state, grant_id, name).await
+            }
+            Outcome::Refused
+                if external.is_some() && self.subject_still_valid(grant_id).await? =>
+            {
+                // The kept subject token is still good: no consent is
+                // needed to exchange it again.
+                self.count(&authority_name, "refused");
+                tracing::info!(
+                    credential = name,
+                    "the authority refused to refresh an exchanged credential; exchanging again"
+                );
+                let exchange = external.as_ref().expect("checked by the guard");
+                self.exchange_external_now(state, grant_id, name, key, exchange, &current)
+                    .await
             }
             Outcome::Refused => {
                 self.count(&authority_name, "refused");
@@ -469,6 +500,7 @@ impl Refresher {
                 "expires_at",
                 "scope",
                 "reauth_required",
+                "exchanged",
             ] {
                 map.entry(member).or_insert(Value::Null);
             }

@@ -224,6 +224,7 @@ impl Refresher {
             authority: Some(SELF_AUTHORITY.into()),
             scope: Some(response.scope).filter(|s| !s.is_empty()),
             reauth_required: None,
+            exchanged: None,
         };
         self.store_credential(grant_id, name, &stored).await;
         Arc::new(Credential::obtained(&stored))

@@ -50,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0003_grant_lineage.sql"),
     include_str!("../migrations/sqlite/0004_signing_keys.sql"),
     include_str!("../migrations/sqlite/0005_grants_by_subject.sql"),
+    include_str!("../migrations/sqlite/0006_kept_subject_token.sql"),
 ];
 
 /// How long the writer, and a read moved off the calling thread, wait for

@@ -168,8 +168,9 @@ impl Store for SqliteStore {
             let text = GrantText::of(&grant);
             conn.prepare_cached(
                 "INSERT INTO grants (id, client_id, subject, scopes, audience, actor, issuer, \
-                 claims, custom, version, created_at, revoked, parent_id, not_after, idp, route) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12, ?13, ?14, ?15)",
+                 claims, custom, version, created_at, revoked, parent_id, not_after, idp, route, \
+                 kept_subject_token) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12, ?13, ?14, ?15, ?16)",
             )?
             .execute(params![
                 grant.id,
@@ -186,7 +187,8 @@ impl Store for SqliteStore {
                 grant.parent_id,
                 grant.not_after,
                 grant.idp,
-                grant.route
+                grant.route,
+                grant.kept_subject_token
             ])?;
             insert_tokens(conn, &grant.id, &tokens)
         })
@@ -204,6 +206,59 @@ impl Store for SqliteStore {
     async fn find_grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| query_grant(conn, &id)).await
+    }
+
+    async fn kept_subject_token(&self, grant_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let id = grant_id.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT kept_subject_token FROM grants WHERE id = ?1 AND revoked = 0",
+            )?
+            .query_row(params![id], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .optional()
+            .map(Option::flatten)
+        })
+        .await
+    }
+
+    async fn kept_sealed_otherwise(
+        &self,
+        header: &[u8],
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let (header, after) = (header.to_vec(), after.to_string());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, kept_subject_token FROM grants \
+                 WHERE revoked = 0 AND kept_subject_token IS NOT NULL \
+                 AND substr(kept_subject_token, 1, ?2) <> ?1 \
+                 AND id > ?3 ORDER BY id LIMIT ?4",
+            )?
+            .query_map(params![header, header.len() as i64, after, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn reseal_kept(
+        &self,
+        grant_id: &str,
+        current: &[u8],
+        resealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let (id, current, resealed) = (grant_id.to_string(), current.to_vec(), resealed.to_vec());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE grants SET kept_subject_token = ?3 \
+                 WHERE id = ?1 AND kept_subject_token = ?2 AND revoked = 0",
+            )?
+            .execute(params![id, current, resealed])
+            .map(|n| n == 1)
+        })
+        .await
     }
 
     async fn rotate_refresh(

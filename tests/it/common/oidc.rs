@@ -21,11 +21,12 @@ pub const CLIENT_SECRET: &str = "gateway-secret";
 impl OidcAs {
     /// Starts it with access tokens living `access_ttl` seconds.
     pub fn start(access_ttl: u64) -> Self {
-        Self::start_with(access_ttl, &[])
+        Self::start_with_env(access_ttl, &[])
     }
 
-    /// Starts it with more environment (`CLIENTS`, …).
-    pub fn start_with(access_ttl: u64, env: &[(&str, &str)]) -> Self {
+    /// Starts it with extra environment variables (`CLIENTS`,
+    /// `SUBJECT_JWKS_FILE`, … see tests/peers/oidc-as/README.md).
+    pub fn start_with_env(access_ttl: u64, env: &[(&str, String)]) -> Self {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/oidc-as");
         assert!(
             std::path::Path::new(dir).join("node_modules").exists(),
@@ -36,7 +37,7 @@ impl OidcAs {
             .current_dir(dir)
             .env("PORT", "0")
             .env("ACCESS_TTL", access_ttl.to_string())
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -5,6 +5,8 @@
 
 import http from 'node:http';
 
+import { registerExchangeGrants } from './exchange-grants.js';
+
 // oidc-provider prints its NOTICE lines through console.info (stdout). Keep stdout clean.
 console.log = console.error;
 console.info = console.error;
@@ -217,6 +219,8 @@ provider.use(async (ctx, next) => {
   }
   return next();
 });
+// --- token exchange + on-behalf-of grants (exchange-grants.js) ------------
+registerExchangeGrants(provider, { errors, stats, scopes: SCOPES, grantIds });
 
 // --- test-control endpoints + token-endpoint fault injection ---------------
 provider.use(async (ctx, next) => {

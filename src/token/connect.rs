@@ -242,13 +242,26 @@ async fn connect(service: &TokenService, request: Request<Body>) -> Result<Value
     };
     let grant = &active.grant;
     service.check_rate(&grant.client_id).map_err(refuse)?;
-    let name = form.require("authority").map_err(refuse)?;
-    let authority = connectable(&config, name).ok_or_else(|| {
-        refuse(OAuthError::invalid_request(format!(
-            "`{}` is not an authority a connect flow can use",
-            printable(name)
-        )))
-    })?;
+    // The authority by name, or the one that fills a route's credential.
+    let authority = match (form.get("authority"), form.get("route")) {
+        (Some(name), None) => connectable(&config, name).ok_or_else(|| {
+            refuse(OAuthError::invalid_request(format!(
+                "`{}` is not an authority a connect flow can use",
+                printable(name)
+            )))
+        })?,
+        (None, Some(route)) => connectable_for_route(&config, route).ok_or_else(|| {
+            refuse(OAuthError::invalid_request(format!(
+                "route `{}` forwards no credential a connect flow can fill",
+                printable(route)
+            )))
+        })?,
+        _ => {
+            return Err(refuse(OAuthError::invalid_request(
+                "send exactly one of `authority` and `route`",
+            )))
+        }
+    };
     let return_to = match form.get("return_to") {
         None => None,
         Some(url) => Some(allowed_return(settings, url).ok_or_else(|| {
@@ -289,6 +302,16 @@ fn connectable<'a>(config: &'a Config, name: &str) -> Option<&'a Arc<Authority>>
         .authorities
         .get(name)
         .filter(|a| a.connect_credential.is_some())
+}
+
+/// The connectable authority that fills the credential route `name`
+/// forwards.
+fn connectable_for_route<'a>(config: &'a Config, name: &str) -> Option<&'a Arc<Authority>> {
+    let route = config.routes.iter().find(|r| r.name == name)?;
+    match &route.access {
+        crate::config::RouteAccess::Credential(credential) => config.connectable_for(credential),
+        _ => None,
+    }
 }
 
 /// `url` normalised, when it starts with an allowed prefix.

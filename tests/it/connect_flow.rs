@@ -353,6 +353,16 @@ async fn the_connect_endpoint_refuses_what_it_cannot_serve() {
     }
     let (status, body) = ask_connect(&server, &token, &[]).await;
     assert_bad_request(status, &body, "invalid_request");
+    // By route: the authority that fills the route's credential.
+    let (status, body) = ask_connect(&server, &token, &[("route", "photos")]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for form in [
+        vec![("route", "nope")],
+        vec![("route", "photos"), ("authority", "oidc")],
+    ] {
+        let (status, body) = ask_connect(&server, &token, &form).await;
+        assert_bad_request(status, &body, "invalid_request");
+    }
 
     // return_to off the allow-list: other hosts, look-alike hosts, tricks.
     for return_to in [

@@ -658,6 +658,34 @@ async fn idle_sockets(port: u16, n: usize) -> Vec<TcpStream> {
     sockets
 }
 
+/// Waits (at most 10 s) until the server has closed at least `n` of
+/// `sockets`.
+async fn closed_at_least(sockets: &[TcpStream], n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let closed = sockets
+            .iter()
+            .filter(|s| {
+                let mut byte = [0u8; 1];
+                match s.try_read(&mut byte) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                }
+            })
+            .count();
+        if closed >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {closed} of {} sockets were closed",
+            sockets.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// How long until the server closes a connection that sends `start` and
 /// then one more byte every 300 ms.
 async fn trickle_until_closed(port: u16, start: &[u8]) -> Duration {
@@ -1103,6 +1131,10 @@ async fn tls_handshakes_count_against_the_proxy_limit_and_have_the_head_deadline
         .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
         .await
         .expect("write");
+    // The proxy accepts on each of its threads: wait until it has taken in
+    // the whole flood (closing the oldest to stay at 20), so that the real
+    // client arrives after it, as the point of the test is.
+    closed_at_least(&silent, 20).await;
     let started = Instant::now();
     let answer = client.get(&url).send().await.expect("served over TLS");
     assert_eq!(answer.status(), 200);

@@ -176,6 +176,7 @@ upstream_stat() {
 # whatever else the machine is doing. Counting is switched on only for the
 # measured requests (after a warm-up), so start-up is left out.
 # usage: count_instructions VAR NAME PORT TOKENS_FILE -- COMMAND...
+# (COUNT_PATH: the path requested, default /api/count)
 # Sets VAR to the instructions per request.
 count_instructions() {
     local var=$1 name=$2 port=$3 tokens=$4
@@ -199,7 +200,7 @@ count_instructions() {
         curl -s -o /dev/null --max-time 5 "$url/api/ready" && break
         sleep 0.2
     done
-    local touch=("$TOKENS_BIN" touch --proxy "$url" --path /api/count --tokens "$tokens" --concurrency 4)
+    local touch=("$TOKENS_BIN" touch --proxy "$url" --path "${COUNT_PATH:-/api/count}" --tokens "$tokens" --concurrency 4)
     on_client_cpus "${touch[@]}" >/dev/null 2>>"$WORK/bench_tokens.log" || die "$name: the warm-up failed"
     callgrind_control -i on "$pid" >/dev/null 2>&1
     on_client_cpus "${touch[@]}" >/dev/null 2>>"$WORK/bench_tokens.log" || die "$name: the measured requests failed"

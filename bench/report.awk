@@ -106,7 +106,7 @@ function table(title, wanted,    names, nnames, i, j, key, count) {
 }
 
 END {
-    table("Proxy paths", "direct nginx pingora-bare refgate-hot refgate-cold phantom-hot phantom-cold")
+    table("Proxy paths", "direct nginx nginx-lua pingora-bare refgate-hot refgate-cold phantom-hot phantom-cold")
     table("Token endpoint", "token-issue token-introspect")
     print "### Ratios (median of per-round ratios)"
     print ""
@@ -127,6 +127,24 @@ END {
             ratio("refgate-cold", "refgate-hot", c, "cpu")
     }
     print ""
+    lua = 0
+    for (i = 1; i <= nconns; i++) if (("nginx-lua", conns_list[i]) in n) lua = 1
+    if (lua) {
+        print "### Against nginx + Lua (median of per-round ratios)"
+        print ""
+        print "nginx-lua is the phantom-token gateway an nginx shop writes instead of refgate. Above 1.00 refgate is ahead for req/s; below 1.00 for CPU per request."
+        print ""
+        print "| conns | refgate-hot / nginx-lua req/s | refgate-hot / nginx-lua CPU per request | nginx-lua / nginx req/s | p99 refgate-hot - nginx-lua |"
+        print "|---:|---:|---:|---:|---:|"
+        for (i = 1; i <= nconns; i++) {
+            c = conns_list[i]
+            if (!(("nginx-lua", c) in n) || !(("refgate-hot", c) in n)) continue
+            printf "| %s | %s | %s | %s | %s |\n", c, ratio("refgate-hot", "nginx-lua", c, "rps"),
+                ratio("refgate-hot", "nginx-lua", c, "cpu"), ratio("nginx-lua", "nginx", c, "rps"),
+                ms(column(p99, "refgate-hot" SUBSEP c, n["refgate-hot", c]) - column(p99, "nginx-lua" SUBSEP c, n["nginx-lua", c]))
+        }
+        print ""
+    }
     phantom = 0
     for (i = 1; i <= nconns; i++) if (("phantom-hot", conns_list[i]) in n) phantom = 1
     if (!phantom) exit

@@ -139,6 +139,8 @@ fn bench_report_renders_medians_and_per_round_ratios() {
         "pingora-bare\t16\t2\t10000\t1400\t2000\t9000\t0\t40.0",
         "refgate-hot\t16\t2\t15000\t1000\t2400\t31000\t0\t60.0",
         "refgate-cold\t16\t2\t3000\t5000\t12000\t40000\t2\t300.0",
+        "nginx-lua\t16\t1\t40000\t450\t1000\t5000\t0\t20.0",
+        "nginx-lua\t16\t2\t20000\t900\t2000\t5000\t0\t40.0",
         "phantom-hot\t16\t1\t29000\t500\t1200\t30000\t0\t31.0",
         "phantom-cold\t16\t1\t5000\t3000\t7000\t40000\t0\t180.0",
         "phantom-hot\t16\t2\t15000\t1000\t2400\t31000\t0\t60.0",
@@ -174,6 +176,12 @@ fn bench_report_renders_medians_and_per_round_ratios() {
     // signing cost per token: the median of 30 and 100 µs.
     assert!(
         report.contains("| 16 | 0.98 | 1.02 | 0.75 | 65.0 µs |"),
+        "{report}"
+    );
+    // Against nginx + Lua: 30000/40000 and 15000/20000; p99 medians 1.8 and
+    // 1.5 ms.
+    assert!(
+        report.contains("| 16 | 0.75 | 1.50 | 1.00 | 0.30 ms |"),
         "{report}"
     );
 }

@@ -97,6 +97,30 @@ impl Failure {
         Self::new(StatusCode::BAD_REQUEST, code, description)
     }
 
+    fn not_configured() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the connect flow is not configured",
+        )
+    }
+
+    fn store_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the token store is unavailable; retry shortly",
+        )
+    }
+
+    /// The grant the flow was started for is revoked or has no live token.
+    fn grant_inactive() -> Self {
+        Self::bad(
+            "invalid_token",
+            "the token this flow was started for is no longer active",
+        )
+    }
+
     fn render(&self, headers: &HeaderMap) -> Response {
         let wants_json = headers
             .get(header::ACCEPT)
@@ -397,25 +421,13 @@ async fn use_once(
         .store()
         .try_lease(&format!("{purpose}:{id}"), &holder, now(), until)
         .await
-        .map_err(|_| {
-            Failure::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the token store is unavailable; retry shortly",
-            )
-        })
+        .map_err(|_| Failure::store_unavailable())
 }
 
 /// Whether grant `id` is still live: not revoked, and some token of it
 /// still valid.
 async fn grant_is_live(service: &TokenService, id: &str) -> Result<bool, Failure> {
-    let unavailable = |_| {
-        Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the token store is unavailable; retry shortly",
-        )
-    };
+    let unavailable = |_| Failure::store_unavailable();
     if service
         .grants
         .find_grant_fresh(id)
@@ -451,13 +463,10 @@ async fn redirect_to_authority(
     request: &Parts,
 ) -> Result<Response, Failure> {
     let config = service.config();
-    let settings = config.connect.as_ref().ok_or_else(|| {
-        Failure::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "the connect flow is not configured",
-        )
-    })?;
+    let settings = config
+        .connect
+        .as_ref()
+        .ok_or_else(Failure::not_configured)?;
     let pairs = query(request)?;
     let ticket: Ticket = param(&pairs, "ticket")
         .and_then(|t| open(service, TICKET_PURPOSE, t))
@@ -475,10 +484,7 @@ async fn redirect_to_authority(
     let authority = connectable(&config, &ticket.authority)
         .ok_or_else(|| Failure::bad("invalid_request", "the authority is no longer connectable"))?;
     if !grant_is_live(service, &ticket.grant).await? {
-        return Err(Failure::bad(
-            "invalid_token",
-            "the token this link was made for is no longer active",
-        ));
+        return Err(Failure::grant_inactive());
     }
     let authorization_endpoint = service
         .discovery
@@ -614,13 +620,10 @@ pub async fn callback(
 
 async fn finish(service: &TokenService, request: &Parts) -> Result<Response, Failure> {
     let config = service.config();
-    let settings = config.connect.as_ref().ok_or_else(|| {
-        Failure::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "the connect flow is not configured",
-        )
-    })?;
+    let settings = config
+        .connect
+        .as_ref()
+        .ok_or_else(Failure::not_configured)?;
     let pairs = query(request)?;
     let state: FlowState = param(&pairs, "state")
         .and_then(|s| open(service, STATE_PURPOSE, s))
@@ -686,10 +689,7 @@ async fn finish(service: &TokenService, request: &Parts) -> Result<Response, Fai
         .filter(|c| !c.is_empty())
         .ok_or_else(|| Failure::bad("invalid_request", "the authority sent no code"))?;
     if !grant_is_live(service, &state.grant).await? {
-        return done(Err(Failure::bad(
-            "invalid_token",
-            "the token this flow was started for is no longer active",
-        )));
+        return done(Err(Failure::grant_inactive()));
     }
     let Some(grant) = service
         .grants
@@ -698,10 +698,7 @@ async fn finish(service: &TokenService, request: &Parts) -> Result<Response, Fai
         .ok()
         .flatten()
     else {
-        return done(Err(Failure::bad(
-            "invalid_token",
-            "the token this flow was started for is no longer active",
-        )));
+        return done(Err(Failure::grant_inactive()));
     };
     let fields = redeem(service, &config, authority, settings, code, &state).await?;
     // The person who signed in at the authority must be the grant's
@@ -746,12 +743,7 @@ async fn finish(service: &TokenService, request: &Parts) -> Result<Response, Fai
     .await
     {
         Ok(_) => {}
-        Err(crate::core::Error::TokenInactive) => {
-            return done(Err(Failure::bad(
-                "invalid_token",
-                "the token this flow was started for is no longer active",
-            )))
-        }
+        Err(crate::core::Error::TokenInactive) => return done(Err(Failure::grant_inactive())),
         Err(e) => {
             tracing::error!(error = %e, "connect: could not store the credential");
             return done(Err(Failure::new(

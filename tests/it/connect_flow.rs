@@ -214,6 +214,18 @@ async fn stored_photos(server: &Refgate, token: &str) -> Value {
     body["custom"]["credentials"]["photos"].clone()
 }
 
+/// Revokes `app`'s access token `token`.
+async fn revoke(server: &Refgate, token: &str) {
+    let (status, _) = server
+        .post_form(
+            "/oauth2/revoke",
+            Some(("app", "app-secret")),
+            &[("token", token)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_connect_flow_fills_the_credential_the_gateway_asked_for() {
     let Setup {
@@ -522,14 +534,7 @@ async fn a_denial_or_a_revocation_before_the_callback_stores_nothing() {
     // redeemed.
     let uri = connect_uri(&server, &token, None).await;
     let callback = authorize(&browser, &uri, "alice", true).await;
-    let (status, _) = server
-        .post_form(
-            "/oauth2/revoke",
-            Some(("app", "app-secret")),
-            &[("token", &token)],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    revoke(&server, &token).await;
     let refused = browser.get(&callback).send().await.expect("callback");
     let status = refused.status();
     let page = refused.text().await.expect("page");
@@ -540,13 +545,7 @@ async fn a_denial_or_a_revocation_before_the_callback_stores_nothing() {
     // A connect_uri of a revoked token does not start a flow either.
     let fresh = server.access_token("app").await;
     let uri = connect_uri(&server, &fresh, None).await;
-    server
-        .post_form(
-            "/oauth2/revoke",
-            Some(("app", "app-secret")),
-            &[("token", &fresh)],
-        )
-        .await;
+    revoke(&server, &fresh).await;
     let start = browser.get(&uri).send().await.expect("start");
     assert_eq!(start.status(), StatusCode::BAD_REQUEST);
 }

@@ -42,8 +42,8 @@ pub fn normalise_user_code(text: &str) -> Option<String> {
         .filter(|c| *c != '-' && *c != ' ')
         .map(|c| c.to_ascii_uppercase())
         .collect();
-    let valid = code.len() == USER_CODE_LEN
-        && code.bytes().all(|b| USER_CODE_ALPHABET.contains(&b));
+    let valid =
+        code.len() == USER_CODE_LEN && code.bytes().all(|b| USER_CODE_ALPHABET.contains(&b));
     valid.then_some(code)
 }
 
@@ -133,7 +133,10 @@ pub async fn decide(
 pub enum PollWrite {
     Nothing,
     /// The poll time, and the interval from now on.
-    Polled { last_poll_ms: i64, interval: i64 },
+    Polled {
+        last_poll_ms: i64,
+        interval: i64,
+    },
     /// Tokens are issued: the code is used up.
     Consume,
 }
@@ -274,8 +277,14 @@ mod tests {
 
     #[test]
     fn user_codes_ignore_case_and_dashes_and_refuse_ambiguous_letters() {
-        assert_eq!(normalise_user_code("abcd-efgh").as_deref(), Some("ABCDEFGH"));
-        assert_eq!(normalise_user_code("ABCD EFGH").as_deref(), Some("ABCDEFGH"));
+        assert_eq!(
+            normalise_user_code("abcd-efgh").as_deref(),
+            Some("ABCDEFGH")
+        );
+        assert_eq!(
+            normalise_user_code("ABCD EFGH").as_deref(),
+            Some("ABCDEFGH")
+        );
         assert_eq!(normalise_user_code("ABCD-EFG0"), None);
         assert_eq!(normalise_user_code("ABCDEFGI"), None);
         assert_eq!(normalise_user_code("ABCDEFG"), None);

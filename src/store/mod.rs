@@ -387,7 +387,10 @@ pub struct DeviceCodeRecord {
 pub enum DeviceStatus {
     Pending,
     /// A person approved it as `subject` of the issuer `idp`.
-    Approved { subject: String, idp: String },
+    Approved {
+        subject: String,
+        idp: String,
+    },
     Denied,
 }
 

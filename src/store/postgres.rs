@@ -880,7 +880,11 @@ impl Store for PostgresStore {
             device_hash: *device_hash,
             user_hash: {
                 let bytes: Vec<u8> = row.try_get(9).map_err(corrupt)?;
-                TokenHash(bytes.try_into().map_err(|_| corrupt("bad user code hash"))?)
+                TokenHash(
+                    bytes
+                        .try_into()
+                        .map_err(|_| corrupt("bad user code hash"))?,
+                )
             },
             client_id: row.try_get(0).map_err(corrupt)?,
             scopes: split_scopes(&row.try_get::<String, _>(1).map_err(corrupt)?),

@@ -47,8 +47,7 @@ async fn approve(service: &TokenService, request: AuthenticatedForm) -> Result<(
         .with_status(StatusCode::FORBIDDEN));
     }
     service.check_rate(&client.id)?;
-    let too_many =
-        |wait| OAuthError::rate_limited("too many wrong user codes; retry later", wait);
+    let too_many = |wait| OAuthError::rate_limited("too many wrong user codes; retry later", wait);
     if let Some(wait) = service.device_guesses.refused(&client.id) {
         return Err(too_many(wait));
     }
@@ -63,7 +62,11 @@ async fn approve(service: &TokenService, request: AuthenticatedForm) -> Result<(
     // The person: required to approve, checked when given with a denial.
     let person = match (form.get("id_token"), deny) {
         (None, true) => None,
-        (None, false) => return Err(OAuthError::invalid_request("parameter `id_token` is missing")),
+        (None, false) => {
+            return Err(OAuthError::invalid_request(
+                "parameter `id_token` is missing",
+            ))
+        }
         (Some(token), _) => {
             let verified = service
                 .id_tokens
@@ -94,7 +97,11 @@ async fn approve(service: &TokenService, request: AuthenticatedForm) -> Result<(
             "the user_code is unknown, expired or already decided",
         ));
     }
-    let event = if deny { "device_denied" } else { "device_approved" };
+    let event = if deny {
+        "device_denied"
+    } else {
+        "device_approved"
+    };
     service.audit.record(
         event,
         json!({

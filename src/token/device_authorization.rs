@@ -52,7 +52,11 @@ async fn authorize(
         "device_authorized",
         json!({ "client_id": client.id, "scope": authorized.scope }),
     );
-    let separator = if verification_uri.contains('?') { '&' } else { '?' };
+    let separator = if verification_uri.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
     let complete = format!(
         "{verification_uri}{separator}user_code={}",
         authorized.user_code

@@ -9,8 +9,9 @@ use tracing::Instrument;
 use super::store_call;
 use crate::crypto::{KeyId, TokenHash};
 use crate::store::{
-    DeviceCodeRecord, DevicePoll, DeviceStatus, GrantChange, GrantRecord, GrantUpdate, GrantsOf, Invalidation, NewToken, Rotation,
-    SealedCustom, SigningKeyRecord, Store, StoreError, TokenRecord, UnixTime,
+    DeviceCodeRecord, DevicePoll, DeviceStatus, GrantChange, GrantRecord, GrantUpdate, GrantsOf,
+    Invalidation, NewToken, Rotation, SealedCustom, SigningKeyRecord, Store, StoreError,
+    TokenRecord, UnixTime,
 };
 
 /// The store, traced.

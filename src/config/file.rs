@@ -86,6 +86,12 @@ pub struct Tokens {
     pub custom_data_max: Option<i64>,
     /// Failed client authentications allowed per client id ("30/min").
     pub auth_failures: Option<String>,
+    /// Lifetime of a device code ("10m").
+    pub device_code_ttl: Option<String>,
+    /// Least time between two polls of a device code ("5s").
+    pub device_interval: Option<String>,
+    /// The page where a person enters a user code.
+    pub device_verification_uri: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +162,9 @@ pub struct Client {
     /// Token-endpoint requests of this client ("100/s", "600/min").
     pub rate_limit: Option<String>,
     pub rate_limit_burst: Option<i64>,
+    /// May approve device user codes at `/oauth2/device_approve`.
+    #[serde(default)]
+    pub device_approve: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -132,6 +132,13 @@ pub struct TokenSettings {
     pub custom_data_max: usize,
     /// Failed client authentications allowed per client id; `None`: off.
     pub auth_failures: Option<Rate>,
+    /// How long a device code and its user code live.
+    pub device_code_ttl: Duration,
+    /// Least time between two polls of one device code (RFC 8628 `interval`).
+    pub device_interval: Duration,
+    /// The page where a person enters a user code (RFC 8628
+    /// `verification_uri`): the application that approves codes.
+    pub device_verification_uri: Option<String>,
 }
 
 /// A token bucket: `rate` refills it, `burst` is its size (the rate's
@@ -235,16 +242,19 @@ pub enum GrantType {
     TokenExchangeMutate,
     ArbitraryToken,
     ArbitraryIdentity,
+    /// RFC 8628: a device polls for the tokens a person approved.
+    DeviceCode,
 }
 
 impl GrantType {
-    pub const ALL: [GrantType; 6] = [
+    pub const ALL: [GrantType; 7] = [
         GrantType::ClientCredentials,
         GrantType::RefreshToken,
         GrantType::TokenExchange,
         GrantType::TokenExchangeMutate,
         GrantType::ArbitraryToken,
         GrantType::ArbitraryIdentity,
+        GrantType::DeviceCode,
     ];
 
     /// The `grant_type` value on the wire.
@@ -258,6 +268,7 @@ impl GrantType {
             }
             GrantType::ArbitraryToken => "arbitrary_token",
             GrantType::ArbitraryIdentity => "arbitrary_identity",
+            GrantType::DeviceCode => "urn:ietf:params:oauth:grant-type:device_code",
         }
     }
 
@@ -287,6 +298,8 @@ pub struct Client {
     pub refresh_token_ttl: Duration,
     /// Token-endpoint requests of this client.
     pub rate_limit: Option<RateLimit>,
+    /// May approve or deny device user codes (`/oauth2/device_approve`).
+    pub device_approve: bool,
 }
 
 /// Whose tokens a client may present as a token-exchange subject

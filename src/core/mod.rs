@@ -8,13 +8,14 @@
 //!   cached lookups a write affects itself;
 //! - [`error`]: the one error enum of the operations;
 //! - [`issue`], [`refresh`], [`exchange`], [`rescope`], [`arbitrary`]: the
-//!   grant types; [`custom`]: merge patches on custom data; [`kept`]: the
+//!   grant types; [`device`]: RFC 8628 device authorization; [`custom`]: merge patches on custom data; [`kept`]: the
 //!   subject tokens grants keep for external exchanges;
 //! - [`rotation`]: the refresh grace/replay rule; [`version`]: the grant
 //!   version check; [`scope`]: scope parameters and allowances.
 
 pub mod arbitrary;
 pub mod custom;
+pub mod device;
 pub mod error;
 pub mod exchange;
 pub mod grants;

@@ -332,11 +332,109 @@ pub trait Store: Send + Sync + 'static {
         resealed: &[u8],
     ) -> Result<bool, StoreError>;
 
+    /// Adds a device authorization; `false` when its user code hash is
+    /// taken already (the caller draws another code).
+    async fn create_device_code(&self, record: &DeviceCodeRecord) -> Result<bool, StoreError>;
+
+    /// Records a person's decision on the pending device authorization
+    /// with the user code hash `user_hash`, if it is still pending and
+    /// unexpired at `now`. Returns whether it was.
+    async fn decide_device_code(
+        &self,
+        user_hash: &TokenHash,
+        now: UnixTime,
+        decision: &DeviceStatus,
+    ) -> Result<bool, StoreError>;
+
+    /// A poll of `client_id` with the device code hash `device_hash` at
+    /// `now_ms` (milliseconds): atomically applies
+    /// [`crate::core::device::decide`] (poll time, `slow_down`, consuming an
+    /// approved code) and returns its answer.
+    async fn poll_device_code(
+        &self,
+        device_hash: &TokenHash,
+        client_id: &str,
+        now_ms: i64,
+    ) -> Result<DevicePoll, StoreError>;
+
     /// Changes made by other instances sharing this store, for cache
     /// invalidation. `None` when the store is not shared (SQLite).
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
         None
     }
+}
+
+/// A device authorization (RFC 8628) as stored: hashes of its device code
+/// and of its normalised user code, never the codes.
+#[derive(Debug, Clone)]
+pub struct DeviceCodeRecord {
+    pub device_hash: TokenHash,
+    pub user_hash: TokenHash,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub status: DeviceStatus,
+    pub expires_at: UnixTime,
+    /// Least seconds between two polls; raised by each `slow_down`.
+    pub interval: i64,
+    /// When the device last polled, in milliseconds since the epoch.
+    pub last_poll_ms: Option<i64>,
+    /// Tokens were issued for it; it answers nothing any more.
+    pub consumed: bool,
+}
+
+/// Where a device authorization stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceStatus {
+    Pending,
+    /// A person approved it as `subject` of the issuer `idp`.
+    Approved {
+        subject: String,
+        idp: String,
+    },
+    Denied,
+}
+
+impl DeviceStatus {
+    /// The stored status column.
+    pub(crate) fn code(&self) -> i64 {
+        match self {
+            DeviceStatus::Pending => 0,
+            DeviceStatus::Approved { .. } => 1,
+            DeviceStatus::Denied => 2,
+        }
+    }
+
+    /// A status from its columns.
+    pub(crate) fn from_columns(
+        code: i64,
+        subject: Option<String>,
+        idp: Option<String>,
+    ) -> Result<Self, StoreError> {
+        match (code, subject, idp) {
+            (0, _, _) => Ok(DeviceStatus::Pending),
+            (1, Some(subject), Some(idp)) => Ok(DeviceStatus::Approved { subject, idp }),
+            (2, _, _) => Ok(DeviceStatus::Denied),
+            _ => Err(StoreError::Corrupt("bad device code status".into())),
+        }
+    }
+}
+
+/// What a device's poll found (the rule is [`crate::core::device::decide`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevicePoll {
+    /// No such device code for this client, or it was used already.
+    Unknown,
+    Expired,
+    /// Polled too soon; its interval is now this many seconds.
+    SlowDown(i64),
+    Pending,
+    Denied,
+    /// Approved: consumed by this poll, for `subject` of `idp`.
+    Approved {
+        subject: String,
+        idp: String,
+        scopes: Vec<String>,
+    },
 }
 
 /// A signing key as stored: the private half sealed with the data key.

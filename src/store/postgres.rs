@@ -20,6 +20,7 @@ use super::rows::{
     grant_columns, own_first, presented, rotation_columns, GrantRow, GrantText, TokenRow,
 };
 use super::*;
+use crate::core::device::PollWrite;
 use crate::core::rotation::{self, Decision};
 use crate::core::version;
 use crate::crypto::{KeyId, TokenHash};
@@ -31,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0003_signing_keys.sql"),
     include_str!("migrations/postgres/0004_grants_by_subject.sql"),
     include_str!("migrations/postgres/0005_kept_subject_token.sql"),
+    include_str!("migrations/postgres/0006_device_codes.sql"),
 ];
 /// The notification channel.
 const CHANNEL: &str = "refgate_invalidate";
@@ -695,6 +697,11 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
+        sqlx::query("DELETE FROM device_codes WHERE expires_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         sqlx::query(
             "DELETE FROM grants g WHERE NOT EXISTS (SELECT 1 FROM tokens t WHERE t.grant_id = g.id)",
         )
@@ -801,6 +808,124 @@ impl Store for PostgresStore {
         .map_err(unavailable)?
         .rows_affected();
         Ok(done == 1)
+    }
+
+    async fn create_device_code(&self, record: &DeviceCodeRecord) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO device_codes (device_hash, user_hash, client_id, scopes, status, \
+             expires_at, interval_secs) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&record.device_hash.0[..])
+        .bind(&record.user_hash.0[..])
+        .bind(&record.client_id)
+        .bind(join_scopes(&record.scopes))
+        .bind(record.status.code() as i16)
+        .bind(record.expires_at)
+        .bind(record.interval)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    async fn decide_device_code(
+        &self,
+        user_hash: &TokenHash,
+        now: UnixTime,
+        decision: &DeviceStatus,
+    ) -> Result<bool, StoreError> {
+        let (subject, idp) = match decision {
+            DeviceStatus::Approved { subject, idp } => (Some(subject), Some(idp)),
+            _ => (None, None),
+        };
+        let done = sqlx::query(
+            "UPDATE device_codes SET status = $3, subject = $4, idp = $5 \
+             WHERE user_hash = $1 AND status = 0 AND NOT consumed AND expires_at > $2",
+        )
+        .bind(&user_hash.0[..])
+        .bind(now)
+        .bind(decision.code() as i16)
+        .bind(subject)
+        .bind(idp)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    async fn poll_device_code(
+        &self,
+        device_hash: &TokenHash,
+        client_id: &str,
+        now_ms: i64,
+    ) -> Result<DevicePoll, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let row = sqlx::query(
+            "SELECT client_id, scopes, status, subject, idp, expires_at, interval_secs, \
+             last_poll_ms, consumed, user_hash FROM device_codes WHERE device_hash = $1 \
+             FOR UPDATE",
+        )
+        .bind(&device_hash.0[..])
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = row else {
+            return Ok(DevicePoll::Unknown);
+        };
+        let status: i16 = row.try_get(2).map_err(corrupt)?;
+        let record = DeviceCodeRecord {
+            device_hash: *device_hash,
+            user_hash: {
+                let bytes: Vec<u8> = row.try_get(9).map_err(corrupt)?;
+                TokenHash(
+                    bytes
+                        .try_into()
+                        .map_err(|_| corrupt("bad user code hash"))?,
+                )
+            },
+            client_id: row.try_get(0).map_err(corrupt)?,
+            scopes: split_scopes(&row.try_get::<String, _>(1).map_err(corrupt)?),
+            status: DeviceStatus::from_columns(
+                i64::from(status),
+                row.try_get(3).map_err(corrupt)?,
+                row.try_get(4).map_err(corrupt)?,
+            )?,
+            expires_at: row.try_get(5).map_err(corrupt)?,
+            interval: row.try_get(6).map_err(corrupt)?,
+            last_poll_ms: row.try_get(7).map_err(corrupt)?,
+            consumed: row.try_get(8).map_err(corrupt)?,
+        };
+        let (answer, write) = crate::core::device::decide_poll(&record, client_id, now_ms);
+        match write {
+            PollWrite::Nothing => return Ok(answer),
+            PollWrite::Polled {
+                last_poll_ms,
+                interval,
+            } => {
+                sqlx::query(
+                    "UPDATE device_codes SET last_poll_ms = $2, interval_secs = $3 \
+                     WHERE device_hash = $1",
+                )
+                .bind(&device_hash.0[..])
+                .bind(last_poll_ms)
+                .bind(interval)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            }
+            PollWrite::Consume => {
+                sqlx::query("UPDATE device_codes SET consumed = TRUE WHERE device_hash = $1")
+                    .bind(&device_hash.0[..])
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(answer)
     }
 
     fn subscribe(&self) -> Option<broadcast::Receiver<Invalidation>> {

@@ -27,6 +27,7 @@ pub async fn handle(State(service): State<Arc<TokenService>>) -> Response {
         "introspection_endpoint": format!("{base}/oauth2/introspect"),
         "revocation_endpoint": format!("{base}/oauth2/revoke"),
         "mutate_endpoint": format!("{base}/oauth2/mutate"),
+        "device_authorization_endpoint": format!("{base}/oauth2/device_authorization"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "introspection_signing_alg_values_supported": [config.signing.algorithm.as_str()],
         "grant_types_supported": grant_types,

@@ -7,12 +7,19 @@
 //!   files (one per grant type that has parameters to read;
 //!   `client_credentials` calls the core directly);
 //! - `introspect`, `revoke`, `mutate`, `metadata`, `jwks`, `health`;
+//! - `device_authorization`, `device_approve` (the back channel) and
+//!   `device_grant`: RFC 8628, with `device_guesses` limiting user-code
+//!   guessing;
 //! - `request` reads bodies and authenticates clients, `error` is the one
 //!   mapping of failures (among them [`crate::core::Error`]) to RFC 6749
 //!   responses, `issue` writes token responses.
 
 pub mod admin;
 mod connect;
+mod device_approve;
+mod device_authorization;
+mod device_grant;
+mod device_guesses;
 mod error;
 mod grant_arbitrary;
 mod grant_exchange;
@@ -59,6 +66,8 @@ pub struct TokenService {
     pub id_tokens: id_token::IdTokenVerifier,
     /// Failed client authentications per client id (set at start).
     pub auth_throttle: throttle::AuthThrottle,
+    /// Wrong user codes per approving client.
+    pub device_guesses: device_guesses::DeviceGuesses,
     pub metrics: Arc<Metrics>,
     /// refgate's own signing keys (the JWKS it publishes).
     pub signing: Arc<SigningKeys>,
@@ -91,6 +100,7 @@ impl TokenService {
             discovery: Arc::new(crate::discovery::Discovery::new(http.clone())),
             http,
             auth_throttle,
+            device_guesses: device_guesses::DeviceGuesses::new(metrics.clone(), audit.clone()),
             metrics,
             audit,
         }
@@ -130,6 +140,11 @@ pub fn router(service: Arc<TokenService>) -> Router {
         .route("/oauth2/revoke", post(revoke::handle))
         .route("/oauth2/mutate", post(mutate::handle))
         .route("/oauth2/connect", post(connect::begin))
+        .route(
+            "/oauth2/device_authorization",
+            post(device_authorization::handle),
+        )
+        .route("/oauth2/device_approve", post(device_approve::handle))
         .route("/connect/start", get(connect::start))
         .route("/connect/callback", get(connect::callback))
         .route("/healthz", get(health::healthz))

@@ -47,7 +47,9 @@ async fn token(service: &TokenService, request: AuthenticatedForm) -> Result<Res
         // Written where the subject's origin is known, or (an id_token)
         // where it is minted.
         GrantType::TokenExchange | GrantType::ArbitraryIdentity => None,
-        GrantType::ClientCredentials | GrantType::ArbitraryToken => Some("token_issued"),
+        GrantType::ClientCredentials | GrantType::ArbitraryToken | GrantType::DeviceCode => {
+            Some("token_issued")
+        }
     };
     let response = match grant {
         GrantType::ClientCredentials => {
@@ -69,6 +71,7 @@ async fn token(service: &TokenService, request: AuthenticatedForm) -> Result<Res
         GrantType::ArbitraryIdentity => {
             return super::grant_arbitrary::identity(service, &client, &form).await;
         }
+        GrantType::DeviceCode => super::device_grant::grant(service, &client, &form).await?,
     };
     if let Some(event) = audited {
         let mut members = json!({
@@ -77,7 +80,7 @@ async fn token(service: &TokenService, request: AuthenticatedForm) -> Result<Res
             "grant_id": response.grant_id,
         });
         match grant {
-            GrantType::ClientCredentials | GrantType::ArbitraryToken => {
+            GrantType::ClientCredentials | GrantType::ArbitraryToken | GrantType::DeviceCode => {
                 members["grant_type"] = grant.as_str().into();
             }
             GrantType::TokenExchangeMutate => members["scope"] = response.scope.clone().into(),

@@ -9,8 +9,9 @@ use tracing::Instrument;
 use super::store_call;
 use crate::crypto::{KeyId, TokenHash};
 use crate::store::{
-    GrantChange, GrantRecord, GrantUpdate, GrantsOf, Invalidation, NewToken, Rotation,
-    SealedCustom, SigningKeyRecord, Store, StoreError, TokenRecord, UnixTime,
+    DeviceCodeRecord, DevicePoll, DeviceStatus, GrantChange, GrantRecord, GrantUpdate, GrantsOf,
+    Invalidation, NewToken, Rotation, SealedCustom, SigningKeyRecord, Store, StoreError,
+    TokenRecord, UnixTime,
 };
 
 /// The store, traced.
@@ -241,5 +242,36 @@ impl Store for Traced {
 
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
         self.0.subscribe()
+    }
+
+    async fn create_device_code(&self, record: &DeviceCodeRecord) -> Result<bool, StoreError> {
+        self.0
+            .create_device_code(record)
+            .instrument(store_call("create_device_code"))
+            .await
+    }
+
+    async fn decide_device_code(
+        &self,
+        user_hash: &TokenHash,
+        now: UnixTime,
+        decision: &DeviceStatus,
+    ) -> Result<bool, StoreError> {
+        self.0
+            .decide_device_code(user_hash, now, decision)
+            .instrument(store_call("decide_device_code"))
+            .await
+    }
+
+    async fn poll_device_code(
+        &self,
+        device_hash: &TokenHash,
+        client_id: &str,
+        now_ms: i64,
+    ) -> Result<DevicePoll, StoreError> {
+        self.0
+            .poll_device_code(device_hash, client_id, now_ms)
+            .instrument(store_call("poll_device_code"))
+            .await
     }
 }

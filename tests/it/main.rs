@@ -19,6 +19,7 @@ mod custom_mutate;
 mod data_keys;
 mod deb_package;
 mod deploy;
+mod device_flow;
 mod dns;
 mod exchange;
 mod external_exchange;

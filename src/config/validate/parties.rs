@@ -57,6 +57,13 @@ pub(super) fn clients(
                 "only matters with the arbitrary_token or arbitrary_identity grant type",
             );
         }
+        if grant_types.contains(&GrantType::DeviceCode) && tokens.device_verification_uri.is_none()
+        {
+            c.report(
+                key("grant_types"),
+                "the device_code grant needs [tokens] device_verification_uri",
+            );
+        }
         let access_token_ttl = c.duration(
             &key("access_token_ttl"),
             f.access_token_ttl.as_ref(),
@@ -77,10 +84,13 @@ pub(super) fn clients(
                 exchange_from.clients.push(entry.clone());
             }
         }
-        if f.exchange_from.is_some() && !grant_types.contains(&GrantType::TokenExchange) {
+        if f.exchange_from.is_some()
+            && !grant_types.contains(&GrantType::TokenExchange)
+            && !f.device_approve
+        {
             c.report(
                 key("exchange_from"),
-                "only matters with the token-exchange grant type",
+                "only matters with the token-exchange grant type or device_approve",
             );
         }
         let client = Client {
@@ -99,6 +109,7 @@ pub(super) fn clients(
             access_token_ttl,
             refresh_token_ttl,
             rate_limit: c.rate_limit(key, f.rate_limit.as_deref(), f.rate_limit_burst),
+            device_approve: f.device_approve,
         };
         if out.insert(f.id.clone(), Arc::new(client)).is_some() {
             c.report(key("id"), format!("client `{}` is defined twice", f.id));

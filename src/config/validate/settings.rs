@@ -46,12 +46,47 @@ pub(super) fn token_settings(c: &mut Checker<'_>, t: &file::Tokens) -> TokenSett
             .map_err(|e| c.report("tokens.auth_failures", format!("{e}, or \"off\"")))
             .ok(),
     };
+    let device_code_ttl = c.duration(
+        "tokens.device_code_ttl",
+        t.device_code_ttl.as_ref(),
+        Duration::from_secs(600),
+    );
+    if !(Duration::from_secs(5)..=Duration::from_secs(86_400)).contains(&device_code_ttl) {
+        c.report("tokens.device_code_ttl", "must be between 5s and 24h");
+    }
+    let device_interval = c.duration(
+        "tokens.device_interval",
+        t.device_interval.as_ref(),
+        Duration::from_secs(5),
+    );
+    if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&device_interval)
+        || device_interval.subsec_nanos() != 0
+    {
+        c.report(
+            "tokens.device_interval",
+            "must be whole seconds between 1s and 5m",
+        );
+    }
+    let device_verification_uri = t.device_verification_uri.clone();
+    if let Some(uri) = &device_verification_uri {
+        let valid = url::Url::parse(uri)
+            .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.fragment().is_none());
+        if !valid {
+            c.report(
+                "tokens.device_verification_uri",
+                "must be an absolute http(s) URL without a fragment",
+            );
+        }
+    }
     TokenSettings {
         access_token_ttl,
         refresh_token_ttl,
         refresh_grace,
         custom_data_max,
         auth_failures,
+        device_code_ttl,
+        device_interval,
+        device_verification_uri,
     }
 }
 

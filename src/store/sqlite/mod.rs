@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0004_signing_keys.sql"),
     include_str!("../migrations/sqlite/0005_grants_by_subject.sql"),
     include_str!("../migrations/sqlite/0006_kept_subject_token.sql"),
+    include_str!("../migrations/sqlite/0007_device_codes.sql"),
 ];
 
 /// How long the writer, and a read moved off the calling thread, wait for

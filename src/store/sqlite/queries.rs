@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::SqliteStore;
+use crate::core::device::PollWrite;
 use crate::core::rotation::{self, Decision};
 use crate::core::version;
 use crate::crypto::{KeyId, TokenHash, TokenKind};
@@ -620,12 +621,122 @@ impl Store for SqliteStore {
                 .execute(params![before])?;
             conn.prepare_cached("DELETE FROM leases WHERE until < ?1")?
                 .execute(params![before])?;
+            conn.prepare_cached("DELETE FROM device_codes WHERE expires_at < ?1")?
+                .execute(params![before])?;
             conn.prepare_cached(
                 "DELETE FROM grants WHERE NOT EXISTS \
                  (SELECT 1 FROM tokens t WHERE t.grant_id = grants.id)",
             )?
             .execute([])?;
             Ok(gone as u64)
+        })
+        .await
+    }
+
+    async fn create_device_code(&self, record: &DeviceCodeRecord) -> Result<bool, StoreError> {
+        let r = record.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO device_codes (device_hash, user_hash, client_id, scopes, status, \
+                 expires_at, interval_secs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![
+                &r.device_hash.0[..],
+                &r.user_hash.0[..],
+                r.client_id,
+                join_scopes(&r.scopes),
+                r.status.code(),
+                r.expires_at,
+                r.interval
+            ])
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn decide_device_code(
+        &self,
+        user_hash: &TokenHash,
+        now: UnixTime,
+        decision: &DeviceStatus,
+    ) -> Result<bool, StoreError> {
+        let (hash, decision) = (*user_hash, decision.clone());
+        self.write(move |conn| {
+            let (subject, idp) = match &decision {
+                DeviceStatus::Approved { subject, idp } => (Some(subject), Some(idp)),
+                _ => (None, None),
+            };
+            conn.prepare_cached(
+                "UPDATE device_codes SET status = ?3, subject = ?4, idp = ?5 \
+                 WHERE user_hash = ?1 AND status = 0 AND consumed = 0 AND expires_at > ?2",
+            )?
+            .execute(params![&hash.0[..], now, decision.code(), subject, idp])
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn poll_device_code(
+        &self,
+        device_hash: &TokenHash,
+        client_id: &str,
+        now_ms: i64,
+    ) -> Result<DevicePoll, StoreError> {
+        let (hash, client_id) = (*device_hash, client_id.to_string());
+        self.write(move |conn| {
+            let found = conn
+                .prepare_cached(
+                    "SELECT device_hash, user_hash, client_id, scopes, status, subject, idp, \
+                     expires_at, interval_secs, last_poll_ms, consumed \
+                     FROM device_codes WHERE device_hash = ?1",
+                )?
+                .query_row(params![&hash.0[..]], |row| {
+                    let status = DeviceStatus::from_columns(row.get(4)?, row.get(5)?, row.get(6)?)
+                        .map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                4,
+                                rusqlite::types::Type::Integer,
+                                Box::new(e),
+                            )
+                        })?;
+                    Ok(DeviceCodeRecord {
+                        device_hash: hash_from_blob(row.get(0)?)?,
+                        user_hash: hash_from_blob(row.get(1)?)?,
+                        client_id: row.get(2)?,
+                        scopes: split_scopes(&row.get::<_, String>(3)?),
+                        status,
+                        expires_at: row.get(7)?,
+                        interval: row.get(8)?,
+                        last_poll_ms: row.get(9)?,
+                        consumed: row.get::<_, i64>(10)? != 0,
+                    })
+                })
+                .optional()?;
+            let Some(record) = found else {
+                return Ok(DevicePoll::Unknown);
+            };
+            let (answer, write) = crate::core::device::decide_poll(&record, &client_id, now_ms);
+            match write {
+                PollWrite::Nothing => {}
+                PollWrite::Polled {
+                    last_poll_ms,
+                    interval,
+                } => {
+                    conn.prepare_cached(
+                        "UPDATE device_codes SET last_poll_ms = ?2, interval_secs = ?3 \
+                         WHERE device_hash = ?1",
+                    )?
+                    .execute(params![&hash.0[..], last_poll_ms, interval])?;
+                }
+                PollWrite::Consume => {
+                    conn.prepare_cached(
+                        "UPDATE device_codes SET consumed = 1 WHERE device_hash = ?1",
+                    )?
+                    .execute(params![&hash.0[..]])?;
+                }
+            }
+            Ok(answer)
         })
         .await
     }

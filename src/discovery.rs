@@ -113,11 +113,6 @@ impl Discovery {
         Ok(entry.endpoints.clone())
     }
 
-    /// Forgets every cached document (a reload may have changed issuers).
-    pub fn clear(&self) {
-        self.cache.invalidate_all();
-    }
-
     async fn fetch(&self, issuer: &str, timeout: Duration) -> Result<Entry, String> {
         let mut last = String::new();
         for url in document_urls(issuer) {

@@ -47,8 +47,6 @@ const STATE_PURPOSE: &str = "refgate:connect:state";
 const COOKIE_PREFIX: &str = "refgate_connect_";
 /// Longest query string the start and callback pages read.
 const MAX_QUERY: usize = 16 * 1024;
-/// Largest token response read from an authority.
-const MAX_RESPONSE: usize = 64 * 1024;
 
 /// What a `connect_uri` carries.
 #[derive(Serialize, Deserialize)]
@@ -864,46 +862,21 @@ async fn redeem(
         )
     };
     let timeout = config.gateway.authority_timeout;
-    let token_endpoint = service
-        .discovery
-        .token_endpoint(authority, timeout)
-        .await
-        .map_err(unavailable)?;
     let form: Vec<(&str, &str)> = vec![
         ("grant_type", "authorization_code"),
         ("code", code),
         ("redirect_uri", &settings.redirect_uri),
         ("code_verifier", &state.verifier),
     ];
-    let request = service
-        .http
-        .post(&token_endpoint)
-        .timeout(timeout)
-        .header(reqwest::header::ACCEPT, "application/json");
     let client = AuthorityClient::new(
         service.http.clone(),
         service.signing.clone(),
         service.discovery.clone(),
     );
-    let request = client
-        .authenticate(request, form, authority, &token_endpoint)
-        .map_err(|e| unavailable(e.to_string()))?;
-    let span = crate::traces::authority_call(&authority.name);
-    let mut request = request;
-    for (name, value) in crate::traces::headers_for(&span) {
-        request = request.header(name, value);
-    }
-    let response = tracing::Instrument::instrument(request.send(), span)
+    let (status, body) = client
+        .post_token_form(authority, form, timeout)
         .await
-        .map_err(|e| unavailable(format!("request failed: {}", e.without_url())))?;
-    let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| unavailable(format!("reading the answer failed: {}", e.without_url())))?;
-    if body.len() > MAX_RESPONSE {
-        return Err(unavailable("the token response is too large".into()));
-    }
+        .map_err(unavailable)?;
     if !status.is_success() {
         let code = serde_json::from_slice::<Value>(&body)
             .ok()

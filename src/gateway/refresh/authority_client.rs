@@ -205,38 +205,9 @@ impl AuthorityClient {
         form: Vec<(&str, &str)>,
         timeout: Duration,
     ) -> Outcome {
-        let endpoint = match self.discovery.token_endpoint(authority, timeout).await {
-            Ok(e) => e,
+        let (status, body) = match self.post_token_form(authority, form, timeout).await {
+            Ok(answer) => answer,
             Err(why) => return Outcome::Unavailable(why),
-        };
-        let request = self
-            .http
-            .post(&endpoint)
-            .timeout(timeout)
-            .header(reqwest::header::ACCEPT, "application/json");
-        let mut request = match self.authenticate(request, form, authority, &endpoint) {
-            Ok(r) => r,
-            Err(e) => return Outcome::Unavailable(e.to_string()),
-        };
-        let span = crate::traces::authority_call(&authority.name);
-        for (name, value) in crate::traces::headers_for(&span) {
-            request = request.header(name, value);
-        }
-        let response = match request.send().instrument(span.clone()).await {
-            Ok(r) => r,
-            Err(e) => return Outcome::Unavailable(format!("request failed: {}", e.without_url())),
-        };
-        let status = response.status();
-        span.record("http.response.status_code", status.as_u16());
-        let body = match response.bytes().instrument(span).await {
-            Ok(b) if b.len() <= MAX_RESPONSE => b,
-            Ok(_) => return Outcome::Unavailable("token response too large".into()),
-            Err(e) => {
-                return Outcome::Unavailable(format!(
-                    "reading the response failed: {}",
-                    e.without_url()
-                ))
-            }
         };
         if status.is_success() {
             return match serde_json::from_slice::<TokenFields>(&body) {
@@ -248,6 +219,42 @@ impl AuthorityClient {
             Ok(e) if e.error == "invalid_grant" => Outcome::Refused,
             Ok(e) => Outcome::Unavailable(format!("the authority answered {status} {}", e.error)),
             Err(_) => Outcome::Unavailable(format!("the authority answered {status}")),
+        }
+    }
+
+    /// Posts `form` to `authority`'s token endpoint (configured or
+    /// discovered), authenticated and traced, giving up after `timeout`;
+    /// the answer's status and body (at most 64 KiB), or why there is none.
+    pub async fn post_token_form(
+        &self,
+        authority: &Authority,
+        form: Vec<(&str, &str)>,
+        timeout: Duration,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), String> {
+        let endpoint = self.discovery.token_endpoint(authority, timeout).await?;
+        let request = self
+            .http
+            .post(&endpoint)
+            .timeout(timeout)
+            .header(reqwest::header::ACCEPT, "application/json");
+        let mut request = self
+            .authenticate(request, form, authority, &endpoint)
+            .map_err(|e| e.to_string())?;
+        let span = crate::traces::authority_call(&authority.name);
+        for (name, value) in crate::traces::headers_for(&span) {
+            request = request.header(name, value);
+        }
+        let response = request
+            .send()
+            .instrument(span.clone())
+            .await
+            .map_err(|e| format!("request failed: {}", e.without_url()))?;
+        let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
+        match response.bytes().instrument(span).await {
+            Ok(b) if b.len() <= MAX_RESPONSE => Ok((status, b)),
+            Ok(_) => Err("token response too large".into()),
+            Err(e) => Err(format!("reading the response failed: {}", e.without_url())),
         }
     }
 }

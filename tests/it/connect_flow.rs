@@ -42,19 +42,30 @@ fn clients_env(port: u16) -> String {
 /// endpoints come from discovery) unless `explicit`; `more` is added to
 /// `[connect]`.
 pub async fn setup(explicit: bool, more: &str) -> Setup {
+    setup_with(
+        |oidc| {
+            if explicit {
+                format!(
+                    "token_endpoint = \"{}\"\nauthorization_endpoint = \"{}\"\n",
+                    oidc.url("/token"),
+                    oidc.url("/auth")
+                )
+            } else {
+                format!("issuer = \"{}\"\n", oidc.url(""))
+            }
+        },
+        more,
+    )
+    .await
+}
+
+/// As [`setup`], with the authority's endpoint lines from `endpoints`.
+async fn setup_with(endpoints: impl FnOnce(&OidcAs) -> String, more: &str) -> Setup {
     let listener = Arc::new(TcpListener::bind("127.0.0.1:0").expect("bind"));
     let port = listener.local_addr().expect("address").port();
     let oidc = OidcAs::start_with_env(300, &[("CLIENTS", clients_env(port))]);
     let upstream = Upstream::start().await;
-    let endpoints = if explicit {
-        format!(
-            "token_endpoint = \"{}\"\nauthorization_endpoint = \"{}\"\n",
-            oidc.url("/token"),
-            oidc.url("/auth")
-        )
-    } else {
-        format!("issuer = \"{}\"\n", oidc.url(""))
-    };
+    let endpoints = endpoints(&oidc);
     let server = Refgate::start_with(Options {
         extra: format!(
             r#"[[authorities]]
@@ -214,6 +225,16 @@ async fn stored_photos(server: &Refgate, token: &str) -> Value {
     body["custom"]["credentials"]["photos"].clone()
 }
 
+/// Opens `url` in `browser` and asserts refgate's 400 page, naming `text`
+/// (any page when `text` is empty).
+async fn refused_page(browser: &reqwest::Client, url: &str, text: &str) {
+    let response = browser.get(url).send().await.expect("request");
+    let status = response.status();
+    let page = response.text().await.expect("page");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains(text), "{text:?} not in {page}");
+}
+
 /// Revokes `app`'s access token `token`.
 async fn revoke(server: &Refgate, token: &str) {
     let (status, _) = server
@@ -314,15 +335,8 @@ async fn a_connect_flow_fills_the_credential_the_gateway_asked_for() {
 
     // Used once: the callback and the connect_uri do not work again.
     // (Its cookie is gone too, so the page says so first.)
-    let again = browser.get(&callback).send().await.expect("callback again");
-    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
-    assert!(again
-        .text()
-        .await
-        .expect("page")
-        .contains("another browser"));
-    let reopened = browser.get(&connect_uri).send().await.expect("start again");
-    assert_eq!(reopened.status(), StatusCode::BAD_REQUEST);
+    refused_page(&browser, &callback, "another browser").await;
+    refused_page(&browser, &connect_uri, "").await;
     assert_eq!(oidc.stats().await["authorization_code"], 1);
     assert_eq!(
         stored_photos(&server, &token).await["access_token"],
@@ -433,17 +447,7 @@ async fn tampered_foreign_or_replayed_callbacks_store_nothing() {
     let uri = connect_uri(&server, &token, None).await;
     let victim = browser();
     let callback = authorize(&victim, &uri, "alice", true).await;
-    let other = browser()
-        .get(&callback)
-        .send()
-        .await
-        .expect("callback elsewhere");
-    assert_eq!(other.status(), StatusCode::BAD_REQUEST);
-    assert!(other
-        .text()
-        .await
-        .expect("page")
-        .contains("another browser"));
+    refused_page(&browser(), &callback, "another browser").await;
 
     // A state altered by one character.
     let mut altered = url::Url::parse(&callback).expect("URL");
@@ -462,8 +466,7 @@ async fn tampered_foreign_or_replayed_callbacks_store_nothing() {
             }
         }
     }
-    let tampered = victim.get(altered.as_str()).send().await.expect("tampered");
-    assert_eq!(tampered.status(), StatusCode::BAD_REQUEST);
+    refused_page(&victim, altered.as_str(), "").await;
 
     // Two flows in one browser, codes swapped: PKCE binds each code to its
     // own flow, so the authority refuses, and nothing lands in either grant.
@@ -497,13 +500,7 @@ async fn tampered_foreign_or_replayed_callbacks_store_nothing() {
         param(&second, "code"),
         param(&first, "state")
     );
-    let refused = browser.get(&swapped).send().await.expect("swapped");
-    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
-    assert!(refused
-        .text()
-        .await
-        .expect("page")
-        .contains("access_denied"));
+    refused_page(&browser, &swapped, "access_denied").await;
 
     assert_eq!(oidc.stats().await["authorization_code"], 0);
     for t in [&token, &other_token] {
@@ -535,19 +532,67 @@ async fn a_denial_or_a_revocation_before_the_callback_stores_nothing() {
     let uri = connect_uri(&server, &token, None).await;
     let callback = authorize(&browser, &uri, "alice", true).await;
     revoke(&server, &token).await;
-    let refused = browser.get(&callback).send().await.expect("callback");
-    let status = refused.status();
-    let page = refused.text().await.expect("page");
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
-    assert!(page.contains("invalid_token"), "{page}");
+    refused_page(&browser, &callback, "invalid_token").await;
     assert_eq!(oidc.stats().await["authorization_code"], 0);
 
     // A connect_uri of a revoked token does not start a flow either.
     let fresh = server.access_token("app").await;
     let uri = connect_uri(&server, &fresh, None).await;
     revoke(&server, &fresh).await;
-    let start = browser.get(&uri).send().await.expect("start");
-    assert_eq!(start.status(), StatusCode::BAD_REQUEST);
+    refused_page(&browser, &uri, "").await;
+}
+
+#[tokio::test]
+async fn an_answer_naming_another_issuer_is_refused() {
+    // RFC 9207: a callback whose `iss` is not the authority asked is a
+    // mix-up; refused before the state is used, so the real answer still
+    // completes the flow.
+    let Setup { server, oidc, .. } = setup(false, "").await;
+    let token = server.access_token("app").await;
+    let browser = browser();
+    let callback = authorize(
+        &browser,
+        &connect_uri(&server, &token, None).await,
+        "alice",
+        true,
+    )
+    .await;
+    let mut forged = url::Url::parse(&callback).expect("URL");
+    let pairs: Vec<(String, String)> = forged
+        .query_pairs()
+        .filter(|(k, _)| k != "iss")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    forged
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(&pairs)
+        .append_pair("iss", "https://evil.test");
+    refused_page(&browser, forged.as_str(), "another authority").await;
+    assert!(stored_photos(&server, &token).await.is_null());
+    let done = browser.get(&callback).send().await.expect("callback");
+    assert_eq!(done.status(), StatusCode::OK);
+    assert_eq!(oidc.stats().await["authorization_code"], 1);
+
+    // A discovery document that names another issuer than the configured
+    // one (here: the same server, configured with a trailing slash) is not
+    // used: no redirect anywhere.
+    let Setup { server, oidc, .. } =
+        setup_with(|oidc| format!("issuer = \"{}/\"\n", oidc.url("")), "").await;
+    let token = server.access_token("app").await;
+    let start = browser
+        .get(connect_uri(&server, &token, None).await)
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(start.status(), StatusCode::BAD_GATEWAY);
+    assert!(start.headers().get(LOCATION).is_none());
+    assert!(start
+        .text()
+        .await
+        .expect("page")
+        .contains("authority_unavailable"));
+    assert_eq!(oidc.stats().await["token_requests"], 0);
 }
 
 #[tokio::test]
@@ -559,16 +604,8 @@ async fn an_expired_connect_uri_or_flow_is_refused() {
     let started = connect_uri(&server, &token, None).await;
     let callback = authorize(&browser, &started, "alice", true).await;
     tokio::time::sleep(std::time::Duration::from_secs(31)).await;
-    let late_start = browser.get(&unused).send().await.expect("start");
-    assert_eq!(late_start.status(), StatusCode::BAD_REQUEST);
-    assert!(late_start.text().await.expect("page").contains("expired"));
-    let late_callback = browser.get(&callback).send().await.expect("callback");
-    assert_eq!(late_callback.status(), StatusCode::BAD_REQUEST);
-    assert!(late_callback
-        .text()
-        .await
-        .expect("page")
-        .contains("expired"));
+    refused_page(&browser, &unused, "expired").await;
+    refused_page(&browser, &callback, "expired").await;
     assert_eq!(oidc.stats().await["authorization_code"], 0);
     assert!(stored_photos(&server, &token).await.is_null());
 }

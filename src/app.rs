@@ -24,7 +24,7 @@ use crate::gateway::{
 use crate::listeners::{Listeners, PreBound};
 use crate::lookup::{now, CacheSettings, TokenLookup};
 use crate::reload::{Live, Reloader};
-use crate::signing::SigningKeys;
+use crate::signing::KeyRing;
 use crate::telemetry::Metrics;
 use crate::token::TokenService;
 
@@ -118,7 +118,7 @@ pub fn run(
 
     control.spawn(purge(parts.tokens.grants.clone(), stop_rx.clone()));
     control.spawn(reseal(parts.lookup.clone(), stop_rx.clone()));
-    control.spawn(parts.tokens.signing.clone().keep(stop_rx.clone()));
+    control.spawn(parts.tokens.keys.clone().keep(stop_rx.clone()));
     if let Some(feed) = parts.lookup.store().subscribe() {
         control.spawn(follow_invalidations(
             feed,
@@ -130,6 +130,7 @@ pub fn run(
         Reloader {
             path: parts.live.load().config.source.clone(),
             live: parts.live.clone(),
+            keys: parts.tokens.keys.clone(),
         }
         .watch(stop_rx.clone()),
     );
@@ -232,13 +233,12 @@ impl Parts {
         let gateway = GatewayState::build(config, dns).map_err(anyhow::Error::msg)?;
         let live: Live = Arc::new(ArcSwap::from_pointee(gateway));
         let metrics = Arc::new(Metrics::new());
-        let signing = Arc::new(SigningKeys::new(
+        let keys = Arc::new(KeyRing::new(
             lookup.store().clone(),
             lookup.data_keys().clone(),
             signing_settings,
         ));
-        signing
-            .refresh()
+        keys.prepare(&live.load().config)
             .await
             .context("cannot read or add signing keys")?;
         let tokens = Arc::new(TokenService::new(
@@ -246,7 +246,7 @@ impl Parts {
             lookup.clone(),
             http.clone(),
             metrics.clone(),
-            signing.clone(),
+            keys.clone(),
             audit,
         ));
         let refresher = Arc::new(Refresher::new(
@@ -286,7 +286,7 @@ fn run_proxy(
     // `cache_capacity = 0` turns every gateway cache off, the JWTs of
     // phantom routes too.
     let caching = parts.live.load().config.gateway.cache_capacity > 0;
-    let phantom = Arc::new(PhantomTokens::new(parts.tokens.signing.clone(), caching));
+    let phantom = Arc::new(PhantomTokens::new(parts.tokens.keys.clone(), caching));
     let proxy = |h2c: bool| {
         let gateway = Gateway::new(
             parts.live.clone(),

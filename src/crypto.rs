@@ -54,11 +54,23 @@ impl std::fmt::Debug for TokenHash {
     }
 }
 
-/// Hashes a token string.
-pub fn hash_token(token: &str) -> TokenHash {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+/// Hashes a token string of `tenant` (empty: the top level). A tenant's
+/// hashes cover its name, so the same string has another hash in every
+/// tenant: a token looked up in a tenant that did not issue it is simply
+/// not found, and every store key and cache key of a token includes its
+/// tenant. The top level hashes the bare string (as stores written before
+/// tenants existed hold it); a tenant's input starts with a NUL byte,
+/// which no token and no string the top level hashes holds.
+pub fn hash_token(tenant: &str, token: &str) -> TokenHash {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    if !tenant.is_empty() {
+        context.update(b"\0refgate-tenant\0");
+        context.update(tenant.as_bytes());
+        context.update(b"\0");
+    }
+    context.update(token.as_bytes());
     let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
+    out.copy_from_slice(context.finish().as_ref());
     TokenHash(out)
 }
 

@@ -12,9 +12,10 @@ use std::time::Duration;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::config::{Config, RateLimit, Route};
+use crate::config::{Client, Config, RateLimit, Route};
 
-/// The token-endpoint limits of one configuration, by client id.
+/// The token-endpoint limits of one configuration and its tenants, by
+/// [`Client::key`].
 #[derive(Default)]
 pub struct Limits {
     clients: HashMap<String, DefaultDirectRateLimiter>,
@@ -41,18 +42,18 @@ impl RouteLimit {
 
 impl Limits {
     pub fn build(config: &Config) -> Self {
-        let clients = config
-            .clients
-            .values()
-            .filter_map(|c| Some((c.id.clone(), RateLimiter::direct(quota(c.rate_limit?)))))
+        let clients = std::iter::once(config)
+            .chain(config.tenants.values().map(|t| &**t))
+            .flat_map(|c| c.clients.values())
+            .filter_map(|c| Some((c.key(), RateLimiter::direct(quota(c.rate_limit?)))))
             .collect();
         Limits { clients }
     }
 
     /// A token-endpoint request of `client`: `Err` with the time until it
     /// may ask again when its bucket is empty.
-    pub fn client(&self, client: &str) -> Result<(), Duration> {
-        let Some(limiter) = self.clients.get(client) else {
+    pub fn client(&self, client: &Client) -> Result<(), Duration> {
+        let Some(limiter) = self.clients.get(&client.key()) else {
             return Ok(());
         };
         limiter

@@ -117,6 +117,7 @@ fn rotate_signing(path: &std::path::Path, format: LogFormat) -> ExitCode {
     let outcome = runtime.block_on(async {
         let store = refgate::store::open(&config.store.url, 1).await?;
         let keys = refgate::signing::SigningKeys::new(
+            "",
             store,
             config.store.data_keys.clone(),
             config.signing.clone(),

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{self, LoadMode};
 use crate::gateway::GatewayState;
+use crate::signing::KeyRing;
 
 /// How often the file is looked at.
 const POLL: Duration = Duration::from_secs(1);
@@ -25,11 +26,14 @@ pub type Live = Arc<ArcSwap<GatewayState>>;
 pub struct Reloader {
     pub path: PathBuf,
     pub live: Live,
+    /// Signing keys: a tenant the new file adds has its keys read before
+    /// the file serves.
+    pub keys: Arc<KeyRing>,
 }
 
 impl Reloader {
     /// Loads, validates and swaps in the file. On failure nothing changes.
-    pub fn reload(&self) -> Result<(), String> {
+    pub async fn reload(&self) -> Result<(), String> {
         let new = config::load(&self.path, LoadMode::Serve).map_err(|e| e.to_string())?;
         let old = self.live.load_full().config.clone();
         if new.listen.proxy != old.listen.proxy
@@ -50,19 +54,24 @@ impl Reloader {
         }
         let new = Arc::new(new);
         let state = GatewayState::build(new.clone(), self.live.load().dns.clone())?;
+        self.keys
+            .prepare(&new)
+            .await
+            .map_err(|e| format!("the signing keys of a new tenant cannot be read: {e}"))?;
         let routes = state.route_count();
         self.live.store(Arc::new(state));
         tracing::info!(
             routes,
             clients = new.clients.len(),
             authorities = new.authorities.len(),
+            tenants = new.tenants.len(),
             "configuration reloaded"
         );
         Ok(())
     }
 
-    fn attempt(&self, why: &str) {
-        if let Err(e) = self.reload() {
+    async fn attempt(&self, why: &str) {
+        if let Err(e) = self.reload().await {
             tracing::error!(
                 trigger = why,
                 "configuration reload refused; the previous configuration keeps serving"
@@ -90,7 +99,7 @@ impl Reloader {
                 _ = crate::app::stopped(&mut stop) => return,
                 Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     seen = fingerprint(&self.path);
-                    self.attempt("SIGHUP");
+                    self.attempt("SIGHUP").await;
                 }
                 _ = every.tick() => {
                     let now = fingerprint(&self.path);
@@ -98,7 +107,7 @@ impl Reloader {
                         // Let an editor finish writing.
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         seen = fingerprint(&self.path);
-                        self.attempt("file change");
+                        self.attempt("file change").await;
                     }
                 }
             }

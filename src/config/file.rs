@@ -28,6 +28,26 @@ pub struct File {
     pub routes: Vec<Route>,
     /// The connect flow (refgate obtains a user's credential itself).
     pub connect: Option<Connect>,
+    /// Further tenants, each under `/{name}/` on the token service.
+    #[serde(default)]
+    pub tenants: Vec<Tenant>,
+}
+
+/// `[[tenants]]`: one tenant's issuer and parties. Its `[tenants.tokens]`
+/// keys fall back to the top-level `[tokens]` one by one; its clients,
+/// trusted issuers and authorities are its own (nothing is inherited).
+#[derive(Debug, Deserialize)]
+pub struct Tenant {
+    pub name: String,
+    pub issuer: String,
+    #[serde(default)]
+    pub tokens: Tokens,
+    #[serde(default)]
+    pub clients: Vec<Client>,
+    #[serde(default)]
+    pub trusted_issuers: Vec<TrustedIssuer>,
+    #[serde(default)]
+    pub authorities: Vec<Authority>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,7 +98,7 @@ pub struct Store {
     pub max_connections: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 pub struct Tokens {
     pub access_token_ttl: Option<String>,
     pub refresh_token_ttl: Option<String>,
@@ -92,6 +112,26 @@ pub struct Tokens {
     pub device_interval: Option<String>,
     /// The page where a person enters a user code.
     pub device_verification_uri: Option<String>,
+}
+
+impl Tokens {
+    /// These settings, each one this table omits taken from `parent`.
+    pub fn inheriting(&self, parent: &Tokens) -> Tokens {
+        let pick = |own: &Option<String>, theirs: &Option<String>| own.clone().or(theirs.clone());
+        Tokens {
+            access_token_ttl: pick(&self.access_token_ttl, &parent.access_token_ttl),
+            refresh_token_ttl: pick(&self.refresh_token_ttl, &parent.refresh_token_ttl),
+            refresh_grace: pick(&self.refresh_grace, &parent.refresh_grace),
+            custom_data_max: self.custom_data_max.or(parent.custom_data_max),
+            auth_failures: pick(&self.auth_failures, &parent.auth_failures),
+            device_code_ttl: pick(&self.device_code_ttl, &parent.device_code_ttl),
+            device_interval: pick(&self.device_interval, &parent.device_interval),
+            device_verification_uri: pick(
+                &self.device_verification_uri,
+                &parent.device_verification_uri,
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,6 +267,9 @@ pub struct Route {
     pub rate_limit_burst: Option<i64>,
     /// `"jwt"`: a phantom-token route.
     pub forward: Option<String>,
+    /// The `[[tenants]]` entry whose tokens this route admits (absent: the
+    /// top-level issuer's).
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -41,6 +41,14 @@ pub struct Config {
     pub routes: Vec<Arc<Route>>,
     /// `[connect]`: present when any authority is connectable.
     pub connect: Option<ConnectSettings>,
+    /// The tenant this configuration serves: empty for the top level, else
+    /// a `[[tenants]]` name. Every token, grant and signing key is
+    /// partitioned by it.
+    pub tenant: String,
+    /// The `[[tenants]]`, each as a configuration of its own (its issuer,
+    /// parties and token settings; the rest shared with the top level).
+    /// Empty inside a tenant's configuration.
+    pub tenants: HashMap<String, Arc<Config>>,
 }
 
 /// `[connect]`: the connect flow's URLs and lifetime.
@@ -58,6 +66,14 @@ pub struct ConnectSettings {
 }
 
 impl Config {
+    /// The configuration of `tenant` (empty: the top level).
+    pub fn tenant(&self, tenant: &str) -> Option<&Config> {
+        if tenant == self.tenant {
+            return Some(self);
+        }
+        self.tenants.get(tenant).map(|t| &**t)
+    }
+
     /// The connectable authority that fills credential `name`.
     pub fn connectable_for(&self, name: &str) -> Option<&Arc<Authority>> {
         self.connect.as_ref()?;
@@ -116,7 +132,7 @@ pub enum StoreUrl {
     Postgres(Secret),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub url: StoreUrl,
     /// The current data key and the previous ones (a rotation).
@@ -281,6 +297,9 @@ impl GrantType {
 #[derive(Debug)]
 pub struct Client {
     pub id: String,
+    /// Its tenant (empty: the top level): a client id names a client only
+    /// within one tenant.
+    pub tenant: String,
     pub secret: SecretHash,
     pub grant_types: HashSet<GrantType>,
     pub scopes: Vec<String>,
@@ -329,6 +348,16 @@ impl ExchangeFrom {
 }
 
 impl Client {
+    /// The client's name across tenants: `tenant:id`, or the bare id at
+    /// the top level (ids never hold ':').
+    pub fn key(&self) -> String {
+        if self.tenant.is_empty() {
+            self.id.clone()
+        } else {
+            format!("{}:{}", self.tenant, self.id)
+        }
+    }
+
     pub fn may_use(&self, grant: GrantType) -> bool {
         self.grant_types.contains(&grant)
     }
@@ -359,6 +388,9 @@ pub enum JwksSource {
 #[derive(Debug)]
 pub struct Authority {
     pub name: String,
+    /// Its tenant (empty: the top level): `private_key_jwt` without a key
+    /// file signs with that tenant's keys.
+    pub tenant: String,
     /// Empty when it comes from the discovery document of `issuer`.
     pub token_endpoint: String,
     pub client_id: String,
@@ -405,6 +437,8 @@ pub struct Route {
     pub preserve_host: bool,
     /// Requests per calling client on this route.
     pub rate_limit: Option<RateLimit>,
+    /// The tenant whose tokens the route admits (empty: the top level's).
+    pub tenant: String,
 }
 
 /// What a route does with the inbound token.
@@ -425,6 +459,8 @@ pub enum RouteAccess {
 
 #[derive(Debug, Clone)]
 pub struct RouteExchange {
+    /// The route's tenant, whose client `client` is.
+    pub tenant: String,
     pub client: String,
     pub scopes: Vec<String>,
     pub audience: Option<String>,
@@ -433,6 +469,8 @@ pub struct RouteExchange {
 /// `[routes.exchange]` with `authority`: an exchange at that authority.
 #[derive(Debug, Clone)]
 pub struct ExternalExchange {
+    /// The route's tenant, whose authority `authority` is.
+    pub tenant: String,
     pub authority: String,
     pub grant: ExternalGrant,
     pub scope: Option<String>,

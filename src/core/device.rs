@@ -47,9 +47,9 @@ pub fn normalise_user_code(text: &str) -> Option<String> {
     valid.then_some(code)
 }
 
-/// The stored hash of a user code (normalised).
-pub fn user_code_hash(normalised: &str) -> TokenHash {
-    hash_token(&format!("user_code:{normalised}"))
+/// The stored hash of a user code (normalised) of `tenant`.
+pub fn user_code_hash(tenant: &str, normalised: &str) -> TokenHash {
+    hash_token(tenant, &format!("user_code:{normalised}"))
 }
 
 /// A fresh user code: uniform over the alphabet (rejection sampling of
@@ -89,8 +89,9 @@ pub async fn authorize(
         let device_code = format!("{DEVICE_CODE_PREFIX}{}", grants.random().url_secret());
         let user_code = new_user_code(grants);
         let record = DeviceCodeRecord {
-            device_hash: hash_token(&device_code),
-            user_hash: user_code_hash(&user_code),
+            tenant: client.tenant.clone(),
+            device_hash: hash_token(&client.tenant, &device_code),
+            user_hash: user_code_hash(&client.tenant, &user_code),
             client_id: client.id.clone(),
             scopes: scopes.clone(),
             status: DeviceStatus::Pending,
@@ -114,17 +115,24 @@ pub async fn authorize(
     ))
 }
 
-/// Records a person's decision on a user code (already normalised).
-/// `Ok(false)`: no pending, unexpired authorization has that code.
+/// Records a person's decision on a user code (already normalised) of
+/// `tenant`. `Ok(false)`: no pending, unexpired authorization of that
+/// tenant has that code.
 pub async fn decide(
     grants: &Grants,
+    tenant: &str,
     normalised_user_code: &str,
     decision: &DeviceStatus,
 ) -> Result<bool, Error> {
     Ok(grants
         .lookup()
         .store()
-        .decide_device_code(&user_code_hash(normalised_user_code), now(), decision)
+        .decide_device_code(
+            tenant,
+            &user_code_hash(tenant, normalised_user_code),
+            now(),
+            decision,
+        )
         .await?)
 }
 
@@ -223,7 +231,12 @@ pub async fn redeem(
     let poll = grants
         .lookup()
         .store()
-        .poll_device_code(&hash_token(device_code), &client.id, now_ms())
+        .poll_device_code(
+            &client.tenant,
+            &hash_token(&client.tenant, device_code),
+            &client.id,
+            now_ms(),
+        )
         .await?;
     let (subject, idp, scopes) = match poll {
         DevicePoll::Unknown => {
@@ -263,8 +276,9 @@ mod tests {
 
     fn record() -> DeviceCodeRecord {
         DeviceCodeRecord {
-            device_hash: hash_token("d"),
-            user_hash: hash_token("u"),
+            tenant: String::new(),
+            device_hash: hash_token("", "d"),
+            user_hash: hash_token("", "u"),
             client_id: "tv".into(),
             scopes: vec![],
             status: DeviceStatus::Pending,

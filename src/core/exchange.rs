@@ -78,7 +78,7 @@ impl Subject {
     ) -> Result<Self, Error> {
         let active = grants
             .lookup()
-            .find_active(token)
+            .find_active(&client.tenant, token)
             .await?
             .filter(|t| t.token.kind == TokenKind::Access)
             .ok_or(Error::SubjectInactive)?;
@@ -282,7 +282,7 @@ pub async fn refresh_derived(
         return Err(DerivedRefusal::Foreign);
     }
     let found = grants
-        .find_token(&hash_token(refresh_token))
+        .find_token(&config.tenant, &hash_token(&config.tenant, refresh_token))
         .await
         .map_err(|e| DerivedRefusal::Failed(e.into()))?;
     let Some((_, record)) = found else {

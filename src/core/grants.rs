@@ -45,12 +45,19 @@ impl Grants {
         self.lookup.store().ping().await
     }
 
-    /// A token with its grant, as stored.
+    /// A token of `tenant` with its grant, as stored (`None` when unknown
+    /// or another tenant's).
     pub async fn find_token(
         &self,
+        tenant: &str,
         hash: &TokenHash,
     ) -> Result<Option<(TokenRecord, GrantRecord)>, StoreError> {
-        self.lookup.store().find_token(hash).await
+        Ok(self
+            .lookup
+            .store()
+            .find_token(hash)
+            .await?
+            .filter(|(_, grant)| grant.tenant == tenant))
     }
 
     /// A grant, as stored.

@@ -91,7 +91,7 @@ pub async fn issue(
     let access = random.token(TokenKind::Access);
     let access_expiry = capped_expiry(issued_at, grant.access_ttl, grant.not_after);
     let mut tokens = vec![NewToken {
-        hash: hash_token(&access),
+        hash: hash_token(&client.tenant, &access),
         kind: TokenKind::Access,
         scopes: None,
         issued_at,
@@ -100,7 +100,7 @@ pub async fn issue(
     let refresh = (grant.allow_refresh && scope::has_offline_access(&grant.scopes)).then(|| {
         let token = random.token(TokenKind::Refresh);
         tokens.push(NewToken {
-            hash: hash_token(&token),
+            hash: hash_token(&client.tenant, &token),
             kind: TokenKind::Refresh,
             scopes: None,
             issued_at,
@@ -133,6 +133,7 @@ pub async fn issue(
         kept_subject_token: grant
             .kept_subject_token
             .map(|token| super::kept::seal(grants, &grant_id, &token)),
+        tenant: client.tenant.clone(),
     };
     grants.create(&record, &tokens).await?;
     Ok(TokenResponse {

@@ -26,10 +26,11 @@ pub async fn redeem(
     if token_kind(presented) != Some(TokenKind::Refresh) {
         return Err(invalid());
     }
-    let hash = hash_token(presented);
+    let tenant = &client.tenant;
+    let hash = hash_token(tenant, presented);
     // Read from the store, not the cache: a consumed token must reach the
     // rotation below so that its replay is detected.
-    let Some((token, grant)) = grants.find_token(&hash).await? else {
+    let Some((token, grant)) = grants.find_token(tenant, &hash).await? else {
         return Err(invalid());
     };
     let now = now();
@@ -66,14 +67,14 @@ pub async fn redeem(
     let access_expiry = capped_expiry(now, whole_seconds(client.access_token_ttl), grant.not_after);
     let new_tokens = [
         NewToken {
-            hash: hash_token(&access),
+            hash: hash_token(tenant, &access),
             kind: TokenKind::Access,
             scopes: (scopes != grant.scopes).then(|| scopes.clone()),
             issued_at: now,
             expires_at: access_expiry,
         },
         NewToken {
-            hash: hash_token(&refresh),
+            hash: hash_token(tenant, &refresh),
             kind: TokenKind::Refresh,
             scopes: token.scopes.clone(),
             issued_at: now,

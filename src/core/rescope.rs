@@ -23,7 +23,7 @@ pub async fn rescope(
 ) -> Result<TokenResponse, Error> {
     let active = grants
         .lookup()
-        .find_active(subject_token)
+        .find_active(&client.tenant, subject_token)
         .await?
         .filter(|t| t.token.kind == TokenKind::Access)
         .ok_or(Error::SubjectInactive)?;

@@ -69,7 +69,7 @@ pub async fn admit(
     let lookup = crate::traces::token_lookup();
     let (found, hit) = gateway
         .lookup
-        .find_active_counted(hash_token(token))
+        .find_active_counted(&route.tenant, hash_token(&route.tenant, token))
         .instrument(lookup.clone())
         .await
         .map_err(|e| {
@@ -94,11 +94,16 @@ pub async fn admit(
     }
     check_destination(route, &active.grant)?;
 
+    // The route's tenant: its issuer, its authorities.
+    let tenant = state
+        .config
+        .tenant(&route.tenant)
+        .ok_or(GatewayError::InvalidToken)?;
     if let RouteAccess::Jwt = route.access {
-        let header =
-            gateway
-                .phantom
-                .authorization(&active, route, &state.config.issuer, &ctx.request_id)?;
+        let issuer = &tenant.issuer;
+        let header = gateway
+            .phantom
+            .authorization(&active, route, issuer, &ctx.request_id)?;
         ctx.phantom = Some(header);
         ctx.grant = Some(active.grant);
         ctx.state = Some(state);
@@ -119,7 +124,7 @@ pub async fn admit(
             // configured authority is ever sent or refreshed.
             let configured = stored
                 .authority()
-                .is_some_and(|a| state.config.authorities.contains_key(a));
+                .is_some_and(|a| tenant.authorities.contains_key(a));
             if !configured {
                 tracing::warn!(
                     request_id = %ctx.request_id,
@@ -285,7 +290,7 @@ async fn own_credential_alive(
     }
     let found = gateway
         .lookup
-        .find_active_hash(hash_token(token))
+        .find_active_hash(caller.tenant(), hash_token(caller.tenant(), token))
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "token lookup failed");

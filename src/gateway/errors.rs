@@ -64,11 +64,17 @@ pub struct ConnectHint {
     pub authority: String,
 }
 
-/// The hint for `error`, when it is about a credential a connect flow fills.
-pub fn connect_hint(error: &GatewayError, config: &crate::config::Config) -> Option<ConnectHint> {
+/// The hint for `error`, when it is about a credential a connect flow of
+/// `tenant` (the route's) fills.
+pub fn connect_hint(
+    error: &GatewayError,
+    config: &crate::config::Config,
+    tenant: &str,
+) -> Option<ConnectHint> {
     let (GatewayError::CredentialMissing(name) | GatewayError::ReauthRequired(name)) = error else {
         return None;
     };
+    let config = config.tenant(tenant)?;
     let authority = config.connectable_for(name)?;
     Some(ConnectHint {
         endpoint: config.connect.as_ref()?.connect_endpoint.clone(),

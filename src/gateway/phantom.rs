@@ -21,7 +21,7 @@ use super::errors::GatewayError;
 use crate::config::Route;
 use crate::crypto::{Random, TokenHash};
 use crate::lookup::{now, ActiveToken};
-use crate::signing::SigningKeys;
+use crate::signing::KeyRing;
 use crate::store::UnixTime;
 
 /// Memory the cached JWTs may take.
@@ -53,7 +53,8 @@ type JwtCache = moka::sync::Cache<(TokenHash, u64), Arc<Minted>>;
 
 /// Signs and caches the JWTs of phantom-token routes.
 pub struct PhantomTokens {
-    keys: Arc<SigningKeys>,
+    /// Each route signs with its tenant's keys.
+    keys: Arc<KeyRing>,
     /// `None` when caching is off.
     cache: Option<JwtCache>,
     random: Random,
@@ -75,7 +76,7 @@ impl moka::Expiry<(TokenHash, u64), Arc<Minted>> for UntilRenewal {
 
 impl PhantomTokens {
     /// Signs with `keys`; caches the JWTs when `caching`.
-    pub fn new(keys: Arc<SigningKeys>, caching: bool) -> Self {
+    pub fn new(keys: Arc<KeyRing>, caching: bool) -> Self {
         let cache = caching.then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(CACHE_BYTES)
@@ -128,7 +129,11 @@ impl PhantomTokens {
         request_id: &str,
     ) -> Result<Minted, GatewayError> {
         let issued_at = now();
-        let ttl = self.keys.settings().jwt_ttl.as_secs() as UnixTime;
+        let keys = self.keys.of(&route.tenant).ok_or_else(|| {
+            tracing::error!(request_id, route = %route.name, "no signing keys for the route's tenant");
+            GatewayError::SigningUnavailable
+        })?;
+        let ttl = keys.settings().jwt_ttl.as_secs() as UnixTime;
         let expires_at = (issued_at + ttl).min(active.token.expires_at);
         if expires_at <= issued_at {
             return Err(GatewayError::InvalidToken);
@@ -146,7 +151,7 @@ impl PhantomTokens {
         claims.insert("iat".into(), json!(issued_at));
         claims.insert("exp".into(), json!(expires_at));
         claims.insert("jti".into(), json!(self.random.grant_id()));
-        let jwt = self.keys.sign(TYP, &Value::Object(claims)).map_err(|e| {
+        let jwt = keys.sign(TYP, &Value::Object(claims)).map_err(|e| {
             tracing::error!(request_id, route = %route.name, "cannot sign a phantom token: {e}");
             GatewayError::SigningUnavailable
         })?;

@@ -179,7 +179,11 @@ impl ProxyHttp for Gateway {
                     // What follows a CONNECT is not HTTP.
                     session.set_keepalive(None);
                 }
-                let hint = errors::connect_hint(&error, &self.state.load().config);
+                let hint = errors::connect_hint(
+                    &error,
+                    &self.state.load().config,
+                    ctx.route.as_ref().map_or("", |e| &e.route.tenant),
+                );
                 errors::respond(session, &error, &ctx.request_id, hint.as_ref()).await;
                 Ok(true)
             }
@@ -313,7 +317,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         if let Some(error) = ctx.answer_instead.clone() {
-            let hint = errors::connect_hint(&error, &self.state.load().config);
+            let hint = errors::connect_hint(
+                &error,
+                &self.state.load().config,
+                ctx.route.as_ref().map_or("", |e| &e.route.tenant),
+            );
             errors::respond(session, &error, &ctx.request_id, hint.as_ref()).await;
             ctx.local_status = error.status();
             return FailToProxy {

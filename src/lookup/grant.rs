@@ -70,6 +70,8 @@ struct GrantExtra {
     parent_id: Option<Box<str>>,
     idp: Option<Box<str>>,
     route: Option<Box<str>>,
+    /// Empty for the top level.
+    tenant: Box<str>,
 }
 
 impl Grant {
@@ -82,7 +84,8 @@ impl Grant {
             || record.claims.is_some()
             || record.parent_id.is_some()
             || record.idp.is_some()
-            || record.route.is_some();
+            || record.route.is_some()
+            || !record.tenant.is_empty();
         let extra = rare.then(|| {
             Box::new(GrantExtra {
                 audience: record.audience,
@@ -91,6 +94,7 @@ impl Grant {
                 parent_id: record.parent_id.map(String::into_boxed_str),
                 idp: record.idp.map(String::into_boxed_str),
                 route: record.route.map(String::into_boxed_str),
+                tenant: record.tenant.into_boxed_str(),
             })
         });
         Grant {
@@ -129,6 +133,11 @@ impl Grant {
     /// subject came from, as introspection's `idp` shows it.
     pub fn idp(&self) -> Option<&str> {
         self.extra.as_ref().and_then(|e| e.idp.as_deref())
+    }
+
+    /// The tenant the grant belongs to (empty: the top level).
+    pub fn tenant(&self) -> &str {
+        self.extra.as_ref().map_or("", |e| &e.tenant)
     }
 
     /// The route the gateway minted this grant for.

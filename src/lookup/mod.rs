@@ -234,27 +234,39 @@ impl TokenLookup {
         )))
     }
 
-    /// Finds an active token of any kind. `Ok(None)` means inactive: unknown,
-    /// malformed, expired, revoked, consumed or its grant revoked.
-    pub async fn find_active(&self, token: &str) -> Result<Option<ActiveToken>, LookupError> {
+    /// Finds an active token of any kind issued in `tenant` (empty: the top
+    /// level). `Ok(None)` means inactive: unknown, malformed, expired,
+    /// revoked, consumed, its grant revoked, or another tenant's.
+    pub async fn find_active(
+        &self,
+        tenant: &str,
+        token: &str,
+    ) -> Result<Option<ActiveToken>, LookupError> {
         if token_kind(token).is_none() {
             return Ok(None);
         }
-        self.find_active_hash(hash_token(token)).await
+        self.find_active_hash(tenant, hash_token(tenant, token))
+            .await
     }
 
     /// As [`TokenLookup::find_active`], by hash.
     pub async fn find_active_hash(
         &self,
+        tenant: &str,
         hash: TokenHash,
     ) -> Result<Option<ActiveToken>, LookupError> {
-        self.find_active_counted(hash).await.map(|(found, _)| found)
+        self.find_active_counted(tenant, hash)
+            .await
+            .map(|(found, _)| found)
     }
 
     /// As [`TokenLookup::find_active_hash`], also telling whether the token
-    /// came from the cache (`true`) or had to be loaded.
+    /// came from the cache (`true`) or had to be loaded. A tenant's hashes
+    /// cover its name, so another tenant's token is not found; the grant's
+    /// own tenant is checked as well.
     pub async fn find_active_counted(
         &self,
+        tenant: &str,
         hash: TokenHash,
     ) -> Result<(Option<ActiveToken>, bool), LookupError> {
         // Expiry is checked once: by the load (`is_active`) for a value
@@ -263,11 +275,13 @@ impl TokenLookup {
             .cache
             .get_or_load(hash, || self.load_token(hash))
             .await?;
-        let active = found.map(|c| ActiveToken {
-            hash,
-            token: c.token,
-            grant: c.grant,
-        });
+        let active = found
+            .filter(|c| c.grant.tenant() == tenant)
+            .map(|c| ActiveToken {
+                hash,
+                token: c.token,
+                grant: c.grant,
+            });
         Ok((active, hit))
     }
 

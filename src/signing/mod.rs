@@ -10,9 +10,15 @@
 //! Two instances never add two keys for one turn: each key has a
 //! generation number, the store's primary key, and the instance that loses
 //! the race to add one reads the winner's instead.
+//!
+//! Each tenant has keys of its own ([`KeyRing`] holds one [`SigningKeys`]
+//! per tenant): its own generations, its own JWKS.
 
 mod keypair;
+mod ring;
 mod schedule;
+
+pub use ring::KeyRing;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,6 +89,8 @@ pub struct AddedKey {
 
 /// The signing keys in force.
 pub struct SigningKeys {
+    /// Whose keys (empty: the top level's).
+    tenant: String,
     store: Arc<dyn Store>,
     data_keys: Arc<DataKeys>,
     settings: SigningSettings,
@@ -92,8 +100,14 @@ pub struct SigningKeys {
 }
 
 impl SigningKeys {
-    pub fn new(store: Arc<dyn Store>, data_keys: Arc<DataKeys>, settings: SigningSettings) -> Self {
+    pub fn new(
+        tenant: &str,
+        store: Arc<dyn Store>,
+        data_keys: Arc<DataKeys>,
+        settings: SigningSettings,
+    ) -> Self {
         SigningKeys {
+            tenant: tenant.to_string(),
             store,
             data_keys,
             settings,
@@ -133,7 +147,10 @@ impl SigningKeys {
     pub async fn refresh(&self) -> Result<(), SigningError> {
         let _one = self.refreshing.lock().await;
         let now = crate::lookup::now();
-        let mut records = self.store.signing_keys(self.published_after(now)).await?;
+        let mut records = self
+            .store
+            .signing_keys(&self.tenant, self.published_after(now))
+            .await?;
         for _ in 0..ADD_TRIES {
             let Some(next) = schedule::due(&spans(&records), now, &self.settings) else {
                 break;
@@ -145,7 +162,10 @@ impl SigningKeys {
                     "signing key added"
                 );
             }
-            records = self.store.signing_keys(self.published_after(now)).await?;
+            records = self
+                .store
+                .signing_keys(&self.tenant, self.published_after(now))
+                .await?;
         }
         self.reseal_stale(&mut records, now).await?;
         self.install(records, now);
@@ -174,7 +194,12 @@ impl SigningKeys {
             let resealed = self.data_keys.seal(&name, record.generation, &opened.plain);
             if self
                 .store
-                .reseal_signing_key(record.generation, &record.private_sealed, &resealed)
+                .reseal_signing_key(
+                    &self.tenant,
+                    record.generation,
+                    &record.private_sealed,
+                    &resealed,
+                )
                 .await?
             {
                 tracing::info!(kid = %record.kid, "signing key sealed with the current data key");
@@ -190,10 +215,16 @@ impl SigningKeys {
         let _one = self.refreshing.lock().await;
         let now = crate::lookup::now();
         for _ in 0..ADD_TRIES {
-            let records = self.store.signing_keys(self.published_after(now)).await?;
+            let records = self
+                .store
+                .signing_keys(&self.tenant, self.published_after(now))
+                .await?;
             let next = schedule::forced(&spans(&records), now, &self.settings);
             if let Some(kid) = self.add_returning_kid(next, now).await? {
-                let records = self.store.signing_keys(self.published_after(now)).await?;
+                let records = self
+                    .store
+                    .signing_keys(&self.tenant, self.published_after(now))
+                    .await?;
                 self.install(records, now);
                 return Ok(AddedKey {
                     kid,
@@ -216,6 +247,7 @@ impl SigningKeys {
     ) -> Result<Option<String>, SigningError> {
         let pair = keypair::KeyPair::generate(self.settings.algorithm)?;
         let record = SigningKeyRecord {
+            tenant: self.tenant.clone(),
             generation: next.generation,
             kid: pair.kid.clone(),
             algorithm: self.settings.algorithm.as_str().to_string(),
@@ -333,24 +365,22 @@ impl SigningKeys {
         jsonwebtoken::encode(&header, claims, signer).map_err(|e| SigningError::Sign(e.to_string()))
     }
 
-    /// Keeps the schedule: checks it every [`Self::check_every`] until
-    /// `stop` turns true.
-    pub async fn keep(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            if let Err(e) = self.refresh().await {
-                tracing::warn!("signing keys not checked: {e}");
+    /// One look at the schedule: adds a key when one is due and deletes
+    /// the retired keys that left the JWKS long enough ago.
+    pub async fn check(&self) {
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(tenant = %self.tenant, "signing keys not checked: {e}");
+        }
+        // A retired key's private half has no use once it is no longer
+        // published: it leaves the store.
+        let before = self.published_after(crate::lookup::now()) - PURGE_AFTER;
+        match self.store.purge_signing_keys(&self.tenant, before).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(tenant = %self.tenant, keys = n, "retired signing keys deleted")
             }
-            // A retired key's private half has no use once it is no longer
-            // published: it leaves the store.
-            let before = self.published_after(crate::lookup::now()) - PURGE_AFTER;
-            match self.store.purge_signing_keys(before).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(keys = n, "retired signing keys deleted"),
-                Err(e) => tracing::warn!("retired signing keys not deleted: {e}"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.check_every()) => {}
-                _ = stop.wait_for(|s| *s) => return,
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant, "retired signing keys not deleted: {e}")
             }
         }
     }

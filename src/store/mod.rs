@@ -28,19 +28,41 @@ pub use sqlite::SqliteStore;
 /// Seconds since the Unix epoch.
 pub type UnixTime = i64;
 
-/// Whose grants: one subject's, or one client's.
+/// Whose grants: one subject's, or one client's, within one tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GrantsOf {
+pub struct GrantsOf {
+    /// The tenant (empty: the top level).
+    pub tenant: String,
+    pub owner: Owner,
+}
+
+/// A subject, or a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
     Subject(String),
     Client(String),
 }
 
 impl GrantsOf {
-    /// The grants column it filters on, and the value.
+    pub fn subject(tenant: &str, subject: impl Into<String>) -> Self {
+        GrantsOf {
+            tenant: tenant.to_string(),
+            owner: Owner::Subject(subject.into()),
+        }
+    }
+
+    pub fn client(tenant: &str, client: impl Into<String>) -> Self {
+        GrantsOf {
+            tenant: tenant.to_string(),
+            owner: Owner::Client(client.into()),
+        }
+    }
+
+    /// The grants column it filters on (besides `tenant`), and the value.
     pub fn filter(&self) -> (&'static str, &str) {
-        match self {
-            GrantsOf::Subject(s) => ("subject", s),
-            GrantsOf::Client(c) => ("client_id", c),
+        match &self.owner {
+            Owner::Subject(s) => ("subject", s),
+            Owner::Client(c) => ("client_id", c),
         }
     }
 }
@@ -81,6 +103,8 @@ pub struct GrantRecord {
     /// [`crate::core::kept`]). Written when the grant is created; grant
     /// reads leave it `None`: only [`Store::kept_subject_token`] reads it.
     pub kept_subject_token: Option<Vec<u8>>,
+    /// The tenant it belongs to (empty: the top level).
+    pub tenant: String,
 }
 
 impl GrantRecord {
@@ -308,6 +332,7 @@ pub trait Store: Send + Sync + 'static {
     /// generation, in generation order.
     async fn signing_keys(
         &self,
+        tenant: &str,
         signs_after: UnixTime,
     ) -> Result<Vec<SigningKeyRecord>, StoreError>;
 
@@ -320,13 +345,14 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the signing keys whose turn ended before `before`, except
     /// the latest generation (the next one is numbered after it). Returns
     /// how many went.
-    async fn purge_signing_keys(&self, before: UnixTime) -> Result<u64, StoreError>;
+    async fn purge_signing_keys(&self, tenant: &str, before: UnixTime) -> Result<u64, StoreError>;
 
     /// Replaces the sealed private key of generation `generation` with
     /// `resealed` (the same key sealed with the current data key) if it is
     /// still `current`. Returns whether it was replaced.
     async fn reseal_signing_key(
         &self,
+        tenant: &str,
         generation: i64,
         current: &[u8],
         resealed: &[u8],
@@ -341,6 +367,7 @@ pub trait Store: Send + Sync + 'static {
     /// unexpired at `now`. Returns whether it was.
     async fn decide_device_code(
         &self,
+        tenant: &str,
         user_hash: &TokenHash,
         now: UnixTime,
         decision: &DeviceStatus,
@@ -352,6 +379,7 @@ pub trait Store: Send + Sync + 'static {
     /// approved code) and returns its answer.
     async fn poll_device_code(
         &self,
+        tenant: &str,
         device_hash: &TokenHash,
         client_id: &str,
         now_ms: i64,
@@ -368,6 +396,8 @@ pub trait Store: Send + Sync + 'static {
 /// and of its normalised user code, never the codes.
 #[derive(Debug, Clone)]
 pub struct DeviceCodeRecord {
+    /// The tenant it belongs to (empty: the top level).
+    pub tenant: String,
     pub device_hash: TokenHash,
     pub user_hash: TokenHash,
     pub client_id: String,
@@ -440,7 +470,10 @@ pub enum DevicePoll {
 /// A signing key as stored: the private half sealed with the data key.
 #[derive(Clone)]
 pub struct SigningKeyRecord {
-    /// The turn of the schedule this key serves; unique, counting up.
+    /// The tenant whose tokens it signs (empty: the top level).
+    pub tenant: String,
+    /// The turn of the schedule this key serves; unique within its tenant,
+    /// counting up.
     pub generation: i64,
     /// RFC 7638 thumbprint of the public key.
     pub kid: String,

@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0004_grants_by_subject.sql"),
     include_str!("migrations/postgres/0005_kept_subject_token.sql"),
     include_str!("migrations/postgres/0006_device_codes.sql"),
+    include_str!("migrations/postgres/0007_tenants.sql"),
 ];
 /// The notification channel.
 const CHANNEL: &str = "refgate_invalidate";
@@ -172,6 +173,7 @@ fn grant_from_row(row: &PgRow, at: usize) -> Result<GrantRecord, StoreError> {
         not_after: row.try_get(at + 13).map_err(corrupt)?,
         idp: row.try_get(at + 14).map_err(corrupt)?,
         route: row.try_get(at + 15).map_err(corrupt)?,
+        tenant: row.try_get(at + 16).map_err(corrupt)?,
     }
     .into_record()
     .map_err(corrupt)
@@ -243,8 +245,9 @@ impl Store for PostgresStore {
         sqlx::query(
             "INSERT INTO grants (id, client_id, subject, scopes, audience, actor, issuer, \
              claims, custom, version, created_at, revoked, parent_id, not_after, idp, route, \
-             kept_subject_token) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, FALSE, $12, $13, $14, $15, $16)",
+             kept_subject_token, tenant) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, FALSE, $12, $13, $14, $15, $16, \
+             $17)",
         )
         .bind(&grant.id)
         .bind(&grant.client_id)
@@ -262,6 +265,7 @@ impl Store for PostgresStore {
         .bind(&grant.idp)
         .bind(&grant.route)
         .bind(&grant.kept_subject_token)
+        .bind(&grant.tenant)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -450,10 +454,12 @@ impl Store for PostgresStore {
     async fn live_grants_of(&self, owner: &GrantsOf) -> Result<Vec<String>, StoreError> {
         let (column, value) = owner.filter();
         let sql = format!(
-            "SELECT id FROM grants WHERE {column} = $1 AND NOT revoked ORDER BY created_at, id"
+            "SELECT id FROM grants WHERE tenant = $2 AND {column} = $1 AND NOT revoked \
+             ORDER BY created_at, id"
         );
         sqlx::query_scalar(&sql)
             .bind(value)
+            .bind(&owner.tenant)
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)
@@ -467,7 +473,7 @@ impl Store for PostgresStore {
     ) -> Result<Vec<GrantRecord>, StoreError> {
         let (column, value) = owner.filter();
         let sql = format!(
-            "SELECT {} FROM grants g WHERE g.{column} = $1 \
+            "SELECT {} FROM grants g WHERE g.tenant = $5 AND g.{column} = $1 \
              AND (g.created_at < $2 OR (g.created_at = $2 AND g.id < $3)) \
              ORDER BY g.created_at DESC, g.id DESC LIMIT $4",
             grant_columns!()
@@ -478,6 +484,7 @@ impl Store for PostgresStore {
             .bind(at)
             .bind(id)
             .bind(i64::from(limit))
+            .bind(&owner.tenant)
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -714,21 +721,25 @@ impl Store for PostgresStore {
 
     async fn signing_keys(
         &self,
+        tenant: &str,
         signs_after: UnixTime,
     ) -> Result<Vec<SigningKeyRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT generation, kid, algorithm, public_jwk, private_sealed, created_at, \
              signs_from, signs_until FROM signing_keys \
-             WHERE signs_until > $1 OR generation = (SELECT max(generation) FROM signing_keys) \
+             WHERE tenant = $2 AND (signs_until > $1 OR generation = \
+             (SELECT max(generation) FROM signing_keys WHERE tenant = $2)) \
              ORDER BY generation",
         )
         .bind(signs_after)
+        .bind(tenant)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
         rows.iter()
             .map(|row| {
                 Ok(SigningKeyRecord {
+                    tenant: tenant.to_string(),
                     generation: row.try_get(0).map_err(corrupt)?,
                     kid: row.try_get(1).map_err(corrupt)?,
                     algorithm: row.try_get(2).map_err(corrupt)?,
@@ -746,8 +757,8 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let added = sqlx::query(
             "INSERT INTO signing_keys (generation, kid, algorithm, public_jwk, private_sealed, \
-             created_at, signs_from, signs_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT DO NOTHING",
+             created_at, signs_from, signs_until, tenant) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
         )
         .bind(key.generation)
         .bind(&key.kid)
@@ -757,6 +768,7 @@ impl Store for PostgresStore {
         .bind(key.created_at)
         .bind(key.signs_from)
         .bind(key.signs_until)
+        .bind(&key.tenant)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?
@@ -767,10 +779,11 @@ impl Store for PostgresStore {
         }
         sqlx::query(
             "UPDATE signing_keys SET signs_until = $1 \
-             WHERE generation < $2 AND signs_until > $1",
+             WHERE tenant = $3 AND generation < $2 AND signs_until > $1",
         )
         .bind(key.signs_from)
         .bind(key.generation)
+        .bind(&key.tenant)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -778,12 +791,13 @@ impl Store for PostgresStore {
         Ok(true)
     }
 
-    async fn purge_signing_keys(&self, before: UnixTime) -> Result<u64, StoreError> {
+    async fn purge_signing_keys(&self, tenant: &str, before: UnixTime) -> Result<u64, StoreError> {
         Ok(sqlx::query(
-            "DELETE FROM signing_keys WHERE signs_until < $1 \
-             AND generation < (SELECT max(generation) FROM signing_keys)",
+            "DELETE FROM signing_keys WHERE tenant = $2 AND signs_until < $1 \
+             AND generation < (SELECT max(generation) FROM signing_keys WHERE tenant = $2)",
         )
         .bind(before)
+        .bind(tenant)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?
@@ -792,17 +806,19 @@ impl Store for PostgresStore {
 
     async fn reseal_signing_key(
         &self,
+        tenant: &str,
         generation: i64,
         current: &[u8],
         resealed: &[u8],
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE signing_keys SET private_sealed = $3 \
-             WHERE generation = $1 AND private_sealed = $2",
+             WHERE tenant = $4 AND generation = $1 AND private_sealed = $2",
         )
         .bind(generation)
         .bind(current)
         .bind(resealed)
+        .bind(tenant)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?
@@ -813,7 +829,7 @@ impl Store for PostgresStore {
     async fn create_device_code(&self, record: &DeviceCodeRecord) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "INSERT INTO device_codes (device_hash, user_hash, client_id, scopes, status, \
-             expires_at, interval_secs) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             expires_at, interval_secs, tenant) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT DO NOTHING",
         )
         .bind(&record.device_hash.0[..])
@@ -823,6 +839,7 @@ impl Store for PostgresStore {
         .bind(record.status.code() as i16)
         .bind(record.expires_at)
         .bind(record.interval)
+        .bind(&record.tenant)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?
@@ -832,6 +849,7 @@ impl Store for PostgresStore {
 
     async fn decide_device_code(
         &self,
+        tenant: &str,
         user_hash: &TokenHash,
         now: UnixTime,
         decision: &DeviceStatus,
@@ -842,13 +860,15 @@ impl Store for PostgresStore {
         };
         let done = sqlx::query(
             "UPDATE device_codes SET status = $3, subject = $4, idp = $5 \
-             WHERE user_hash = $1 AND status = 0 AND NOT consumed AND expires_at > $2",
+             WHERE user_hash = $1 AND tenant = $6 AND status = 0 AND NOT consumed \
+             AND expires_at > $2",
         )
         .bind(&user_hash.0[..])
         .bind(now)
         .bind(decision.code() as i16)
         .bind(subject)
         .bind(idp)
+        .bind(tenant)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?
@@ -858,6 +878,7 @@ impl Store for PostgresStore {
 
     async fn poll_device_code(
         &self,
+        tenant: &str,
         device_hash: &TokenHash,
         client_id: &str,
         now_ms: i64,
@@ -865,10 +886,11 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let row = sqlx::query(
             "SELECT client_id, scopes, status, subject, idp, expires_at, interval_secs, \
-             last_poll_ms, consumed, user_hash FROM device_codes WHERE device_hash = $1 \
-             FOR UPDATE",
+             last_poll_ms, consumed, user_hash FROM device_codes \
+             WHERE device_hash = $1 AND tenant = $2 FOR UPDATE",
         )
         .bind(&device_hash.0[..])
+        .bind(tenant)
         .fetch_optional(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -877,6 +899,7 @@ impl Store for PostgresStore {
         };
         let status: i16 = row.try_get(2).map_err(corrupt)?;
         let record = DeviceCodeRecord {
+            tenant: tenant.to_string(),
             device_hash: *device_hash,
             user_hash: {
                 let bytes: Vec<u8> = row.try_get(9).map_err(corrupt)?;

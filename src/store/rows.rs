@@ -13,7 +13,7 @@ macro_rules! grant_columns {
     () => {
         "g.id, g.client_id, g.subject, g.scopes, g.audience, g.actor, \
          g.issuer, g.claims, g.custom, g.version, g.created_at, g.revoked, \
-         g.parent_id, g.not_after, g.idp, g.route"
+         g.parent_id, g.not_after, g.idp, g.route, g.tenant"
     };
 }
 pub(crate) use grant_columns;
@@ -36,6 +36,7 @@ pub(crate) struct GrantRow {
     pub not_after: Option<i64>,
     pub idp: Option<String>,
     pub route: Option<String>,
+    pub tenant: String,
 }
 
 /// Why stored columns do not make a record.
@@ -87,6 +88,7 @@ impl GrantRow {
             idp: self.idp,
             route: self.route,
             kept_subject_token: None,
+            tenant: self.tenant,
         })
     }
 }

@@ -22,7 +22,7 @@ use super::error::{no_store, OAuthError};
 use super::request::{authenticate, AuthMethods};
 use super::TokenService;
 use crate::lookup::now;
-use crate::store::{GrantRecord, GrantsOf, UnixTime};
+use crate::store::{GrantRecord, GrantsOf, Owner, UnixTime};
 
 /// Grants a page holds unless the caller asks for fewer.
 const PAGE: u32 = 50;
@@ -71,10 +71,22 @@ fn not_found(what: &str) -> Response {
 
 #[derive(Deserialize)]
 struct ListQuery {
+    /// A `[[tenants]]` name (absent: the top level).
+    tenant: Option<String>,
     subject: Option<String>,
     client_id: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
+}
+
+/// `tenant` of an admin request, if the configuration has it (absent:
+/// the top level, "").
+fn known_tenant(service: &TokenService, tenant: Option<String>) -> Result<String, OAuthError> {
+    match tenant {
+        None => Ok(String::new()),
+        Some(name) if service.config().tenants.contains_key(&name) => Ok(name),
+        Some(name) => Err(OAuthError::invalid_request(format!("no tenant `{name}`"))),
+    }
 }
 
 async fn list(
@@ -89,9 +101,13 @@ async fn list(
         return OAuthError::invalid_request("the query is not subject, client_id, limit, cursor")
             .into_response();
     };
+    let tenant = match known_tenant(&service, query.tenant) {
+        Ok(tenant) => tenant,
+        Err(e) => return e.into_response(),
+    };
     let owner = match (query.subject, query.client_id) {
-        (Some(subject), None) => GrantsOf::Subject(subject),
-        (None, Some(client)) => GrantsOf::Client(client),
+        (Some(subject), None) => GrantsOf::subject(&tenant, subject),
+        (None, Some(client)) => GrantsOf::client(&tenant, client),
         _ => {
             return OAuthError::invalid_request("give exactly one of subject and client_id")
                 .into_response()
@@ -188,6 +204,8 @@ async fn delete(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
+    /// A `[[tenants]]` name (absent: the top level).
+    tenant: Option<String>,
     subject: Option<String>,
     client_id: Option<String>,
 }
@@ -207,9 +225,13 @@ async fn revoke(
         )
         .into_response();
     };
+    let tenant = match known_tenant(&service, body.tenant) {
+        Ok(tenant) => tenant,
+        Err(e) => return e.into_response(),
+    };
     let owner = match (body.subject, body.client_id) {
-        (Some(subject), None) => GrantsOf::Subject(subject),
-        (None, Some(client)) => GrantsOf::Client(client),
+        (Some(subject), None) => GrantsOf::subject(&tenant, subject),
+        (None, Some(client)) => GrantsOf::client(&tenant, client),
         _ => {
             return OAuthError::invalid_request("give exactly one of subject and client_id")
                 .into_response()
@@ -222,12 +244,15 @@ async fn revoke(
                 "client_id": caller,
                 "grants": revoked,
             });
-            match &owner {
-                GrantsOf::Subject(subject) => {
+            if !owner.tenant.is_empty() {
+                members["tenant"] = owner.tenant.clone().into();
+            }
+            match &owner.owner {
+                Owner::Subject(subject) => {
                     members["action"] = "revoke_subject".into();
                     members["sub"] = subject.clone().into();
                 }
-                GrantsOf::Client(client) => {
+                Owner::Client(client) => {
                     members["action"] = "revoke_client".into();
                     members["target_client_id"] = client.clone().into();
                 }

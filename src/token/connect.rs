@@ -232,7 +232,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Box<Response>> {
 }
 
 async fn connect(service: &TokenService, request: Request<Body>) -> Result<Value, Box<Response>> {
-    let config = service.config();
+    let config = super::tenant::scope_of(request.extensions(), service).0;
     let Some(settings) = config.connect.as_ref() else {
         return Err(refuse(OAuthError::new(
             StatusCode::NOT_FOUND,
@@ -256,14 +256,16 @@ async fn connect(service: &TokenService, request: Request<Body>) -> Result<Value
     }
     let Some(active) = service
         .lookup
-        .find_active(&token)
+        .find_active(&config.tenant, &token)
         .await
         .map_err(|e| refuse(OAuthError::from(e)))?
     else {
         return Err(invalid_token());
     };
     let grant = &active.grant;
-    service.check_rate(&grant.client_id).map_err(refuse)?;
+    if let Some(client) = config.clients.get(&*grant.client_id) {
+        service.check_rate(client).map_err(refuse)?;
+    }
     // The authority by name, or the one that fills a route's credential.
     let authority = match (form.get("authority"), form.get("route")) {
         (Some(name), None) => connectable(&config, name).ok_or_else(|| {
@@ -301,7 +303,7 @@ async fn connect(service: &TokenService, request: Request<Body>) -> Result<Value
         return_to,
         exp: now() + ttl,
     };
-    let sealed = seal(service, TICKET_PURPOSE, &ticket);
+    let sealed = seal(service, &config, TICKET_PURPOSE, &ticket);
     service.audit.record(
         "connect_started",
         json!({
@@ -361,18 +363,23 @@ fn printable(value: &str) -> String {
     value.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
-fn seal<T: Serialize>(service: &TokenService, purpose: &str, value: &T) -> String {
+/// Seals a ticket or state for `purpose` in `config`'s tenant: it opens
+/// for that purpose in that tenant alone.
+fn seal<T: Serialize>(service: &TokenService, config: &Config, purpose: &str, value: &T) -> String {
     let plain = serde_json::to_vec(value).expect("a connect ticket serialises");
-    URL_SAFE_NO_PAD.encode(service.lookup.data_keys().seal(purpose, 0, &plain))
+    let purpose = format!("{purpose}/{}", config.tenant);
+    URL_SAFE_NO_PAD.encode(service.lookup.data_keys().seal(&purpose, 0, &plain))
 }
 
 fn open<T: for<'de> Deserialize<'de>>(
     service: &TokenService,
+    config: &Config,
     purpose: &str,
     text: &str,
 ) -> Option<T> {
     let sealed = URL_SAFE_NO_PAD.decode(text).ok()?;
-    let opened = service.lookup.data_keys().open(purpose, 0, &sealed).ok()?;
+    let purpose = format!("{purpose}/{}", config.tenant);
+    let opened = service.lookup.data_keys().open(&purpose, 0, &sealed).ok()?;
     serde_json::from_slice(&opened.plain).ok()
 }
 
@@ -460,14 +467,14 @@ async fn redirect_to_authority(
     service: &TokenService,
     request: &Parts,
 ) -> Result<Response, Failure> {
-    let config = service.config();
+    let config = super::tenant::scope_of(&request.extensions, service).0;
     let settings = config
         .connect
         .as_ref()
         .ok_or_else(Failure::not_configured)?;
     let pairs = query(request)?;
     let ticket: Ticket = param(&pairs, "ticket")
-        .and_then(|t| open(service, TICKET_PURPOSE, t))
+        .and_then(|t| open(service, &config, TICKET_PURPOSE, t))
         .ok_or_else(|| Failure::bad("invalid_request", "this connect link is not valid"))?;
     let at = now();
     if ticket.exp <= at {
@@ -525,7 +532,7 @@ async fn redirect_to_authority(
             browser.as_bytes(),
         )),
     };
-    let sealed_state = seal(service, STATE_PURPOSE, &state);
+    let sealed_state = seal(service, &config, STATE_PURPOSE, &state);
     let mut location = url::Url::parse(authorization_endpoint).map_err(|_| {
         Failure::new(
             StatusCode::BAD_GATEWAY,
@@ -617,14 +624,14 @@ pub async fn callback(
 }
 
 async fn finish(service: &TokenService, request: &Parts) -> Result<Response, Failure> {
-    let config = service.config();
+    let config = super::tenant::scope_of(&request.extensions, service).0;
     let settings = config
         .connect
         .as_ref()
         .ok_or_else(Failure::not_configured)?;
     let pairs = query(request)?;
     let state: FlowState = param(&pairs, "state")
-        .and_then(|s| open(service, STATE_PURPOSE, s))
+        .and_then(|s| open(service, &config, STATE_PURPOSE, s))
         .ok_or_else(|| {
             Failure::bad(
                 "invalid_request",
@@ -870,7 +877,7 @@ async fn redeem(
     ];
     let client = AuthorityClient::new(
         service.http.clone(),
-        service.signing.clone(),
+        service.keys.clone(),
         service.discovery.clone(),
     );
     let (status, body) = client

@@ -46,7 +46,7 @@ async fn approve(service: &TokenService, request: AuthenticatedForm) -> Result<(
         ))
         .with_status(StatusCode::FORBIDDEN));
     }
-    service.check_rate(&client.id)?;
+    service.check_rate(&client)?;
     let too_many = |wait| OAuthError::rate_limited("too many wrong user codes; retry later", wait);
     if let Some(wait) = service.device_guesses.refused(&client.id) {
         return Err(too_many(wait));
@@ -89,7 +89,7 @@ async fn approve(service: &TokenService, request: AuthenticatedForm) -> Result<(
         },
         _ => DeviceStatus::Denied,
     };
-    if !device::decide(&service.grants, &user_code, &decision).await? {
+    if !device::decide(&service.grants, &client.tenant, &user_code, &decision).await? {
         if let Some(wait) = service.device_guesses.failed(&client.id) {
             return Err(too_many(wait));
         }

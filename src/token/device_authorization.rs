@@ -34,7 +34,7 @@ async fn authorize(
         form,
         ..
     } = request;
-    service.check_rate(&client.id)?;
+    service.check_rate(&client)?;
     if !client.may_use(GrantType::DeviceCode) {
         return Err(OAuthError::unauthorized_client(format!(
             "client `{}` may not use the device_code grant",

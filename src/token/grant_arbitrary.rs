@@ -70,7 +70,7 @@ pub async fn grant(
         registered.insert("exp".into(), json!(issued_at + response.expires_in));
         registered.insert("jti".into(), json!(Random::default().grant_id()));
         let claims = signed_claims(registered, arbitrary)?;
-        response.access_token = sign(service, "at+jwt", &claims)?;
+        response.access_token = sign(service, &client.tenant, "at+jwt", &claims)?;
     }
     Ok(response)
 }
@@ -105,7 +105,7 @@ pub async fn identity(
     registered.insert("iat".into(), json!(issued_at));
     registered.insert("exp".into(), json!(issued_at + lifetime));
     let claims = signed_claims(registered, form.get("arbitrary_claims"))?;
-    let id_token = sign(service, "JWT", &claims)?;
+    let id_token = sign(service, &client.tenant, "JWT", &claims)?;
     service.audit.record(
         "token_issued",
         json!({
@@ -127,13 +127,14 @@ pub async fn identity(
     Ok(response)
 }
 
-/// Signs with refgate's current key; 503 when none can sign.
+/// Signs with the current key of `tenant`; 503 when none can sign.
 pub(super) fn sign(
     service: &TokenService,
+    tenant: &str,
     typ: &str,
     claims: &Value,
 ) -> Result<String, OAuthError> {
-    service.signing.sign(typ, claims).map_err(|e| {
+    service.signing(tenant)?.sign(typ, claims).map_err(|e| {
         tracing::warn!(error = %e, "cannot sign a token");
         OAuthError::new(
             StatusCode::SERVICE_UNAVAILABLE,

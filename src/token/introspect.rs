@@ -27,6 +27,7 @@ pub async fn handle(
     };
     let caller = request.client.id.clone();
     let issuer = request.config.issuer.clone();
+    let tenant = request.config.tenant.clone();
     let body = match introspect(&service, request).await {
         Ok(body) => body,
         Err(e) => return e.into_response(),
@@ -39,7 +40,7 @@ pub async fn handle(
             "iat": crate::lookup::now(),
             "token_introspection": body,
         });
-        match super::grant_arbitrary::sign(&service, "token-introspection+jwt", &claims) {
+        match super::grant_arbitrary::sign(&service, &tenant, "token-introspection+jwt", &claims) {
             Ok(jwt) => ([(axum::http::header::CONTENT_TYPE, JWT_ANSWER)], jwt).into_response(),
             Err(e) => return e.into_response(),
         }
@@ -106,7 +107,7 @@ async fn introspect(
     }
     let token = form.require("token")?;
     let inactive = json!({ "active": false });
-    let Some(active) = service.lookup.find_active(token).await? else {
+    let Some(active) = service.lookup.find_active(&config.tenant, token).await? else {
         return Ok(inactive);
     };
     if active.token.kind == TokenKind::Refresh
@@ -150,7 +151,11 @@ async fn refresh_token_still_active(
     service: &TokenService,
     active: &ActiveToken,
 ) -> Result<bool, OAuthError> {
-    let still_active = match service.grants.find_token(&active.hash).await? {
+    let still_active = match service
+        .grants
+        .find_token(active.grant.tenant(), &active.hash)
+        .await?
+    {
         Some((token, grant)) => is_active(&token, &grant),
         None => false,
     };

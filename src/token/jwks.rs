@@ -8,12 +8,18 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::tenant::Scope;
 use super::{OAuthError, TokenService};
 
-pub async fn handle(State(service): State<Arc<TokenService>>) -> Response {
-    match service.signing.jwks().await {
+/// The keys of the request's tenant.
+pub async fn handle(State(service): State<Arc<TokenService>>, Scope(config): Scope) -> Response {
+    let keys = match service.signing(&config.tenant) {
+        Ok(keys) => keys,
+        Err(e) => return e.into_response(),
+    };
+    match keys.jwks().await {
         Ok(jwks) => {
-            let max_age = service.signing.jwks_max_age().as_secs();
+            let max_age = keys.jwks_max_age().as_secs();
             let cache = HeaderValue::from_str(&format!("public, max-age={max_age}"))
                 .expect("a number makes a valid header value");
             (

@@ -1,17 +1,15 @@
 //! `GET /.well-known/oauth-authorization-server` (RFC 8414).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::TokenService;
+use super::tenant::Scope;
 use crate::config::GrantType;
 
-pub async fn handle(State(service): State<Arc<TokenService>>) -> Response {
-    let config = service.config();
+/// The metadata of the request's tenant (the top level's at the top).
+pub async fn handle(Scope(config): Scope) -> Response {
     let issuer = &config.issuer;
     let base = issuer.trim_end_matches('/');
     let scopes: BTreeSet<&str> = config

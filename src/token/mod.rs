@@ -12,7 +12,9 @@
 //!   guessing;
 //! - `request` reads bodies and authenticates clients, `error` is the one
 //!   mapping of failures (among them [`crate::core::Error`]) to RFC 6749
-//!   responses, `issue` writes token responses.
+//!   responses, `issue` writes token responses;
+//! - `tenant` serves each `[[tenants]]` entry under `/{name}/`: every
+//!   handler reads the configuration of the request's tenant.
 
 pub mod admin;
 mod connect;
@@ -35,6 +37,7 @@ mod metadata;
 mod mutate;
 mod request;
 mod revoke;
+mod tenant;
 mod throttle;
 mod token_endpoint;
 
@@ -51,7 +54,7 @@ use crate::config::Config;
 use crate::core::Grants;
 use crate::lookup::TokenLookup;
 use crate::reload::Live;
-use crate::signing::SigningKeys;
+use crate::signing::{KeyRing, SigningKeys};
 use crate::telemetry::Metrics;
 
 pub use error::OAuthError;
@@ -69,8 +72,8 @@ pub struct TokenService {
     /// Wrong user codes per approving client.
     pub device_guesses: device_guesses::DeviceGuesses,
     pub metrics: Arc<Metrics>,
-    /// refgate's own signing keys (the JWKS it publishes).
-    pub signing: Arc<SigningKeys>,
+    /// refgate's own signing keys, each tenant's (the JWKS it publishes).
+    pub keys: Arc<KeyRing>,
     /// The audit trail (also written by the gateway's refreshes).
     pub audit: Arc<Audit>,
     /// Calls to downstream authorities (the connect flow's code redemption).
@@ -85,7 +88,7 @@ impl TokenService {
         lookup: Arc<TokenLookup>,
         http: reqwest::Client,
         metrics: Arc<Metrics>,
-        signing: Arc<SigningKeys>,
+        keys: Arc<KeyRing>,
         audit: Arc<Audit>,
     ) -> Self {
         let auth_failures = live.load().config.tokens.auth_failures;
@@ -93,7 +96,7 @@ impl TokenService {
             throttle::AuthThrottle::new(auth_failures, metrics.clone(), audit.clone());
         TokenService {
             live,
-            signing,
+            keys,
             grants: Arc::new(Grants::new(lookup.clone())),
             lookup,
             id_tokens: id_token::IdTokenVerifier::new(http.clone()),
@@ -107,28 +110,51 @@ impl TokenService {
     }
 
     /// A token-endpoint request of `client` against its rate limit.
-    pub fn check_rate(&self, client: &str) -> Result<(), OAuthError> {
+    pub fn check_rate(&self, client: &crate::config::Client) -> Result<(), OAuthError> {
         self.live.load().limits.client(client).map_err(|wait| {
             self.metrics
                 .rate_limited
-                .with_label_values(&["client", client])
+                .with_label_values(&["client", &client.key()])
                 .inc();
             self.audit.record(
                 "rate_limited",
-                json!({ "client_id": client, "limit": "client" }),
+                json!({ "client_id": client.id, "limit": "client" }),
             );
             OAuthError::rate_limited("too many requests from this client; retry later", wait)
         })
     }
 
-    /// The configuration in force now.
+    /// The top level's configuration in force now (a request's own is
+    /// [`tenant::Scope`]).
     pub fn config(&self) -> Arc<Config> {
         self.live.load().config.clone()
     }
+
+    /// The signing keys of `tenant`.
+    pub fn signing(&self, tenant: &str) -> Result<Arc<SigningKeys>, OAuthError> {
+        self.keys.of(tenant).ok_or_else(|| {
+            OAuthError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "no signing key is available; retry shortly",
+            )
+        })
+    }
 }
 
-/// The token service's HTTP routes.
+/// The token service's HTTP routes: each endpoint at the top level and
+/// under every tenant's `/{name}/`.
 pub fn router(service: Arc<TokenService>) -> Router {
+    let endpoints = endpoints(service.clone());
+    let tenants = axum::middleware::from_fn_with_state(service, tenant::resolve);
+    Router::new().fallback_service(
+        tower::ServiceBuilder::new()
+            .layer(tenants)
+            .service(endpoints),
+    )
+}
+
+fn endpoints(service: Arc<TokenService>) -> Router {
     let routes = Router::new()
         .route(
             "/.well-known/oauth-authorization-server",

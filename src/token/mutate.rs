@@ -36,7 +36,7 @@ pub async fn handle(State(service): State<Arc<TokenService>>, request: Request<B
 }
 
 async fn mutate(service: &TokenService, request: Request<Body>) -> Result<i64, OAuthError> {
-    let config = service.config();
+    let config = super::tenant::scope_of(request.extensions(), service).0;
     let headers = request.headers().clone();
     let client = authenticate(
         &config,
@@ -70,7 +70,7 @@ async fn mutate(service: &TokenService, request: Request<Body>) -> Result<i64, O
     }
     let active = service
         .lookup
-        .find_active(&request.token)
+        .find_active(&config.tenant, &request.token)
         .await?
         .filter(|t| t.token.kind == TokenKind::Access)
         .ok_or(crate::core::Error::TokenInactive)?;

@@ -274,7 +274,7 @@ impl axum::extract::FromRequest<Arc<super::TokenService>> for AuthenticatedForm 
         request: Request<Body>,
         service: &Arc<super::TokenService>,
     ) -> Result<Self, OAuthError> {
-        let config = service.config();
+        let config = super::tenant::scope_of(request.extensions(), service).0;
         authenticate_header_first(&config, &service.auth_throttle, request.headers())?;
         let (parts, body) = read_body(request, FORM_LIMIT).await?;
         let form = Form::parse(&parts.headers, &body)?;

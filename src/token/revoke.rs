@@ -54,7 +54,7 @@ async fn revoke(service: &TokenService, request: AuthenticatedForm) -> Result<()
         }
         let ended = service
             .grants
-            .revoke_all(&GrantsOf::Subject(token.to_string()))
+            .revoke_all(&GrantsOf::subject(&client.tenant, token))
             .await?;
         tracing::info!(client = %client.id, grants = ended, "subject revoked");
         service.audit.record(
@@ -72,8 +72,8 @@ async fn revoke(service: &TokenService, request: AuthenticatedForm) -> Result<()
     if token_kind(token).is_none() {
         return Ok(());
     }
-    let hash = hash_token(token);
-    let Some((record, grant)) = service.grants.find_token(&hash).await? else {
+    let hash = hash_token(&client.tenant, token);
+    let Some((record, grant)) = service.grants.find_token(&client.tenant, &hash).await? else {
         return Ok(());
     };
     if grant.client_id != client.id {

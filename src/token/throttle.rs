@@ -113,10 +113,11 @@ impl AuthThrottle {
 }
 
 impl Limit {
-    /// A configured id has a counter of its own; an unknown one, one of
-    /// the shared ones (the top bit tells them apart).
+    /// A configured id has a counter of its own (per tenant: one id in
+    /// two tenants is two clients); an unknown one, one of the shared ones
+    /// (the top bit tells them apart).
     fn key(&self, config: &Config, id: &str) -> u64 {
-        let hash = self.hasher.hash_one(id);
+        let hash = self.hasher.hash_one((&config.tenant, id));
         if config.clients.contains_key(id) {
             hash >> 1
         } else {

@@ -29,7 +29,7 @@ async fn token(service: &TokenService, request: AuthenticatedForm) -> Result<Res
         form,
         ..
     } = request;
-    service.check_rate(&client.id)?;
+    service.check_rate(&client)?;
     let grant_type = form.require("grant_type")?;
     let grant = GrantType::parse(grant_type).ok_or_else(|| {
         OAuthError::unsupported_grant_type(format!("grant type `{grant_type}` is not supported"))

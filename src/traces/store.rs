@@ -206,10 +206,11 @@ impl Store for Traced {
 
     async fn signing_keys(
         &self,
+        tenant: &str,
         signs_after: UnixTime,
     ) -> Result<Vec<SigningKeyRecord>, StoreError> {
         self.0
-            .signing_keys(signs_after)
+            .signing_keys(tenant, signs_after)
             .instrument(store_call("signing_keys"))
             .await
     }
@@ -221,21 +222,22 @@ impl Store for Traced {
             .await
     }
 
-    async fn purge_signing_keys(&self, before: UnixTime) -> Result<u64, StoreError> {
+    async fn purge_signing_keys(&self, tenant: &str, before: UnixTime) -> Result<u64, StoreError> {
         self.0
-            .purge_signing_keys(before)
+            .purge_signing_keys(tenant, before)
             .instrument(store_call("purge_signing_keys"))
             .await
     }
 
     async fn reseal_signing_key(
         &self,
+        tenant: &str,
         generation: i64,
         current: &[u8],
         resealed: &[u8],
     ) -> Result<bool, StoreError> {
         self.0
-            .reseal_signing_key(generation, current, resealed)
+            .reseal_signing_key(tenant, generation, current, resealed)
             .instrument(store_call("reseal_signing_key"))
             .await
     }
@@ -253,24 +255,26 @@ impl Store for Traced {
 
     async fn decide_device_code(
         &self,
+        tenant: &str,
         user_hash: &TokenHash,
         now: UnixTime,
         decision: &DeviceStatus,
     ) -> Result<bool, StoreError> {
         self.0
-            .decide_device_code(user_hash, now, decision)
+            .decide_device_code(tenant, user_hash, now, decision)
             .instrument(store_call("decide_device_code"))
             .await
     }
 
     async fn poll_device_code(
         &self,
+        tenant: &str,
         device_hash: &TokenHash,
         client_id: &str,
         now_ms: i64,
     ) -> Result<DevicePoll, StoreError> {
         self.0
-            .poll_device_code(device_hash, client_id, now_ms)
+            .poll_device_code(tenant, device_hash, client_id, now_ms)
             .instrument(store_call("poll_device_code"))
             .await
     }

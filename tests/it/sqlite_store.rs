@@ -29,7 +29,7 @@ fn grant(id: &str) -> GrantRecord {
 
 fn token(name: &str, kind: TokenKind) -> NewToken {
     NewToken {
-        hash: hash_token(name),
+        hash: hash_token("", name),
         kind,
         scopes: None,
         issued_at: NOW,
@@ -75,7 +75,7 @@ async fn hundreds_of_concurrent_new_grants_are_all_stored_and_survive_reopening(
     }
 
     for i in 0..400 {
-        let hash = hash_token(&format!("access-{i}"));
+        let hash = hash_token("", &format!("access-{i}"));
         assert_eq!(grant_of(&store, &hash).await, Some(format!("g{i}")));
     }
     drop(store);
@@ -173,7 +173,7 @@ async fn of_fifty_concurrent_rotations_of_one_refresh_token_exactly_one_rotates(
     assert_eq!(replayed, 1, "one replay");
     assert_eq!(inactive, 48, "the rest find the grant revoked");
     for i in 0..50 {
-        let next = hash_token(&format!("refresh-1-{i}"));
+        let next = hash_token("", &format!("refresh-1-{i}"));
         let stored = grant_of(&store, &next).await.is_some();
         assert_eq!(stored, rotated == [i], "successor of rotation {i}");
     }

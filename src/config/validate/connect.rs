@@ -80,3 +80,15 @@ pub(super) fn settings(
         ttl,
     })
 }
+
+/// A tenant's connect settings: the same flow under `/{tenant}/`.
+pub(super) fn for_tenant(top: ConnectSettings, tenant: &str) -> ConnectSettings {
+    let base = &top.redirect_uri[..top.redirect_uri.len() - CALLBACK_PATH.len()];
+    let base = format!("{base}/{tenant}");
+    ConnectSettings {
+        redirect_uri: format!("{base}{CALLBACK_PATH}"),
+        connect_endpoint: format!("{base}/oauth2/connect"),
+        start_uri: format!("{base}/connect/start"),
+        ..top
+    }
+}

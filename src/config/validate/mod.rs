@@ -17,6 +17,7 @@ mod parties;
 mod routes;
 mod settings;
 mod store;
+mod tenants;
 
 use parties::*;
 use routes::*;
@@ -34,11 +35,16 @@ struct Checker<'a> {
     base: &'a Path,
     mode: LoadMode,
     problems: Problems,
+    /// Put before every key reported (`tenants[2].` inside a tenant).
+    prefix: String,
+    /// The tenant whose tables are being read (empty: the top level).
+    tenant: String,
 }
 
 impl Checker<'_> {
     fn report(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.problems.push((key.into(), message.into()));
+        let key = format!("{}{}", self.prefix, key.into());
+        self.problems.push((key, message.into()));
     }
 
     fn duration(&mut self, key: &str, value: Option<&String>, default: Duration) -> Duration {
@@ -196,6 +202,8 @@ pub(super) fn validate(
         base,
         mode,
         problems: Vec::new(),
+        prefix: String::new(),
+        tenant: String::new(),
     };
 
     // Kept exactly as written: RFC 8414 wants the metadata `issuer` identical.
@@ -267,13 +275,19 @@ pub(super) fn validate(
     let trusted_issuers = trusted_issuers(&mut c, &file.trusted_issuers);
     check_exchange_sources(&mut c, &file.clients, &clients, &trusted_issuers);
     let authorities = authorities(&mut c, &file.authorities);
-    let routes = routes(&mut c, &file.routes, &clients, &authorities);
     let connect = connect::settings(&mut c, file.connect.as_ref(), &authorities);
+    let tenant_parts = tenants::read(&mut c, &file, &issuer);
+    let mut parties = HashMap::new();
+    parties.insert(String::new(), (&clients, &authorities));
+    for t in &tenant_parts {
+        parties.insert(t.name.clone(), (&t.clients, &t.authorities));
+    }
+    let routes = routes(&mut c, &file.routes, &parties);
 
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
-    Ok(Config {
+    let top = Config {
         source: source.to_path_buf(),
         issuer,
         listen,
@@ -288,7 +302,10 @@ pub(super) fn validate(
         authorities,
         routes,
         connect,
-    })
+        tenant: String::new(),
+        tenants: HashMap::new(),
+    };
+    Ok(tenants::attach(top, tenant_parts))
 }
 
 /// `[telemetry] otlp_endpoint` (an http(s) base URL without query, fragment

@@ -95,6 +95,7 @@ pub(super) fn clients(
         }
         let client = Client {
             id: f.id.clone(),
+            tenant: c.tenant.clone(),
             secret,
             grant_types,
             scopes: f.scopes.clone(),
@@ -309,6 +310,7 @@ pub(super) fn authorities(
         };
         let authority = Authority {
             name: f.name.clone(),
+            tenant: c.tenant.clone(),
             token_endpoint: f.token_endpoint.clone().unwrap_or_default(),
             client_id: f.client_id.clone(),
             client_secret: Secret::new(secret.unwrap_or_default()),

@@ -3,16 +3,45 @@
 
 use super::*;
 
+/// Each tenant's clients and authorities, by tenant name (empty: the top
+/// level's).
+pub(super) type Parties<'a> = HashMap<
+    String,
+    (
+        &'a HashMap<String, Arc<Client>>,
+        &'a HashMap<String, Arc<Authority>>,
+    ),
+>;
+
 pub(super) fn routes(
     c: &mut Checker<'_>,
     list: &[file::Route],
-    clients: &HashMap<String, Arc<Client>>,
-    authorities: &HashMap<String, Arc<Authority>>,
+    parties: &Parties<'_>,
 ) -> Vec<Arc<Route>> {
     let mut out = Vec::new();
     let mut names = HashSet::new();
+    let empty_clients = HashMap::new();
+    let empty_authorities = HashMap::new();
     for (i, f) in list.iter().enumerate() {
         let key = |k: &str| format!("routes[{i}].{k}");
+        // A route's exchange client and authorities are its tenant's.
+        let tenant = f.tenant.clone().unwrap_or_default();
+        let (clients, authorities) = match parties.get(&tenant) {
+            Some(p) => *p,
+            None => {
+                c.report(
+                    key("tenant"),
+                    format!("no [[tenants]] entry named `{tenant}`"),
+                );
+                (&empty_clients, &empty_authorities)
+            }
+        };
+        if f.tenant.as_deref() == Some("") {
+            c.report(
+                key("tenant"),
+                "must name a [[tenants]] entry (leave it out for the top level)",
+            );
+        }
         if c.word(&key("name"), &f.name) && !names.insert(f.name.clone()) {
             c.report(
                 key("name"),
@@ -104,7 +133,7 @@ pub(super) fn routes(
                 RouteAccess::Credential(name.clone())
             }
             (false, None, Some(x)) if x.authority.is_some() || x.client.is_none() => {
-                external_exchange(c, i, x, authorities)
+                external_exchange(c, i, x, authorities, &tenant)
             }
             (false, None, Some(x)) => {
                 let client = x.client.clone().unwrap_or_default();
@@ -166,6 +195,7 @@ pub(super) fn routes(
                     ),
                 }
                 RouteAccess::Exchange(RouteExchange {
+                    tenant: tenant.clone(),
                     client: client.clone(),
                     scopes: x.scopes.clone(),
                     audience: x.audience.clone(),
@@ -212,6 +242,7 @@ pub(super) fn routes(
                 audience: f.audience.clone(),
                 preserve_host: f.preserve_host,
                 rate_limit: c.rate_limit(key, f.rate_limit.as_deref(), f.rate_limit_burst),
+                tenant,
             }));
         }
     }
@@ -248,6 +279,7 @@ fn external_exchange(
     i: usize,
     x: &file::RouteExchange,
     authorities: &HashMap<String, Arc<Authority>>,
+    tenant: &str,
 ) -> RouteAccess {
     let key = |k: &str| format!("routes[{i}].exchange.{k}");
     let authority = match (&x.authority, &x.client) {
@@ -337,6 +369,7 @@ fn external_exchange(
         }
     }
     RouteAccess::ExternalExchange(ExternalExchange {
+        tenant: tenant.to_string(),
         authority,
         grant,
         scope: x.scope.clone(),

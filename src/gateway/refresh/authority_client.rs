@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::config::{AuthMethod, Authority, ExternalExchange, ExternalGrant};
 use crate::crypto::Random;
-use crate::signing::SigningKeys;
+use crate::signing::{KeyRing, SigningError};
 
 /// Largest token response read from an authority.
 const MAX_RESPONSE: usize = 64 * 1024;
@@ -65,7 +65,7 @@ pub struct ClientAuthError(String);
 pub struct AuthorityClient {
     http: reqwest::Client,
     /// refgate's own keys: `private_key_jwt` without `private_key_file`.
-    signing: Arc<SigningKeys>,
+    signing: Arc<KeyRing>,
     /// Token endpoints of authorities configured by `issuer`.
     discovery: Arc<crate::discovery::Discovery>,
     random: Random,
@@ -74,7 +74,7 @@ pub struct AuthorityClient {
 impl AuthorityClient {
     pub fn new(
         http: reqwest::Client,
-        signing: Arc<SigningKeys>,
+        signing: Arc<KeyRing>,
         discovery: Arc<crate::discovery::Discovery>,
     ) -> Self {
         AuthorityClient {
@@ -147,7 +147,9 @@ impl AuthorityClient {
             }
             None => self
                 .signing
-                .sign("JWT", &claims)
+                .of(&authority.tenant)
+                .ok_or(SigningError::NoCurrentKey)
+                .and_then(|keys| keys.sign("JWT", &claims))
                 .map_err(|e| ClientAuthError(e.to_string())),
         }
     }

@@ -135,7 +135,14 @@ impl Refresher {
                 // Refreshed (or exchanged again when that is refused) under
                 // the refresh's own lease.
                 return self
-                    .refresh_in_turn(state, grant_id, name, &Need::Expiring, key, Instant::now())
+                    .refresh_in_turn(
+                        state,
+                        &exchange.tenant,
+                        grant_id,
+                        name,
+                        &Need::Expiring,
+                        Instant::now(),
+                    )
                     .await;
             }
             // Exchanged at another authority (the route changed since): a
@@ -223,7 +230,11 @@ impl Refresher {
         exchange: &ExternalExchange,
         current: &StoredCredential,
     ) -> Result<Arc<Credential>, GatewayError> {
-        let Some(authority) = state.config.authorities.get(&exchange.authority) else {
+        let authority = state
+            .config
+            .tenant(&exchange.tenant)
+            .and_then(|c| c.authorities.get(&exchange.authority));
+        let Some(authority) = authority else {
             // `refgate check` refuses this; a reload cannot bring it in.
             return Err(GatewayError::CredentialInvalid(name.to_string()));
         };

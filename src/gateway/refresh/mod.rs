@@ -109,8 +109,7 @@ impl Refresher {
             std::process::id(),
             tokens.grants.random().grant_id()
         );
-        let authorities =
-            AuthorityClient::new(http, tokens.signing.clone(), tokens.discovery.clone());
+        let authorities = AuthorityClient::new(http, tokens.keys.clone(), tokens.discovery.clone());
         Refresher {
             lookup,
             tokens,
@@ -138,6 +137,7 @@ impl Refresher {
         let patience = state.config.gateway.authority_timeout;
         let this = self.clone();
         let (task_grant_id, task_name) = (grant_id.to_string(), name.to_string());
+        let tenant = grant.tenant().to_string();
         let waiting_since = Instant::now();
         let traced = crate::traces::refresh(name);
         let span = traced.in_scope(|| request_span(request_id));
@@ -160,10 +160,10 @@ impl Refresher {
                     let result = this
                         .refresh_in_turn(
                             &state,
+                            &tenant,
                             &task_grant_id,
                             &task_name,
                             &need,
-                            &key,
                             waiting_since,
                         )
                         .await;
@@ -254,12 +254,14 @@ impl Refresher {
     async fn refresh_in_turn(
         &self,
         state: &GatewayState,
+        tenant: &str,
         grant_id: &str,
         name: &str,
         need: &Need,
-        key: &str,
         waiting_since: Instant,
     ) -> Result<Arc<Credential>, GatewayError> {
+        // The flight's key, which is also the store lease's.
+        let key = &format!("{grant_id}/{name}");
         let skew = state.config.gateway.refresh_skew.as_secs() as i64;
         let current = self.usable(grant_id, name).await?;
         if !Self::still_needed(&current, need, skew) {
@@ -320,7 +322,9 @@ impl Refresher {
             let _ = store.release_lease(key, &self.holder).await;
             return Ok(for_use(&current));
         }
-        let result = self.refresh_now(state, grant_id, name, key, current).await;
+        let result = self
+            .refresh_now(state, tenant, grant_id, name, key, current)
+            .await;
         if let Err(e) = store.release_lease(key, &self.holder).await {
             tracing::warn!(error = %e, "could not release a refresh lease; it expires by itself");
         }
@@ -351,6 +355,7 @@ impl Refresher {
     async fn refresh_now(
         &self,
         state: &GatewayState,
+        tenant: &str,
         grant_id: &str,
         name: &str,
         key: &str,
@@ -379,7 +384,12 @@ impl Refresher {
             self.refresh_with_self(state, grant_id, name, &refresh_token)
                 .await?
         } else {
-            match state.config.authorities.get(&authority_name) {
+            // The authorities of the grant's tenant alone.
+            let authority = state
+                .config
+                .tenant(tenant)
+                .and_then(|c| c.authorities.get(&authority_name));
+            match authority {
                 Some(authority) => {
                     self.authorities
                         .refresh(authority, &refresh_token, Self::call_limit(state))

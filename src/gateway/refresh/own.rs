@@ -52,7 +52,7 @@ impl Refresher {
                     let flight = this.flights.flight(&key);
                     let result = {
                         let _turn = flight.lock().await;
-                        this.exchange_in_turn(&state, &grant_id, &name, &key, &exchange)
+                        this.exchange_in_turn(&state, &grant_id, &name, &exchange)
                             .await
                     };
                     this.flights.land(&key, flight);
@@ -79,10 +79,11 @@ impl Refresher {
         let invalid = || GatewayError::CredentialInvalid(name.to_string());
         let exchange = exchange_route(state, name).ok_or_else(invalid)?;
         let caller = self.fresh_grant(grant_id).await?;
-        let config = self.tokens.config();
+        let top = self.tokens.config();
+        let config = top.tenant(&exchange.tenant).ok_or_else(invalid)?;
         let refreshed = exchange::refresh_derived(
             &self.tokens.grants,
-            &config,
+            config,
             refresh_token,
             &caller,
             &exchange.client,
@@ -129,7 +130,6 @@ impl Refresher {
         state: &GatewayState,
         grant_id: &str,
         name: &str,
-        key: &str,
         exchange: &RouteExchange,
     ) -> Result<Arc<Credential>, GatewayError> {
         let skew = state.config.gateway.refresh_skew.as_secs() as i64;
@@ -144,7 +144,14 @@ impl Refresher {
                 // One this request did not see (a stale cache): renewing it
                 // beats leaving its grant behind for a new one.
                 let renewed = self
-                    .refresh_in_turn(state, grant_id, name, &Need::Expiring, key, Instant::now())
+                    .refresh_in_turn(
+                        state,
+                        &exchange.tenant,
+                        grant_id,
+                        name,
+                        &Need::Expiring,
+                        Instant::now(),
+                    )
                     .await;
                 match renewed {
                     Ok(c) if usable(&c) && c.still_valid(now()) => return Ok(c),
@@ -187,10 +194,13 @@ impl Refresher {
     ) -> Result<Arc<Credential>, GatewayError> {
         let grant = self.fresh_grant(grant_id).await?;
         let started = Instant::now();
-        let config = self.tokens.config();
+        let top = self.tokens.config();
+        let config = top
+            .tenant(&exchange.tenant)
+            .ok_or_else(|| GatewayError::CredentialInvalid(name.to_string()))?;
         let result = exchange::for_route(
             &self.tokens.grants,
-            &config,
+            config,
             &exchange.client,
             &grant,
             &exchange.scopes,

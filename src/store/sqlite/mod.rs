@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0005_grants_by_subject.sql"),
     include_str!("../migrations/sqlite/0006_kept_subject_token.sql"),
     include_str!("../migrations/sqlite/0007_device_codes.sql"),
+    include_str!("../migrations/sqlite/0008_tenants.sql"),
 ];
 
 /// How long the writer, and a read moved off the calling thread, wait for

@@ -55,6 +55,7 @@ fn grant_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<GrantR
         not_after: row.get(at + 13)?,
         idp: row.get(at + 14)?,
         route: row.get(at + 15)?,
+        tenant: row.get(at + 16)?,
     }
     .into_record()
     .map_err(|e| bad_column(at, e))
@@ -170,8 +171,9 @@ impl Store for SqliteStore {
             conn.prepare_cached(
                 "INSERT INTO grants (id, client_id, subject, scopes, audience, actor, issuer, \
                  claims, custom, version, created_at, revoked, parent_id, not_after, idp, route, \
-                 kept_subject_token) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12, ?13, ?14, ?15, ?16)",
+                 kept_subject_token, tenant) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12, ?13, ?14, ?15, ?16, \
+                 ?17)",
             )?
             .execute(params![
                 grant.id,
@@ -189,7 +191,8 @@ impl Store for SqliteStore {
                 grant.not_after,
                 grant.idp,
                 grant.route,
-                grant.kept_subject_token
+                grant.kept_subject_token,
+                grant.tenant
             ])?;
             insert_tokens(conn, &grant.id, &tokens)
         })
@@ -332,12 +335,14 @@ impl Store for SqliteStore {
     async fn live_grants_of(&self, owner: &GrantsOf) -> Result<Vec<String>, StoreError> {
         let (column, value) = owner.filter();
         let sql = format!(
-            "SELECT id FROM grants WHERE {column} = ?1 AND revoked = 0 ORDER BY created_at, id"
+            "SELECT id FROM grants WHERE tenant = ?2 AND {column} = ?1 AND revoked = 0 \
+             ORDER BY created_at, id"
         );
         let value = value.to_string();
+        let tenant = owner.tenant.clone();
         self.read(move |conn| {
             conn.prepare_cached(&sql)?
-                .query_map(params![value], |r| r.get::<_, String>(0))?
+                .query_map(params![value, tenant], |r| r.get::<_, String>(0))?
                 .collect()
         })
         .await
@@ -351,16 +356,19 @@ impl Store for SqliteStore {
     ) -> Result<Vec<GrantRecord>, StoreError> {
         let (column, value) = owner.filter();
         let sql = format!(
-            "SELECT {} FROM grants g WHERE g.{column} = ?1 \
+            "SELECT {} FROM grants g WHERE g.tenant = ?5 AND g.{column} = ?1 \
              AND (g.created_at < ?2 OR (g.created_at = ?2 AND g.id < ?3)) \
              ORDER BY g.created_at DESC, g.id DESC LIMIT ?4",
             grant_columns!()
         );
         let value = value.to_string();
+        let tenant = owner.tenant.clone();
         let (at, id) = before.cloned().unwrap_or((UnixTime::MAX, String::new()));
         self.read(move |conn| {
             conn.prepare_cached(&sql)?
-                .query_map(params![value, at, id, limit], |row| grant_from_row(row, 0))?
+                .query_map(params![value, at, id, limit, tenant], |row| {
+                    grant_from_row(row, 0)
+                })?
                 .collect()
         })
         .await
@@ -527,17 +535,21 @@ impl Store for SqliteStore {
 
     async fn signing_keys(
         &self,
+        tenant: &str,
         signs_after: UnixTime,
     ) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let tenant = tenant.to_string();
         self.read(move |conn| {
             conn.prepare_cached(
                 "SELECT generation, kid, algorithm, public_jwk, private_sealed, created_at, \
                  signs_from, signs_until FROM signing_keys \
-                 WHERE signs_until > ?1 OR generation = (SELECT max(generation) FROM signing_keys) \
+                 WHERE tenant = ?2 AND (signs_until > ?1 OR generation = \
+                 (SELECT max(generation) FROM signing_keys WHERE tenant = ?2)) \
                  ORDER BY generation",
             )?
-            .query_map(params![signs_after], |row| {
+            .query_map(params![signs_after, tenant], |row| {
                 Ok(SigningKeyRecord {
+                    tenant: tenant.clone(),
                     generation: row.get(0)?,
                     kid: row.get(1)?,
                     algorithm: row.get(2)?,
@@ -559,8 +571,8 @@ impl Store for SqliteStore {
             let added =
                 conn.prepare_cached(
                     "INSERT INTO signing_keys (generation, kid, algorithm, public_jwk, \
-                     private_sealed, created_at, signs_from, signs_until) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                     private_sealed, created_at, signs_from, signs_until, tenant) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
                 )?
                 .execute(params![
                     key.generation,
@@ -570,27 +582,29 @@ impl Store for SqliteStore {
                     key.private_sealed,
                     key.created_at,
                     key.signs_from,
-                    key.signs_until
+                    key.signs_until,
+                    key.tenant
                 ])? == 1;
             if added {
                 conn.prepare_cached(
                     "UPDATE signing_keys SET signs_until = ?1 \
-                     WHERE generation < ?2 AND signs_until > ?1",
+                     WHERE tenant = ?3 AND generation < ?2 AND signs_until > ?1",
                 )?
-                .execute(params![key.signs_from, key.generation])?;
+                .execute(params![key.signs_from, key.generation, key.tenant])?;
             }
             Ok(added)
         })
         .await
     }
 
-    async fn purge_signing_keys(&self, before: UnixTime) -> Result<u64, StoreError> {
+    async fn purge_signing_keys(&self, tenant: &str, before: UnixTime) -> Result<u64, StoreError> {
+        let tenant = tenant.to_string();
         self.write(move |conn| {
             conn.prepare_cached(
-                "DELETE FROM signing_keys WHERE signs_until < ?1 \
-                 AND generation < (SELECT max(generation) FROM signing_keys)",
+                "DELETE FROM signing_keys WHERE tenant = ?2 AND signs_until < ?1 \
+                 AND generation < (SELECT max(generation) FROM signing_keys WHERE tenant = ?2)",
             )?
-            .execute(params![before])
+            .execute(params![before, tenant])
             .map(|n| n as u64)
         })
         .await
@@ -598,17 +612,19 @@ impl Store for SqliteStore {
 
     async fn reseal_signing_key(
         &self,
+        tenant: &str,
         generation: i64,
         current: &[u8],
         resealed: &[u8],
     ) -> Result<bool, StoreError> {
         let (current, resealed) = (current.to_vec(), resealed.to_vec());
+        let tenant = tenant.to_string();
         self.write(move |conn| {
             conn.prepare_cached(
                 "UPDATE signing_keys SET private_sealed = ?3 \
-                 WHERE generation = ?1 AND private_sealed = ?2",
+                 WHERE tenant = ?4 AND generation = ?1 AND private_sealed = ?2",
             )?
-            .execute(params![generation, current, resealed])
+            .execute(params![generation, current, resealed, tenant])
             .map(|n| n == 1)
         })
         .await
@@ -638,7 +654,7 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO device_codes (device_hash, user_hash, client_id, scopes, status, \
-                 expires_at, interval_secs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 expires_at, interval_secs, tenant) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
                  ON CONFLICT DO NOTHING",
             )?
             .execute(params![
@@ -648,7 +664,8 @@ impl Store for SqliteStore {
                 join_scopes(&r.scopes),
                 r.status.code(),
                 r.expires_at,
-                r.interval
+                r.interval,
+                r.tenant
             ])
             .map(|n| n == 1)
         })
@@ -657,11 +674,13 @@ impl Store for SqliteStore {
 
     async fn decide_device_code(
         &self,
+        tenant: &str,
         user_hash: &TokenHash,
         now: UnixTime,
         decision: &DeviceStatus,
     ) -> Result<bool, StoreError> {
         let (hash, decision) = (*user_hash, decision.clone());
+        let tenant = tenant.to_string();
         self.write(move |conn| {
             let (subject, idp) = match &decision {
                 DeviceStatus::Approved { subject, idp } => (Some(subject), Some(idp)),
@@ -669,9 +688,17 @@ impl Store for SqliteStore {
             };
             conn.prepare_cached(
                 "UPDATE device_codes SET status = ?3, subject = ?4, idp = ?5 \
-                 WHERE user_hash = ?1 AND status = 0 AND consumed = 0 AND expires_at > ?2",
+                 WHERE user_hash = ?1 AND tenant = ?6 AND status = 0 AND consumed = 0 \
+                 AND expires_at > ?2",
             )?
-            .execute(params![&hash.0[..], now, decision.code(), subject, idp])
+            .execute(params![
+                &hash.0[..],
+                now,
+                decision.code(),
+                subject,
+                idp,
+                tenant
+            ])
             .map(|n| n == 1)
         })
         .await
@@ -679,19 +706,21 @@ impl Store for SqliteStore {
 
     async fn poll_device_code(
         &self,
+        tenant: &str,
         device_hash: &TokenHash,
         client_id: &str,
         now_ms: i64,
     ) -> Result<DevicePoll, StoreError> {
         let (hash, client_id) = (*device_hash, client_id.to_string());
+        let tenant = tenant.to_string();
         self.write(move |conn| {
             let found = conn
                 .prepare_cached(
                     "SELECT device_hash, user_hash, client_id, scopes, status, subject, idp, \
                      expires_at, interval_secs, last_poll_ms, consumed \
-                     FROM device_codes WHERE device_hash = ?1",
+                     FROM device_codes WHERE device_hash = ?1 AND tenant = ?2",
                 )?
-                .query_row(params![&hash.0[..]], |row| {
+                .query_row(params![&hash.0[..], tenant], |row| {
                     let status = DeviceStatus::from_columns(row.get(4)?, row.get(5)?, row.get(6)?)
                         .map_err(|e| {
                             rusqlite::Error::FromSqlConversionFailure(
@@ -701,6 +730,7 @@ impl Store for SqliteStore {
                             )
                         })?;
                     Ok(DeviceCodeRecord {
+                        tenant: tenant.clone(),
                         device_hash: hash_from_blob(row.get(0)?)?,
                         user_hash: hash_from_blob(row.get(1)?)?,
                         client_id: row.get(2)?,

@@ -39,7 +39,7 @@ fn grant(id: &str) -> GrantRecord {
 
 fn access(name: &str) -> NewToken {
     NewToken {
-        hash: hash_token(name),
+        hash: hash_token("", name),
         kind: TokenKind::Access,
         scopes: None,
         issued_at: NOW,
@@ -262,7 +262,7 @@ async fn when_a_batch_cannot_commit_every_write_in_it_fails_and_none_is_stored()
     assert!(!stored(&store, "first").await);
     assert!(!stored(&store, "last").await);
     assert!(store
-        .find_token(&hash_token("orphan"))
+        .find_token(&hash_token("", "orphan"))
         .await
         .unwrap()
         .is_none());
@@ -287,7 +287,7 @@ async fn file_with_one_grant(path: &Path) -> TokenHash {
         .create_grant(&grant("g"), &[access("t")])
         .await
         .unwrap();
-    hash_token("t")
+    hash_token("", "t")
 }
 
 fn store_with_readers(path: &Path, idle: Vec<Connection>) -> SqliteStore {
@@ -390,6 +390,7 @@ async fn with_no_idle_connection_a_lookup_on_a_locked_file_opens_one_off_the_cal
 
 fn signing_key(generation: i64, signs_from: i64, signs_until: i64) -> SigningKeyRecord {
     SigningKeyRecord {
+        tenant: String::new(),
         generation,
         kid: format!("kid-{generation}"),
         algorithm: "ES256".into(),
@@ -419,16 +420,16 @@ async fn one_signing_key_per_generation_and_a_new_key_cuts_earlier_ones_short() 
         .add_signing_key(&signing_key(2, 500, 1500))
         .await
         .unwrap());
-    let keys = store.signing_keys(0).await.unwrap();
+    let keys = store.signing_keys("", 0).await.unwrap();
     let spans: Vec<(i64, i64, i64)> = keys
         .iter()
         .map(|k| (k.generation, k.signs_from, k.signs_until))
         .collect();
     assert_eq!(spans, [(1, 0, 500), (2, 500, 1500)]);
     // Retired keys go, the latest generation stays even when retired.
-    assert_eq!(store.purge_signing_keys(600).await.unwrap(), 1);
-    assert_eq!(store.purge_signing_keys(10_000).await.unwrap(), 0);
-    let left = store.signing_keys(10_000).await.unwrap();
+    assert_eq!(store.purge_signing_keys("", 600).await.unwrap(), 1);
+    assert_eq!(store.purge_signing_keys("", 10_000).await.unwrap(), 0);
+    let left = store.signing_keys("", 10_000).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].generation, 2);
 }

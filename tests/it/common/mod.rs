@@ -986,7 +986,7 @@ pub async fn plant_custom(server: &Refgate, token: &str, custom: serde_json::Val
     let keys = refgate::crypto::DataKeys::new(key, Vec::new());
     let lookup = TokenLookup::new(store.clone(), std::sync::Arc::new(keys), &settings);
     let (_, grant) = store
-        .find_token(&refgate::crypto::hash_token(token))
+        .find_token(&refgate::crypto::hash_token("", token))
         .await
         .expect("store")
         .expect("the token is stored");

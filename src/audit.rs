@@ -29,16 +29,24 @@ pub struct RequestScope {
     pub request_id: String,
     pub client_id: Option<String>,
     pub sub: Option<String>,
+    /// The `[[tenants]]` name the request is for (`None`: the top level).
+    pub tenant: Option<String>,
 }
 
 tokio::task_local! {
     static REQUEST: RequestScope;
 }
 
-/// Runs `work` with `id` as the request id audit lines carry.
-pub async fn with_request_id<F: std::future::Future>(id: String, work: F) -> F::Output {
+/// Runs `work` with `id` as the request id audit lines carry, and
+/// `tenant` (empty: the top level) as their tenant.
+pub async fn with_request_id<F: std::future::Future>(
+    id: String,
+    tenant: &str,
+    work: F,
+) -> F::Output {
     let scope = RequestScope {
         request_id: id,
+        tenant: (!tenant.is_empty()).then(|| tenant.to_string()),
         ..RequestScope::default()
     };
     REQUEST.scope(scope, work).await
@@ -131,6 +139,9 @@ impl Audit {
             }
             if let Some(sub) = scope.sub {
                 line.insert("sub".into(), sub.into());
+            }
+            if let Some(tenant) = scope.tenant {
+                line.insert("tenant".into(), tenant.into());
             }
         }
         if let Value::Object(members) = members {

@@ -294,6 +294,9 @@ async fn describe(service: &TokenService, record: &GrantRecord) -> Result<Value,
     if let Some(actor) = &record.actor {
         grant["act"] = actor.clone();
     }
+    if !record.tenant.is_empty() {
+        grant["tenant"] = json!(record.tenant);
+    }
     Ok(grant)
 }
 

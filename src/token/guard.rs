@@ -53,7 +53,14 @@ pub async fn request_id(request: Request<Body>, next: Next) -> Response {
         .and_then(|v| v.to_str().ok());
     let id = crate::audit::request_id(offered);
     let value = axum::http::HeaderValue::from_str(&id).ok();
-    let mut response = crate::audit::with_request_id(id, next.run(request)).await;
+    // The tenant the request was routed to (`super::tenant`), for the audit
+    // trail; the admin API's requests have none.
+    let tenant = request
+        .extensions()
+        .get::<super::tenant::Scope>()
+        .map(|s| s.0.tenant.clone())
+        .unwrap_or_default();
+    let mut response = crate::audit::with_request_id(id, &tenant, next.run(request)).await;
     if let Some(value) = value {
         response.headers_mut().insert("x-request-id", value);
     }

@@ -44,6 +44,7 @@ mod signing;
 mod smoke;
 mod sqlite_store;
 mod subject_revocation;
+mod tenants;
 mod token_grants;
 mod tracing;
 mod trust_boundaries;

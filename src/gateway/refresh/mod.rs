@@ -146,6 +146,7 @@ impl Refresher {
             request_id: request_id.to_string(),
             client_id: Some(grant.client_id.to_string()),
             sub: Some(grant.subject.to_string()),
+            tenant: Some(grant.tenant().to_string()).filter(|t| !t.is_empty()),
         };
         let task = self.control.spawn(crate::audit::with_request(
             audited,

@@ -129,7 +129,7 @@ fn tenant_toml(base: &str, name: &str, tokens: &str) -> String {
         ),
         client(
             "middle",
-            "grant_types = [\"client_credentials\"]\nscopes = [\"photos.read\"]\nintrospect = true\nreveal_custom = true\nmutate = true",
+            "grant_types = [\"client_credentials\"]\nscopes = [\"photos.read\"]\nintrospect = true\nreveal_custom = true\nmutate = true\nrevoke_subject = true",
         ),
         client(
             "tv",
@@ -1035,4 +1035,132 @@ async fn tenants_are_added_and_removed_by_a_reload() {
     // The top level served throughout.
     let top = access_token_at(&server, TOP, "app").await;
     assert_active_at(&server, TOP, &top).await;
+}
+
+#[tokio::test]
+async fn revoking_a_subject_ends_its_grants_in_that_tenant_alone() {
+    let server = start_two("");
+    // client_credentials tokens: the subject is the client id, `app` in
+    // every tenant.
+    let acme = access_token_at(&server, "acme", "app").await;
+    let globex = access_token_at(&server, "globex", "app").await;
+    let top = server.access_token("app").await;
+    let (status, body) = post_tenant(
+        &server,
+        "globex",
+        "/oauth2/revoke",
+        "middle",
+        &[("token", "app"), ("token_type_hint", "subject")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_inactive_at(&server, "globex", &globex).await;
+    assert_active_at(&server, "acme", &acme).await;
+    assert_active_at(&server, "", &top).await;
+}
+
+#[tokio::test]
+async fn the_admin_api_reaches_a_tenant_only_when_asked_by_name() {
+    let listener = Arc::new(loopback_listener());
+    let base = format!(
+        "http://127.0.0.1:{}",
+        listener.local_addr().expect("address").port()
+    );
+    let ops = format!(
+        "[[clients]]\nid = \"ops\"\nsecret_hash = \"{}\"\ngrant_types = [\"client_credentials\"]\nadmin = true\n",
+        secret_hash("ops-secret")
+    );
+    let mut server = Refgate::start_with(Options {
+        tokens: format!("device_verification_uri = \"{VERIFICATION_URI}\""),
+        extra: format!("{ops}\n{}", tenant_toml(&base, "acme", "")),
+        token_listener: Some(listener),
+        ..Options::default()
+    });
+    let port = server.reserve_admin_port();
+    let config = std::fs::read_to_string(&server.config_path).expect("config");
+    let config = config.replacen(
+        "[listen]\n",
+        &format!("[listen]\nadmin = \"127.0.0.1:{port}\"\n"),
+        1,
+    );
+    std::fs::write(&server.config_path, config).expect("config");
+    server.restart();
+    let acme = access_token_at(&server, "acme", "app").await;
+    let top = server.access_token("app").await;
+    let admin = |path: &str| {
+        http()
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .basic_auth("ops", Some("ops-secret"))
+            .send()
+    };
+    let listed = |body: &Value| -> Vec<(String, Option<String>)> {
+        body["grants"]
+            .as_array()
+            .expect("grants")
+            .iter()
+            .map(|g| {
+                (
+                    g["client_id"].as_str().unwrap_or_default().to_string(),
+                    g["tenant"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
+    };
+    let top_list: Value = admin("/admin/grants?client_id=app")
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed(&top_list), vec![("app".to_string(), None)]);
+    let acme_list: Value = admin("/admin/grants?client_id=app&tenant=acme")
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        listed(&acme_list),
+        vec![("app".to_string(), Some("acme".to_string()))]
+    );
+    let unknown = admin("/admin/grants?client_id=app&tenant=nosuch")
+        .await
+        .expect("admin");
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+    let body: Value = unknown.json().await.expect("json");
+    assert_eq!(body["error"], "invalid_request");
+
+    // Revoking a client's grants in one tenant leaves the other's alone.
+    let revoked: Value = http()
+        .post(format!("http://127.0.0.1:{port}/admin/revoke"))
+        .basic_auth("ops", Some("ops-secret"))
+        .json(&json!({ "tenant": "acme", "client_id": "app" }))
+        .send()
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(revoked["revoked"], 1);
+    assert_inactive_at(&server, "acme", &acme).await;
+    assert_active_at(&server, "", &top).await;
+    // A tenant's client is not an admin, whatever it is called.
+    let (status, _) = post_tenant(
+        &server,
+        "acme",
+        "/oauth2/introspect",
+        "middle",
+        &[("token", &acme)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let refused = http()
+        .get(format!(
+            "http://127.0.0.1:{port}/admin/grants?client_id=app"
+        ))
+        .basic_auth("middle", Some(&*secret_of("acme", "middle")))
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
 }

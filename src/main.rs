@@ -70,6 +70,10 @@ enum KeyCommand {
         /// Configuration file (its store and data key are used).
         #[arg(long, default_value = "config/refgate.toml")]
         config: PathBuf,
+        /// The `[[tenants]]` entry whose keys rotate (default: the top
+        /// level's).
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -88,12 +92,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Key {
-            command: KeyCommand::RotateSigning { config },
-        } => rotate_signing(&config, cli.log_format),
+            command: KeyCommand::RotateSigning { config, tenant },
+        } => rotate_signing(&config, tenant.as_deref().unwrap_or(""), cli.log_format),
     }
 }
 
-fn rotate_signing(path: &std::path::Path, format: LogFormat) -> ExitCode {
+fn rotate_signing(path: &std::path::Path, tenant: &str, format: LogFormat) -> ExitCode {
     telemetry::init(format, None);
     let config = match config::load(path, LoadMode::Serve) {
         Ok(c) => c,
@@ -104,6 +108,10 @@ fn rotate_signing(path: &std::path::Path, format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if config.tenant(tenant).is_none() {
+        eprintln!("no [[tenants]] entry named `{tenant}` in {}", path.display());
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -117,7 +125,7 @@ fn rotate_signing(path: &std::path::Path, format: LogFormat) -> ExitCode {
     let outcome = runtime.block_on(async {
         let store = refgate::store::open(&config.store.url, 1).await?;
         let keys = refgate::signing::SigningKeys::new(
-            "",
+            tenant,
             store,
             config.store.data_keys.clone(),
             config.signing.clone(),

@@ -1164,3 +1164,54 @@ async fn the_admin_api_reaches_a_tenant_only_when_asked_by_name() {
         .expect("admin");
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn rotating_a_tenants_signing_key_leaves_the_others_alone() {
+    let server = start_two("");
+    let before_top = kids(&server, "/.well-known/jwks.json").await;
+    let before_globex = kids(&server, "/globex/.well-known/jwks.json").await;
+    let before_acme = kids(&server, "/acme/.well-known/jwks.json").await;
+    let rotate = |tenant: &str| {
+        output_within(
+            server
+                .command()
+                .args(["key", "rotate-signing", "--tenant", tenant, "--config"])
+                .arg(&server.config_path),
+            Duration::from_secs(30),
+        )
+    };
+    let rotated = rotate("acme");
+    let printed = String::from_utf8_lossy(&rotated.stdout).to_string();
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let kid = printed
+        .strip_prefix("signing key ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no kid in {printed:?}"))
+        .to_string();
+    // acme's JWKS gains the key within a JWKS refresh (a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = kids(&server, "/acme/.well-known/jwks.json").await;
+        if now.contains(&kid) {
+            assert!(now.is_superset(&before_acme));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acme's JWKS lacks {kid}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(kids(&server, "/.well-known/jwks.json").await, before_top);
+    assert_eq!(
+        kids(&server, "/globex/.well-known/jwks.json").await,
+        before_globex
+    );
+    let unknown = rotate("nosuch");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("nosuch"));
+}

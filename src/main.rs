@@ -109,7 +109,10 @@ fn rotate_signing(path: &std::path::Path, tenant: &str, format: LogFormat) -> Ex
         }
     };
     if config.tenant(tenant).is_none() {
-        eprintln!("no [[tenants]] entry named `{tenant}` in {}", path.display());
+        eprintln!(
+            "no [[tenants]] entry named `{tenant}` in {}",
+            path.display()
+        );
         return ExitCode::FAILURE;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()

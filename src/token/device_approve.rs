@@ -48,7 +48,7 @@ async fn approve(service: &TokenService, request: AuthenticatedForm) -> Result<(
     }
     service.check_rate(&client)?;
     let too_many = |wait| OAuthError::rate_limited("too many wrong user codes; retry later", wait);
-    if let Some(wait) = service.device_guesses.refused(&client.id) {
+    if let Some(wait) = service.device_guesses.refused(&client) {
         return Err(too_many(wait));
     }
     let deny = match form.get("deny") {
@@ -90,7 +90,7 @@ async fn approve(service: &TokenService, request: AuthenticatedForm) -> Result<(
         _ => DeviceStatus::Denied,
     };
     if !device::decide(&service.grants, &client.tenant, &user_code, &decision).await? {
-        if let Some(wait) = service.device_guesses.failed(&client.id) {
+        if let Some(wait) = service.device_guesses.failed(&client) {
             return Err(too_many(wait));
         }
         return Err(OAuthError::invalid_grant(

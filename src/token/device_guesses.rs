@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::audit::Audit;
+use crate::config::Client;
 use crate::telemetry::Metrics;
 
 /// Wrong user codes allowed per approving client and window.
@@ -32,21 +33,22 @@ impl DeviceGuesses {
         }
     }
 
-    fn count(&self, client: &str) {
+    fn count(&self, client: &Client) {
         self.metrics
             .rate_limited
-            .with_label_values(&["device_guesses", client])
+            .with_label_values(&["device_guesses", &client.key()])
             .inc();
         self.audit.record(
             "rate_limited",
-            serde_json::json!({ "client_id": client, "limit": "device_guesses" }),
+            serde_json::json!({ "client_id": client.id, "limit": "device_guesses" }),
         );
     }
 
-    /// How long `client` is still refused, if it is.
-    pub fn refused(&self, client: &str) -> Option<Duration> {
+    /// How long `client` is still refused, if it is. Counted per client
+    /// of a tenant: one id in two tenants is two clients.
+    pub fn refused(&self, client: &Client) -> Option<Duration> {
         let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let (started, failures) = *windows.get(client)?;
+        let (started, failures) = *windows.get(&client.key())?;
         let left = WINDOW.saturating_sub(started.elapsed());
         drop(windows);
         if failures < LIMIT || left.is_zero() {
@@ -58,10 +60,10 @@ impl DeviceGuesses {
 
     /// Counts a wrong user code of `client`; past the limit (concurrent
     /// attempts), how long it is refused from now.
-    pub fn failed(&self, client: &str) -> Option<Duration> {
+    pub fn failed(&self, client: &Client) -> Option<Duration> {
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let entry = windows.entry(client.to_string()).or_insert((now, 0));
+        let entry = windows.entry(client.key()).or_insert((now, 0));
         if now.duration_since(entry.0) >= WINDOW {
             *entry = (now, 0);
         }

@@ -1215,3 +1215,72 @@ async fn rotating_a_tenants_signing_key_leaves_the_others_alone() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("nosuch"));
 }
+
+#[tokio::test]
+async fn one_tenants_user_code_guessing_does_not_lock_out_another_tenants_approver() {
+    let server = start_two("");
+    // acme's `portal` guesses until it is refused (10 wrong codes a minute).
+    let mut refused = false;
+    for _ in 0..12 {
+        let (status, body) = approve_at(&server, "acme", "BCDF-GHJK", "person-1").await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(body["error"], "rate_limited", "{body}");
+            refused = true;
+            break;
+        }
+        assert_bad_request(status, &body, "invalid_grant");
+    }
+    assert!(refused, "acme's approver was never refused");
+    // globex's `portal`, the same client id in another tenant, is not.
+    let (status, body) = approve_at(&server, "globex", "BCDF-GHJK", "person-1").await;
+    assert_bad_request(status, &body, "invalid_grant");
+    let (status, authorization) = post_tenant(
+        &server,
+        "globex",
+        "/oauth2/device_authorization",
+        "tv",
+        &[("scope", "photos.read")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{authorization}");
+    let (status, body) = approve_at(
+        &server,
+        "globex",
+        str_of(&authorization, "user_code"),
+        "person-2",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn one_tenants_failed_authentications_do_not_lock_out_another_tenants_client() {
+    let server = start(
+        &[("acme", ""), ("globex", "")],
+        "auth_failures = \"3/min\"",
+        "",
+    );
+    let wrong = [("grant_type", "client_credentials")];
+    let mut refused = false;
+    for _ in 0..5 {
+        let (status, body) = server
+            .post_form(
+                "/acme/oauth2/token",
+                Some(("app", "not-the-secret")),
+                &wrong,
+            )
+            .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            refused = true;
+            break;
+        }
+        assert_oauth_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    assert!(refused, "acme's app was never refused");
+    // The right secret is refused too at acme, until the window passes...
+    let (status, _) = token_at(&server, "acme", "app", &wrong).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // ...but `app` of globex and of the top level are other clients.
+    access_token_at(&server, "globex", "app").await;
+    server.access_token("app").await;
+}

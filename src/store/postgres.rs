@@ -37,6 +37,8 @@ const MIGRATIONS: &[&str] = &[
 ];
 /// The notification channel.
 const CHANNEL: &str = "refgate_invalidate";
+/// A pooled connection idle this long is checked before it is used.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
 /// Arbitrary key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7265_6667_6174_6531;
 
@@ -56,6 +58,20 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(3))
+            // sqlx pings every idle connection before handing it out: a
+            // second round trip for every query. Only a connection idle for
+            // a while is checked; a busy one was just seen working, and one
+            // that died since fails its query, is dropped, and the caller
+            // answers as for any store failure.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await
             .map_err(|e| unavailable(format!("cannot connect to PostgreSQL: {e}")))?;

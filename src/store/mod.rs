@@ -11,6 +11,7 @@
 //! transactions (refresh rotation, the version check) are in
 //! [`crate::core`].
 
+mod pg_lookups;
 mod postgres;
 mod rows;
 mod sqlite;

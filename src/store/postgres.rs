@@ -12,13 +12,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+
+use super::pg_lookups::Lookups;
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::broadcast;
 
-use super::rows::{
-    grant_columns, own_first, presented, rotation_columns, GrantRow, GrantText, TokenRow,
-};
+use super::rows::{grant_columns, own_first, presented, rotation_columns, GrantRow, GrantText};
 use super::*;
 use crate::core::device::PollWrite;
 use crate::core::rotation::{self, Decision};
@@ -46,6 +46,8 @@ const MIGRATION_LOCK: i64 = 0x7265_6667_6174_6531;
 pub struct PostgresStore {
     pool: PgPool,
     invalidations: broadcast::Sender<Invalidation>,
+    /// Token lookups, on connections of their own (see [`Lookups`]).
+    lookups: Arc<Lookups>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -78,9 +80,18 @@ impl PostgresStore {
         migrate(&pool).await?;
         let (invalidations, _) = broadcast::channel(4096);
         tokio::spawn(listen(pool.clone(), invalidations.clone()));
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| unavailable(format!("not a PostgreSQL URL: {e}")))?;
+        let lookups = Arc::new(Lookups::new(
+            options,
+            (max_connections as usize / 2).max(1),
+            tokio::runtime::Handle::current(),
+        ));
         Ok(PostgresStore {
             pool,
             invalidations,
+            lookups,
         })
     }
 }
@@ -171,7 +182,7 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Reads a grant from columns starting at `at`.
-fn grant_from_row(row: &PgRow, at: usize) -> Result<GrantRecord, StoreError> {
+pub(super) fn grant_from_row(row: &PgRow, at: usize) -> Result<GrantRecord, StoreError> {
     GrantRow {
         id: row.try_get(at).map_err(corrupt)?,
         client_id: row.try_get(at + 1).map_err(corrupt)?,
@@ -295,31 +306,7 @@ impl Store for PostgresStore {
         &self,
         hash: &TokenHash,
     ) -> Result<Option<(TokenRecord, GrantRecord)>, StoreError> {
-        let sql = concat!(
-            "SELECT t.grant_id, t.kind, t.scopes, t.issued_at, t.expires_at, t.revoked, \
-             t.consumed_at, ",
-            grant_columns!(),
-            " FROM tokens t JOIN grants g ON g.id = t.grant_id WHERE t.hash = $1"
-        );
-        let row = sqlx::query(sql)
-            .bind(&hash.0[..])
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        let Some(row) = row else { return Ok(None) };
-        let token = TokenRow {
-            hash: *hash,
-            grant_id: row.try_get(0).map_err(corrupt)?,
-            kind: i64::from(row.try_get::<i16, _>(1).map_err(corrupt)?),
-            scopes: row.try_get(2).map_err(corrupt)?,
-            issued_at: row.try_get(3).map_err(corrupt)?,
-            expires_at: row.try_get(4).map_err(corrupt)?,
-            revoked: row.try_get(5).map_err(corrupt)?,
-            consumed_at: row.try_get(6).map_err(corrupt)?,
-        }
-        .into_record()
-        .map_err(corrupt)?;
-        Ok(Some((token, grant_from_row(&row, 7)?)))
+        self.lookups.find_token(*hash).await
     }
 
     async fn find_grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError> {

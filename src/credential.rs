@@ -495,6 +495,16 @@ mod tests {
         assert!(all.get("plain").expect("plain").reauth_required());
         assert!(all.get("broken").is_none());
         assert!(Credentials::from_json(b"[1]").is_none());
+        // A repeated field or name: the last one.
+        let repeated = br#"{"credentials": {"x": {"access_token": "a", "access_token": "b"},
+            "y": {"access_token": "c"}, "y": {"access_token": "d"}}}"#;
+        let all = Credentials::from_json(repeated).expect("an object");
+        let header = |name| all.get(name).and_then(|c| c.header_value());
+        assert_eq!(header("x").expect("x"), "Bearer b");
+        assert_eq!(header("y").expect("y"), "Bearer d");
+        assert!(Credentials::from_json(br#"{"credentials": null}"#)
+            .expect("an object")
+            .is_empty());
         assert!(Credentials::from_json(br#"{"credentials": "x"}"#)
             .expect("an object")
             .is_empty());

@@ -77,8 +77,10 @@ const NEVER: i64 = i64::MAX;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
     /// `<token_type> <access_token>`; `None` when that is not a valid header
-    /// value (e.g. it holds CR/LF): such a credential is never sent.
-    header: Option<Box<str>>,
+    /// value (e.g. it holds CR/LF): such a credential is never sent. Kept
+    /// as the header value itself: every proxied request sends it, and a
+    /// clone shares the bytes where building it copied and checked them.
+    header: Option<HeaderValue>,
     /// Unix seconds; [`NEVER`] when the credential does not say.
     expires_at: i64,
     reauth_required: bool,
@@ -132,9 +134,7 @@ impl Credential {
 
     /// The `Authorization` value to send upstream, when it is a safe one.
     pub fn header_value(&self) -> Option<HeaderValue> {
-        self.header
-            .as_deref()
-            .and_then(|h| HeaderValue::from_str(h).ok())
+        self.header.clone()
     }
 
     /// Whether it can be sent at all (see [`Credential::header_value`]).
@@ -188,7 +188,8 @@ impl Credential {
     /// The access token it sends.
     pub fn access_token(&self) -> Option<&str> {
         self.header
-            .as_deref()
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
             .and_then(|h| h.split_once(' '))
             .map(|(_, token)| token)
     }
@@ -200,12 +201,12 @@ impl Credential {
 
 /// `<scheme> <token>`, refusing anything that is not a plain visible-ASCII
 /// token (no CR, LF, NUL or spaces inside).
-fn header_text(scheme: &str, token: &str) -> Option<Box<str>> {
+fn header_text(scheme: &str, token: &str) -> Option<HeaderValue> {
     let safe = |s: &str| !s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
     if !safe(scheme) || !safe(token) {
         return None;
     }
-    Some(format!("{scheme} {token}").into_boxed_str())
+    HeaderValue::try_from(format!("{scheme} {token}")).ok()
 }
 
 /// The credentials of a grant, by name, in the compact form.
@@ -495,6 +496,16 @@ mod tests {
         assert!(all.get("plain").expect("plain").reauth_required());
         assert!(all.get("broken").is_none());
         assert!(Credentials::from_json(b"[1]").is_none());
+        // A repeated field or name: the last one.
+        let repeated = br#"{"credentials": {"x": {"access_token": "a", "access_token": "b"},
+            "y": {"access_token": "c"}, "y": {"access_token": "d"}}}"#;
+        let all = Credentials::from_json(repeated).expect("an object");
+        let header = |name| all.get(name).and_then(|c| c.header_value());
+        assert_eq!(header("x").expect("x"), "Bearer b");
+        assert_eq!(header("y").expect("y"), "Bearer d");
+        assert!(Credentials::from_json(br#"{"credentials": null}"#)
+            .expect("an object")
+            .is_empty());
         assert!(Credentials::from_json(br#"{"credentials": "x"}"#)
             .expect("an object")
             .is_empty());

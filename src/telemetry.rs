@@ -20,10 +20,34 @@ pub enum LogFormat {
 /// `tracer`, refgate's trace spans ([`crate::traces::TARGET`]) go to it;
 /// the log lines never show them.
 pub fn init(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
-    let subscriber = subscriber(format, default_filter(), tracer, std::io::stderr);
+    let filter = default_filter();
+    let most_verbose = filter.max_level_hint();
+    let subscriber = subscriber(format, filter, tracer, std::io::stderr);
     if let Err(e) = subscriber.try_init() {
         eprintln!("logging was already initialised: {e}");
+        return;
     }
+    if let Some(level) = most_verbose {
+        set_log_max_level(level);
+    }
+}
+
+/// pingora logs through the `log` crate, at `debug` and `trace` some
+/// twenty times a request; the bridge into `tracing` lets every record
+/// through to the subscriber, which then drops it. With `log`'s own level
+/// at the filter's most verbose, a record the filter would drop costs one
+/// comparison in the `log!` macro instead.
+fn set_log_max_level(level: tracing::level_filters::LevelFilter) {
+    use tracing::level_filters::LevelFilter;
+    let level = match level {
+        LevelFilter::OFF => log::LevelFilter::Off,
+        LevelFilter::ERROR => log::LevelFilter::Error,
+        LevelFilter::WARN => log::LevelFilter::Warn,
+        LevelFilter::INFO => log::LevelFilter::Info,
+        LevelFilter::DEBUG => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    log::set_max_level(level);
 }
 
 /// `RUST_LOG`, else refgate's default filter.

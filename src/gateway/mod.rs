@@ -9,6 +9,7 @@
 //!   refgate's own token service called through [`crate::core`];
 //! - `routing`, `bearer`, `upstream`: route matching, token extraction,
 //!   upstream peers; `errors`: the one mapping of failures to responses (4.5);
+//!   `text`: per-request values written without `fmt`;
 //! - `listener`: HTTP/1.x or h2c, decided by a connection's first bytes;
 //!   `watched`: the deadlines between requests on an HTTP/1 connection.
 
@@ -20,6 +21,7 @@ mod phantom;
 mod proxy;
 mod refresh;
 mod routing;
+mod text;
 mod upstream;
 mod watched;
 

@@ -103,7 +103,7 @@ fn bench_lua_scripts_compile() {
     let (program, args) = lua_checker().unwrap_or_else(|| {
         panic!(
             "no luajit or luac on PATH to syntax-check {} Lua scripts \
-             (scripts/test installs luajit)",
+             (scripts/test installs lua5.1)",
             scripts.len()
         )
     });

@@ -1,21 +1,22 @@
 //! Token lookups on PostgreSQL, on connections of their own.
 //!
 //! A lookup is the one query the gateway makes on every cache miss. Through
-//! sqlx's pool it cost two round trips, not one: the pool pings every
-//! connection as it comes back (in a task spawned on whichever runtime
-//! dropped it, a busy proxy thread), and the connection is not lent again
-//! until that ping is answered. Here each connection is held by one lookup
-//! at a time and goes straight back. Every lookup runs to its end on the
-//! runtime that opened the store, even when the request that wanted it is
-//! gone, so a connection is never left in the middle of an exchange, and
-//! the connections' sockets are all driven by that one runtime.
+//! sqlx's pool it cost two or three round trips, not one: the pool pings a
+//! connection before lending it and again as it comes back (in a task
+//! spawned on whichever runtime dropped it, a busy proxy thread), and does
+//! not lend it again until that ping is answered. Here a lookup takes an
+//! idle connection (or makes one), runs its one query on the calling task
+//! and puts the connection back. A lookup abandoned midway (its request
+//! went away) drops its connection with it, so a connection is never lent
+//! in the middle of an exchange. Running the query where it was asked for
+//! matters: handing it to another runtime and back cost the proxy thread
+//! two wake-ups and, on a busy machine, milliseconds of tail latency.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::Mutex;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Row};
-use tokio::sync::Mutex;
+use tokio::sync::Semaphore;
 
 use super::rows::{grant_columns, TokenRow};
 use super::{GrantRecord, StoreError, TokenRecord};
@@ -23,71 +24,62 @@ use crate::crypto::TokenHash;
 
 pub(super) struct Lookups {
     options: PgConnectOptions,
-    /// `None` until first used, and again after a failure (reconnected on
-    /// the next use).
-    slots: Vec<Mutex<Option<PgConnection>>>,
-    next: AtomicUsize,
-    home: tokio::runtime::Handle,
+    /// At most this many lookups at a time, hence connections.
+    permits: Semaphore,
+    idle: Mutex<Vec<PgConnection>>,
 }
 
 impl Lookups {
-    /// `count` connections (made when first needed) to the server of
-    /// `options`; lookups run on `home`.
-    pub fn new(options: PgConnectOptions, count: usize, home: tokio::runtime::Handle) -> Self {
+    /// At most `count` connections (made when first needed) to the server
+    /// of `options`.
+    pub fn new(options: PgConnectOptions, count: usize) -> Self {
         Lookups {
             options,
-            slots: (0..count.max(1)).map(|_| Mutex::new(None)).collect(),
-            next: AtomicUsize::new(0),
-            home,
+            permits: Semaphore::new(count.max(1)),
+            idle: Mutex::new(Vec::new()),
         }
     }
 
     /// A token with its grant.
     pub async fn find_token(
-        self: &Arc<Self>,
-        hash: TokenHash,
-    ) -> Result<Option<(TokenRecord, GrantRecord)>, StoreError> {
-        let this = self.clone();
-        self.home
-            .spawn(async move { this.find_token_here(hash).await })
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("a token lookup did not finish: {e}")))?
-    }
-
-    async fn find_token_here(
         &self,
         hash: TokenHash,
     ) -> Result<Option<(TokenRecord, GrantRecord)>, StoreError> {
-        // A free connection if there is one, else a turn at the next one.
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.slots.len();
-        let free = (0..n).find_map(|i| self.slots[(start + i) % n].try_lock().ok());
-        let mut slot = match free {
-            Some(slot) => slot,
-            None => self.slots[start % n].lock().await,
-        };
-        if let Some(connection) = slot.as_mut() {
-            match find_token(connection, &hash).await {
-                Err(StoreError::Unavailable(_)) => {
-                    // The connection may have died while it sat idle (the
-                    // server restarted, say): one more try on a new one; a
-                    // lookup is a read, so trying again is safe.
-                    *slot = None;
+        let _turn = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("token lookups are closed".into()))?;
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(mut connection) = idle {
+            match find_token(&mut connection, &hash).await {
+                // The connection may have died while it sat idle (the
+                // server restarted, say): one more try on a new one; a
+                // lookup is a read, so trying again is safe.
+                Err(StoreError::Unavailable(_)) => {}
+                answer => {
+                    self.put_back(connection);
+                    return answer;
                 }
-                answer => return answer,
             }
         }
-        let connection = slot.insert(
-            self.options
-                .connect()
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("cannot connect: {e}")))?,
-        );
-        let found = find_token(connection, &hash).await;
-        if matches!(found, Err(StoreError::Unavailable(_))) {
-            *slot = None;
+        let mut connection = self
+            .options
+            .connect()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect: {e}")))?;
+        let answer = find_token(&mut connection, &hash).await;
+        if !matches!(answer, Err(StoreError::Unavailable(_))) {
+            self.put_back(connection);
         }
-        found
+        answer
+    }
+
+    fn put_back(&self, connection: PgConnection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(connection);
     }
 }
 

@@ -47,7 +47,7 @@ pub struct PostgresStore {
     pool: PgPool,
     invalidations: broadcast::Sender<Invalidation>,
     /// Token lookups, on connections of their own (see [`Lookups`]).
-    lookups: Arc<Lookups>,
+    lookups: Lookups,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -83,11 +83,7 @@ impl PostgresStore {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e| unavailable(format!("not a PostgreSQL URL: {e}")))?;
-        let lookups = Arc::new(Lookups::new(
-            options,
-            (max_connections as usize / 2).max(1),
-            tokio::runtime::Handle::current(),
-        ));
+        let lookups = Lookups::new(options, max_connections as usize);
         Ok(PostgresStore {
             pool,
             invalidations,

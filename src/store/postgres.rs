@@ -57,8 +57,11 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 impl PostgresStore {
     /// Connects, runs migrations and starts listening for invalidations.
     pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        // Half the connections for token lookups (see `Lookups`), the rest
+        // for the pool: `max_connections` stays the instance's total.
+        let lookups = (max_connections / 2).max(1);
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(2))
+            .max_connections(max_connections.saturating_sub(lookups).max(2))
             .acquire_timeout(Duration::from_secs(3))
             // sqlx pings every idle connection before handing it out: a
             // second round trip for every query. Only a connection idle for
@@ -83,7 +86,7 @@ impl PostgresStore {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e| unavailable(format!("not a PostgreSQL URL: {e}")))?;
-        let lookups = Lookups::new(options, max_connections as usize);
+        let lookups = Lookups::new(options, lookups as usize);
         Ok(PostgresStore {
             pool,
             invalidations,

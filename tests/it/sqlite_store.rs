@@ -183,3 +183,72 @@ async fn of_fifty_concurrent_rotations_of_one_refresh_token_exactly_one_rotates(
     let grant = reopened.find_grant("g").await.unwrap().expect("grant kept");
     assert!(grant.revoked, "the replays revoked the grant");
 }
+
+/// A store file written before tenants existed (the first seven
+/// migrations, rows as that schema held them) opens, gains the tenant
+/// columns, and its tokens are still found by their bare SHA-256 hashes as
+/// the top level's, with their signing key.
+#[tokio::test]
+async fn a_store_from_before_tenants_keeps_its_tokens_and_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations/sqlite");
+    let mut files: Vec<_> = std::fs::read_dir(&migrations)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    files.sort();
+    let before: Vec<_> = files
+        .iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            *name < *"0008"
+        })
+        .collect();
+    assert_eq!(before.len(), 7, "{files:?}");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for file in &before {
+            conn.execute_batch(&std::fs::read_to_string(file).unwrap())
+                .unwrap();
+        }
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        conn.execute_batch(&format!(
+            "INSERT INTO grants (id, client_id, subject, scopes, version, created_at, revoked) \
+             VALUES ('old-grant', 'app', 'app', 'photos.read', 1, {NOW}, 0); \
+             INSERT INTO signing_keys VALUES (1, 'old-kid', 'ES256', '{{}}', x'00', {NOW}, {NOW}, {});",
+            NOW + 3600
+        ))
+        .unwrap();
+        conn.execute(
+            "INSERT INTO tokens (hash, grant_id, kind, issued_at, expires_at, revoked) \
+             VALUES (?1, 'old-grant', ?2, ?3, ?4, 0)",
+            rusqlite::params![
+                &hash_token("", "rgat_old").0[..],
+                TokenKind::Access.code(),
+                NOW,
+                NOW + 3600
+            ],
+        )
+        .unwrap();
+    }
+    let store = open(&path).await;
+    let (_, grant) = store
+        .find_token(&hash_token("", "rgat_old"))
+        .await
+        .unwrap()
+        .expect("the old token is found as the top level's");
+    assert_eq!(grant.id, "old-grant");
+    assert_eq!(grant.tenant, "");
+    // The same string in a tenant is another key, and not there.
+    assert!(store
+        .find_token(&hash_token("acme", "rgat_old"))
+        .await
+        .unwrap()
+        .is_none());
+    let keys = store.signing_keys("", NOW).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].kid, "old-kid");
+    assert!(store.signing_keys("acme", NOW).await.unwrap().is_empty());
+}

@@ -15,10 +15,10 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use crate::config::{Client, Config, RateLimit, Route};
 
 /// The token-endpoint limits of one configuration and its tenants, by
-/// [`Client::key`].
+/// tenant, then client id.
 #[derive(Default)]
 pub struct Limits {
-    clients: HashMap<String, DefaultDirectRateLimiter>,
+    clients: HashMap<String, HashMap<String, DefaultDirectRateLimiter>>,
 }
 
 /// One route's limit, kept with the route; keyed by the calling client's
@@ -44,8 +44,14 @@ impl Limits {
     pub fn build(config: &Config) -> Self {
         let clients = std::iter::once(config)
             .chain(config.tenants.values().map(|t| &**t))
-            .flat_map(|c| c.clients.values())
-            .filter_map(|c| Some((c.key(), RateLimiter::direct(quota(c.rate_limit?)))))
+            .map(|tenant| {
+                let limited = tenant
+                    .clients
+                    .values()
+                    .filter_map(|c| Some((c.id.clone(), RateLimiter::direct(quota(c.rate_limit?)))))
+                    .collect();
+                (tenant.tenant.clone(), limited)
+            })
             .collect();
         Limits { clients }
     }
@@ -53,7 +59,11 @@ impl Limits {
     /// A token-endpoint request of `client`: `Err` with the time until it
     /// may ask again when its bucket is empty.
     pub fn client(&self, client: &Client) -> Result<(), Duration> {
-        let Some(limiter) = self.clients.get(&client.key()) else {
+        let Some(limiter) = self
+            .clients
+            .get(&client.tenant)
+            .and_then(|limited| limited.get(&client.id))
+        else {
             return Ok(());
         };
         limiter

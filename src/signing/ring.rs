@@ -36,11 +36,6 @@ impl KeyRing {
         }
     }
 
-    /// The top level's keys.
-    pub fn top(&self) -> &Arc<SigningKeys> {
-        &self.top
-    }
-
     /// The keys of `tenant` (empty: the top level's); `None` for a tenant
     /// whose keys were never read ([`KeyRing::prepare`] reads them before
     /// a configuration naming it serves).

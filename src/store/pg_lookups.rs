@@ -18,6 +18,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Row};
 use tokio::sync::Semaphore;
 
+use super::postgres::{corrupt, grant_from_row, unavailable};
 use super::rows::{grant_columns, TokenRow};
 use super::{GrantRecord, StoreError, TokenRecord};
 use crate::crypto::TokenHash;
@@ -51,35 +52,38 @@ impl Lookups {
             .await
             .map_err(|_| StoreError::Unavailable("token lookups are closed".into()))?;
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(mut connection) = idle {
-            match find_token(&mut connection, &hash).await {
+        if let Some(mut open) = idle {
+            match find_token(&mut open, &hash).await {
                 // The connection may have died while it sat idle (the
                 // server restarted, say): one more try on a new one; a
                 // lookup is a read, so trying again is safe.
                 Err(StoreError::Unavailable(_)) => {}
-                answer => {
-                    self.put_back(connection);
-                    return answer;
-                }
+                answer => return self.kept(open, answer),
             }
         }
-        let mut connection = self
+        let mut open = self
             .options
             .connect()
             .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect: {e}")))?;
-        let answer = find_token(&mut connection, &hash).await;
-        if !matches!(answer, Err(StoreError::Unavailable(_))) {
-            self.put_back(connection);
-        }
-        answer
+            .map_err(|e| unavailable(format!("cannot connect: {e}")))?;
+        let answer = find_token(&mut open, &hash).await;
+        self.kept(open, answer)
     }
 
-    fn put_back(&self, connection: PgConnection) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(connection);
+    /// `answer`, with `connection` back among the idle ones unless it
+    /// failed (it may be broken).
+    fn kept<T>(
+        &self,
+        connection: PgConnection,
+        answer: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if !matches!(answer, Err(StoreError::Unavailable(_))) {
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(connection);
+        }
+        answer
     }
 }
 
@@ -101,20 +105,19 @@ where
         .bind(&hash.0[..])
         .fetch_optional(executor)
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        .map_err(unavailable)?;
     let Some(row) = row else { return Ok(None) };
-    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
     let token = TokenRow {
         hash: *hash,
-        grant_id: row.try_get(0).map_err(|e| corrupt(&e))?,
-        kind: i64::from(row.try_get::<i16, _>(1).map_err(|e| corrupt(&e))?),
-        scopes: row.try_get(2).map_err(|e| corrupt(&e))?,
-        issued_at: row.try_get(3).map_err(|e| corrupt(&e))?,
-        expires_at: row.try_get(4).map_err(|e| corrupt(&e))?,
-        revoked: row.try_get(5).map_err(|e| corrupt(&e))?,
-        consumed_at: row.try_get(6).map_err(|e| corrupt(&e))?,
+        grant_id: row.try_get(0).map_err(corrupt)?,
+        kind: i64::from(row.try_get::<i16, _>(1).map_err(corrupt)?),
+        scopes: row.try_get(2).map_err(corrupt)?,
+        issued_at: row.try_get(3).map_err(corrupt)?,
+        expires_at: row.try_get(4).map_err(corrupt)?,
+        revoked: row.try_get(5).map_err(corrupt)?,
+        consumed_at: row.try_get(6).map_err(corrupt)?,
     }
     .into_record()
-    .map_err(|e| corrupt(&e))?;
-    Ok(Some((token, super::postgres::grant_from_row(&row, 7)?)))
+    .map_err(corrupt)?;
+    Ok(Some((token, grant_from_row(&row, 7)?)))
 }

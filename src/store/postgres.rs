@@ -50,7 +50,7 @@ pub struct PostgresStore {
     lookups: Lookups,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
@@ -176,7 +176,7 @@ async fn notify(tx: &mut Transaction<'_, Postgres>, what: Invalidation) -> sqlx:
         .map(|_| ())
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 

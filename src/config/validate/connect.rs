@@ -11,29 +11,8 @@ pub(super) fn settings(
     file: Option<&file::Connect>,
     authorities: &HashMap<String, Arc<Authority>>,
 ) -> Option<ConnectSettings> {
-    let mut filled: HashMap<&str, &str> = HashMap::new();
-    for a in authorities.values() {
-        if let Some(name) = a.connect_credential.as_deref() {
-            if let Some(other) = filled.insert(name, &a.name) {
-                c.report(
-                    format!("authorities.{}.connect_credential", a.name),
-                    format!("authority `{other}` already fills credential `{name}`"),
-                );
-            }
-        }
-    }
-    let Some(file) = file else {
-        if let Some(a) = authorities
-            .values()
-            .find(|a| a.connect_credential.is_some())
-        {
-            c.report(
-                format!("authorities.{}.connect_credential", a.name),
-                "a connectable authority needs [connect] redirect_uri",
-            );
-        }
-        return None;
-    };
+    check_connectable(c, authorities, file.is_some());
+    let file = file?;
     let redirect = c.http_url("connect.redirect_uri", &file.redirect_uri)?;
     if !redirect.path().ends_with(CALLBACK_PATH)
         || redirect.query().is_some()
@@ -81,14 +60,45 @@ pub(super) fn settings(
     })
 }
 
+/// The connectable ones among `authorities`: one per credential, and only
+/// with a `[connect]` section (`configured`).
+pub(super) fn check_connectable(
+    c: &mut Checker<'_>,
+    authorities: &HashMap<String, Arc<Authority>>,
+    configured: bool,
+) {
+    let mut filled: HashMap<&str, &str> = HashMap::new();
+    for a in authorities.values() {
+        if let Some(name) = a.connect_credential.as_deref() {
+            if let Some(other) = filled.insert(name, &a.name) {
+                c.report(
+                    format!("authorities.{}.connect_credential", a.name),
+                    format!("authority `{other}` already fills credential `{name}`"),
+                );
+            }
+        }
+    }
+    if !configured {
+        if let Some(a) = authorities
+            .values()
+            .find(|a| a.connect_credential.is_some())
+        {
+            c.report(
+                format!("authorities.{}.connect_credential", a.name),
+                "a connectable authority needs [connect] redirect_uri",
+            );
+        }
+    }
+}
+
 /// A tenant's connect settings: the same flow under `/{tenant}/`.
-pub(super) fn for_tenant(top: ConnectSettings, tenant: &str) -> ConnectSettings {
+pub(super) fn for_tenant(top: &ConnectSettings, tenant: &str) -> ConnectSettings {
     let base = &top.redirect_uri[..top.redirect_uri.len() - CALLBACK_PATH.len()];
     let base = format!("{base}/{tenant}");
     ConnectSettings {
         redirect_uri: format!("{base}{CALLBACK_PATH}"),
         connect_endpoint: format!("{base}/oauth2/connect"),
         start_uri: format!("{base}/connect/start"),
-        ..top
+        ..top.clone()
     }
 }

@@ -276,7 +276,7 @@ pub(super) fn validate(
     check_exchange_sources(&mut c, &file.clients, &clients, &trusted_issuers);
     let authorities = authorities(&mut c, &file.authorities);
     let connect = connect::settings(&mut c, file.connect.as_ref(), &authorities);
-    let tenant_parts = tenants::read(&mut c, &file, &issuer);
+    let tenant_parts = tenants::read(&mut c, &file, &issuer, connect.as_ref());
     let mut parties = HashMap::new();
     parties.insert(String::new(), (&clients, &authorities));
     for t in &tenant_parts {

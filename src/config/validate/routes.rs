@@ -27,21 +27,17 @@ pub(super) fn routes(
         // A route's exchange client and authorities are its tenant's.
         let tenant = f.tenant.clone().unwrap_or_default();
         let (clients, authorities) = match parties.get(&tenant) {
-            Some(p) => *p,
-            None => {
+            Some(p) if f.tenant.as_deref() != Some("") => *p,
+            _ => {
                 c.report(
                     key("tenant"),
-                    format!("no [[tenants]] entry named `{tenant}`"),
+                    format!(
+                        "no [[tenants]] entry named `{tenant}` (leave tenant out for the top level)"
+                    ),
                 );
                 (&empty_clients, &empty_authorities)
             }
         };
-        if f.tenant.as_deref() == Some("") {
-            c.report(
-                key("tenant"),
-                "must name a [[tenants]] entry (leave it out for the top level)",
-            );
-        }
         if c.word(&key("name"), &f.name) && !names.insert(f.name.clone()) {
             c.report(
                 key("name"),

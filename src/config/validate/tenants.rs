@@ -42,7 +42,12 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-pub(super) fn read(c: &mut Checker<'_>, file: &file::File, top_issuer: &str) -> Vec<TenantParts> {
+pub(super) fn read(
+    c: &mut Checker<'_>,
+    file: &file::File,
+    top_issuer: &str,
+    top_connect: Option<&ConnectSettings>,
+) -> Vec<TenantParts> {
     let mut out = Vec::new();
     let mut names = HashSet::new();
     let mut issuers = HashSet::from([top_issuer.to_string()]);
@@ -79,8 +84,9 @@ pub(super) fn read(c: &mut Checker<'_>, file: &file::File, top_issuer: &str) -> 
         let trusted_issuers = trusted_issuers(c, &t.trusted_issuers);
         check_exchange_sources(c, &t.clients, &clients, &trusted_issuers);
         let authorities = authorities(c, &t.authorities);
-        let connect = connect::settings(c, file.connect.as_ref(), &authorities)
-            .map(|s| connect::for_tenant(s, &t.name));
+        // The top level's [connect], read once, serves the tenant too.
+        connect::check_connectable(c, &authorities, file.connect.is_some());
+        let connect = top_connect.map(|s| connect::for_tenant(s, &t.name));
         out.push(TenantParts {
             name: t.name.clone(),
             issuer: t.issuer.clone(),

@@ -1284,3 +1284,45 @@ async fn one_tenants_failed_authentications_do_not_lock_out_another_tenants_clie
     access_token_at(&server, "globex", "app").await;
     server.access_token("app").await;
 }
+
+#[tokio::test]
+async fn a_tenant_is_only_ever_the_exact_first_path_segment() {
+    let server = start_two("");
+    let token = access_token_at(&server, "acme", "app").await;
+    // Paths a client may try to reach acme's introspection, or another
+    // tenant's, by: none of them is acme's endpoint.
+    for path in [
+        "/ACME/oauth2/introspect",
+        "/acme%2Foauth2/introspect",
+        "/acme/acme/oauth2/introspect",
+        "/globex/acme/oauth2/introspect",
+        "//acme/oauth2/introspect",
+        "/acme /oauth2/introspect",
+        "/.well-known/oauth-authorization-server/acme/oauth2/introspect",
+    ] {
+        let secret = secret_of("acme", "middle");
+        let response = http()
+            .post(server.url(path))
+            .basic_auth("middle", Some(&secret))
+            .form(&[("token", token.as_str())])
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(
+            status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST,
+            "{path}: {status} {body}"
+        );
+        assert!(body["error"].is_string(), "{path}: {body}");
+        assert_ne!(body["active"], true, "{path}: {body}");
+    }
+    // Metadata with a path beyond the tenant's name is not the tenant's.
+    let (status, body) = get_json(
+        &server,
+        "/.well-known/oauth-authorization-server/acme/extra",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_active_at(&server, "acme", &token).await;
+}

@@ -161,9 +161,16 @@ async fn metrics_count_requests_cache_lookups_refreshes_and_upstream_latency() {
         let response = http().get(&metrics_url).send().await.expect("metrics");
         assert_eq!(response.status(), StatusCode::OK);
         text = response.text().await.expect("metrics text");
+        // The requests above: 3 × 200 and 3 × 401 on the route, one 404.
+        // (Other requests, the harness's readiness probes, may be counted
+        // too: they are not what this waits for.)
         let counted: f64 = parse_metrics(&text)
             .iter()
-            .filter(|s| s.name == "refgate_requests_total")
+            .filter(|s| {
+                let label = |name: &str| s.labels.get(name).map(String::as_str);
+                s.name == "refgate_requests_total"
+                    && (label("route") == Some("photos") || label("status") == Some("404"))
+            })
             .map(|s| s.value)
             .sum();
         if counted >= 7.0 {

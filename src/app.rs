@@ -364,6 +364,9 @@ pub fn proxy_server_conf() -> ServerConf {
     ServerConf {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         work_stealing: false,
+        // Idle upstream connections are checked when taken out for reuse,
+        // not watched by a task each (vendor/README.md).
+        upstream_keepalive_idle_watch: false,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(DRAIN.as_secs()),
         ..ServerConf::default()

@@ -48,3 +48,4 @@ mod tenants;
 mod token_grants;
 mod tracing;
 mod trust_boundaries;
+mod upstream_pool;

@@ -110,6 +110,9 @@ pub struct ConnectorOptions {
     /// Optional callback for observing how long upstream connections stayed idle
     /// before leaving the keep-alive pool without reuse.
     pub keepalive_pool_callback: Option<PoolCallback>,
+    /// Whether each idle connection in the keepalive pool is watched by a task of its own (the
+    /// default). See `ServerConf::upstream_keepalive_idle_watch`.
+    pub keepalive_idle_watch: bool,
 }
 
 impl ConnectorOptions {
@@ -147,6 +150,7 @@ impl ConnectorOptions {
             bind_to_v4,
             bind_to_v6,
             keepalive_pool_callback: None,
+            keepalive_idle_watch: server_conf.upstream_keepalive_idle_watch,
         }
     }
 
@@ -163,14 +167,28 @@ impl ConnectorOptions {
             bind_to_v4: vec![],
             bind_to_v6: vec![],
             keepalive_pool_callback: None,
+            keepalive_idle_watch: true,
         }
     }
+}
+
+/// A connection parked in the keepalive pool.
+enum Parked {
+    /// Held by an idle task that drops it if the server closes it, sends data on it or it times
+    /// out; the task hands the lock back when the connection is taken out.
+    Watched(Arc<Mutex<Stream>>),
+    /// Not watched: the same checks are made when it is taken out.
+    Unwatched {
+        stream: Stream,
+        /// When its idle timeout ends, if it has one.
+        expires: Option<Instant>,
+    },
 }
 
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<ConnectionPool<Parked>>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -179,6 +197,7 @@ pub struct TransportConnector {
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
+    keepalive_idle_watch: bool,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
@@ -201,6 +220,7 @@ impl TransportConnector {
         let keepalive_pool_callback = options
             .as_ref()
             .and_then(|o| o.keepalive_pool_callback.clone());
+        let keepalive_idle_watch = options.as_ref().map_or(true, |o| o.keepalive_idle_watch);
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
@@ -210,6 +230,7 @@ impl TransportConnector {
             preferred_http_version: PreferredHttpVersion::new(),
             unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
             keepalive_pool_callback,
+            keepalive_idle_watch,
         }
     }
 
@@ -250,7 +271,25 @@ impl TransportConnector {
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
         match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
+            Some(Parked::Unwatched {
+                mut stream,
+                expires,
+            }) => {
+                if expires.is_some_and(|at| Instant::now() >= at) {
+                    debug!("idle connection outlived its idle timeout");
+                    return None;
+                }
+                // Same checks as a watched connection: the fd still belongs to this peer and the
+                // server has neither closed the connection nor sent data on it.
+                if same_peer(peer, &stream)
+                    && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
+                {
+                    Some(stream)
+                } else {
+                    None
+                }
+            }
+            Some(Parked::Watched(s)) => {
                 debug!("find reusable stream, trying to acquire it");
                 {
                     let _ = s.lock().await;
@@ -321,9 +360,19 @@ impl TransportConnector {
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
+        if !self.keepalive_idle_watch {
+            let expires = idle_timeout.and_then(|t| Instant::now().checked_add(t));
+            // Dropping the eviction and reuse signals is fine: nothing waits on them.
+            let _ = self
+                .connection_pool
+                .put(&meta, Parked::Unwatched { stream, expires });
+            return;
+        }
         let stream = Arc::new(Mutex::new(stream));
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
+        let (notify_close, watch_use) = self
+            .connection_pool
+            .put(&meta, Parked::Watched(stream));
         let idle_meta = IdleConnection::new(meta);
         let pool = self.connection_pool.clone(); //clone the arc
         let keepalive_pool_callback = self.keepalive_pool_callback.clone();
@@ -472,6 +521,36 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
+/// Whether a parked stream is connected to `peer`. The socket digest's peer address is read once
+/// per connection (`getpeername` at its first use); only when it is missing or differs does this
+/// ask the socket again, as the watched path does on every reuse.
+#[cfg(unix)]
+fn same_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    if peer.get_proxy().is_none() {
+        let cached = stream.get_socket_digest();
+        if cached
+            .as_ref()
+            .and_then(|d| d.peer_addr())
+            .is_some_and(|addr| addr == peer.address())
+        {
+            return true;
+        }
+    }
+    peer.matches_fd(stream.id())
+}
+
+#[cfg(windows)]
+fn same_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    use std::os::windows::io::{AsRawSocket, RawSocket};
+    struct WrappedRawSocket(RawSocket);
+    impl AsRawSocket for WrappedRawSocket {
+        fn as_raw_socket(&self) -> RawSocket {
+            self.0
+        }
+    }
+    peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+}
+
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready

@@ -108,6 +108,16 @@ pub struct ServerConf {
     /// [`ConnectorOptions`](crate::connectors::ConnectorOptions).
     /// Note: this is an _unstable_ field that may be renamed or removed in the future.
     pub upstream_keepalive_pool_size: usize,
+    /// Watch idle upstream connections in the keepalive pool with a task each (the default).
+    ///
+    /// When `false`, a connection returned to the pool is parked without a task: whether the
+    /// server closed it, sent data on it, or it outlived its idle timeout is checked when it is
+    /// taken out for reuse instead. This saves a task spawn, a lock hand-over and two wake-ups per
+    /// reused connection; the cost is that a connection the server closed keeps its file
+    /// descriptor until it is next taken out or evicted by the pool's LRU.
+    /// See [`ConnectorOptions`](crate::connectors::ConnectorOptions).
+    /// Note: this is an _unstable_ field that may be renamed or removed in the future.
+    pub upstream_keepalive_idle_watch: bool,
     /// Number of dedicated thread pools to use for upstream connection establishment.
     /// See [`ConnectorOptions`](crate::connectors::ConnectorOptions).
     /// Note: this is an _unstable_ field that may be renamed or removed in the future.
@@ -238,6 +248,7 @@ impl Default for ServerConf {
             work_stealing: true,
             runtime_enable_alt_timer: false,
             upstream_keepalive_pool_size: 128,
+            upstream_keepalive_idle_watch: true,
             upstream_connect_offload_threadpools: None,
             upstream_connect_offload_thread_per_pool: None,
             downstream_tls_offload_threadpools: None,
@@ -485,6 +496,7 @@ mod tests {
             work_stealing: true,
             runtime_enable_alt_timer: false,
             upstream_keepalive_pool_size: 4,
+            upstream_keepalive_idle_watch: true,
             upstream_connect_offload_threadpools: None,
             upstream_connect_offload_thread_per_pool: None,
             downstream_tls_offload_threadpools: None,

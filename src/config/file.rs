@@ -146,6 +146,8 @@ pub struct Gateway {
     pub authority_timeout: Option<String>,
     /// Timeout to connect to an upstream.
     pub upstream_connect_timeout: Option<String>,
+    /// How long an idle upstream connection is kept for reuse.
+    pub upstream_idle_timeout: Option<String>,
     /// Least time between two refreshes of one credential that upstream
     /// 401s trigger.
     pub min_refresh_interval: Option<String>,

@@ -200,6 +200,9 @@ pub struct GatewaySettings {
     pub ca_file: Option<PathBuf>,
     pub authority_timeout: Duration,
     pub upstream_connect_timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse (zero: never
+    /// reused).
+    pub upstream_idle_timeout: Duration,
     /// At most one upstream-401-triggered refresh per credential this often.
     pub min_refresh_interval: Duration,
     /// DNS servers for host names; empty: the system's (`/etc/resolv.conf`).

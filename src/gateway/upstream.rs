@@ -6,7 +6,6 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
@@ -31,9 +30,6 @@ pub async fn resolved(
     Ok(peer)
 }
 
-/// How long an idle upstream connection is kept for reuse.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Builds the peer for a route.
 pub fn peer_for(route: &Route, settings: &GatewaySettings) -> Result<HttpPeer, String> {
     let upstream = &route.upstream;
@@ -51,7 +47,9 @@ pub fn peer_for(route: &Route, settings: &GatewaySettings) -> Result<HttpPeer, S
         .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), upstream.port));
     let mut peer = HttpPeer::new(addr, upstream.tls, sni);
     peer.options.connection_timeout = Some(settings.upstream_connect_timeout);
-    peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+    // Checked when a pooled connection is taken out for reuse (the pool
+    // watches no idle connection: vendor/README.md).
+    peer.options.idle_timeout = Some(settings.upstream_idle_timeout);
     peer.options.verify_cert = true;
     peer.options.verify_hostname = true;
     if upstream.tls {

@@ -95,7 +95,13 @@ async fn serve(mut stream: TcpStream, conn: usize, after: After) {
 }
 
 fn start(upstream: &RawUpstream) -> Refgate {
+    start_with_gateway(upstream, "")
+}
+
+/// With `[gateway]` lines.
+fn start_with_gateway(upstream: &RawUpstream, gateway: &str) -> Refgate {
     Refgate::start_with(Options {
+        gateway: gateway.to_string(),
         extra: public_route("open", "/open/", &upstream.url, ""),
         ..Options::default()
     })
@@ -132,6 +138,29 @@ async fn an_open_upstream_connection_carries_the_following_requests() {
     assert_eq!(upstream.connections(), 1, "{seen:?}");
     let expected: Vec<String> = (1..=6).map(|r| format!("conn-1-req-{r}")).collect();
     assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_upstream_idle_timeout_is_not_reused() {
+    let upstream = RawUpstream::start(After::KeepOpen).await;
+    let server = start_with_gateway(&upstream, "upstream_idle_timeout = \"700ms\"\n");
+    // Well within the timeout: reused.
+    let first = bodies(&server, 2, Duration::from_millis(20)).await;
+    assert_eq!(first, ["conn-1-req-1", "conn-1-req-2"]);
+    // Past it: the parked connection is dropped when it would be taken out,
+    // and the request goes out on a new one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = bodies(&server, 2, Duration::from_millis(20)).await;
+    assert_eq!(later, ["conn-2-req-1", "conn-2-req-2"]);
+    assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_zero_upstream_idle_timeout_never_reuses_a_connection() {
+    let upstream = RawUpstream::start(After::KeepOpen).await;
+    let server = start_with_gateway(&upstream, "upstream_idle_timeout = \"0s\"\n");
+    let seen = bodies(&server, 3, Duration::from_millis(20)).await;
+    assert_eq!(seen, ["conn-1-req-1", "conn-2-req-1", "conn-3-req-1"]);
 }
 
 #[tokio::test]
@@ -194,5 +223,42 @@ async fn concurrent_requests_each_get_their_own_answer_over_pooled_connections()
         upstream.connections() <= 8,
         "{} connections for 40 requests, 8 at a time",
         upstream.connections()
+    );
+}
+
+#[test]
+fn an_upstream_idle_timeout_that_is_not_a_duration_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("refgate.toml");
+    let text = format!(
+        r#"issuer = "http://127.0.0.1:9"
+
+[listen]
+token_service = "127.0.0.1:0"
+proxy = "127.0.0.1:0"
+
+[store]
+url = "sqlite://data/refgate.db"
+data_key = "{}"
+
+[gateway]
+upstream_idle_timeout = "a while"
+"#,
+        "A".repeat(43) + "="
+    );
+    std::fs::write(&path, text).expect("write config");
+    let output = output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_refgate"))
+            .env_remove("RUST_LOG")
+            .arg("check")
+            .arg("--config")
+            .arg(&path),
+        Duration::from_secs(30),
+    );
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{errors}");
+    assert!(
+        errors.contains("gateway.upstream_idle_timeout") && errors.contains("a while"),
+        "{errors}"
     );
 }

@@ -133,6 +133,11 @@ pub(super) fn gateway_settings(c: &mut Checker<'_>, g: &file::Gateway) -> Gatewa
             g.upstream_connect_timeout.as_ref(),
             Duration::from_secs(5),
         ),
+        upstream_idle_timeout: c.duration(
+            "gateway.upstream_idle_timeout",
+            g.upstream_idle_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
         min_refresh_interval: c.duration(
             "gateway.min_refresh_interval",
             g.min_refresh_interval.as_ref(),

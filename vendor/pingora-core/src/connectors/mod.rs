@@ -520,7 +520,6 @@ impl PreferredHttpVersion {
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
-/// Test whether a stream is already closed or not reusable (server sent unexpected data)
 /// Whether a parked stream is connected to `peer`. The socket digest's peer address is read once
 /// per connection (`getpeername` at its first use); only when it is missing or differs does this
 /// ask the socket again, as the watched path does on every reuse.
@@ -551,6 +550,7 @@ fn same_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
     peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
 }
 
+/// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready

@@ -114,7 +114,8 @@ pub struct ServerConf {
     /// server closed it, sent data on it, or it outlived its idle timeout is checked when it is
     /// taken out for reuse instead. This saves a task spawn, a lock hand-over and two wake-ups per
     /// reused connection; the cost is that a connection the server closed keeps its file
-    /// descriptor until it is next taken out or evicted by the pool's LRU.
+    /// descriptor until it is next taken out or evicted by the pool's LRU, and
+    /// `keepalive_pool_callback` is not called for such connections.
     /// See [`ConnectorOptions`](crate::connectors::ConnectorOptions).
     /// Note: this is an _unstable_ field that may be renamed or removed in the future.
     pub upstream_keepalive_idle_watch: bool,

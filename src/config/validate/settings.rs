@@ -102,6 +102,14 @@ pub(super) fn gateway_settings(c: &mut Checker<'_>, g: &file::Gateway) -> Gatewa
             0
         }
     };
+    let upstream_idle_timeout = c.duration(
+        "gateway.upstream_idle_timeout",
+        g.upstream_idle_timeout.as_ref(),
+        Duration::from_secs(60),
+    );
+    if upstream_idle_timeout > Duration::from_secs(3600) {
+        c.report("gateway.upstream_idle_timeout", "must be at most 1h");
+    }
     GatewaySettings {
         refresh_skew: c.duration(
             "gateway.refresh_skew",
@@ -133,11 +141,7 @@ pub(super) fn gateway_settings(c: &mut Checker<'_>, g: &file::Gateway) -> Gatewa
             g.upstream_connect_timeout.as_ref(),
             Duration::from_secs(5),
         ),
-        upstream_idle_timeout: c.duration(
-            "gateway.upstream_idle_timeout",
-            g.upstream_idle_timeout.as_ref(),
-            Duration::from_secs(60),
-        ),
+        upstream_idle_timeout,
         min_refresh_interval: c.duration(
             "gateway.min_refresh_interval",
             g.min_refresh_interval.as_ref(),

@@ -192,6 +192,26 @@ fn check_accepts_a_valid_config_and_writes_nothing() {
 }
 
 #[test]
+fn an_upstream_idle_timeout_that_is_not_a_duration_or_over_an_hour_is_refused_by_name() {
+    // `refgate check`'s exit code and complaints for one value.
+    let check_with = |value: &str| {
+        let text = config_text(&format!("[gateway]\nupstream_idle_timeout = \"{value}\"\n"));
+        let (_dir, path) = write_config(&text);
+        let output = check(&path);
+        (output.status.code(), stderr(&output))
+    };
+    for (value, says) in [("a while", "a while"), ("2h", "at most 1h")] {
+        let (code, errors) = check_with(value);
+        assert_eq!(code, Some(1), "{value}: {errors}");
+        assert!(
+            errors.contains("gateway.upstream_idle_timeout") && errors.contains(says),
+            "{value}: {errors}"
+        );
+    }
+    assert_eq!(check_with("1h"), (Some(0), String::new()));
+}
+
+#[test]
 fn check_reports_every_problem_with_file_line_and_key() {
     let text = config_text(&format!(
         r#"colour = "blue"

@@ -28,7 +28,6 @@
 
 mod queries;
 mod readers;
-#[cfg(test)]
 mod tests;
 mod writer;
 

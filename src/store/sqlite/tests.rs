@@ -1,3 +1,6 @@
+//! The SQLite store's own tests: compiled only for `cargo test`.
+#![cfg(test)]
+
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;

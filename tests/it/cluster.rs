@@ -88,7 +88,7 @@ async fn revocation_on_one_instance_is_rejected_by_the_other_at_once() {
     // a loaded machine does not fail it, and still far below any cache TTL.
     println!("revocation reached the other instance after {delay:?}");
     assert!(
-        delay < Duration::from_secs(2),
+        delay < Duration::from_secs(4),
         "revocation took {delay:?} to reach the other instance"
     );
 }
@@ -413,7 +413,7 @@ async fn an_admin_revocation_on_one_instance_reaches_the_other_at_once() {
     let started = std::time::Instant::now();
     while cluster.b.introspect(&token).await["active"] != false {
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(2),
+            started.elapsed() < std::time::Duration::from_secs(4),
             "instance B still sees the token active"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -343,12 +343,14 @@ async fn a_refused_refresh_exchanges_again_while_the_subject_token_is_valid() {
 #[tokio::test]
 async fn a_refused_refresh_with_an_expired_subject_token_needs_a_new_sign_in() {
     let setup = Setup::start(3, TOKEN_EXCHANGE_ROUTE, true, "refresh_skew = \"1s\"").await;
-    let token = setup.sign_in(&id_token("user-3", 4)).await;
+    // The sign-in and the first exchange must be done while the id token
+    // is valid: 8 s, for a loaded machine.
+    let token = setup.sign_in(&id_token("user-3", 8)).await;
     let (status, _) = setup.get(&token).await;
     assert_eq!(status, StatusCode::OK);
 
     setup.authority.revoke_all().await;
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    tokio::time::sleep(Duration::from_millis(8500)).await;
     let (status, body) = setup.get(&token).await;
     assert_gateway_error(
         status,

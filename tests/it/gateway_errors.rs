@@ -276,7 +276,8 @@ async fn expired_token_is_401_invalid_token() {
 async fn cached_token_is_rejected_once_it_expires() {
     let upstream = Upstream::start().await;
     let server = start(&photos_route(&upstream.url()));
-    let token = short_lived_token(&server, 4).await;
+    // Long enough that a loaded machine still uses it while valid.
+    let token = short_lived_token(&server, 8).await;
     let minted = unix_now();
     server
         .store_credential(&token, "photos", credential("down-abc", "Bearer"))
@@ -286,7 +287,7 @@ async fn cached_token_is_rejected_once_it_expires() {
     let response = get(&server, "/photos/x", Some(&bearer)).await;
     assert_eq!(response.status(), StatusCode::OK);
 
-    let wait = (minted + 5 - unix_now()).max(0) as u64;
+    let wait = (minted + 9 - unix_now()).max(0) as u64;
     tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(200)).await;
     let response = get(&server, "/photos/x", Some(&bearer)).await;
     assert_rejection(

@@ -450,13 +450,17 @@ async fn sighup_reloads_the_configuration() {
     let config = std::fs::read_to_string(&server.config_path).expect("read config");
     let changed = config.replacen(&padding, &route, 1);
     assert_eq!(changed.len(), config.len());
-    std::fs::write(&server.config_path, &changed).expect("write config");
+    // Written aside with the old mtime, then renamed over the file: the
+    // file refgate polls never shows a new mtime or a partial length.
+    let aside = server.config_path.with_extension("toml.new");
+    std::fs::write(&aside, &changed).expect("write config");
     std::fs::File::options()
         .write(true)
-        .open(&server.config_path)
+        .open(&aside)
         .expect("open config")
         .set_modified(before.modified().expect("mtime"))
         .expect("restore mtime");
+    std::fs::rename(&aside, &server.config_path).expect("replace config");
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let response = get(format!("{}/fresh/x", server.proxy), None).await;

@@ -253,22 +253,22 @@ async fn expired_token_is_exactly_inactive() {
                 ("subject", "dave"),
                 ("issuer", "https://idp.example.com"),
                 ("scope", "photos.read"),
-                ("access_token_lifetime", "3"),
+                ("access_token_lifetime", "6"),
             ],
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["expires_in"], 3);
+    assert_eq!(body["expires_in"], 6);
     let token = str_of(&body, "access_token");
     // Looked up while active first, so a cached view must not outlive exp.
-    // (Three seconds, so that a loaded machine still sees it active.)
+    // (Six seconds, so that a loaded machine still sees it active.)
     let view = server.introspect(token).await;
     assert_eq!(view["active"], true, "{view}");
     assert_eq!(
         view["exp"].as_i64().unwrap() - view["iat"].as_i64().unwrap(),
-        3
+        6
     );
-    tokio::time::sleep(Duration::from_millis(4200)).await;
+    tokio::time::sleep(Duration::from_millis(7200)).await;
     assert_inactive(&server, token).await;
 }
 

@@ -109,7 +109,14 @@ fn start_with_gateway(upstream: &RawUpstream, gateway: &str) -> Refgate {
 
 /// `n` requests one after the other, each on a new client connection (so
 /// that only the upstream side can be reused), `pause` between them; the
-/// bodies, each checked to be a 200.
+/// bodies, each checked to be a 200. The gateway parks an upstream
+/// connection only after the client has its whole answer, so a request
+/// sent at once may find the pool empty: tests that expect reuse pause
+/// [`SETTLE`].
+/// Long enough, even on a loaded machine, for an answered request's
+/// upstream connection to be back in the pool.
+const SETTLE: Duration = Duration::from_millis(250);
+
 async fn bodies(server: &Refgate, n: usize, pause: Duration) -> Vec<String> {
     let mut out = Vec::new();
     for i in 0..n {
@@ -133,7 +140,7 @@ async fn bodies(server: &Refgate, n: usize, pause: Duration) -> Vec<String> {
 async fn an_open_upstream_connection_carries_the_following_requests() {
     let upstream = RawUpstream::start(After::KeepOpen).await;
     let server = start(&upstream);
-    let seen = bodies(&server, 6, Duration::from_millis(20)).await;
+    let seen = bodies(&server, 6, SETTLE).await;
     // One connection, reused: the pool found it again after each request.
     assert_eq!(upstream.connections(), 1, "{seen:?}");
     let expected: Vec<String> = (1..=6).map(|r| format!("conn-1-req-{r}")).collect();
@@ -143,14 +150,14 @@ async fn an_open_upstream_connection_carries_the_following_requests() {
 #[tokio::test]
 async fn a_connection_idle_past_upstream_idle_timeout_is_not_reused() {
     let upstream = RawUpstream::start(After::KeepOpen).await;
-    let server = start_with_gateway(&upstream, "upstream_idle_timeout = \"700ms\"\n");
+    let server = start_with_gateway(&upstream, "upstream_idle_timeout = \"2s\"\n");
     // Well within the timeout: reused.
-    let first = bodies(&server, 2, Duration::from_millis(20)).await;
+    let first = bodies(&server, 2, SETTLE).await;
     assert_eq!(first, ["conn-1-req-1", "conn-1-req-2"]);
     // Past it: the parked connection is dropped when it would be taken out,
     // and the request goes out on a new one.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let later = bodies(&server, 2, Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let later = bodies(&server, 2, SETTLE).await;
     assert_eq!(later, ["conn-2-req-1", "conn-2-req-2"]);
     assert_eq!(upstream.connections(), 2);
 }
@@ -208,6 +215,8 @@ async fn concurrent_requests_each_get_their_own_answer_over_pooled_connections()
             }
         });
         let answers = futures::future::join_all(requests).await;
+        // Until the round's connections are back in the pool.
+        tokio::time::sleep(SETTLE).await;
         let mut seen = std::collections::HashSet::new();
         for (status, body) in answers {
             assert_eq!(status, StatusCode::OK, "{body}");

@@ -202,11 +202,21 @@ impl Credential {
 /// `<scheme> <token>`, refusing anything that is not a plain visible-ASCII
 /// token (no CR, LF, NUL or spaces inside).
 fn header_text(scheme: &str, token: &str) -> Option<HeaderValue> {
-    let safe = |s: &str| !s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    // Every byte is looked at, without an early exit, so that the check
+    // runs as a vector loop over the (often long) token.
+    let safe = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .fold(true, |ok, b| ok & (0x21..=0x7e).contains(&b))
+    };
     if !safe(scheme) || !safe(token) {
         return None;
     }
-    HeaderValue::try_from(format!("{scheme} {token}")).ok()
+    let mut text = Vec::with_capacity(scheme.len() + 1 + token.len());
+    text.extend_from_slice(scheme.as_bytes());
+    text.push(b' ');
+    text.extend_from_slice(token.as_bytes());
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
 }
 
 /// The credentials of a grant, by name, in the compact form.
@@ -215,14 +225,18 @@ pub struct Credentials(Box<[(Box<str>, Arc<Credential>)]>);
 
 impl Credentials {
     /// Reads every credential under `credentials` straight from custom
-    /// data's JSON text, without building a tree of the rest of it. Entries
-    /// of the wrong shape are skipped (a route that needs one answers
-    /// `credential_missing`). `None` when the text is not a JSON object.
+    /// data's JSON text, without building a tree of it: strings are
+    /// borrowed from the text where they have no escapes, and only the
+    /// members a [`Credential`] keeps are copied. Entries of the wrong
+    /// shape (the shape [`StoredCredential`] reads) are skipped: a route
+    /// that needs one answers `credential_missing`. A repeated name or
+    /// member counts once, the last one. `None` when the text is not a
+    /// JSON object.
     pub fn from_json(text: &[u8]) -> Option<Self> {
         #[derive(Deserialize)]
-        struct Custom {
-            #[serde(default)]
-            credentials: Option<Value>,
+        struct Custom<'a> {
+            #[serde(default, borrow)]
+            credentials: Option<lenient::Entries<'a>>,
         }
         // serde would also take an array for a struct: only an object is
         // custom data.
@@ -230,13 +244,12 @@ impl Credentials {
             return None;
         }
         let custom: Custom = serde_json::from_slice(text).ok()?;
-        let Some(Value::Object(all)) = custom.credentials else {
+        let Some(entries) = custom.credentials else {
             return Some(Credentials::default());
         };
-        let usable = all.into_iter().filter_map(|(name, value)| {
-            let stored: StoredCredential = serde_json::from_value(value).ok()?;
-            let credential = Arc::new(Credential::from_stored(&stored));
-            Some((name.into_boxed_str(), credential))
+        let usable = entries.0.into_iter().filter_map(|(name, entry)| {
+            let credential = entry?.credential()?;
+            Some((Box::from(name.as_ref()), Arc::new(credential)))
         });
         Some(Credentials(usable.collect()))
     }
@@ -251,6 +264,279 @@ impl Credentials {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// The reading of `credentials` behind [`Credentials::from_json`]: one pass
+/// over the text with serde's visitors, judging each entry as
+/// [`StoredCredential`] would (required `access_token` string; optional
+/// strings, an `i64` expiry and booleans, each of which may be `null`;
+/// other members ignored) without failing the whole document on a bad one.
+mod lenient {
+    use std::borrow::Cow;
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::Deserialize;
+
+    use super::{header_text, Credential, NEVER};
+
+    /// The `credentials` member: its entries in order, `None` for one of
+    /// the wrong shape; empty when it is not an object.
+    pub(super) struct Entries<'a>(pub(super) Vec<(Cow<'a, str>, Option<Entry<'a>>)>);
+
+    /// One entry's members that a [`Credential`] keeps or that decide
+    /// whether it is well-formed.
+    #[derive(Default)]
+    pub(super) struct Entry<'a> {
+        access_token: Option<Cow<'a, str>>,
+        token_type: Option<Cow<'a, str>>,
+        refresh_token: bool,
+        expires_at: Option<i64>,
+        authority: Option<Cow<'a, str>>,
+        reauth_required: bool,
+        exchanged: bool,
+    }
+
+    impl Entry<'_> {
+        /// The credential, unless the required access token is missing.
+        pub(super) fn credential(self) -> Option<Credential> {
+            let token = self.access_token?;
+            let scheme = match self.token_type.as_deref() {
+                None => "Bearer",
+                Some(s) if s.eq_ignore_ascii_case("bearer") => "Bearer",
+                Some(s) => s,
+            };
+            Some(Credential {
+                header: header_text(scheme, &token),
+                expires_at: self.expires_at.unwrap_or(NEVER),
+                reauth_required: self.reauth_required,
+                refreshable: self.refresh_token,
+                authority: self.authority.as_deref().map(Box::from),
+                exchanged: self.exchanged,
+                just_obtained: false,
+            })
+        }
+    }
+
+    /// Any JSON value, kept only as far as a member of an entry needs it.
+    enum Scalar<'a> {
+        Null,
+        Str(Cow<'a, str>),
+        Int(i64),
+        Bool(bool),
+        /// A float, an integer beyond `i64`, an array or an object.
+        Other,
+    }
+
+    impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(ScalarVisitor(PhantomData))
+        }
+    }
+
+    /// Visitors make values that may borrow from the text (`'de`) for as
+    /// long as `'a`.
+    struct ScalarVisitor<'a>(PhantomData<&'a ()>);
+
+    impl<'de: 'a, 'a> Visitor<'de> for ScalarVisitor<'a> {
+        type Value = Scalar<'a>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Scalar::Null)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(Scalar::Null)
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Scalar::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Scalar::Int(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(i64::try_from(v).map_or(Scalar::Other, Scalar::Int))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Scalar::Other)
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Scalar::Str(Cow::Borrowed(v)))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Scalar::Str(Cow::Owned(v)))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Scalar::Other)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Scalar::Other)
+        }
+    }
+
+    /// A map key, borrowed unless it has escapes.
+    struct Key<'a>(Cow<'a, str>);
+
+    impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            match Scalar::deserialize(d)? {
+                Scalar::Str(s) => Ok(Key(s)),
+                _ => Err(de::Error::custom("a key that is not a string")),
+            }
+        }
+    }
+
+    /// Where a member's value goes: `Ok(None)` for `null`, `Err(())` for
+    /// a value of the wrong type (the entry is then of the wrong shape).
+    fn string(v: Scalar<'_>) -> Result<Option<Cow<'_, str>>, ()> {
+        match v {
+            Scalar::Null => Ok(None),
+            Scalar::Str(s) => Ok(Some(s)),
+            _ => Err(()),
+        }
+    }
+
+    fn boolean(v: Scalar<'_>) -> Result<bool, ()> {
+        match v {
+            Scalar::Null => Ok(false),
+            Scalar::Bool(b) => Ok(b),
+            _ => Err(()),
+        }
+    }
+
+    fn integer(v: Scalar<'_>) -> Result<Option<i64>, ()> {
+        match v {
+            Scalar::Null => Ok(None),
+            Scalar::Int(i) => Ok(Some(i)),
+            _ => Err(()),
+        }
+    }
+
+    /// One entry: `None` when it is not an object or a member has the
+    /// wrong type. A repeated member is judged by its last value, as a
+    /// JSON object keeps it.
+    struct MaybeEntry<'a>(Option<Entry<'a>>);
+
+    impl<'de: 'a, 'a> Deserialize<'de> for MaybeEntry<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(EntryVisitor(PhantomData))
+        }
+    }
+
+    struct EntryVisitor<'a>(PhantomData<&'a ()>);
+
+    impl<'de: 'a, 'a> Visitor<'de> for EntryVisitor<'a> {
+        type Value = MaybeEntry<'a>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a credential")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut entry = Entry::default();
+            // Members seen with a value of the wrong type, by name; a
+            // later value of the right type mends it.
+            let mut wrong: Vec<Cow<'a, str>> = Vec::new();
+            while let Some(Key(key)) = map.next_key::<Key>()? {
+                let value: Scalar = map.next_value()?;
+                let ok = match key.as_ref() {
+                    "access_token" => string(value).map(|v| entry.access_token = v),
+                    "token_type" => string(value).map(|v| entry.token_type = v),
+                    "refresh_token" => string(value).map(|v| entry.refresh_token = v.is_some()),
+                    "authority" => string(value).map(|v| entry.authority = v),
+                    "scope" => string(value).map(drop),
+                    "expires_at" => integer(value).map(|v| entry.expires_at = v),
+                    "reauth_required" => boolean(value).map(|v| entry.reauth_required = v),
+                    "exchanged" => boolean(value).map(|v| entry.exchanged = v),
+                    _ => continue,
+                };
+                wrong.retain(|k| k != &key);
+                if ok.is_err() {
+                    wrong.push(key);
+                }
+            }
+            Ok(MaybeEntry(wrong.is_empty().then_some(entry)))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            ScalarVisitor::<'a>(PhantomData)
+                .visit_seq(seq)
+                .map(|_| MaybeEntry(None))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(MaybeEntry(None))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(MaybeEntry(None))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(MaybeEntry(None))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(MaybeEntry(None))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(MaybeEntry(None))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(MaybeEntry(None))
+        }
+    }
+
+    impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(EntriesVisitor(PhantomData))
+        }
+    }
+
+    struct EntriesVisitor<'a>(PhantomData<&'a ()>);
+
+    impl<'de: 'a, 'a> Visitor<'de> for EntriesVisitor<'a> {
+        type Value = Entries<'a>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("credentials")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut entries: Vec<(Cow<'a, str>, Option<Entry<'a>>)> = Vec::new();
+            while let Some(Key(name)) = map.next_key::<Key>()? {
+                let MaybeEntry(entry) = map.next_value()?;
+                // A repeated name: the last one counts.
+                entries.retain(|(n, _)| n != &name);
+                entries.push((name, entry));
+            }
+            Ok(Entries(entries))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            ScalarVisitor::<'a>(PhantomData)
+                .visit_seq(seq)
+                .map(|_| Entries(Vec::new()))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Entries(Vec::new()))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Entries(Vec::new()))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Entries(Vec::new()))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Entries(Vec::new()))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Entries(Vec::new()))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Entries(Vec::new()))
+        }
     }
 }
 
@@ -509,5 +795,96 @@ mod tests {
         assert!(Credentials::from_json(br#"{"credentials": "x"}"#)
             .expect("an object")
             .is_empty());
+    }
+
+    /// What `from_json` must equal: the whole text as a tree, each entry
+    /// read as a `StoredCredential`.
+    fn through_a_tree(text: &[u8]) -> Option<Vec<(String, Credential)>> {
+        #[derive(Deserialize)]
+        struct Custom {
+            #[serde(default)]
+            credentials: Option<Value>,
+        }
+        if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        let custom: Custom = serde_json::from_slice(text).ok()?;
+        let Some(Value::Object(all)) = custom.credentials else {
+            return Some(Vec::new());
+        };
+        let mut read: Vec<(String, Credential)> = all
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let stored: StoredCredential = serde_json::from_value(value).ok()?;
+                Some((name, Credential::from_stored(&stored)))
+            })
+            .collect();
+        read.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(read)
+    }
+
+    #[test]
+    fn credentials_from_json_read_what_a_tree_would() {
+        let documents: &[&str] = &[
+            r#"{}"#,
+            r#"{"credentials": {}}"#,
+            r#"{"credentials": []}"#,
+            r#"{"credentials": [{"access_token": "a"}]}"#,
+            r#"{"credentials": 7}"#,
+            r#"{"credentials": true}"#,
+            r#"{"credentials": null, "x": 1}"#,
+            r#"{"credentials": {"a": {"access_token": "t"}}, "credentials": {}}"#,
+            r#"{"credentials": {"a": null, "b": 1, "c": "s", "d": [], "e": true, "f": 1.5}}"#,
+            r#"{"credentials": {"a": {"access_token": null}}}"#,
+            r#"{"credentials": {"a": {"refresh_token": "r"}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "refresh_token": null,
+                "token_type": null, "expires_at": null, "authority": null, "scope": null,
+                "reauth_required": null, "exchanged": null}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "refresh_token": "r",
+                "token_type": "DPoP", "expires_at": -5, "authority": "photos",
+                "scope": "a b", "reauth_required": true, "exchanged": true}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "token_type": "bEaReR"}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "expires_at": 1.0}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "expires_at": 1e3}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "expires_at": 9223372036854775807}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "expires_at": 9223372036854775808}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "expires_at": "10"}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "scope": ["a"]}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "reauth_required": "yes"}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "exchanged": 1}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "authority": {"x": 1}}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "other": {"deep": [1, {"x": null}]}}}}"#,
+            r#"{"credentials": {"a": {"access_token": 7, "access_token": "t"}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "access_token": 7}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "refresh_token": "r", "refresh_token": null}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t"}, "a": 5}}"#,
+            r#"{"credentials": {"a": 5, "a": {"access_token": "t"}}}"#,
+            r#"{"credentials": {"ab": {"access_token": "xAy"}}}"#,
+            r#"{"credentials": {"a": {"access_token": "line
+break"}}}"#,
+            r#"{"credentials": {"a": {"access_token": "with space"}}}"#,
+            r#"{"credentials": {"a": {"access_token": ""}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t", "token_type": "Bad Scheme"}}}"#,
+            r#"{"credentials": {"b": {"access_token": "2"}, "a": {"access_token": "1"}}}"#,
+            r#"{"credentials": {"a": {"access_token": "t"}}"#,
+            r#"{"credentials": {"a": {"access_token": "t"}}} trailing"#,
+            r#"  {"credentials": {"a": {"access_token": "t",}}}"#,
+            r#"[{"credentials": {}}]"#,
+            r#""text""#,
+            "",
+        ];
+        for text in documents {
+            let expected = through_a_tree(text.as_bytes());
+            let read = Credentials::from_json(text.as_bytes()).map(|all| {
+                let mut read: Vec<(String, Credential)> = all
+                    .0
+                    .iter()
+                    .map(|(name, c)| (name.to_string(), (**c).clone()))
+                    .collect();
+                read.sort_by(|a, b| a.0.cmp(&b.0));
+                read
+            });
+            assert_eq!(read, expected, "{text}");
+        }
     }
 }

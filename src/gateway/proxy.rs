@@ -349,6 +349,20 @@ impl ProxyHttp for Gateway {
                 None,
             )
             .await;
+        } else if code == 400 {
+            // A request pingora refused to pass on as sent (a protected
+            // header named in `Connection`, say): the same JSON answer as
+            // every other refusal, never pingora's empty page.
+            tracing::info!(request_id = %ctx.request_id, error = %e, "request refused");
+            errors::respond(
+                session,
+                &GatewayError::BadRequest(
+                    "the request cannot be passed on as sent (its Connection header or framing)",
+                ),
+                &ctx.request_id,
+                None,
+            )
+            .await;
         } else if code > 0 {
             let _ = session.respond_error(code).await;
         }

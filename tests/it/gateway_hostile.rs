@@ -679,3 +679,157 @@ async fn unread_bodies_of_rejected_requests_are_not_parsed_as_requests() {
     }
     assert_no_panic(&server);
 }
+
+// ---------------------------------------------------------------------------
+// Hop-by-hop headers
+// ---------------------------------------------------------------------------
+
+/// A raw request on `/photos/` with `token` and the given header lines.
+fn raw_photos(token: &str, lines: &[&str]) -> Vec<u8> {
+    let mut out =
+        format!("GET /photos/hop HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n");
+    for line in lines {
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// Headers that describe the client's own connection to refgate, and
+/// those its `Connection` header names, are not passed on; naming
+/// refgate's own headers there neither removes them nor lets the client's
+/// versions through.
+#[tokio::test]
+async fn hop_by_hop_headers_stay_with_the_client_connection() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream);
+    let token = server.token_with_photos().await;
+
+    let reply = send_raw(
+        server.proxy_port,
+        &raw_photos(
+            &token,
+            &[
+                "Connection: keep-alive, X-Hop-Secret, X-Other-Hop",
+                "Keep-Alive: timeout=5",
+                "TE: trailers",
+                "Trailer: X-Trailing",
+                "Proxy-Authorization: Basic cHJveHk6c2VjcmV0",
+                "Proxy-Connection: keep-alive",
+                "X-Hop-Secret: hop-1",
+                "X-Other-Hop: hop-2",
+                "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA",
+                "Upgrade: h2c",
+                "X-End-To-End: kept",
+            ],
+        ),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let sent = &seen[0];
+    for name in [
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+        "x-hop-secret",
+        "x-other-hop",
+        "http2-settings",
+        "upgrade",
+    ] {
+        assert_eq!(sent.header_count(name), 0, "{name} passed on: {sent:?}");
+    }
+    if let Some(connection) = sent.header("connection") {
+        let connection = connection.to_ascii_lowercase();
+        assert!(!connection.contains("hop"), "{connection}");
+        assert!(!connection.contains("upgrade"), "{connection}");
+    }
+    assert_eq!(sent.header("x-end-to-end").as_deref(), Some("kept"));
+    assert_eq!(
+        sent.header("authorization").as_deref(),
+        Some("Bearer down-abc")
+    );
+    upstream.clear();
+
+    // refgate's own headers named as hop-by-hop: still refgate's, or the
+    // request is refused; never the client's, never missing.
+    for (connection, claimed) in [
+        (
+            "Connection: authorization",
+            "Authorization: Bearer client-claimed",
+        ),
+        ("Connection: x-request-id", "X-Request-Id: client-claimed"),
+        (
+            "Connection: x-forwarded-for",
+            "X-Forwarded-For: 203.0.113.9",
+        ),
+        (
+            "Connection: X-Forwarded-Host",
+            "X-Forwarded-Host: evil.test",
+        ),
+        ("Connection: forwarded", "Forwarded: for=203.0.113.9"),
+        ("Connection: host", "X-Unused: 1"),
+        (
+            "Connection: \"x-forwarded-proto\"",
+            "X-Forwarded-Proto: https",
+        ),
+    ] {
+        let reply = send_raw(
+            server.proxy_port,
+            &raw_photos(&token, &[connection, claimed]),
+        )
+        .await
+        .expect("an answer");
+        match reply.status {
+            200 => {
+                let seen = upstream.requests();
+                assert_eq!(seen.len(), 1, "{connection}: {seen:?}");
+                let sent = &seen[0];
+                assert_eq!(
+                    sent.header("authorization").as_deref(),
+                    Some("Bearer down-abc"),
+                    "{connection}"
+                );
+                assert_eq!(sent.header_count("authorization"), 1, "{connection}");
+                assert!(sent.header("x-request-id").is_some(), "{connection}");
+                assert_eq!(
+                    sent.header("x-forwarded-for").as_deref(),
+                    Some("127.0.0.1"),
+                    "{connection}"
+                );
+                assert_ne!(
+                    sent.header("x-forwarded-host").as_deref(),
+                    Some("evil.test"),
+                    "{connection}"
+                );
+                assert_eq!(sent.header_count("forwarded"), 0, "{connection}");
+                assert_eq!(
+                    sent.header("x-forwarded-proto").as_deref(),
+                    Some("http"),
+                    "{connection}"
+                );
+                assert_eq!(
+                    sent.header("host").as_deref().map(|h| !h.is_empty()),
+                    Some(true)
+                );
+            }
+            400 => {
+                assert!(upstream.requests().is_empty(), "{connection}");
+                assert_eq!(
+                    reply.json()["error"],
+                    "invalid_request",
+                    "{connection}: {reply:?}"
+                );
+            }
+            other => panic!("{connection}: status {other}: {reply:?}"),
+        }
+        upstream.clear();
+    }
+    assert_still_serving(&server, &token, &upstream).await;
+    assert_no_panic(&server);
+}

@@ -31,6 +31,13 @@ pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
+/// Room for headers beyond those parsed, reserved in the header maps of a
+/// parsed request or response: a proxy usually adds a few (forwarding
+/// headers, a request id) and every map growth rehashes the map and its
+/// case map. Without it, adding four headers to a three-header request
+/// grows both maps twice.
+pub(crate) const PARSED_HEADER_HEADROOM: usize = 8;
+
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
 pub(super) const HEADER_SECTION_END: &[u8; 4] = b"\r\n\r\n";

@@ -284,6 +284,7 @@ mod lenient {
 
     /// The `credentials` member: its entries in order, `None` for one of
     /// the wrong shape; empty when it is not an object.
+    #[derive(Default)]
     pub(super) struct Entries<'a>(pub(super) Vec<(Cow<'a, str>, Option<Entry<'a>>)>);
 
     /// One entry's members that a [`Credential`] keeps or that decide
@@ -421,26 +422,55 @@ mod lenient {
         }
     }
 
-    /// One entry: `None` when it is not an object or a member has the
-    /// wrong type. A repeated member is judged by its last value, as a
-    /// JSON object keeps it.
-    struct MaybeEntry<'a>(Option<Entry<'a>>);
+    /// A value read from a JSON object by [`FromObject::read`]; any other
+    /// JSON value is read past and gives the default.
+    trait FromObject<'a>: Default {
+        fn read<'de: 'a, A: MapAccess<'de>>(map: A) -> Result<Self, A::Error>;
+    }
 
-    impl<'de: 'a, 'a> Deserialize<'de> for MaybeEntry<'a> {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_any(EntryVisitor(PhantomData))
+    struct ObjectOrDefault<'a, T>(PhantomData<(&'a (), T)>);
+
+    impl<'de: 'a, 'a, T: FromObject<'a>> Visitor<'de> for ObjectOrDefault<'a, T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::read(map)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(T::default())
+        }
+        fn visit_unit<E>(self) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<T, E> {
+            Ok(T::default())
         }
     }
 
-    struct EntryVisitor<'a>(PhantomData<&'a ()>);
+    /// One entry: `None` when it is not an object or a member has the
+    /// wrong type. A repeated member is judged by its last value, as a
+    /// JSON object keeps it.
+    #[derive(Default)]
+    struct MaybeEntry<'a>(Option<Entry<'a>>);
 
-    impl<'de: 'a, 'a> Visitor<'de> for EntryVisitor<'a> {
-        type Value = MaybeEntry<'a>;
-
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a credential")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+    impl<'a> FromObject<'a> for MaybeEntry<'a> {
+        fn read<'de: 'a, A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
             let mut entry = Entry::default();
             // Members seen with a value of the wrong type, by name; a
             // later value of the right type mends it.
@@ -465,46 +495,16 @@ mod lenient {
             }
             Ok(MaybeEntry(wrong.is_empty().then_some(entry)))
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-            ScalarVisitor::<'a>(PhantomData)
-                .visit_seq(seq)
-                .map(|_| MaybeEntry(None))
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(MaybeEntry(None))
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(MaybeEntry(None))
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(MaybeEntry(None))
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(MaybeEntry(None))
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(MaybeEntry(None))
-        }
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(MaybeEntry(None))
-        }
     }
 
-    impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
+    impl<'de: 'a, 'a> Deserialize<'de> for MaybeEntry<'a> {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_any(EntriesVisitor(PhantomData))
+            d.deserialize_any(ObjectOrDefault::<'a, Self>(PhantomData))
         }
     }
 
-    struct EntriesVisitor<'a>(PhantomData<&'a ()>);
-
-    impl<'de: 'a, 'a> Visitor<'de> for EntriesVisitor<'a> {
-        type Value = Entries<'a>;
-
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("credentials")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+    impl<'a> FromObject<'a> for Entries<'a> {
+        fn read<'de: 'a, A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
             let mut entries: Vec<(Cow<'a, str>, Option<Entry<'a>>)> = Vec::new();
             while let Some(Key(name)) = map.next_key::<Key>()? {
                 let MaybeEntry(entry) = map.next_value()?;
@@ -514,28 +514,11 @@ mod lenient {
             }
             Ok(Entries(entries))
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-            ScalarVisitor::<'a>(PhantomData)
-                .visit_seq(seq)
-                .map(|_| Entries(Vec::new()))
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(Entries(Vec::new()))
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(Entries(Vec::new()))
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(Entries(Vec::new()))
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(Entries(Vec::new()))
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(Entries(Vec::new()))
-        }
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(Entries(Vec::new()))
+    }
+
+    impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(ObjectOrDefault::<'a, Self>(PhantomData))
         }
     }
 }

@@ -97,21 +97,44 @@ pub struct Credential {
     pub just_obtained: bool,
 }
 
+/// What a [`Credential`] is made of, borrowed from a stored one however it
+/// was read.
+struct Parts<'a> {
+    token_type: Option<&'a str>,
+    access_token: &'a str,
+    expires_at: Option<i64>,
+    reauth_required: bool,
+    refreshable: bool,
+    authority: Option<&'a str>,
+    exchanged: bool,
+}
+
 impl Credential {
     pub fn from_stored(stored: &StoredCredential) -> Self {
-        let scheme = stored.token_type.as_deref().unwrap_or("Bearer");
-        let scheme = if scheme.eq_ignore_ascii_case("bearer") {
-            "Bearer"
-        } else {
-            scheme
-        };
-        Credential {
-            header: header_text(scheme, &stored.access_token),
-            expires_at: stored.expires_at.unwrap_or(NEVER),
+        Credential::from_parts(Parts {
+            token_type: stored.token_type.as_deref(),
+            access_token: &stored.access_token,
+            expires_at: stored.expires_at,
             reauth_required: stored.reauth_required(),
             refreshable: stored.refresh_token.is_some(),
-            authority: stored.authority.as_deref().map(Box::from),
+            authority: stored.authority.as_deref(),
             exchanged: stored.exchanged(),
+        })
+    }
+
+    fn from_parts(parts: Parts<'_>) -> Self {
+        let scheme = match parts.token_type {
+            None => "Bearer",
+            Some(s) if s.eq_ignore_ascii_case("bearer") => "Bearer",
+            Some(s) => s,
+        };
+        Credential {
+            header: header_text(scheme, parts.access_token),
+            expires_at: parts.expires_at.unwrap_or(NEVER),
+            reauth_required: parts.reauth_required,
+            refreshable: parts.refreshable,
+            authority: parts.authority.map(Box::from),
+            exchanged: parts.exchanged,
             just_obtained: false,
         }
     }
@@ -280,7 +303,7 @@ mod lenient {
     use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
     use serde::Deserialize;
 
-    use super::{header_text, Credential, NEVER};
+    use super::{Credential, Parts};
 
     /// The `credentials` member: its entries in order, `None` for one of
     /// the wrong shape; empty when it is not an object.
@@ -303,21 +326,15 @@ mod lenient {
     impl Entry<'_> {
         /// The credential, unless the required access token is missing.
         pub(super) fn credential(self) -> Option<Credential> {
-            let token = self.access_token?;
-            let scheme = match self.token_type.as_deref() {
-                None => "Bearer",
-                Some(s) if s.eq_ignore_ascii_case("bearer") => "Bearer",
-                Some(s) => s,
-            };
-            Some(Credential {
-                header: header_text(scheme, &token),
-                expires_at: self.expires_at.unwrap_or(NEVER),
+            Some(Credential::from_parts(Parts {
+                token_type: self.token_type.as_deref(),
+                access_token: self.access_token.as_deref()?,
+                expires_at: self.expires_at,
                 reauth_required: self.reauth_required,
                 refreshable: self.refresh_token,
-                authority: self.authority.as_deref().map(Box::from),
+                authority: self.authority.as_deref(),
                 exchanged: self.exchanged,
-                just_obtained: false,
-            })
+            }))
         }
     }
 
@@ -508,10 +525,20 @@ mod lenient {
             let mut entries: Vec<(Cow<'a, str>, Option<Entry<'a>>)> = Vec::new();
             while let Some(Key(name)) = map.next_key::<Key>()? {
                 let MaybeEntry(entry) = map.next_value()?;
-                // A repeated name: the last one counts.
-                entries.retain(|(n, _)| n != &name);
                 entries.push((name, entry));
             }
+            // A repeated name: the last one counts. Sorted (stable, so
+            // repeats keep their order) rather than searched on each
+            // insert: the names are a client's, and as many as custom data
+            // holds.
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries.dedup_by(|later, kept| {
+                let repeat = later.0 == kept.0;
+                if repeat {
+                    std::mem::swap(later, kept);
+                }
+                repeat
+            });
             Ok(Entries(entries))
         }
     }
@@ -806,6 +833,30 @@ mod tests {
         Some(read)
     }
 
+    /// Custom data a client wrote may hold as many names as its size
+    /// allows: read in one sort, not a search per name, and the last of a
+    /// repeated name counts.
+    #[test]
+    fn credentials_from_json_take_many_names() {
+        let mut text = String::from(r#"{"credentials": {"#);
+        for i in 0..60_000 {
+            text.push_str(&format!(
+                r#""n{}": {{"access_token": "t{i}"}},"#,
+                i % 30_000
+            ));
+        }
+        text.push_str(r#""last": {"access_token": "z"}}}"#);
+        let all = Credentials::from_json(text.as_bytes()).expect("an object");
+        assert_eq!(all.len(), 30_001);
+        let header = |name| all.get(name).and_then(|c| c.header_value());
+        assert_eq!(header("n7").expect("n7"), "Bearer t30007");
+        assert_eq!(header("last").expect("last"), "Bearer z");
+        assert_eq!(
+            through_a_tree(text.as_bytes()).map(|all| all.len()),
+            Some(30_001)
+        );
+    }
+
     #[test]
     fn credentials_from_json_read_what_a_tree_would() {
         let documents: &[&str] = &[
@@ -842,9 +893,9 @@ mod tests {
             r#"{"credentials": {"a": {"access_token": "t", "refresh_token": "r", "refresh_token": null}}}"#,
             r#"{"credentials": {"a": {"access_token": "t"}, "a": 5}}"#,
             r#"{"credentials": {"a": 5, "a": {"access_token": "t"}}}"#,
-            r#"{"credentials": {"ab": {"access_token": "xAy"}}}"#,
-            r#"{"credentials": {"a": {"access_token": "line
-break"}}}"#,
+            r#"{"credentials": {"a\u0062": {"access_\u0074oken": "x\u0041y"}}}"#,
+            r#"{"credentials": {"a": {"access_token": "a\/b\"c\\d"}}}"#,
+            r#"{"credentials": {"a": {"access_token": "line\r\nbreak"}}}"#,
             r#"{"credentials": {"a": {"access_token": "with space"}}}"#,
             r#"{"credentials": {"a": {"access_token": ""}}}"#,
             r#"{"credentials": {"a": {"access_token": "t", "token_type": "Bad Scheme"}}}"#,

@@ -352,8 +352,8 @@ impl ProxyHttp for Gateway {
         } else if code == 400 {
             // A request pingora refused to pass on as sent (a protected
             // header named in `Connection`, say): the same JSON answer as
-            // every other refusal, never pingora's empty page.
-            tracing::info!(request_id = %ctx.request_id, error = %e, "request refused");
+            // every other refusal, never pingora's empty page (pingora
+            // logs the error itself, with `request_summary`).
             errors::respond(
                 session,
                 &GatewayError::BadRequest(

@@ -1038,9 +1038,16 @@ async fn a_full_listener_closes_the_connection_idle_the_longest() {
         (server.proxy_port, "/open/x"),
         (server.token_port, "/healthz"),
     ] {
+        // A connection counts as idle again only once its server side has
+        // finished the answer, which can be after the client has read it:
+        // the pauses make the order they went idle the order they opened.
+        let settle = || tokio::time::sleep(Duration::from_millis(250));
         let mut oldest = kept_alive_on(port, path).await;
+        settle().await;
         let _middle = kept_alive_on(port, path).await;
+        settle().await;
         let mut newest = kept_alive_on(port, path).await;
+        settle().await;
 
         // The listener is full of idle kept-alive connections: a new
         // client is served, and the one idle the longest makes room.

@@ -86,6 +86,14 @@ rss_kb() {
     echo 0
 }
 
+# The memory a process holds itself (RssAnon: heap, stacks), in kB. Unlike
+# VmRSS it leaves out file pages mapped into the process (RssFile), such as
+# the SQLite readers' mapping of the store file, which are the kernel's page
+# cache.
+anon_kb() {
+    awk '/^RssAnon:/ {print $2; found = 1} END {if (!found) print 0}' "/proc/$1/status"
+}
+
 # Peak resident set size over the process's life (VmHWM), in kB.
 hwm_kb() {
     awk '/^VmHWM:/ {print $2}' "/proc/$1/status"

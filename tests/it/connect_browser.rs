@@ -27,9 +27,26 @@ impl Drop for Driver {
     }
 }
 
+/// Starts chromedriver, up to three times: on a busy machine it has been
+/// seen to exit before it listened. The panic carries what it printed.
 fn start_driver() -> Driver {
-    let mut child = Command::new("chromedriver")
-        .arg("--port=0")
+    let mut printed = String::new();
+    for attempt in 1..=3 {
+        match try_start_driver() {
+            Ok(driver) => return driver,
+            Err(output) => printed.push_str(&format!("attempt {attempt}:\n{output}\n")),
+        }
+    }
+    panic!("chromedriver did not start; it printed:\n{printed}");
+}
+
+/// One start: the driver once it reports its port, or what it printed
+/// (its output and errors, in order) before it exited or went quiet.
+fn try_start_driver() -> Result<Driver, String> {
+    // Through sh only to merge stderr into stdout; `exec` keeps the pid
+    // chromedriver's, for the kill in `Drop`.
+    let mut child = Command::new("sh")
+        .args(["-c", "exec chromedriver --port=0 2>&1"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -38,20 +55,34 @@ fn start_driver() -> Driver {
     let stdout = child.stdout.take().expect("stdout");
     let (sender, port) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let mut output = String::new();
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        for line in lines.by_ref() {
             if let Some(rest) = line.split("started successfully on port ").nth(1) {
                 let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                let _ = sender.send(digits);
-                break;
+                let _ = sender.send(Ok(digits));
+                // Read on until it exits: a closed pipe would end it at its
+                // next line of output.
+                lines.for_each(drop);
+                return;
             }
+            output.push_str(&line);
+            output.push('\n');
         }
+        let _ = sender.send(Err(output));
     });
-    let port = port
-        .recv_timeout(Duration::from_secs(30))
-        .expect("chromedriver reported no port");
-    Driver {
+    // Killed and reaped on every path out, by `Drop`.
+    let mut driver = Driver {
         child,
-        url: format!("http://127.0.0.1:{port}"),
+        url: String::new(),
+    };
+    match port.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(port)) => {
+            driver.url = format!("http://127.0.0.1:{port}");
+            Ok(driver)
+        }
+        Ok(Err(output)) => Err(output),
+        Err(_) => Err("(no port reported within 30 s)".to_string()),
     }
 }
 

@@ -65,13 +65,33 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// at any size that fits in memory. Measured on a 60 MB file of 100,000
 /// grants, one lookup took 6.0 µs of CPU with 2,000, 512 or 256 KiB, 6.4 µs
 /// with 128 and 6.9 µs with 16; 512 KiB keeps a margin above that knee for
-/// larger files. No `mmap_size`: mapped pages would count in RSS.
+/// larger files. With [`READER_MMAP_BYTES`] the leaves no longer go
+/// through this cache at all.
 ///
 /// Inline reads never overlap on one thread, so the pool holds about one
 /// connection per thread that looks tokens up (one reader beside the writer
 /// through the benchmark's memory check), at most `max_connections` of
 /// them: with the default of 16, at most 8 MB of reader page cache.
 const READER_CACHE_KIB: i64 = 512;
+
+/// How much of the file each reader connection maps into memory
+/// (`PRAGMA mmap_size`). A page of the mapped part is read where the
+/// kernel's page cache holds it, without a `pread` and a copy into the
+/// connection's own cache: a cache miss then costs about 10 µs of CPU less
+/// (measured on the benchmark's cold path, 20,000 tokens in a 13 MB file;
+/// see docs/benchmarks.md). Pages still in the write-ahead log are read from
+/// it as before, and the part of a larger file beyond this is read with
+/// `pread`. Only readers map the file, read-only; the writer writes as
+/// before.
+///
+/// What it changes for an operator: the mapped pages the readers have
+/// touched count in the process's RSS (as file pages, `RssFile`), up to the
+/// file's size. They are the kernel's page cache, which held them before as
+/// well, shared and dropped under memory pressure; the memory refgate itself
+/// holds is `RssAnon`. And an I/O error while reading a mapped page (a
+/// failing disk, or the file cut short by something other than SQLite)
+/// ends the process with `SIGBUS` instead of failing that one lookup.
+const READER_MMAP_BYTES: i64 = 1 << 30;
 
 /// The most writes one transaction takes.
 const MAX_BATCH: usize = 256;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use super::{unavailable, BUSY_TIMEOUT, READER_CACHE_KIB};
+use super::{unavailable, BUSY_TIMEOUT, READER_CACHE_KIB, READER_MMAP_BYTES};
 use crate::store::StoreError;
 
 /// Opens a reader connection. It waits for locks ([`BUSY_TIMEOUT`]) while
@@ -24,6 +24,7 @@ pub(super) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
     conn.pragma_update(None, "query_only", true)?;
+    conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
     conn.busy_timeout(Duration::ZERO)?;
     Ok(conn)
 }

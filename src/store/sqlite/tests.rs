@@ -436,3 +436,61 @@ async fn one_signing_key_per_generation_and_a_new_key_cuts_earlier_ones_short() 
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].generation, 2);
 }
+
+/// The readers map the file; what the writer adds or changes after a reader
+/// mapped it, whether still in the log or checkpointed into a file that has
+/// grown well past the mapped size of the start, is what the reader finds.
+#[tokio::test]
+async fn mapped_readers_find_what_was_written_after_they_mapped_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let mapped = store
+        .readers
+        .read_inline(&|conn| conn.pragma_query_value(None, "mmap_size", |r| r.get::<_, i64>(0)))
+        .expect("an idle reader")
+        .unwrap();
+    assert_eq!(mapped, super::READER_MMAP_BYTES);
+    let size = || {
+        std::fs::metadata(dir.path().join("store.db"))
+            .unwrap()
+            .len()
+    };
+    let size_before = size();
+
+    let checkpoint = Connection::open(dir.path().join("store.db")).unwrap();
+    for i in 0..2000 {
+        store
+            .create_grant(&grant(&format!("g{i}")), &[access(&format!("t{i}"))])
+            .await
+            .unwrap();
+        if i % 500 == 499 {
+            // Now in the file itself rather than the log.
+            checkpoint
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+        }
+    }
+    assert!(
+        size() > 20 * size_before,
+        "the file grew: {size_before} → {}",
+        size()
+    );
+    for i in (0..2000).step_by(2) {
+        store.revoke_grant(&format!("g{i}")).await.unwrap();
+    }
+    for i in 0..2000 {
+        let (token, grant) = store
+            .find_token(&hash_token("", &format!("t{i}")))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("token t{i} is found"));
+        assert_eq!(grant.id, format!("g{i}"));
+        assert_eq!(token.grant_id, format!("g{i}"));
+        assert_eq!(grant.revoked, i % 2 == 0, "g{i} revoked as written");
+    }
+    assert!(store
+        .find_token(&hash_token("", "t-none"))
+        .await
+        .unwrap()
+        .is_none());
+}

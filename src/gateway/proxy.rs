@@ -340,31 +340,26 @@ impl ProxyHttp for Gateway {
                 _ => 502,
             },
         };
-        if code == 502 {
-            tracing::warn!(request_id = %ctx.request_id, error = %e, "upstream unavailable");
-            errors::respond(
-                session,
-                &GatewayError::UpstreamUnavailable,
-                &ctx.request_id,
-                None,
-            )
-            .await;
-        } else if code == 400 {
+        // refgate's own JSON answer where it has one, never pingora's empty
+        // page; pingora logs every one of these with `request_summary`.
+        let refusal = match code {
+            502 => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "upstream unavailable");
+                Some(GatewayError::UpstreamUnavailable)
+            }
             // A request pingora refused to pass on as sent (a protected
-            // header named in `Connection`, say): the same JSON answer as
-            // every other refusal, never pingora's empty page (pingora
-            // logs the error itself, with `request_summary`).
-            errors::respond(
-                session,
-                &GatewayError::BadRequest(
-                    "the request cannot be passed on as sent (its Connection header or framing)",
-                ),
-                &ctx.request_id,
-                None,
-            )
-            .await;
-        } else if code > 0 {
-            let _ = session.respond_error(code).await;
+            // header named in `Connection`, say).
+            400 => Some(GatewayError::BadRequest(
+                "the request cannot be passed on as sent (its Connection header or framing)",
+            )),
+            _ => None,
+        };
+        match refusal {
+            Some(error) => errors::respond(session, &error, &ctx.request_id, None).await,
+            None if code > 0 => {
+                let _ = session.respond_error(code).await;
+            }
+            None => {}
         }
         ctx.local_status = code;
         FailToProxy {

@@ -28,6 +28,7 @@
 
 mod queries;
 mod readers;
+#[cfg(test)]
 mod tests;
 mod writer;
 

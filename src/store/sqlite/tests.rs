@@ -1,5 +1,4 @@
 //! The SQLite store's own tests: compiled only for `cargo test`.
-#![cfg(test)]
 
 use std::future::Future;
 use std::path::Path;

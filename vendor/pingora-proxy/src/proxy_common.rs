@@ -175,43 +175,40 @@ impl ConnectionNominations {
     }
 }
 
-/// Whether `name` is one of the standard hop-by-hop request fields
-/// [`strip_standard_hop_by_hop_headers`] removes.
-fn is_standard_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::CONNECTION
-        || name == header::UPGRADE
-        || matches!(name.as_str(), KEEP_ALIVE | PROXY_CONNECTION | HTTP2_SETTINGS)
-}
+/// The standard hop-by-hop request fields, removed before a request goes upstream.
+static STANDARD_HOP_BY_HOP: [HeaderName; 10] = [
+    HeaderName::from_static(KEEP_ALIVE),
+    HeaderName::from_static(PROXY_CONNECTION),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::UPGRADE,
+    HeaderName::from_static(HTTP2_SETTINGS),
+];
 
-/// Whether `req` has a field the upgrade policies remove: `Connection`, `Upgrade` or
-/// `HTTP2-Settings`.
-fn has_upgrade_fields(req: &RequestHeader) -> bool {
-    req.headers.keys().any(|name| {
-        name == header::CONNECTION || name == header::UPGRADE || name.as_str() == HTTP2_SETTINGS
-    })
+/// The fields the H1 upgrade policies remove (and may set again).
+static UPGRADE_FIELDS: [HeaderName; 3] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    HeaderName::from_static(HTTP2_SETTINGS),
+];
+
+/// Removes the fields `names` from `req`. Most requests carry none of them: one pass over the
+/// names present comes first, instead of a removal (a lookup in two maps) per name.
+fn remove_present(req: &mut RequestHeader, names: &[HeaderName]) {
+    if !req.headers.keys().any(|name| names.contains(name)) {
+        return;
+    }
+    for name in names {
+        req.remove_header(name);
+    }
 }
 
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
-    // Most requests carry none of these: one pass over the names present
-    // instead of ten removals (each a lookup in two maps).
-    if !req.headers.keys().any(is_standard_hop_by_hop) {
-        return;
-    }
-    req.remove_header(KEEP_ALIVE);
-    req.remove_header(PROXY_CONNECTION);
-    req.remove_header(&header::PROXY_AUTHENTICATE);
-    req.remove_header(&header::PROXY_AUTHORIZATION);
-    req.remove_header(&header::TE);
-    req.remove_header(&header::TRAILER);
-    req.remove_header(&header::TRANSFER_ENCODING);
-    req.remove_header(&header::CONNECTION);
-    req.remove_header(&header::UPGRADE);
-    req.remove_header(HTTP2_SETTINGS);
+    remove_present(req, &STANDARD_HOP_BY_HOP);
 }
 
 /// Set H1 `Host` from the URI or absolute-form authority.
@@ -386,22 +383,14 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            if has_upgrade_fields(req) {
-                req.remove_header(&header::CONNECTION);
-                req.remove_header(&header::UPGRADE);
-                req.remove_header(HTTP2_SETTINGS);
-            }
+            remove_present(req, &UPGRADE_FIELDS);
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
         H1UpgradePolicy::Deny => {
-            if has_upgrade_fields(req) {
-                req.remove_header(&header::CONNECTION);
-                req.remove_header(&header::UPGRADE);
-                req.remove_header(HTTP2_SETTINGS);
-            }
+            remove_present(req, &UPGRADE_FIELDS);
         }
         H1UpgradePolicy::Preserve => {}
     }

@@ -275,7 +275,7 @@ token_service = "127.0.0.1:{token_port}"
 [store]
 url = "{store_url}"
 data_key = "{DATA_KEY}"
-
+{store_limits}
 [tokens]
 {tokens}
 
@@ -288,6 +288,11 @@ data_key = "{DATA_KEY}"
 
 {extra}
 "#,
+            store_limits = if store_url.starts_with("postgres") {
+                format!("max_connections = {PG_CONNECTIONS_PER_INSTANCE}\n")
+            } else {
+                String::new()
+            },
             tokens = options.tokens,
             gateway = options.gateway,
             clients = if options.standard_clients {
@@ -624,6 +629,13 @@ pub fn test_store_is_postgres() -> bool {
 /// The PostgreSQL server tests use (trust authentication on loopback).
 pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+/// `store.max_connections` of an instance on PostgreSQL: half for token
+/// lookups, half for the pool, one more for notifications. The server
+/// allows 100 connections in all; up to eight tests run at once, some with
+/// two instances, and at the default of 16 a burst of them went past that
+/// limit ("too many clients"), which refgate rightly answers with 503.
+const PG_CONNECTIONS_PER_INSTANCE: u32 = 4;
+
 /// An empty database on the test PostgreSQL server, for one test at a time,
 /// so runs and tests never collide.
 ///
@@ -651,7 +663,7 @@ impl PgDatabase {
         let name = reused.unwrap_or_else(|| {
             static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let name = format!("{DATABASE_PREFIX}{}_{n}", std::process::id());
+            let name = format!("{DATABASE_PREFIX}{}_{n}", this_process());
             psql(&format!("CREATE DATABASE {name}"));
             // A commit need not wait for its WAL flush: that only matters
             // when the PostgreSQL server itself crashes, which no test does.
@@ -667,8 +679,27 @@ impl PgDatabase {
     }
 }
 
-/// Names of test databases: the prefix, the test process id, a counter.
+/// Names of test databases: the prefix, the test process (see
+/// `this_process`), a counter.
 const DATABASE_PREFIX: &str = "refgate_test_";
+
+/// A process as `<pid>_<start>`: its id and when it started (in clock ticks
+/// since boot). Ids are reused, on a fresh machine often by the same test
+/// run; with the start time a database of a finished run is never taken
+/// for one of a running process, nor a new name for an old one.
+fn this_process() -> String {
+    let pid = std::process::id();
+    format!("{pid}_{}", process_start(pid).unwrap_or(0))
+}
+
+/// When process `pid` started, if it runs.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: fields are counted after
+    // its closing parenthesis; the start time is field 22.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
 
 /// Drops the test databases whose test process no longer runs (a process
 /// keeps its emptied databases to the end and cannot drop them then).
@@ -686,11 +717,13 @@ fn drop_databases_of_finished_runs() {
         String::from_utf8_lossy(&output.stderr)
     );
     for name in String::from_utf8_lossy(&output.stdout).lines() {
-        let pid = name
-            .strip_prefix(DATABASE_PREFIX)
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|pid| pid.parse::<u32>().ok());
-        let running = pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let mut parts = name.strip_prefix(DATABASE_PREFIX).unwrap_or("").split('_');
+        let pid = parts.next().and_then(|pid| pid.parse::<u32>().ok());
+        let start = parts.next().and_then(|start| start.parse::<u64>().ok());
+        let running = match (pid, start) {
+            (Some(pid), Some(start)) => process_start(pid) == Some(start),
+            _ => false,
+        };
         if !running {
             let _ = Command::new("psql")
                 .args(["-q", "-X", PG_ADMIN, "-c"])
@@ -761,8 +794,26 @@ impl Drop for Refgate {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A failing test shows what refgate said: the cause of a 503 or a
+        // refused start is in its log, and the temporary directory holding
+        // it goes away with the test.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(LOG_LINES_ON_FAILURE).collect();
+            eprintln!(
+                "---- the last {} lines of refgate's log ({}) ----",
+                tail.len(),
+                self.base
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
+
+/// How much of an instance's log a failing test prints.
+const LOG_LINES_ON_FAILURE: usize = 40;
 
 /// A plain blocking `GET` over a raw socket (usable from async tests):
 /// whether the answer is 200.

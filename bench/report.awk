@@ -106,7 +106,7 @@ function table(title, wanted,    names, nnames, i, j, key, count) {
 }
 
 END {
-    table("Proxy paths", "direct nginx nginx-lua pingora-bare refgate-hot refgate-cold phantom-hot phantom-cold")
+    table("Proxy paths", "direct nginx nginx-lua pingora-bare pingora-core refgate-hot refgate-cold phantom-hot phantom-cold")
     table("Token endpoint", "token-issue token-introspect")
     print "### Ratios (median of per-round ratios)"
     print ""
@@ -144,6 +144,22 @@ END {
                 ms(column(p99, "refgate-hot" SUBSEP c, n["refgate-hot", c]) - column(p99, "nginx-lua" SUBSEP c, n["nginx-lua", c]))
         }
         print ""
+        core = 0
+        for (i = 1; i <= nconns; i++) if (("pingora-core", conns_list[i]) in n) core = 1
+        if (core) {
+            print "What pingora allows: pingora-bare (pingora-proxy, no logic) and pingora-core (pingora-core's own loop, no pingora-proxy, no logic) against nginx-lua. A refgate hot path can be no faster than the engine under it."
+            print ""
+            print "| conns | pingora-bare / nginx-lua req/s | pingora-core / nginx-lua req/s | pingora-core / pingora-bare req/s | pingora-core / pingora-bare CPU per request |"
+            print "|---:|---:|---:|---:|---:|"
+            for (i = 1; i <= nconns; i++) {
+                c = conns_list[i]
+                if (!(("nginx-lua", c) in n) || !(("pingora-core", c) in n)) continue
+                printf "| %s | %s | %s | %s | %s |\n", c, ratio("pingora-bare", "nginx-lua", c, "rps"),
+                    ratio("pingora-core", "nginx-lua", c, "rps"), ratio("pingora-core", "pingora-bare", c, "rps"),
+                    ratio("pingora-core", "pingora-bare", c, "cpu")
+            }
+            print ""
+        }
     }
     phantom = 0
     for (i = 1; i <= nconns; i++) if (("phantom-hot", conns_list[i]) in n) phantom = 1

@@ -131,12 +131,14 @@ fn bench_report_renders_medians_and_per_round_ratios() {
         "direct\t16\t1\t100000\t150\t400\t5000\t0\t5.0",
         "nginx\t16\t1\t40000\t400\t900\t4000\t0\t10.0",
         "pingora-bare\t16\t1\t20000\t700\t1000\t9000\t0\t20.0",
+        "pingora-core\t16\t1\t30000\t500\t800\t8000\t0\t15.0",
         "refgate-hot\t16\t1\t30000\t500\t1200\t30000\t0\t30.0",
         "refgate-cold\t16\t1\t6000\t2500\t6000\t40000\t0\t150.0",
         // Round 2 runs on a machine half as fast: ratios stay put.
         "direct\t16\t2\t50000\t300\t800\t5000\t0\t10.0",
         "nginx\t16\t2\t20000\t800\t1800\t4000\t0\t20.0",
         "pingora-bare\t16\t2\t10000\t1400\t2000\t9000\t0\t40.0",
+        "pingora-core\t16\t2\t15000\t1000\t1600\t8000\t0\t30.0",
         "refgate-hot\t16\t2\t15000\t1000\t2400\t31000\t0\t60.0",
         "refgate-cold\t16\t2\t3000\t5000\t12000\t40000\t2\t300.0",
         "nginx-lua\t16\t1\t40000\t450\t1000\t5000\t0\t20.0",
@@ -182,6 +184,13 @@ fn bench_report_renders_medians_and_per_round_ratios() {
     // 1.5 ms.
     assert!(
         report.contains("| 16 | 0.75 | 1.50 | 1.00 | 0.30 ms |"),
+        "{report}"
+    );
+    // What pingora allows: bare 20000/40000 and 10000/20000, core 30000/40000
+    // and 15000/20000; core against bare 1.5 for req/s, 0.75 for CPU.
+    assert!(report.contains("| pingora-core | 16 | 22500 |"), "{report}");
+    assert!(
+        report.contains("| 16 | 0.50 | 0.75 | 1.50 | 0.75 |"),
         "{report}"
     );
 }

@@ -58,6 +58,12 @@ function spread(key, count,    i, lo, hi, v) {
 
 # Median over rounds of a/b measured in the same round; "-" when missing.
 # `table` is "rps" or "cpu".
+# Whether scenario s was measured at any connection count.
+function measured(s,    i) {
+    for (i = 1; i <= nconns; i++) if ((s, conns_list[i]) in n) return 1
+    return 0
+}
+
 function ratio(a, b, c, table,    i, k, r, x, y, vals) {
     k = 0
     for (i = 1; i <= nrounds; i++) {
@@ -127,9 +133,7 @@ END {
             ratio("refgate-cold", "refgate-hot", c, "cpu")
     }
     print ""
-    lua = 0
-    for (i = 1; i <= nconns; i++) if (("nginx-lua", conns_list[i]) in n) lua = 1
-    if (lua) {
+    if (measured("nginx-lua")) {
         print "### Against nginx + Lua (median of per-round ratios)"
         print ""
         print "nginx-lua is the phantom-token gateway an nginx shop writes instead of refgate. Above 1.00 refgate is ahead for req/s; below 1.00 for CPU per request."
@@ -144,9 +148,7 @@ END {
                 ms(column(p99, "refgate-hot" SUBSEP c, n["refgate-hot", c]) - column(p99, "nginx-lua" SUBSEP c, n["nginx-lua", c]))
         }
         print ""
-        core = 0
-        for (i = 1; i <= nconns; i++) if (("pingora-core", conns_list[i]) in n) core = 1
-        if (core) {
+        if (measured("pingora-core")) {
             print "What pingora allows: pingora-bare (pingora-proxy, no logic) and pingora-core (pingora-core's own loop, no pingora-proxy, no logic) against nginx-lua. A refgate hot path can be no faster than the engine under it."
             print ""
             print "| conns | pingora-bare / nginx-lua req/s | pingora-core / nginx-lua req/s | pingora-core / pingora-bare req/s | pingora-core / pingora-bare CPU per request |"
@@ -161,9 +163,7 @@ END {
             print ""
         }
     }
-    phantom = 0
-    for (i = 1; i <= nconns; i++) if (("phantom-hot", conns_list[i]) in n) phantom = 1
-    if (!phantom) exit
+    if (!measured("phantom-hot")) exit
     print "### Phantom-token route (median of per-round ratios)"
     print ""
     print "`phantom-hot / refgate-hot`: a cached JWT against a cached stored credential (the target is at least 0.95 for req/s). `phantom-cold - refgate-cold`: the server CPU one JWT signature adds to a request when nothing is cached, i.e. the signing cost per token."

@@ -14,6 +14,10 @@ use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
+#[path = "support/proxy_args.rs"]
+mod proxy_args;
+use proxy_args::ProxyArgs;
+
 // The allocator refgate uses, so that only the proxy logic differs.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -37,27 +41,8 @@ impl ProxyHttp for Bare {
     }
 }
 
-fn flag(name: &str, default: &str) -> String {
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == name {
-            if let Some(value) = args.next() {
-                return value;
-            }
-        }
-    }
-    default.to_string()
-}
-
 fn main() {
-    let listen = flag("--listen", "127.0.0.1:18111");
-    let upstream: SocketAddr = match flag("--upstream", "127.0.0.1:18100").parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("bench_pingora: --upstream: {e}");
-            std::process::exit(2);
-        }
-    };
+    let ProxyArgs { listen, upstream } = ProxyArgs::parse("bench_pingora", "127.0.0.1:18111");
     let mut server = Server::new_with_opt_and_conf(None, refgate::app::proxy_server_conf());
     server.bootstrap();
     let mut service = http_proxy_service(&server.configuration, Bare { upstream });

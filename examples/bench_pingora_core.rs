@@ -12,7 +12,6 @@
 //!
 //! Usage: `bench_pingora_core --listen 127.0.0.1:18114 --upstream 127.0.0.1:18100`
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +25,10 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::services::listening::Service;
 use pingora::upstreams::peer::HttpPeer;
+
+#[path = "support/proxy_args.rs"]
+mod proxy_args;
+use proxy_args::ProxyArgs;
 
 // The allocator refgate uses, so that only the proxy logic differs.
 #[global_allocator]
@@ -121,27 +124,8 @@ impl ServerApp for CoreLoop {
     }
 }
 
-fn flag(name: &str, default: &str) -> String {
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == name {
-            if let Some(value) = args.next() {
-                return value;
-            }
-        }
-    }
-    default.to_string()
-}
-
 fn main() {
-    let listen = flag("--listen", "127.0.0.1:18114");
-    let upstream: SocketAddr = match flag("--upstream", "127.0.0.1:18100").parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("bench_pingora_core: --upstream: {e}");
-            std::process::exit(2);
-        }
-    };
+    let ProxyArgs { listen, upstream } = ProxyArgs::parse("bench_pingora_core", "127.0.0.1:18114");
     let mut server = Server::new_with_opt_and_conf(None, refgate::app::proxy_server_conf());
     server.bootstrap();
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(

@@ -11,23 +11,63 @@
 //! in the middle of an exchange. Running the query where it was asked for
 //! matters: handing it to another runtime and back cost the proxy thread
 //! two wake-ups and, on a busy machine, milliseconds of tail latency.
+//!
+//! When the server refuses a new connection because it has too many
+//! (its own `max_connections`, or a role's connection limit) while this
+//! instance has lookup connections open, the lookup waits for one of them
+//! to come back, up to [`WAIT_FOR_OWN`], instead of failing: a burst then
+//! runs on the connections the server allows.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Row};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use super::postgres::{corrupt, grant_from_row, unavailable};
 use super::rows::{grant_columns, TokenRow};
 use super::{GrantRecord, StoreError, TokenRecord};
 use crate::crypto::TokenHash;
 
+/// How long a lookup refused a new connection for the server's connection
+/// limit waits for one of the instance's own to come back: the pool's
+/// acquire timeout.
+const WAIT_FOR_OWN: Duration = Duration::from_secs(3);
+
+/// SQLSTATE `too_many_connections`: the server's `max_connections`, or
+/// the role's or the database's connection limit.
+const TOO_MANY_CONNECTIONS: &str = "53300";
+
 pub(super) struct Lookups {
     options: PgConnectOptions,
     /// At most this many lookups at a time, hence connections.
     permits: Semaphore,
-    idle: Mutex<Vec<PgConnection>>,
+    idle: Mutex<Vec<Counted>>,
+    count: Arc<Count>,
+}
+
+/// The lookup connections open now, idle or in use.
+#[derive(Default)]
+struct Count {
+    open: AtomicUsize,
+    /// Told when a connection goes back among the idle ones or is closed.
+    changed: Notify,
+}
+
+/// A lookup connection, counted while it exists (a lookup abandoned midway
+/// drops its connection without coming back).
+struct Counted {
+    connection: PgConnection,
+    count: Arc<Count>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.count.open.fetch_sub(1, Ordering::Relaxed);
+        self.count.changed.notify_one();
+    }
 }
 
 impl Lookups {
@@ -38,6 +78,7 @@ impl Lookups {
             options,
             permits: Semaphore::new(count.max(1)),
             idle: Mutex::new(Vec::new()),
+            count: Arc::default(),
         }
     }
 
@@ -51,37 +92,86 @@ impl Lookups {
             .acquire()
             .await
             .map_err(|_| StoreError::Unavailable("token lookups are closed".into()))?;
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(mut open) = idle {
-            match find_token(&mut open, &hash).await {
+        if let Some(mut idle) = self.take_idle() {
+            match find_token(&mut idle.connection, &hash).await {
                 // The connection may have died while it sat idle (the
                 // server restarted, say): one more try on a new one; a
                 // lookup is a read, so trying again is safe.
                 Err(StoreError::Unavailable(_)) => {}
-                answer => return self.kept(open, answer),
+                answer => return self.kept(idle, answer),
             }
         }
-        let mut open = self
-            .options
-            .connect()
-            .await
-            .map_err(|e| unavailable(format!("cannot connect: {e}")))?;
-        let answer = find_token(&mut open, &hash).await;
+        let mut open = self.connect().await?;
+        let answer = find_token(&mut open.connection, &hash).await;
         self.kept(open, answer)
+    }
+
+    fn take_idle(&self) -> Option<Counted> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// A new connection or, when the server has too many and some of ours
+    /// are busy, the first of ours to come back.
+    async fn connect(&self) -> Result<Counted, StoreError> {
+        let refused = match self.open_new().await {
+            Ok(counted) => return Ok(counted),
+            Err(e) => e,
+        };
+        let too_many = refused
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == TOO_MANY_CONNECTIONS);
+        if !too_many || self.count.open.load(Ordering::Relaxed) == 0 {
+            return Err(unavailable(format!("cannot connect: {refused}")));
+        }
+        let waited = tokio::time::timeout(WAIT_FOR_OWN, async {
+            loop {
+                // Registered before looking, so that a connection put back
+                // in between is not missed.
+                let changed = self.count.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(idle) = self.take_idle() {
+                    return Some(idle);
+                }
+                if self.count.open.load(Ordering::Relaxed) == 0 {
+                    // Ours all went (broken, or their lookups abandoned):
+                    // none will come back to wait for.
+                    return None;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        match waited {
+            Ok(Some(idle)) => Ok(idle),
+            // Ours were closed, which made room at the server: one more try.
+            Ok(None) => self
+                .open_new()
+                .await
+                .map_err(|e| unavailable(format!("cannot connect: {e}"))),
+            Err(_) => Err(unavailable(format!("cannot connect: {refused}"))),
+        }
+    }
+
+    async fn open_new(&self) -> Result<Counted, sqlx::Error> {
+        let connection = self.options.connect().await?;
+        self.count.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Counted {
+            connection,
+            count: self.count.clone(),
+        })
     }
 
     /// `answer`, with `connection` back among the idle ones unless it
     /// failed (it may be broken).
-    fn kept<T>(
-        &self,
-        connection: PgConnection,
-        answer: Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn kept<T>(&self, connection: Counted, answer: Result<T, StoreError>) -> Result<T, StoreError> {
         if !matches!(answer, Err(StoreError::Unavailable(_))) {
             self.idle
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(connection);
+            self.count.changed.notify_one();
         }
         answer
     }

@@ -420,3 +420,124 @@ async fn an_admin_revocation_on_one_instance_reaches_the_other_at_once() {
     }
     eprintln!("B saw the admin revocation after {:?}", started.elapsed());
 }
+
+/// A PostgreSQL role of this test's own, with the right to create in the
+/// database's `public` schema, dropped with what it owns at the end.
+struct Role {
+    name: String,
+    /// The database it may create in.
+    database_url: String,
+}
+
+impl Role {
+    fn create(db: &PgDatabase) -> Self {
+        let name = format!("{}_role", db.name);
+        psql(&format!("DROP ROLE IF EXISTS {name}"));
+        psql(&format!("CREATE ROLE {name} LOGIN"));
+        let role = Role {
+            name,
+            database_url: db.url.clone(),
+        };
+        // Since PostgreSQL 15 only the database's owner may create in
+        // `public`; the role creates refgate's tables.
+        assert!(
+            role.in_database(&format!("GRANT ALL ON SCHEMA public TO {}", role.name)),
+            "granting {} the public schema failed",
+            role.name
+        );
+        role
+    }
+
+    /// Runs `sql` as the superuser in the role's database.
+    fn in_database(&self, sql: &str) -> bool {
+        std::process::Command::new("psql")
+            .args([
+                "-q",
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                &self.database_url,
+                "-c",
+                sql,
+            ])
+            .output()
+            .is_ok_and(|output| output.status.success())
+    }
+
+    /// The role's connections open now.
+    fn connections(&self) -> usize {
+        let output = std::process::Command::new("psql")
+            .args(["-X", "-A", "-t", PG_ADMIN, "-c"])
+            .arg(format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}'",
+                self.name
+            ))
+            .output()
+            .expect("run psql");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("a count")
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        // Its objects (refgate's tables) and its grant go first: a role
+        // that owns something cannot be dropped.
+        self.in_database(&format!("DROP OWNED BY {}", self.name));
+        admin_quietly(&format!("DROP ROLE IF EXISTS {}", self.name));
+    }
+}
+
+#[tokio::test]
+async fn lookups_refused_for_the_servers_connection_limit_wait_for_the_instances_own() {
+    let upstream = Upstream::start().await;
+    // Dropped in reverse: refgate, then the role with its tables, then the
+    // database.
+    let db = PgDatabase::create();
+    let role = Role::create(&db);
+    let server = Refgate::start_with(Options {
+        extra: photos_route(&upstream.url()),
+        // Every request looks its token up in the store.
+        gateway: "cache_capacity = 0".into(),
+        store_url: Some(db.url.replacen(
+            "postgres://postgres@",
+            &format!("postgres://{}@", role.name),
+            1,
+        )),
+        ..Options::default()
+    });
+    let token = server.client_token("app", None).await;
+    let at = str_of(&token, "access_token").to_string();
+    server
+        .store_credential(
+            &at,
+            "photos",
+            json!({ "access_token": "down-1", "expires_at": unix_now() + 3600, "authority": "photos-as" }),
+        )
+        .await;
+    assert_eq!(call(&server.proxy, &at).await.status(), StatusCode::OK);
+    // From now on the server takes no more connections of this role than
+    // refgate holds: among them the one lookup connection the first
+    // request opened, while refgate is configured for two.
+    let held = role.connections();
+    psql(&format!("ALTER ROLE {} CONNECTION LIMIT {held}", role.name));
+    let mut requests = Vec::new();
+    for _ in 0..60 {
+        let proxy = server.proxy.clone();
+        let at = at.clone();
+        requests.push(tokio::spawn(async move {
+            let response = call(&proxy, &at).await;
+            let status = response.status();
+            (status, response.text().await.unwrap_or_default())
+        }));
+    }
+    for request in requests {
+        let (status, body) = request.await.expect("task");
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let now = role.connections();
+    assert!(now <= held, "the server's limit held: {now} connections");
+    assert_eq!(upstream.requests().len(), 61);
+}

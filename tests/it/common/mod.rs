@@ -702,37 +702,54 @@ fn process_start(pid: u32) -> Option<u64> {
 }
 
 /// Drops the test databases whose test process no longer runs (a process
-/// keeps its emptied databases to the end and cannot drop them then).
+/// keeps its emptied databases to the end and cannot drop them then), then
+/// the roles such a process made for a test (named after its database).
 fn drop_databases_of_finished_runs() {
+    let databases = "SELECT datname FROM pg_database";
+    for name in names_of_finished_runs(databases) {
+        admin_quietly(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    }
+    for name in names_of_finished_runs("SELECT rolname FROM pg_roles") {
+        admin_quietly(&format!("DROP ROLE IF EXISTS {name}"));
+    }
+}
+
+/// The names `select` lists (the first column of a catalog query) that
+/// belong to a test process that no longer runs.
+fn names_of_finished_runs(select: &str) -> Vec<String> {
+    let column = select.split_whitespace().nth(1).unwrap_or_default();
     let output = Command::new("psql")
         .args(["-X", "-A", "-t", PG_ADMIN, "-c"])
-        .arg(format!(
-            "SELECT datname FROM pg_database WHERE datname LIKE '{DATABASE_PREFIX}%'"
-        ))
+        .arg(format!("{select} WHERE {column} LIKE '{DATABASE_PREFIX}%'"))
         .output()
         .expect("run psql (is the PostgreSQL client installed?)");
     assert!(
         output.status.success(),
-        "listing test databases failed: {}",
+        "listing test databases and roles failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    for name in String::from_utf8_lossy(&output.stdout).lines() {
-        let mut parts = name.strip_prefix(DATABASE_PREFIX).unwrap_or("").split('_');
-        let pid = parts.next().and_then(|pid| pid.parse::<u32>().ok());
-        let start = parts.next().and_then(|start| start.parse::<u64>().ok());
-        let running = match (pid, start) {
-            (Some(pid), Some(start)) => process_start(pid) == Some(start),
-            _ => false,
-        };
-        if !running {
-            let _ = Command::new("psql")
-                .args(["-q", "-X", PG_ADMIN, "-c"])
-                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|name| {
+            let mut parts = name.strip_prefix(DATABASE_PREFIX).unwrap_or("").split('_');
+            let pid = parts.next().and_then(|pid| pid.parse::<u32>().ok());
+            let start = parts.next().and_then(|start| start.parse::<u64>().ok());
+            match (pid, start) {
+                (Some(pid), Some(start)) => process_start(pid) != Some(start),
+                _ => true,
+            }
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs one SQL statement as the PostgreSQL superuser, whatever comes of it.
+pub fn admin_quietly(sql: &str) {
+    let _ = Command::new("psql")
+        .args(["-q", "-X", PG_ADMIN, "-c", sql])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 impl Drop for PgDatabase {
@@ -762,15 +779,10 @@ impl Drop for PgDatabase {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(self.name.clone());
         } else {
-            let _ = Command::new("psql")
-                .args(["-q", "-X", PG_ADMIN, "-c"])
-                .arg(format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            admin_quietly(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }

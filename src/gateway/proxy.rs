@@ -281,7 +281,7 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let _ = response.insert_header(&REQUEST_ID_HEADER, ctx.request_id.as_str());
+        let _ = response.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str());
         if self.drain.draining() {
             // Shutting down: let clients reconnect elsewhere.
             session.set_keepalive(None);
@@ -559,11 +559,11 @@ fn prepare_upstream_request(session: &Session, upstream: &mut RequestHeader, ctx
         .or_else(|| ctx.credential.as_ref().and_then(|c| c.header_value()))
     {
         Some(header) => {
-            let _ = upstream.insert_header(http::header::AUTHORIZATION, header);
+            let _ = upstream.insert_header(AUTHORIZATION_HEADER, header);
         }
         None => strip_reference_token(upstream),
     }
-    let _ = upstream.insert_header(&REQUEST_ID_HEADER, ctx.request_id.as_str());
+    let _ = upstream.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str());
 }
 
 /// Headers an upstream may trust to describe the client. Whatever the
@@ -610,8 +610,13 @@ fn set_forwarding_headers(session: &Session, upstream: &mut RequestHeader, ctx: 
     }
 }
 
-/// `x-request-id`, made once.
-static REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
+/// Names of headers refgate sets, as pingora's `insert_header` takes them
+/// most cheaply: it parses a name again whatever it is given, and copies a
+/// `HeaderName` it cannot title-case (these two among them) into a new
+/// allocation, where a `&'static str` is kept as it is. The upstream sees
+/// the same lower-case name either way.
+const REQUEST_ID_HEADER: &str = "x-request-id";
+const AUTHORIZATION_HEADER: &str = "authorization";
 
 /// On public routes a refgate token must not leak upstream; any other
 /// Authorization passes through.

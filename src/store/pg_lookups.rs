@@ -122,7 +122,7 @@ impl Lookups {
             .and_then(|e| e.code())
             .is_some_and(|code| code == TOO_MANY_CONNECTIONS);
         if !too_many || self.count.open.load(Ordering::Relaxed) == 0 {
-            return Err(unavailable(format!("cannot connect: {refused}")));
+            return Err(cannot_connect(refused));
         }
         let waited = tokio::time::timeout(WAIT_FOR_OWN, async {
             loop {
@@ -146,11 +146,8 @@ impl Lookups {
         match waited {
             Ok(Some(idle)) => Ok(idle),
             // Ours were closed, which made room at the server: one more try.
-            Ok(None) => self
-                .open_new()
-                .await
-                .map_err(|e| unavailable(format!("cannot connect: {e}"))),
-            Err(_) => Err(unavailable(format!("cannot connect: {refused}"))),
+            Ok(None) => self.open_new().await.map_err(cannot_connect),
+            Err(_) => Err(cannot_connect(refused)),
         }
     }
 
@@ -175,6 +172,10 @@ impl Lookups {
         }
         answer
     }
+}
+
+fn cannot_connect(e: sqlx::Error) -> StoreError {
+    unavailable(format!("cannot connect: {e}"))
 }
 
 /// Reads a token with its grant on `executor`.

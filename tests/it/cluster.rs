@@ -434,50 +434,25 @@ impl Role {
         let name = format!("{}_role", db.name);
         psql(&format!("DROP ROLE IF EXISTS {name}"));
         psql(&format!("CREATE ROLE {name} LOGIN"));
-        let role = Role {
-            name,
-            database_url: db.url.clone(),
-        };
         // Since PostgreSQL 15 only the database's owner may create in
         // `public`; the role creates refgate's tables.
-        assert!(
-            role.in_database(&format!("GRANT ALL ON SCHEMA public TO {}", role.name)),
-            "granting {} the public schema failed",
-            role.name
-        );
-        role
-    }
-
-    /// Runs `sql` as the superuser in the role's database.
-    fn in_database(&self, sql: &str) -> bool {
-        std::process::Command::new("psql")
-            .args([
-                "-q",
-                "-X",
-                "-v",
-                "ON_ERROR_STOP=1",
-                &self.database_url,
-                "-c",
-                sql,
-            ])
-            .output()
-            .is_ok_and(|output| output.status.success())
+        psql_in(&db.url, &format!("GRANT ALL ON SCHEMA public TO {name}"));
+        Role {
+            name,
+            database_url: db.url.clone(),
+        }
     }
 
     /// The role's connections open now.
     fn connections(&self) -> usize {
-        let output = std::process::Command::new("psql")
-            .args(["-X", "-A", "-t", PG_ADMIN, "-c"])
-            .arg(format!(
+        let count = psql_rows(
+            PG_ADMIN,
+            &format!(
                 "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}'",
                 self.name
-            ))
-            .output()
-            .expect("run psql");
-        String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .expect("a count")
+            ),
+        );
+        count.first().and_then(|n| n.parse().ok()).expect("a count")
     }
 }
 
@@ -485,8 +460,8 @@ impl Drop for Role {
     fn drop(&mut self) {
         // Its objects (refgate's tables) and its grant go first: a role
         // that owns something cannot be dropped.
-        self.in_database(&format!("DROP OWNED BY {}", self.name));
-        admin_quietly(&format!("DROP ROLE IF EXISTS {}", self.name));
+        psql_quietly(&self.database_url, &format!("DROP OWNED BY {}", self.name));
+        psql_quietly(PG_ADMIN, &format!("DROP ROLE IF EXISTS {}", self.name));
     }
 }
 

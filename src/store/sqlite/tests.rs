@@ -56,7 +56,7 @@ async fn open(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
 
 #[tokio::test]
 async fn sealing_again_replaces_only_the_blob_that_was_read_and_keeps_the_version() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let store = open(&dir).await;
     let current = [2u8, 1, 1, 1, 1, 1, 1, 1, 1];
     for (id, blob) in [
@@ -67,9 +67,15 @@ async fn sealing_again_replaces_only_the_blob_that_was_read_and_keeps_the_versio
     ] {
         let mut g = grant(id);
         g.custom_sealed = Some(blob);
-        store.create_grant(&g, &[access(id)]).await.unwrap();
+        store
+            .create_grant(&g, &[access(id)])
+            .await
+            .expect("the store answers");
     }
-    let mut counts = store.count_sealed_by_key().await.unwrap();
+    let mut counts = store
+        .count_sealed_by_key()
+        .await
+        .expect("the store answers");
     counts.sort_by_key(|(id, _)| id.map(|k| k.0));
     assert_eq!(
         counts,
@@ -80,13 +86,16 @@ async fn sealing_again_replaces_only_the_blob_that_was_read_and_keeps_the_versio
         ]
     );
 
-    let stale = store.sealed_otherwise(&current, "", 10).await.unwrap();
+    let stale = store
+        .sealed_otherwise(&current, "", 10)
+        .await
+        .expect("the store answers");
     let ids: Vec<&str> = stale.iter().map(|s| s.grant_id.as_str()).collect();
     assert_eq!(ids, ["a-old-key", "c-unnamed", "d-changed"]);
     let page = store
         .sealed_otherwise(&current, "a-old-key", 1)
         .await
-        .unwrap();
+        .expect("the store answers");
     assert_eq!(page[0].grant_id, "c-unnamed", "pages follow the id order");
 
     // `d` changes between the read and the write: its new blob stays.
@@ -95,25 +104,47 @@ async fn sealing_again_replaces_only_the_blob_that_was_read_and_keeps_the_versio
         ..GrantChange::default()
     };
     assert_eq!(
-        store.update_grant("d-changed", 1, &change).await.unwrap(),
+        store
+            .update_grant("d-changed", 1, &change)
+            .await
+            .expect("the store answers"),
         GrantUpdate::Updated(2)
     );
-    store.revoke_grant("c-unnamed").await.unwrap();
+    store
+        .revoke_grant("c-unnamed")
+        .await
+        .expect("the store answers");
     let mut replaced = Vec::new();
     for s in &stale {
         let resealed = [&current[..], &[0x11]].concat();
-        replaced.push(store.reseal_custom(s, &resealed).await.unwrap());
+        replaced.push(
+            store
+                .reseal_custom(s, &resealed)
+                .await
+                .expect("the store answers"),
+        );
     }
     assert_eq!(replaced, [true, false, false]);
-    let a = store.find_grant("a-old-key").await.unwrap().unwrap();
+    let a = store
+        .find_grant("a-old-key")
+        .await
+        .expect("the store answers")
+        .expect("the grant is stored");
     assert_eq!(a.version, 1, "the version stays");
-    assert_eq!(a.custom_sealed.unwrap()[..9], current);
-    let d = store.find_grant("d-changed").await.unwrap().unwrap();
-    assert_eq!(d.custom_sealed.unwrap().last(), Some(&0xde));
+    assert_eq!(a.custom_sealed.expect("sealed custom data")[..9], current);
+    let d = store
+        .find_grant("d-changed")
+        .await
+        .expect("the store answers")
+        .expect("the grant is stored");
+    assert_eq!(
+        d.custom_sealed.expect("sealed custom data").last(),
+        Some(&0xde)
+    );
     assert!(store
         .sealed_otherwise(&current, "", 10)
         .await
-        .unwrap()
+        .expect("the store answers")
         .is_empty());
 }
 
@@ -160,12 +191,12 @@ async fn stored(store: &SqliteStore, id: &str) -> bool {
 
 #[tokio::test]
 async fn in_one_batch_a_write_that_fails_is_undone_alone_and_only_its_caller_hears() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let store = open(&dir).await;
     store
         .create_grant(&grant("original"), &[access("taken")])
         .await
-        .unwrap();
+        .expect("the store answers");
 
     // Every tenth grant reuses a stored token hash: its grant row is
     // written before its token fails.
@@ -198,7 +229,7 @@ async fn in_one_batch_a_write_that_fails_is_undone_alone_and_only_its_caller_hea
 
 #[tokio::test]
 async fn a_write_that_panics_fails_alone_and_the_writer_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let store = open(&dir).await;
     let (before, after) = (grant("before"), grant("after"));
     let (before_tokens, after_tokens) = ([access("a")], [access("b")]);
@@ -221,7 +252,11 @@ async fn a_write_that_panics_fails_alone_and_the_writer_keeps_serving() {
     );
     assert!(outcomes[2].is_ok(), "{:?}", outcomes[2]);
     for id in ["before", "after"] {
-        let found = store.find_grant(id).await.unwrap().expect("stored");
+        let found = store
+            .find_grant(id)
+            .await
+            .expect("the store answers")
+            .expect("stored");
         assert!(!found.revoked, "the panicking write's changes were undone");
     }
     store
@@ -238,7 +273,7 @@ fn revoke_everything(conn: &Connection) -> rusqlite::Result<()> {
 
 #[tokio::test]
 async fn when_a_batch_cannot_commit_every_write_in_it_fails_and_none_is_stored() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let store = open(&dir).await;
     let (first, last) = (grant("first"), grant("last"));
     let (first_tokens, last_tokens) = ([access("a")], [access("b")]);
@@ -266,7 +301,7 @@ async fn when_a_batch_cannot_commit_every_write_in_it_fails_and_none_is_stored()
     assert!(store
         .find_token(&hash_token("", "orphan"))
         .await
-        .unwrap()
+        .expect("the store answers")
         .is_none());
     store
         .create_grant(&grant("later"), &[access("c")])
@@ -284,11 +319,11 @@ async fn when_a_batch_cannot_commit_every_write_in_it_fails_and_none_is_stored()
 
 /// Writes one grant with one token into a new file and closes it.
 async fn file_with_one_grant(path: &Path) -> TokenHash {
-    let store = SqliteStore::open(path, 4).await.unwrap();
+    let store = SqliteStore::open(path, 4).await.expect("the store answers");
     store
         .create_grant(&grant("g"), &[access("t")])
         .await
-        .unwrap();
+        .expect("the store answers");
     hash_token("", "t")
 }
 
@@ -309,19 +344,21 @@ fn store_with_readers(path: &Path, idle: Vec<Connection>) -> SqliteStore {
 /// Locks the file as another process in exclusive locking mode would,
 /// in the middle of a write; a thread lets go after `hold`.
 fn lock_exclusively(path: &Path, hold: Duration) -> std::thread::JoinHandle<()> {
-    let holder = Connection::open(path).unwrap();
+    let holder = Connection::open(path).expect("open the store file");
     holder
         .pragma_update(None, "locking_mode", "EXCLUSIVE")
-        .unwrap();
+        .expect("SQLite runs the statement");
     holder
         .execute_batch(
             "BEGIN IMMEDIATE; \
              INSERT INTO leases (key, holder, until) VALUES ('k', 'other', 0);",
         )
-        .unwrap();
+        .expect("SQLite runs the statement");
     std::thread::spawn(move || {
         std::thread::sleep(hold);
-        holder.execute_batch("COMMIT").unwrap();
+        holder
+            .execute_batch("COMMIT")
+            .expect("SQLite runs the statement");
         drop(holder);
     })
 }
@@ -344,7 +381,7 @@ async fn lookup_while_locked(store: &SqliteStore, path: &Path, hash: &TokenHash)
     let found = store.find_token(hash).await;
     let waited = started.elapsed();
     ticker.abort();
-    unlocker.join().unwrap();
+    unlocker.join().expect("the unlocking thread ends");
 
     let found = found.expect("the lookup waits for the lock instead of failing");
     assert_eq!(found.map(|(_, g)| g.id).as_deref(), Some("g"));
@@ -361,15 +398,16 @@ async fn lookup_while_locked(store: &SqliteStore, path: &Path, hash: &TokenHash)
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_lookup_on_a_locked_file_waits_off_the_calling_thread_and_then_answers() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("store.db");
     let hash = file_with_one_grant(&path).await;
     let idle = Connection::open_with_flags(
         &path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .unwrap();
-    idle.busy_timeout(Duration::ZERO).unwrap();
+    .expect("open the store file");
+    idle.busy_timeout(Duration::ZERO)
+        .expect("SQLite runs the statement");
     let store = store_with_readers(&path, vec![idle]);
 
     lookup_while_locked(&store, &path, &hash).await;
@@ -377,14 +415,19 @@ async fn a_lookup_on_a_locked_file_waits_off_the_calling_thread_and_then_answers
 
 #[tokio::test(flavor = "current_thread")]
 async fn with_no_idle_connection_a_lookup_on_a_locked_file_opens_one_off_the_calling_thread() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("store.db");
     let hash = file_with_one_grant(&path).await;
     let store = store_with_readers(&path, Vec::new());
 
     lookup_while_locked(&store, &path, &hash).await;
     assert_eq!(
-        store.readers.idle.lock().unwrap().len(),
+        store
+            .readers
+            .idle
+            .lock()
+            .expect("the readers' idle list")
+            .len(),
         1,
         "the connection opened for the lookup is kept for the next"
     );
@@ -411,27 +454,42 @@ async fn one_signing_key_per_generation_and_a_new_key_cuts_earlier_ones_short() 
     assert!(store
         .add_signing_key(&signing_key(1, 0, 1000))
         .await
-        .unwrap());
+        .expect("the store answers"));
     // A second key for generation 1 (another instance lost the race).
     assert!(!store
         .add_signing_key(&signing_key(1, 5, 1005))
         .await
-        .unwrap());
+        .expect("the store answers"));
     // A forced rotation starting at 500 ends generation 1 there.
     assert!(store
         .add_signing_key(&signing_key(2, 500, 1500))
         .await
-        .unwrap());
-    let keys = store.signing_keys("", 0).await.unwrap();
+        .expect("the store answers"));
+    let keys = store.signing_keys("", 0).await.expect("the store answers");
     let spans: Vec<(i64, i64, i64)> = keys
         .iter()
         .map(|k| (k.generation, k.signs_from, k.signs_until))
         .collect();
     assert_eq!(spans, [(1, 0, 500), (2, 500, 1500)]);
     // Retired keys go, the latest generation stays even when retired.
-    assert_eq!(store.purge_signing_keys("", 600).await.unwrap(), 1);
-    assert_eq!(store.purge_signing_keys("", 10_000).await.unwrap(), 0);
-    let left = store.signing_keys("", 10_000).await.unwrap();
+    assert_eq!(
+        store
+            .purge_signing_keys("", 600)
+            .await
+            .expect("the store answers"),
+        1
+    );
+    assert_eq!(
+        store
+            .purge_signing_keys("", 10_000)
+            .await
+            .expect("the store answers"),
+        0
+    );
+    let left = store
+        .signing_keys("", 10_000)
+        .await
+        .expect("the store answers");
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].generation, 2);
 }
@@ -441,32 +499,32 @@ async fn one_signing_key_per_generation_and_a_new_key_cuts_earlier_ones_short() 
 /// grown well past the mapped size of the start, is what the reader finds.
 #[tokio::test]
 async fn mapped_readers_find_what_was_written_after_they_mapped_the_file() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let store = open(&dir).await;
     let mapped = store
         .readers
         .read_inline(&|conn| conn.pragma_query_value(None, "mmap_size", |r| r.get::<_, i64>(0)))
         .expect("an idle reader")
-        .unwrap();
+        .expect("SQLite reads mmap_size");
     assert_eq!(mapped, super::READER_MMAP_BYTES);
     let size = || {
         std::fs::metadata(dir.path().join("store.db"))
-            .unwrap()
+            .expect("the store file's size")
             .len()
     };
     let size_before = size();
 
-    let checkpoint = Connection::open(dir.path().join("store.db")).unwrap();
+    let checkpoint = Connection::open(dir.path().join("store.db")).expect("open the store file");
     for i in 0..2000 {
         store
             .create_grant(&grant(&format!("g{i}")), &[access(&format!("t{i}"))])
             .await
-            .unwrap();
+            .expect("the store answers");
         if i % 500 == 499 {
             // Now in the file itself rather than the log.
             checkpoint
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .unwrap();
+                .expect("SQLite runs the statement");
         }
     }
     assert!(
@@ -475,13 +533,16 @@ async fn mapped_readers_find_what_was_written_after_they_mapped_the_file() {
         size()
     );
     for i in (0..2000).step_by(2) {
-        store.revoke_grant(&format!("g{i}")).await.unwrap();
+        store
+            .revoke_grant(&format!("g{i}"))
+            .await
+            .expect("the store answers");
     }
     for i in 0..2000 {
         let (token, grant) = store
             .find_token(&hash_token("", &format!("t{i}")))
             .await
-            .unwrap()
+            .expect("the store answers")
             .unwrap_or_else(|| panic!("token t{i} is found"));
         assert_eq!(grant.id, format!("g{i}"));
         assert_eq!(token.grant_id, format!("g{i}"));
@@ -490,6 +551,6 @@ async fn mapped_readers_find_what_was_written_after_they_mapped_the_file() {
     assert!(store
         .find_token(&hash_token("", "t-none"))
         .await
-        .unwrap()
+        .expect("the store answers")
         .is_none());
 }

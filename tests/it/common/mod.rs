@@ -655,7 +655,7 @@ static FREE_DATABASES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec
 impl PgDatabase {
     pub fn create() -> Self {
         static SWEEP: std::sync::Once = std::sync::Once::new();
-        SWEEP.call_once(drop_databases_of_finished_runs);
+        SWEEP.call_once(drop_leftovers_of_finished_runs);
         let reused = FREE_DATABASES
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -704,52 +704,36 @@ fn process_start(pid: u32) -> Option<u64> {
 /// Drops the test databases whose test process no longer runs (a process
 /// keeps its emptied databases to the end and cannot drop them then), then
 /// the roles such a process made for a test (named after its database).
-fn drop_databases_of_finished_runs() {
-    let databases = "SELECT datname FROM pg_database";
-    for name in names_of_finished_runs(databases) {
-        admin_quietly(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+fn drop_leftovers_of_finished_runs() {
+    for name in names_of_finished_runs("pg_database", "datname") {
+        psql_quietly(
+            PG_ADMIN,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
     }
-    for name in names_of_finished_runs("SELECT rolname FROM pg_roles") {
-        admin_quietly(&format!("DROP ROLE IF EXISTS {name}"));
+    for name in names_of_finished_runs("pg_roles", "rolname") {
+        psql_quietly(PG_ADMIN, &format!("DROP ROLE IF EXISTS {name}"));
     }
 }
 
-/// The names `select` lists (the first column of a catalog query) that
-/// belong to a test process that no longer runs.
-fn names_of_finished_runs(select: &str) -> Vec<String> {
-    let column = select.split_whitespace().nth(1).unwrap_or_default();
-    let output = Command::new("psql")
-        .args(["-X", "-A", "-t", PG_ADMIN, "-c"])
-        .arg(format!("{select} WHERE {column} LIKE '{DATABASE_PREFIX}%'"))
-        .output()
-        .expect("run psql (is the PostgreSQL client installed?)");
-    assert!(
-        output.status.success(),
-        "listing test databases and roles failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|name| {
-            let mut parts = name.strip_prefix(DATABASE_PREFIX).unwrap_or("").split('_');
-            let pid = parts.next().and_then(|pid| pid.parse::<u32>().ok());
-            let start = parts.next().and_then(|start| start.parse::<u64>().ok());
-            match (pid, start) {
-                (Some(pid), Some(start)) => process_start(pid) != Some(start),
-                _ => true,
-            }
-        })
-        .map(str::to_string)
-        .collect()
-}
-
-/// Runs one SQL statement as the PostgreSQL superuser, whatever comes of it.
-pub fn admin_quietly(sql: &str) {
-    let _ = Command::new("psql")
-        .args(["-q", "-X", PG_ADMIN, "-c", sql])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+/// The names in `column` of the catalog `table` that belong to a test
+/// process that no longer runs.
+fn names_of_finished_runs(table: &str, column: &str) -> Vec<String> {
+    psql_rows(
+        PG_ADMIN,
+        &format!("SELECT {column} FROM {table} WHERE {column} LIKE '{DATABASE_PREFIX}%'"),
+    )
+    .into_iter()
+    .filter(|name| {
+        let mut parts = name.strip_prefix(DATABASE_PREFIX).unwrap_or("").split('_');
+        let pid = parts.next().and_then(|pid| pid.parse::<u32>().ok());
+        let start = parts.next().and_then(|start| start.parse::<u64>().ok());
+        match (pid, start) {
+            (Some(pid), Some(start)) => process_start(pid) != Some(start),
+            _ => true,
+        }
+    })
+    .collect()
 }
 
 impl Drop for PgDatabase {
@@ -779,18 +763,39 @@ impl Drop for PgDatabase {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(self.name.clone());
         } else {
-            admin_quietly(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
+            psql_quietly(
+                PG_ADMIN,
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            );
         }
     }
 }
 
 /// Runs one SQL statement as the PostgreSQL superuser, asserting success.
 pub fn psql(sql: &str) {
+    psql_in(PG_ADMIN, sql);
+}
+
+/// Runs one SQL statement on the database of `url`, asserting success.
+pub fn psql_in(url: &str, sql: &str) {
+    psql_rows(url, sql);
+}
+
+/// Runs one query on the database of `url`, asserting success: the rows,
+/// their columns joined by `|`.
+pub fn psql_rows(url: &str, sql: &str) -> Vec<String> {
     let output = Command::new("psql")
-        .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", PG_ADMIN, "-c", sql])
+        .args([
+            "-q",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            url,
+            "-c",
+            sql,
+        ])
         .output()
         .expect("run psql (is the PostgreSQL client installed?)");
     assert!(
@@ -798,6 +803,21 @@ pub fn psql(sql: &str) {
         "psql `{sql}` failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs one SQL statement on the database of `url`, whatever comes of it
+/// (clean-up that must not panic): whether it succeeded.
+pub fn psql_quietly(url: &str, sql: &str) -> bool {
+    Command::new("psql")
+        .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 impl Drop for Refgate {

@@ -5,19 +5,35 @@
 
 use std::net::IpAddr;
 
-/// An address as `Display` writes it; IPv4, the common case, by hand.
+/// An address as `Display` writes it; IPv4, the common case, by hand,
+/// into a string exactly as long as the text: a header value made of it
+/// then takes the buffer as it is (`bytes` allocates again for a `Vec`
+/// with room to spare).
 pub fn ip(ip: IpAddr) -> String {
     let IpAddr::V4(v4) = ip else {
         return ip.to_string();
     };
-    let mut text = String::with_capacity(15);
+    let mut text = [0u8; 15];
+    let mut len = 0;
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            text.push('.');
+            text[len] = b'.';
+            len += 1;
         }
-        push_digits(&mut text, octet.into(), 10);
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
     }
-    text
+    let mut exact = String::with_capacity(len);
+    exact.extend(text[..len].iter().map(|&b| char::from(b)));
+    exact
 }
 
 /// `format!("{prefix}-{n:x}")`.
@@ -55,11 +71,16 @@ mod tests {
             "127.0.0.1",
             "10.20.30.40",
             "255.255.255.255",
+            "1.2.3.4",
+            "100.9.10.199",
             "::1",
             "fe80::1",
         ] {
             let addr: IpAddr = a.parse().unwrap();
             assert_eq!(ip(addr), addr.to_string());
+            if addr.is_ipv4() {
+                assert_eq!(ip(addr).capacity(), a.len(), "{a}");
+            }
         }
         for n in [0, 1, 15, 16, 255, 0xdead_beef, u64::MAX] {
             assert_eq!(numbered("ab12cd34", n), format!("ab12cd34-{n:x}"));

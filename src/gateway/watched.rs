@@ -5,9 +5,11 @@
 //! pingora times each read of a request head, not the head, and serves
 //! the requests of a kept-alive HTTP/1 connection in its own loop. So the
 //! connection's stream is wrapped ([`Watched`]): while the HTTP server
-//! waits for a request head, the wrapper reads and holds the bytes until
-//! the head is complete, and ends the stream (the HTTP server sees the
-//! client close, and closes quietly) when
+//! waits for a request head, the wrapper gives it nothing until the head
+//! is complete (a head that arrives in one read is read into the server's
+//! buffer and judged there; one that arrives in pieces is held until it
+//! is whole), and ends the stream (the HTTP server sees the client close,
+//! and closes quietly) when
 //! - nothing arrives within the keep-alive timeout of the previous answer,
 //! - a head begun is not complete within `request_head_timeout` of its
 //!   first byte (of accept, for the first request on a TLS connection),
@@ -222,6 +224,41 @@ impl AsyncRead for Watched {
                         state.phase = Phase::Closed;
                         continue;
                     }
+                    if state.held.is_empty() && buf.remaining() > 0 {
+                        // Nothing held yet: read straight into the server's
+                        // buffer. A head that arrives whole (nearly every
+                        // one) is judged where it lies and not copied; what
+                        // is refused or not yet complete is taken back out.
+                        let before = buf.filled().len();
+                        match Pin::new(&mut *inner).poll_read(cx, buf) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Err(e)) => {
+                                state.phase = Phase::Closed;
+                                return Poll::Ready(Err(e));
+                            }
+                            Poll::Ready(Ok(())) => {
+                                let got = &buf.filled()[before..];
+                                if got.is_empty() {
+                                    state.phase = Phase::Closed;
+                                    continue;
+                                }
+                                match judge(got, &state.ids) {
+                                    Some(Phase::Release) => {
+                                        state.phase = Phase::Serving;
+                                        state.ticket.served();
+                                        return Poll::Ready(Ok(()));
+                                    }
+                                    Some(refused) => state.phase = refused,
+                                    None => {
+                                        state.held.extend_from_slice(got);
+                                        state.head_begun();
+                                    }
+                                }
+                                buf.set_filled(before);
+                                continue;
+                            }
+                        }
+                    }
                     // Left uninitialised: zeroing 8 KiB on every poll, the
                     // ones that find nothing to read among them, cost more
                     // than the rest of the wait.
@@ -244,13 +281,9 @@ impl AsyncRead for Watched {
                             };
                         }
                         Poll::Ready(Ok(())) => {
-                            if matches!(state.phase, Phase::Idle) {
-                                state.phase = Phase::Head;
-                                let deadline = Instant::now() + state.limits.head;
-                                state.deadline.as_mut().reset(deadline);
-                            }
+                            state.head_begun();
                             state.held.extend_from_slice(read.filled());
-                            if let Some(phase) = state.judge() {
+                            if let Some(phase) = judge(&state.held, &state.ids) {
                                 state.phase = phase;
                             }
                         }
@@ -262,26 +295,36 @@ impl AsyncRead for Watched {
 }
 
 impl State {
-    /// What follows the bytes held, if they are enough to tell.
-    fn judge(&mut self) -> Option<Phase> {
-        // A line end first: the rest of a head pingora began to read.
-        let continued = matches!(self.held.first(), Some(b'\r' | b'\n'));
-        if !continued && head_end(&self.held).is_none() && self.held.len() < HEAD_PEEK {
-            return None;
+    /// The first bytes of a head arrived while idle: its deadline starts.
+    fn head_begun(&mut self) {
+        if matches!(self.phase, Phase::Idle) {
+            self.phase = Phase::Head;
+            let deadline = Instant::now() + self.limits.head;
+            self.deadline.as_mut().reset(deadline);
         }
-        let refused = if continued {
-            None
-        } else {
-            refusal(&self.held, &self.ids)
-        };
-        Some(match refused {
-            Some((error, request_id)) => Phase::Refuse {
-                answer: error.http1_answer(&request_id),
-                written: 0,
-            },
-            None => Phase::Release,
-        })
     }
+}
+
+/// What follows the bytes of a head read so far, if they are enough to
+/// tell: `Release` (hand them to the server) or `Refuse`.
+fn judge(head: &[u8], ids: &RequestIds) -> Option<Phase> {
+    // A line end first: the rest of a head pingora began to read.
+    let refused = if matches!(head.first(), Some(b'\r' | b'\n')) {
+        None
+    } else {
+        match head_end(head) {
+            Some(end) => refusal_of_complete(&head[..end], ids),
+            None if head.len() < HEAD_PEEK => return None,
+            None => Some((GatewayError::HeadTooLarge, ids.fresh())),
+        }
+    };
+    Some(match refused {
+        Some((error, request_id)) => Phase::Refuse {
+            answer: error.http1_answer(&request_id),
+            written: 0,
+        },
+        None => Phase::Release,
+    })
 }
 
 /// Why refgate refuses a request head before pingora reads it, with the
@@ -295,10 +338,14 @@ impl State {
 ///   absolute-form request to a foreign host), a repeated `Host`, or an
 ///   ambiguous authority.
 pub fn refusal(head: &[u8], ids: &RequestIds) -> Option<(GatewayError, String)> {
-    let Some(end) = head_end(head) else {
-        return Some((GatewayError::HeadTooLarge, ids.fresh()));
-    };
-    let head = &head[..end];
+    match head_end(head) {
+        Some(end) => refusal_of_complete(&head[..end], ids),
+        None => Some((GatewayError::HeadTooLarge, ids.fresh())),
+    }
+}
+
+/// [`refusal`] of a head known to end where `head` ends.
+fn refusal_of_complete(head: &[u8], ids: &RequestIds) -> Option<(GatewayError, String)> {
     let repaired;
     // Uninitialised: httparse fills in only the headers there are.
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 256];

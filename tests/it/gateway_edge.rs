@@ -1016,6 +1016,32 @@ async fn later_requests_on_a_kept_alive_connection_have_the_same_deadlines() {
     assert_eq!(reply.status, 431, "{reply:?}");
     assert_eq!(reply.json()["error"], "invalid_request");
 
+    // A later head larger than pingora's first read of a head (4 KiB) but
+    // within the limit is served whole, in one write or in two.
+    let big = "b".repeat(12 * 1024);
+    let head = format!("GET /open/big HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {big}\r\n\r\n");
+    for split in [None, Some(100), Some(5000)] {
+        upstream.clear();
+        let mut kept = kept_alive(port).await;
+        match split {
+            None => kept.write_all(head.as_bytes()).await.expect("write"),
+            Some(at) => {
+                kept.write_all(&head.as_bytes()[..at]).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                kept.write_all(&head.as_bytes()[at..]).await.expect("write");
+            }
+        }
+        let answers = read_replies(&mut kept, 1).await.0;
+        assert_eq!(answers.first().map(|a| a.status), Some(200), "{split:?}");
+        let seen = upstream.requests();
+        let got = seen.iter().find(|r| r.path == "/open/big");
+        assert_eq!(
+            got.and_then(|r| r.header("x-big")).map(|v| v.len()),
+            Some(big.len()),
+            "{split:?}: {seen:?}"
+        );
+    }
+
     // A head pingora repairs (a space in the target) is still served, and
     // a keep-alive connection serves request after request.
     let mut kept = kept_alive(port).await;

@@ -998,11 +998,36 @@ async fn later_requests_on_a_kept_alive_connection_have_the_same_deadlines() {
     let mut later = kept_alive(port).await;
     later.write_all(malformed).await.expect("write");
     let (_, sent) = until_closed(&mut later, Duration::from_secs(5)).await;
-    let reply = parse_reply(&sent, true, false)
-        .map(|(reply, _)| reply)
-        .unwrap_or_else(|| panic!("no answer: {:?}", lossy(&sent)));
+    let (reply, used) =
+        parse_reply(&sent, true, false).unwrap_or_else(|| panic!("no answer: {:?}", lossy(&sent)));
     assert_invalid_request(&reply, "a malformed later head");
+    assert_eq!(used, sent.len(), "{:?}", lossy(&sent));
     assert_eq!(reply.header("cache-control"), Some("no-store"));
+
+    // A later head refgate refuses for its authority, with a request
+    // behind it in the same write: the answer is the JSON error, and
+    // neither request reaches the upstream.
+    let mut later = kept_alive(port).await;
+    later
+        .write_all(
+            b"GET http://evil.test/open/foreign HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
+              GET /open/behind HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let (_, sent) = until_closed(&mut later, Duration::from_secs(5)).await;
+    let (reply, used) =
+        parse_reply(&sent, true, false).unwrap_or_else(|| panic!("no answer: {:?}", lossy(&sent)));
+    assert_invalid_request(&reply, "a later head for a foreign host");
+    // Nothing of the refused bytes reached pingora: no second answer.
+    assert_eq!(used, sent.len(), "{:?}", lossy(&sent));
+    let seen: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        !seen
+            .iter()
+            .any(|p| p == "/open/foreign" || p == "/open/behind"),
+        "{seen:?}"
+    );
 
     // A head over 64 KiB: 431 with the JSON error, first or later.
     let mut huge = b"GET /open/x HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_vec();

@@ -600,9 +600,7 @@ fn set_forwarding_headers(session: &Session, upstream: &mut RequestHeader, ctx: 
         let _ = upstream.insert_header("x-forwarded-for", super::text::ip(ip));
     }
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    // Static values: no copy and no check per request.
-    let proto = if tls { HTTPS } else { HTTP };
-    let _ = upstream.insert_header("x-forwarded-proto", proto);
+    let _ = upstream.insert_header("x-forwarded-proto", if tls { HTTPS } else { HTTP });
     if let Some(host) = ctx
         .client_host
         .as_deref()
@@ -618,9 +616,12 @@ fn set_forwarding_headers(session: &Session, upstream: &mut RequestHeader, ctx: 
 /// allocation, where a `&'static str` is kept as it is. The upstream sees
 /// the same lower-case name either way.
 const REQUEST_ID_HEADER: &str = "x-request-id";
+const AUTHORIZATION_HEADER: &str = "authorization";
+
+/// `X-Forwarded-Proto`'s two values, static: no copy and no check per
+/// request.
 const HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
 const HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
-const AUTHORIZATION_HEADER: &str = "authorization";
 
 /// On public routes a refgate token must not leak upstream; any other
 /// Authorization passes through.

@@ -13,27 +13,17 @@ pub fn ip(ip: IpAddr) -> String {
     let IpAddr::V4(v4) = ip else {
         return ip.to_string();
     };
-    let mut text = [0u8; 15];
-    let mut len = 0;
-    for (i, octet) in v4.octets().into_iter().enumerate() {
+    let octets = v4.octets();
+    let digits = |o: u8| 1 + usize::from(o >= 10) + usize::from(o >= 100);
+    let dots = octets.len() - 1;
+    let mut text = String::with_capacity(dots + octets.into_iter().map(digits).sum::<usize>());
+    for (i, octet) in octets.into_iter().enumerate() {
         if i > 0 {
-            text[len] = b'.';
-            len += 1;
+            text.push('.');
         }
-        if octet >= 100 {
-            text[len] = b'0' + octet / 100;
-            len += 1;
-        }
-        if octet >= 10 {
-            text[len] = b'0' + octet / 10 % 10;
-            len += 1;
-        }
-        text[len] = b'0' + octet % 10;
-        len += 1;
+        push_digits(&mut text, octet.into(), 10);
     }
-    let mut exact = String::with_capacity(len);
-    exact.extend(text[..len].iter().map(|&b| char::from(b)));
-    exact
+    text
 }
 
 /// `format!("{prefix}-{n:x}")`.

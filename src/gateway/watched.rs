@@ -225,38 +225,9 @@ impl AsyncRead for Watched {
                         continue;
                     }
                     if state.held.is_empty() && buf.remaining() > 0 {
-                        // Nothing held yet: read straight into the server's
-                        // buffer. A head that arrives whole (nearly every
-                        // one) is judged where it lies and not copied; what
-                        // is refused or not yet complete is taken back out.
-                        let before = buf.filled().len();
-                        match Pin::new(&mut *inner).poll_read(cx, buf) {
-                            Poll::Pending => return Poll::Pending,
-                            Poll::Ready(Err(e)) => {
-                                state.phase = Phase::Closed;
-                                return Poll::Ready(Err(e));
-                            }
-                            Poll::Ready(Ok(())) => {
-                                let got = &buf.filled()[before..];
-                                if got.is_empty() {
-                                    state.phase = Phase::Closed;
-                                    continue;
-                                }
-                                match judge(got, &state.ids) {
-                                    Some(Phase::Release) => {
-                                        state.phase = Phase::Serving;
-                                        state.ticket.served();
-                                        return Poll::Ready(Ok(()));
-                                    }
-                                    Some(refused) => state.phase = refused,
-                                    None => {
-                                        state.held.extend_from_slice(got);
-                                        state.head_begun();
-                                    }
-                                }
-                                buf.set_filled(before);
-                                continue;
-                            }
+                        match state.read_in_place(inner, cx, buf) {
+                            Some(answer) => return answer,
+                            None => continue,
                         }
                     }
                     // Left uninitialised: zeroing 8 KiB on every poll, the
@@ -295,6 +266,47 @@ impl AsyncRead for Watched {
 }
 
 impl State {
+    /// Reads the start of a head while nothing of it is held, straight into
+    /// the server's buffer: a head that arrives whole (nearly every one) is
+    /// judged where it lies and not copied; one refused or not yet complete
+    /// is taken back out, so the server sees none of it. `None`: the phase
+    /// changed, go round again.
+    fn read_in_place(
+        &mut self,
+        inner: &mut Stream,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Option<Poll<std::io::Result<()>>> {
+        let before = buf.filled().len();
+        match Pin::new(inner).poll_read(cx, buf) {
+            Poll::Pending => return Some(Poll::Pending),
+            Poll::Ready(Err(e)) => {
+                self.phase = Phase::Closed;
+                return Some(Poll::Ready(Err(e)));
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        let got = &buf.filled()[before..];
+        if got.is_empty() {
+            self.phase = Phase::Closed;
+            return None;
+        }
+        match judge(got, &self.ids) {
+            Some(Phase::Release) => {
+                self.phase = Phase::Serving;
+                self.ticket.served();
+                return Some(Poll::Ready(Ok(())));
+            }
+            Some(refused) => self.phase = refused,
+            None => {
+                self.held.extend_from_slice(got);
+                self.head_begun();
+            }
+        }
+        buf.set_filled(before);
+        None
+    }
+
     /// The first bytes of a head arrived while idle: its deadline starts.
     fn head_begun(&mut self) {
         if matches!(self.phase, Phase::Idle) {

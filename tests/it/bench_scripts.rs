@@ -124,6 +124,35 @@ fn bench_lua_scripts_compile() {
     }
 }
 
+/// Runs `bench/<script>` with awk on `inputs` (each written to a file of
+/// its own, in order) and `-v` assignments `vars`; its standard output.
+fn run_awk(script: &str, vars: &[&str], inputs: &[&str]) -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "bench-awk-{}-{}",
+        script.trim_end_matches(".awk"),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let mut awk = Command::new("awk");
+    for var in vars {
+        awk.arg("-v").arg(var);
+    }
+    awk.arg("-f").arg(bench_dir().join(script));
+    for (i, input) in inputs.iter().enumerate() {
+        let path = dir.join(format!("input-{i}"));
+        std::fs::write(&path, input).expect("write an input");
+        awk.arg(path);
+    }
+    let output = awk.output().expect("awk runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        output.status.success(),
+        "awk -f {script}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 #[test]
 fn bench_report_renders_medians_and_per_round_ratios() {
     // scenario conns round req/s p50_us p99_us rss_kb errors cpu_us_per_request
@@ -148,17 +177,7 @@ fn bench_report_renders_medians_and_per_round_ratios() {
         "phantom-hot\t16\t2\t15000\t1000\t2400\t31000\t0\t60.0",
         "phantom-cold\t16\t2\t2000\t6000\t14000\t40000\t0\t400.0",
     ];
-    let input = std::env::temp_dir().join(format!("bench-report-{}.tsv", std::process::id()));
-    std::fs::write(&input, rows.join("\n") + "\n").expect("write the sample");
-    let output = Command::new("awk")
-        .arg("-f")
-        .arg(bench_dir().join("report.awk"))
-        .arg(&input)
-        .output()
-        .expect("awk runs");
-    let _ = std::fs::remove_file(&input);
-    assert!(output.status.success());
-    let report = String::from_utf8_lossy(&output.stdout);
+    let report = run_awk("report.awk", &[], &[&(rows.join("\n") + "\n")]);
     assert!(
         report.contains(
             "| refgate-hot | 16 | 22500 | 15000–30000 | 0.75 ms | 1.80 ms | 45.0 µs | 30.3 MB | 0 |"
@@ -192,6 +211,45 @@ fn bench_report_renders_medians_and_per_round_ratios() {
     assert!(
         report.contains("| 16 | 0.50 | 0.75 | 1.50 | 0.75 |"),
         "{report}"
+    );
+}
+
+#[test]
+fn bench_store_floor_section_sets_the_lookup_beside_the_proxy_and_the_budget() {
+    let floor =
+        "sqlite_token 2400\nsqlite_token_same 2300\nsqlite_token_same_one_transaction 300\n\
+                 sqlite_join 3700\nstore_find_token 5600\nlookup_cold 7300\nlookup_hot 300\n";
+    // Three rounds at 16 connections (hot 36, 45, 40; cold adds 20, 10,
+    // 18), and round 3 at 64 connections, which must not count: taken for
+    // the hot path it would make the medians 45 and 10, for the cold one 40
+    // and 12. Medians of each side apart (56 - 40 = 16) are not the pairing.
+    let rows = [
+        "refgate-hot\t16\t1\t20000\t800\t1700\t30000\t0\t36.0",
+        "refgate-cold\t16\t1\t14000\t1000\t2400\t40000\t0\t56.0",
+        "refgate-hot\t16\t2\t20000\t800\t1700\t30000\t0\t45.0",
+        "refgate-cold\t16\t2\t14000\t1000\t2400\t40000\t0\t55.0",
+        "refgate-hot\t16\t3\t20000\t800\t1700\t30000\t0\t40.0",
+        "refgate-cold\t16\t3\t14000\t1000\t2400\t40000\t0\t58.0",
+        "refgate-hot\t64\t3\t20000\t800\t1700\t30000\t0\t90.0",
+        "refgate-cold\t64\t3\t14000\t1000\t2400\t40000\t0\t52.0",
+    ];
+    let section = run_awk(
+        "store_floor.awk",
+        &["tokens=20000"],
+        &[floor, &(rows.join("\n") + "\n")],
+    );
+    assert!(section.contains("its 20000 tokens"), "{section}");
+    assert!(section.contains("| sqlite_token_same | 2.3 |"), "{section}");
+    assert!(section.contains("| lookup_cold | 7.3 |"), "{section}");
+    // Medians at 16 connections: hot 40.0, cold adds 18.0; the lookup alone
+    // 7.0; 0.9 leaves 40 × (1/0.9 − 1) = 4.4.
+    assert!(
+        section.contains(
+            "refgate-hot used 40.0 µs of CPU per request and refgate-cold 18.0 µs more. \
+             A cold lookup alone costs 7.0 µs more than a cached one. \
+             A cold/hot req/s ratio of 0.9 leaves a cold request 4.4 µs"
+        ),
+        "{section}"
     );
 }
 

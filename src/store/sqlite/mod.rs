@@ -9,7 +9,9 @@
 //! when SQLite reports the file busy anyway (rare in WAL mode: another
 //! connection recovering it after a crash, or holding it in exclusive
 //! locking mode) or no pooled connection is free, the read moves to the
-//! blocking pool and waits there, up to [`BUSY_TIMEOUT`].
+//! blocking pool and waits there, up to [`BUSY_TIMEOUT`]. A reader keeps
+//! its read transaction from one read to the next while no write of this
+//! store ended and for at most a millisecond (see `readers`).
 //!
 //! **Writes** go to one writer thread that owns the only writer connection
 //! (SQLite allows one writer at a time anyway). Each time it wakes it takes
@@ -33,14 +35,14 @@ mod tests;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::StoreError;
-use readers::{open_reader, Readers};
+use readers::{open_reader, Readers, SNAPSHOT_LIFE};
 use writer::{PendingWrite, WriteFailure, Writer};
 
 /// Migrations in order; `PRAGMA user_version` records how many ran.
@@ -191,6 +193,15 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 impl SqliteStore {
     /// Opens (creating when missing) the database file and its directory.
     pub async fn open(path: &Path, max_connections: u32) -> Result<Self, StoreError> {
+        Self::open_with(path, max_connections, SNAPSHOT_LIFE).await
+    }
+
+    /// As [`SqliteStore::open`], with the readers' snapshot life given.
+    async fn open_with(
+        path: &Path,
+        max_connections: u32,
+        snapshot_life: Duration,
+    ) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let (writer_conn, first_reader) = tokio::task::spawn_blocking({
             let path = path.clone();
@@ -218,14 +229,15 @@ impl SqliteStore {
         })
         .await
         .map_err(unavailable)??;
-        let readers = Readers {
+        let readers = Arc::new(Readers::new(
             path,
-            idle: Mutex::new(vec![first_reader]),
-            max_idle: max_connections.max(1) as usize,
-        };
+            vec![first_reader],
+            max_connections.max(1) as usize,
+            snapshot_life,
+        ));
         Ok(SqliteStore {
-            readers: Arc::new(readers),
-            writer: Writer::start(writer_conn)?,
+            writer: Writer::start(writer_conn, readers.clone())?,
+            readers,
         })
     }
 

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
@@ -329,11 +329,12 @@ async fn file_with_one_grant(path: &Path) -> TokenHash {
 
 fn store_with_readers(path: &Path, idle: Vec<Connection>) -> SqliteStore {
     SqliteStore {
-        readers: Arc::new(Readers {
-            path: path.to_path_buf(),
-            idle: Mutex::new(idle),
-            max_idle: 4,
-        }),
+        readers: Arc::new(Readers::new(
+            path.to_path_buf(),
+            idle,
+            4,
+            super::readers::SNAPSHOT_LIFE,
+        )),
         writer: Writer {
             jobs: None,
             thread: None,
@@ -553,4 +554,124 @@ async fn mapped_readers_find_what_was_written_after_they_mapped_the_file() {
         .await
         .expect("the store answers")
         .is_none());
+}
+
+/// A store whose readers keep a read transaction for `life`.
+async fn open_keeping(dir: &tempfile::TempDir, life: Duration) -> Arc<SqliteStore> {
+    let store = SqliteStore::open_with(&dir.path().join("store.db"), 4, life).await;
+    Arc::new(store.expect("the store opens on a fresh file"))
+}
+
+fn leases(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT count(*) FROM leases", [], |r| r.get(0))
+}
+
+/// A reader keeps its snapshot across reads; a write this store made ends
+/// it, even one made while that reader was busy (so that the writer could
+/// not end the snapshot itself): the first read after the write sees it.
+#[tokio::test]
+async fn a_read_after_a_write_sees_it_though_its_reader_kept_an_older_snapshot() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = open_keeping(&dir, Duration::from_secs(60)).await;
+    let hash = hash_token("", "t");
+    let during = store
+        .readers
+        .read_inline(&|conn| {
+            // The snapshot is taken here, before the write.
+            let before = leases(conn)?;
+            futures::executor::block_on(store.create_grant(&grant("g"), &[access("t")]))
+                .expect("the store answers");
+            Ok(before)
+        })
+        .expect("an idle reader")
+        .expect("SQLite reads");
+    assert_eq!(during, 0);
+    let found = store.find_token(&hash).await.expect("the store answers");
+    assert_eq!(found.map(|(_, g)| g.id).as_deref(), Some("g"));
+
+    // The same with a revocation: the next read says revoked.
+    assert!(
+        !store
+            .find_grant("g")
+            .await
+            .expect("answers")
+            .expect("found")
+            .revoked
+    );
+    store.revoke_grant("g").await.expect("the store answers");
+    assert!(
+        store
+            .find_grant("g")
+            .await
+            .expect("answers")
+            .expect("found")
+            .revoked
+    );
+}
+
+/// Writes of another process are not counted by this store's writer: a
+/// kept snapshot misses them for its life at most.
+#[tokio::test]
+async fn a_write_by_another_process_is_seen_once_the_kept_snapshot_is_past_its_life() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let life = Duration::from_millis(200);
+    let store = open_keeping(&dir, life).await;
+    let read = || {
+        store
+            .readers
+            .read_inline(&leases)
+            .expect("an idle reader")
+            .expect("SQLite reads")
+    };
+    assert_eq!(read(), 0, "a snapshot is kept from here");
+    let other = Connection::open(dir.path().join("store.db")).expect("open the store file");
+    other
+        .execute(
+            "INSERT INTO leases (key, holder, until) VALUES ('k', 'other', 0)",
+            [],
+        )
+        .expect("SQLite runs the statement");
+    let written = Instant::now();
+    // Within its life the kept snapshot may still answer; after it, never.
+    while read() == 0 {
+        assert!(
+            written.elapsed() < life + Duration::from_secs(2),
+            "the other process's write is still unseen after {:?}",
+            written.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        written.elapsed() >= Duration::from_millis(150),
+        "the snapshot was kept"
+    );
+}
+
+/// Readers that keep snapshots must not keep the write-ahead log from
+/// being checkpointed and started over: under writes and reads in turn the
+/// log stays at SQLite's checkpoint size, not the sum of what was written.
+#[tokio::test]
+async fn kept_snapshots_do_not_keep_the_write_ahead_log_from_starting_over() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = open_keeping(&dir, Duration::from_secs(60)).await;
+    for i in 0..3000 {
+        store
+            .create_grant(&grant(&format!("g{i}")), &[access(&format!("t{i}"))])
+            .await
+            .expect("the store answers");
+        assert!(store
+            .find_token(&hash_token("", &format!("t{i}")))
+            .await
+            .expect("the store answers")
+            .is_some());
+    }
+    let wal = std::fs::metadata(dir.path().join("store.db-wal"))
+        .expect("the log's size")
+        .len();
+    // SQLite checkpoints at 1,000 pages of 4 KiB; 3,000 writes of a grant
+    // and a token (several pages each) are far more than that.
+    assert!(
+        wal < 6 * 1024 * 1024,
+        "the log started over instead of growing: {wal} bytes"
+    );
 }

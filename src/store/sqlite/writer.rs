@@ -3,12 +3,13 @@
 //! per write (see the store's module comment).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::readers::Readers;
 use super::{unavailable, MAX_BATCH};
 use crate::store::StoreError;
 
@@ -84,11 +85,13 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn start(conn: Connection) -> Result<Self, StoreError> {
+    /// Starts the writer thread on `conn`; it tells `readers` when their
+    /// kept snapshots must end (see the readers' module comment).
+    pub(super) fn start(conn: Connection, readers: Arc<Readers>) -> Result<Self, StoreError> {
         let (jobs, queue) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".to_string())
-            .spawn(move || run_writer(conn, queue))
+            .spawn(move || run_writer(conn, &readers, queue))
             .map_err(|e| unavailable(format!("cannot start the SQLite writer thread: {e}")))?;
         Ok(Writer {
             jobs: Some(jobs),
@@ -117,7 +120,7 @@ impl Drop for Writer {
     }
 }
 
-fn run_writer(conn: Connection, queue: mpsc::Receiver<Box<dyn WriteJob>>) {
+fn run_writer(conn: Connection, readers: &Readers, queue: mpsc::Receiver<Box<dyn WriteJob>>) {
     // `recv` fails once the store is dropped and the queue is empty.
     while let Ok(first) = queue.recv() {
         let mut batch = Vec::with_capacity(16);
@@ -128,7 +131,7 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Box<dyn WriteJob>>) {
                 Err(_) => break,
             }
         }
-        run_batch(&conn, batch);
+        run_batch(&conn, readers, batch);
     }
 }
 
@@ -151,11 +154,12 @@ fn abandon(conn: &Connection) {
 }
 
 /// Runs the writes of one batch in one transaction and answers them.
-fn run_batch(conn: &Connection, batch: Vec<Box<dyn WriteJob>>) {
+fn run_batch(conn: &Connection, readers: &Readers, batch: Vec<Box<dyn WriteJob>>) {
     // The writes of the open transaction, answered when it ends.
     let mut in_transaction: Vec<Box<dyn WriteJob>> = Vec::with_capacity(batch.len());
     for mut job in batch {
         if conn.is_autocommit() {
+            readers.end_idle_snapshots();
             if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
                 job.answer(Some(&rolled_back(e)));
                 continue;
@@ -177,7 +181,11 @@ fn run_batch(conn: &Connection, batch: Vec<Box<dyn WriteJob>>) {
     if conn.is_autocommit() {
         return;
     }
-    match exec(conn, "COMMIT") {
+    let committed = exec(conn, "COMMIT");
+    // Counted before anyone is answered: a read that starts after an answer
+    // does not use a snapshot from before the commit.
+    readers.write_ended();
+    match committed {
         Ok(()) => {
             for done in in_transaction {
                 done.answer(None);

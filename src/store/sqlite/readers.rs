@@ -8,8 +8,8 @@
 //! bookkeeping) each time. The snapshot it holds is ended before a read
 //! when it may miss a write that matters:
 //!
-//! - a write of this process's writer ended after it began ([`Readers::writes`],
-//!   counted by the writer after every batch before any caller is
+//! - this store's writer committed after it began ([`Readers::writes`],
+//!   counted by the writer after every commit, before any caller is
 //!   answered): a read that starts after a write was answered sees it;
 //! - it is older than [`Readers::snapshot_life`] ([`SNAPSHOT_LIFE`]): writes
 //!   of other processes (`refgate key rotate-signing`, an operator's
@@ -116,7 +116,8 @@ pub(super) struct Readers {
     /// cache) serves every read.
     pub(super) idle: Mutex<Vec<Reader>>,
     pub(super) max_idle: usize,
-    /// Write batches the writer has ended (committed or rolled back).
+    /// Commits the writer has made or tried (a batch that never got as far
+    /// as its commit changed nothing).
     pub(super) writes: AtomicU64,
     /// How long a kept read transaction may serve reads.
     pub(super) snapshot_life: Duration,
@@ -162,8 +163,8 @@ impl Readers {
         }
     }
 
-    /// Called by the writer after each batch, committed or not, before it
-    /// answers the batch's callers.
+    /// Called by the writer after each commit, whether it succeeded or not,
+    /// before it answers the batch's callers.
     pub(super) fn write_ended(&self) {
         self.writes.fetch_add(1, Ordering::Release);
     }

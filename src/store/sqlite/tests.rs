@@ -623,6 +623,7 @@ async fn a_write_by_another_process_is_seen_once_the_kept_snapshot_is_past_its_l
             .expect("an idle reader")
             .expect("SQLite reads")
     };
+    let kept_since = Instant::now();
     assert_eq!(read(), 0, "a snapshot is kept from here");
     let other = Connection::open(dir.path().join("store.db")).expect("open the store file");
     other
@@ -635,15 +636,15 @@ async fn a_write_by_another_process_is_seen_once_the_kept_snapshot_is_past_its_l
     // Within its life the kept snapshot may still answer; after it, never.
     while read() == 0 {
         assert!(
-            written.elapsed() < life + Duration::from_secs(2),
+            written.elapsed() < life + Duration::from_secs(10),
             "the other process's write is still unseen after {:?}",
             written.elapsed()
         );
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(
-        written.elapsed() >= Duration::from_millis(150),
-        "the snapshot was kept"
+        kept_since.elapsed() >= life,
+        "the snapshot served reads for its life"
     );
 }
 

@@ -8,12 +8,12 @@
 # in the proxy, set beside the lookup alone and the budget a cold/hot
 # req/s ratio of 0.9 leaves.
 
+BEGIN { FS = "[ \t]+" }
+
 FNR == NR {
     ns[$1] = $2
     next
 }
-
-BEGIN { FS = "[ \t]+" }
 
 $2 == 16 && $1 == "refgate-hot" { hot[$3] = $9 }
 $2 == 16 && $1 == "refgate-cold" { cold[$3] = $9 }

@@ -8,7 +8,7 @@
 //! bookkeeping) each time. The snapshot it holds is ended before a read
 //! when it may miss a write that matters:
 //!
-//! - this store's writer committed after it began ([`Readers::writes`],
+//! - this store's writer committed after it began ([`Readers::commits`],
 //!   counted by the writer after every commit, before any caller is
 //!   answered): a read that starts after a write was answered sees it;
 //! - it is older than [`Readers::snapshot_life`] ([`SNAPSHOT_LIFE`]): writes
@@ -57,8 +57,8 @@ pub(super) const SNAPSHOT_LIFE: Duration = Duration::from_millis(1);
 #[derive(Debug, Clone, Copy)]
 struct Snapshot {
     began: Instant,
-    /// [`Readers::writes`] when it began.
-    writes: u64,
+    /// [`Readers::commits`] when it began.
+    commits: u64,
 }
 
 /// A reader connection and the read transaction it keeps, if any.
@@ -92,7 +92,7 @@ impl Reader {
 
     /// Opens a read transaction to keep, unless one is open; its snapshot
     /// is taken by the first read in it.
-    fn keep_snapshot(&mut self, writes: u64) {
+    fn keep_snapshot(&mut self, commits: u64) {
         if self.snapshot.is_none()
             && self
                 .conn
@@ -102,7 +102,7 @@ impl Reader {
         {
             self.snapshot = Some(Snapshot {
                 began: Instant::now(),
-                writes,
+                commits,
             });
         }
     }
@@ -118,9 +118,9 @@ pub(super) struct Readers {
     pub(super) max_idle: usize,
     /// Commits the writer has made or tried (a batch that never got as far
     /// as its commit changed nothing).
-    pub(super) writes: AtomicU64,
+    commits: AtomicU64,
     /// How long a kept read transaction may serve reads.
-    pub(super) snapshot_life: Duration,
+    snapshot_life: Duration,
 }
 
 fn is_locked<T>(result: &rusqlite::Result<T>) -> bool {
@@ -144,7 +144,7 @@ impl Readers {
             path,
             idle: Mutex::new(idle.into_iter().map(Reader::new).collect()),
             max_idle,
-            writes: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
             snapshot_life,
         }
     }
@@ -165,8 +165,8 @@ impl Readers {
 
     /// Called by the writer after each commit, whether it succeeded or not,
     /// before it answers the batch's callers.
-    pub(super) fn write_ended(&self) {
-        self.writes.fetch_add(1, Ordering::Release);
+    pub(super) fn committed(&self) {
+        self.commits.fetch_add(1, Ordering::Release);
     }
 
     /// Called by the writer before it begins a transaction: idle readers
@@ -190,26 +190,22 @@ impl Readers {
         query: &impl Fn(&Connection) -> rusqlite::Result<T>,
     ) -> Option<Result<T, StoreError>> {
         let mut reader = self.take_idle()?;
-        // Read before the snapshot is taken: a write counted later ends it.
-        let writes = self.writes.load(Ordering::Acquire);
+        // Read before the snapshot is taken: a commit counted later ends it.
+        let commits = self.commits.load(Ordering::Acquire);
         if let Some(kept) = reader.snapshot {
-            if (kept.writes != writes || kept.began.elapsed() > self.snapshot_life)
+            if (kept.commits != commits || kept.began.elapsed() > self.snapshot_life)
                 && !reader.end_snapshot()
             {
                 return None;
             }
         }
-        reader.keep_snapshot(writes);
+        reader.keep_snapshot(commits);
         let result = query(&reader.conn);
-        // A read that failed may have left the transaction in any state.
-        if result.is_err() && !reader.end_snapshot() {
-            return if is_locked(&result) {
-                None
-            } else {
-                Some(result.map_err(unavailable))
-            };
+        // A read that failed may have left the transaction in any state: it
+        // is ended, and a reader that cannot end it is not kept.
+        if result.is_ok() || reader.end_snapshot() {
+            self.put_back(reader);
         }
-        self.put_back(reader);
         if is_locked(&result) {
             return None;
         }

@@ -50,8 +50,7 @@ fn access(name: &str) -> NewToken {
 }
 
 async fn open(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
-    let store = SqliteStore::open(&dir.path().join("store.db"), 4).await;
-    Arc::new(store.expect("the store opens on a fresh file"))
+    open_keeping(dir, super::readers::SNAPSHOT_LIFE).await
 }
 
 #[tokio::test]

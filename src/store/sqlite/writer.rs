@@ -184,7 +184,7 @@ fn run_batch(conn: &Connection, readers: &Readers, batch: Vec<Box<dyn WriteJob>>
     let committed = exec(conn, "COMMIT");
     // Counted before anyone is answered: a read that starts after an answer
     // does not use a snapshot from before the commit.
-    readers.write_ended();
+    readers.committed();
     match committed {
         Ok(()) => {
             for done in in_transaction {

@@ -48,11 +48,17 @@ fn is_shell_script(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The script bench/run builds its binaries with.
+fn build_release_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-release")
+}
+
 #[test]
 fn every_bench_shell_script_parses() {
-    let scripts = bench_files(&is_shell_script);
+    let mut scripts = bench_files(&is_shell_script);
     let run = bench_dir().join("run");
     assert!(scripts.contains(&run), "bench/run is missing: {scripts:?}");
+    scripts.push(build_release_script());
     for script in &scripts {
         let output = Command::new("bash")
             .arg("-n")
@@ -69,13 +75,15 @@ fn every_bench_shell_script_parses() {
 }
 
 #[test]
-fn bench_run_is_executable() {
+fn bench_run_and_its_build_script_are_executable() {
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(bench_dir().join("run"))
-        .expect("bench/run exists")
-        .permissions()
-        .mode();
-    assert!(mode & 0o111 != 0, "bench/run is not executable");
+    for script in [bench_dir().join("run"), build_release_script()] {
+        let mode = std::fs::metadata(&script)
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()))
+            .permissions()
+            .mode();
+        assert!(mode & 0o111 != 0, "{} is not executable", script.display());
+    }
 }
 
 /// A Lua compiler that only checks syntax: LuaJIT (what wrk embeds) first.

@@ -110,12 +110,12 @@ impl Reader {
 
 /// The reader connections, idle ones kept for reuse.
 pub(super) struct Readers {
-    pub(super) path: PathBuf,
+    path: PathBuf,
     /// Idle connections, each with no busy timeout. The last one pushed is
     /// the next one taken, so under light load one connection (and its page
     /// cache) serves every read.
     pub(super) idle: Mutex<Vec<Reader>>,
-    pub(super) max_idle: usize,
+    max_idle: usize,
     /// Commits the writer has made or tried (a batch that never got as far
     /// as its commit changed nothing).
     commits: AtomicU64,

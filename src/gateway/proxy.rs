@@ -547,8 +547,10 @@ fn prepare_upstream_request(session: &Session, upstream: &mut RequestHeader, ctx
         } else {
             None
         };
-        let _ = upstream.insert_header(
+        replace_header(
+            upstream,
             http::header::HOST,
+            "Host",
             host.unwrap_or_else(|| entry.upstream_host.clone()),
         );
     }
@@ -558,12 +560,36 @@ fn prepare_upstream_request(session: &Session, upstream: &mut RequestHeader, ctx
         .clone()
         .or_else(|| ctx.credential.as_ref().and_then(|c| c.header_value()))
     {
-        Some(header) => {
-            let _ = upstream.insert_header(AUTHORIZATION_HEADER, header);
-        }
+        Some(header) => replace_header(
+            upstream,
+            http::header::AUTHORIZATION,
+            AUTHORIZATION_HEADER,
+            header,
+        ),
         None => strip_reference_token(upstream),
     }
-    let _ = upstream.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str());
+    if let Ok(id) = http::HeaderValue::from_str(&ctx.request_id) {
+        replace_header(upstream, REQUEST_ID_NAME, REQUEST_ID_HEADER, id);
+    }
+}
+
+/// Sets the header `name` to `value`. When the request carries exactly one
+/// such header (a client's `Host`, a bearer token's `Authorization`: the
+/// usual case) its value is replaced where it is (pingora's
+/// `replace_single_header_value`, refgate's patch: one hashed lookup, the
+/// name as the client spelled it); otherwise through `insert_header`,
+/// which parses the name again, updates both of pingora's maps (values, and
+/// names with their case) and drops repeats. `spelled` is the name for
+/// that insert (see [`AUTHORIZATION_HEADER`]).
+fn replace_header(
+    upstream: &mut RequestHeader,
+    name: http::HeaderName,
+    spelled: &'static str,
+    value: http::HeaderValue,
+) {
+    if let Err(value) = upstream.replace_single_header_value(name, value) {
+        let _ = upstream.insert_header(spelled, value);
+    }
 }
 
 /// Headers an upstream may trust to describe the client. Whatever the
@@ -616,6 +642,7 @@ fn set_forwarding_headers(session: &Session, upstream: &mut RequestHeader, ctx: 
 /// allocation, where a `&'static str` is kept as it is. The upstream sees
 /// the same lower-case name either way.
 const REQUEST_ID_HEADER: &str = "x-request-id";
+const REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
 const AUTHORIZATION_HEADER: &str = "authorization";
 
 /// `X-Forwarded-Proto`'s two values, static: no copy and no check per

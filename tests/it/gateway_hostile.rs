@@ -833,3 +833,90 @@ async fn hop_by_hop_headers_stay_with_the_client_connection() {
     assert_still_serving(&server, &token, &upstream).await;
     assert_no_panic(&server);
 }
+
+/// The headers refgate sets in place of the client's (`Host`,
+/// `Authorization`, `x-request-id`) are replaced whatever case the client
+/// spelled their names in and wherever they stand among the others: the
+/// upstream gets each exactly once, with refgate's value, and every other
+/// header as sent; with two `x-request-id` headers, one id, the same up
+/// and down.
+#[tokio::test]
+async fn headers_refgate_sets_replace_the_clients_in_any_spelling() {
+    let upstream = Upstream::start().await;
+    let server = start(&upstream);
+    let token = server.token_with_photos().await;
+    let expected_host = format!("127.0.0.1:{}", upstream.port);
+    // The ids each case may be answered with (none listed: one refgate
+    // made, not what the client sent).
+    let given: &[&str] = &["given-id.1"];
+    let fresh: &[&str] = &[];
+    let either: &[&str] = &["one", "two"];
+    for (case, head, ids) in [
+        (
+            "odd case, refgate's headers between others",
+            format!(
+                "GET /photos/hop HTTP/1.1\r\nX-First: 1\r\nhOsT: api.example.com\r\nX-Before: 2\r\n\
+                 AUTHORIZATION: Bearer {token}\r\nX-REQUEST-ID: given-id.1\r\nX-After: 3\r\n\r\n"
+            ),
+            given,
+        ),
+        (
+            "lower case, an id refgate does not take",
+            format!(
+                "GET /photos/hop HTTP/1.1\r\nhost: 127.0.0.1\r\nX-First: 1\r\nX-Before: 2\r\n\
+                 x-request-id: not a sane id\r\nauthorization: bearer {token}\r\nX-After: 3\r\n\r\n"
+            ),
+            fresh,
+        ),
+        (
+            "two ids",
+            format!(
+                "GET /photos/hop HTTP/1.1\r\nHost: 127.0.0.1\r\nX-First: 1\r\nX-Request-Id: one\r\n\
+                 X-Before: 2\r\nAuthorization: Bearer {token}\r\nX-Request-Id: two\r\nX-After: 3\r\n\r\n"
+            ),
+            either,
+        ),
+    ] {
+        upstream.clear();
+        let reply = send_raw(server.proxy_port, head.as_bytes())
+            .await
+            .expect("an answer");
+        assert_eq!(reply.status, 200, "{case}: {reply:?}");
+        let seen = upstream.requests();
+        assert_eq!(seen.len(), 1, "{case}: {seen:?}");
+        let sent = &seen[0];
+        assert_eq!(
+            sent.header("authorization").as_deref(),
+            Some("Bearer down-abc"),
+            "{case}"
+        );
+        assert_eq!(sent.header("host"), Some(expected_host.clone()), "{case}");
+        let answered_id = reply.header("x-request-id").expect("a request id");
+        assert_eq!(
+            sent.header("x-request-id").as_deref(),
+            Some(answered_id),
+            "{case}"
+        );
+        if ids.is_empty() {
+            assert!(
+                !answered_id.is_empty() && answered_id != "not a sane id",
+                "{case}: {answered_id}"
+            );
+        } else {
+            assert!(ids.contains(&answered_id), "{case}: {answered_id}");
+        }
+        for (name, value) in [("x-first", "1"), ("x-before", "2"), ("x-after", "3")] {
+            assert_eq!(sent.header(name).as_deref(), Some(value), "{case}: {name}");
+        }
+        for name in [
+            "host",
+            "authorization",
+            "x-request-id",
+            "x-first",
+            "x-before",
+            "x-after",
+        ] {
+            assert_eq!(sent.header_count(name), 1, "{case}: {name}: {sent:?}");
+        }
+    }
+}

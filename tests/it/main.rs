@@ -37,6 +37,7 @@ mod introspection_revocation;
 mod layering;
 mod mutate_grant;
 mod phantom_routes;
+mod postgres_store;
 mod refresh;
 mod restart;
 mod signed_tokens;

@@ -1,0 +1,130 @@
+//! The PostgreSQL store's token lookups under concurrent callers, through
+//! the `Store` trait, on a real database: more lookups at once than the
+//! store has lookup connections, so that they wait for a turn, some of them
+//! abandoned midway (a lookup abandoned during its query drops its
+//! connection with it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use refgate::crypto::{hash_token, TokenKind};
+use refgate::store::{GrantRecord, NewToken, PostgresStore, Store};
+
+use crate::common::PgDatabase;
+
+const NOW: i64 = 1_900_000_000;
+
+/// Tokens `access-0` … stored, each with a grant of its own; the names
+/// from `STORED` on are asked for but were never stored.
+const STORED: usize = 50;
+const ASKED: usize = 60;
+
+fn grant(i: usize) -> GrantRecord {
+    GrantRecord {
+        id: format!("g{i}"),
+        client_id: "client-a".to_string(),
+        subject: format!("subject-{i}"),
+        scopes: vec!["photos.read".to_string()],
+        version: 1,
+        created_at: NOW,
+        ..GrantRecord::default()
+    }
+}
+
+/// A store with one lookup connection (`max_connections = 2`: half for
+/// lookups), holding the `STORED` tokens.
+async fn store_with_tokens(db: &PgDatabase) -> Arc<PostgresStore> {
+    let store = Arc::new(
+        PostgresStore::open(&db.url, 2)
+            .await
+            .expect("the store opens on an empty database"),
+    );
+    for i in 0..STORED {
+        let token = NewToken {
+            hash: hash_token("", &format!("access-{i}")),
+            kind: TokenKind::Access,
+            scopes: None,
+            issued_at: NOW,
+            expires_at: NOW + 3600,
+        };
+        store
+            .create_grant(&grant(i), &[token])
+            .await
+            .expect("grant stored");
+    }
+    store
+}
+
+/// Looks token `i` up and checks the answer is that token's: its grant
+/// and subject, or nothing for a token never stored.
+async fn look_up_and_check(store: &PostgresStore, i: usize) {
+    let hash = hash_token("", &format!("access-{i}"));
+    let found = store.find_token(&hash).await.expect("the lookup succeeds");
+    match found {
+        Some((token, grant)) => {
+            assert!(i < STORED, "token {i} was never stored, yet found");
+            assert_eq!(token.hash, hash, "token {i}: another token's record");
+            assert_eq!(token.grant_id, format!("g{i}"));
+            assert_eq!(grant.id, format!("g{i}"));
+            assert_eq!(grant.subject, format!("subject-{i}"));
+        }
+        None => assert!(i >= STORED, "token {i} is stored, yet not found"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lookups_waiting_for_a_connection_each_get_their_own_token() {
+    let db = PgDatabase::create();
+    let store = store_with_tokens(&db).await;
+    // 600 at once on one lookup connection: nearly all of them wait for
+    // it, each token asked for ten times.
+    let lookups: Vec<_> = (0..600)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { look_up_and_check(&store, n % ASKED).await })
+        })
+        .collect();
+    for lookup in lookups {
+        tokio::time::timeout(Duration::from_secs(30), lookup)
+            .await
+            .expect("every lookup is answered")
+            .expect("and gets its own token");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lookups_abandoned_midway_leave_the_others_answered() {
+    let db = PgDatabase::create();
+    let store = store_with_tokens(&db).await;
+    for round in 0..10u64 {
+        let lookups: Vec<_> = (0..200)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move { look_up_and_check(&store, n % ASKED).await })
+            })
+            .collect();
+        // Every third one abandoned, at moments spread over the time the
+        // others take: waiting for a turn, or in the middle of its query.
+        let mut kept = Vec::new();
+        for (n, lookup) in lookups.into_iter().enumerate() {
+            if n % 3 == 0 {
+                tokio::time::sleep(Duration::from_micros((n as u64 * 37 + round * 101) % 400))
+                    .await;
+                lookup.abort();
+            } else {
+                kept.push(lookup);
+            }
+        }
+        for lookup in kept {
+            match tokio::time::timeout(Duration::from_secs(30), lookup).await {
+                Ok(answered) => answered.expect("a lookup not abandoned gets its own token"),
+                Err(_) => panic!("round {round}: a lookup was never answered"),
+            }
+        }
+    }
+    // No turn was lost with an abandoned lookup, and a connection dropped
+    // midway was replaced: one more lookup alone is answered at once.
+    tokio::time::timeout(Duration::from_secs(5), look_up_and_check(&store, 7))
+        .await
+        .expect("the connection's turn came back");
+}

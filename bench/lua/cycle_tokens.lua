@@ -1,9 +1,7 @@
 -- Cold path: every request carries the next of many distinct reference
 -- tokens (one per line in $BENCH_TOKENS), so a cache that cannot hold them
 -- misses every time. Requests are formatted once in init(): per-request Lua
--- work would make wrk, not the proxy, the bottleneck. With BENCH_ONCE set
--- (the warm-up) the run stops once as many answers as there are tokens
--- have come back: every token asked for once.
+-- work would make wrk, not the proxy, the bottleneck.
 dofile(os.getenv("BENCH_LUA") .. "/report.lua")
 
 local requests = {}
@@ -22,18 +20,6 @@ function init(args)
   end
   -- Threads start at different places in the list.
   next_index = math.random(#requests)
-end
-
--- Defined only then: wrk hands every answer to Lua when response() exists,
--- work the measured runs must not pay.
-if os.getenv("BENCH_ONCE") then
-  local answered = 0
-  function response()
-    answered = answered + 1
-    if answered >= #requests then
-      wrk.thread:stop()
-    end
-  end
 end
 
 function request()

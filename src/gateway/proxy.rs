@@ -281,7 +281,11 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let _ = response.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str());
+        let _ = response.insert_parsed_header(
+            REQUEST_ID_NAME,
+            REQUEST_ID_HEADER,
+            ctx.request_id.as_str(),
+        );
         if self.drain.draining() {
             // Shutting down: let clients reconnect elsewhere.
             session.set_keepalive(None);
@@ -577,18 +581,17 @@ fn prepare_upstream_request(session: &Session, upstream: &mut RequestHeader, ctx
 /// such header (a client's `Host`, a bearer token's `Authorization`: the
 /// usual case) its value is replaced where it is (pingora's
 /// `replace_single_header_value`, refgate's patch: one hashed lookup, the
-/// name as the client spelled it); otherwise through `insert_header`,
-/// which parses the name again, updates both of pingora's maps (values, and
-/// names with their case) and drops repeats. `spelled` is the name for
-/// that insert (see [`AUTHORIZATION_HEADER`]).
+/// name as the client spelled it); otherwise inserted, which updates both
+/// of pingora's maps (values, and names with their case) and drops
+/// repeats, the name sent as `spelled` (see [`REQUEST_ID_HEADER`]).
 fn replace_header(
     upstream: &mut RequestHeader,
     name: http::HeaderName,
     spelled: &'static str,
     value: http::HeaderValue,
 ) {
-    if let Err(value) = upstream.replace_single_header_value(name, value) {
-        let _ = upstream.insert_header(spelled, value);
+    if let Err(value) = upstream.replace_single_header_value(name.clone(), value) {
+        let _ = upstream.insert_parsed_header(name, spelled, value);
     }
 }
 
@@ -623,26 +626,35 @@ fn set_forwarding_headers(session: &Session, upstream: &mut RequestHeader, ctx: 
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
     {
-        let _ = upstream.insert_header("x-forwarded-for", super::text::ip(ip));
+        let _ =
+            upstream.insert_parsed_header(X_FORWARDED_FOR, "x-forwarded-for", super::text::ip(ip));
     }
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    let _ = upstream.insert_header("x-forwarded-proto", if tls { HTTPS } else { HTTP });
+    let _ = upstream.insert_parsed_header(
+        X_FORWARDED_PROTO,
+        "x-forwarded-proto",
+        if tls { HTTPS } else { HTTP },
+    );
     if let Some(host) = ctx
         .client_host
         .as_deref()
         .and_then(|h| http::HeaderValue::from_str(h).ok())
     {
-        let _ = upstream.insert_header("x-forwarded-host", host);
+        let _ = upstream.insert_parsed_header(X_FORWARDED_HOST, "x-forwarded-host", host);
     }
 }
 
-/// Names of headers refgate sets, as pingora's `insert_header` takes them
-/// most cheaply: it parses a name again whatever it is given, and copies a
-/// `HeaderName` it cannot title-case (these two among them) into a new
-/// allocation, where a `&'static str` is kept as it is. The upstream sees
-/// the same lower-case name either way.
+/// Headers refgate sets: each name parsed once, here (a name made
+/// `from_static` allocates nothing), and spelled for the wire as a
+/// `&'static str`, which pingora keeps as it is. pingora's
+/// `insert_parsed_header` (refgate's patch) takes both; its
+/// `insert_header` would parse the name again and allocate a copy of each
+/// name the `http` crate does not know.
 const REQUEST_ID_HEADER: &str = "x-request-id";
 const REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
 const AUTHORIZATION_HEADER: &str = "authorization";
 
 /// `X-Forwarded-Proto`'s two values, static: no copy and no check per

@@ -231,6 +231,28 @@ impl RequestHeader {
         )
     }
 
+    /// Insert the header `name`, parsed already, sent as `spelled` (`name` in the case it is to
+    /// be sent in). Like [Self::insert_header()], without parsing the name again: for a name
+    /// made once, such as a `HeaderName::from_static`, nothing is parsed or allocated for it.
+    /// A `spelled` that is not `name` in some case is an error, and nothing changes.
+    pub fn insert_parsed_header(
+        &mut self,
+        name: HeaderName,
+        spelled: impl IntoCaseHeaderName,
+        value: impl TryInto<HeaderValue>,
+    ) -> Result<()> {
+        let header_value = value
+            .try_into()
+            .explain_err(InvalidHTTPHeader, |_| "invalid value while insert")?;
+        insert_parsed_header_value(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            name,
+            spelled,
+            header_value,
+        )
+    }
+
     /// Replace the value of the header `name` where it is, when `self` holds exactly one header
     /// under that name: its name keeps the case it was received in and its place among the
     /// others, and nothing is parsed or allocated. Otherwise (no such header, or several) nothing
@@ -600,6 +622,28 @@ impl ResponseHeader {
         )
     }
 
+    /// Insert the header `name`, parsed already, sent as `spelled` (`name` in the case it is to
+    /// be sent in). Like [Self::insert_header()], without parsing the name again: for a name
+    /// made once, such as a `HeaderName::from_static`, nothing is parsed or allocated for it.
+    /// A `spelled` that is not `name` in some case is an error, and nothing changes.
+    pub fn insert_parsed_header(
+        &mut self,
+        name: HeaderName,
+        spelled: impl IntoCaseHeaderName,
+        value: impl TryInto<HeaderValue>,
+    ) -> Result<()> {
+        let header_value = value
+            .try_into()
+            .explain_err(InvalidHTTPHeader, |_| "invalid value while insert")?;
+        insert_parsed_header_value(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            name,
+            spelled,
+            header_value,
+        )
+    }
+
     /// Replace the value of the header `name` where it is, when `self` holds exactly one header
     /// under that name: its name keeps the case it was received in and its place among the
     /// others, and nothing is parsed or allocated. Otherwise (no such header, or several) nothing
@@ -924,6 +968,31 @@ fn insert_header_value<T>(
     Ok(())
 }
 
+#[inline]
+fn insert_parsed_header_value<T>(
+    name_map: Option<&mut CaseMap>,
+    value_map: &mut HMap<T>,
+    name: HeaderName,
+    spelled: impl IntoCaseHeaderName,
+    value: T,
+) -> Result<()> {
+    let case_header_name = spelled.into_case_header_name();
+    if !case_header_name
+        .as_slice()
+        .eq_ignore_ascii_case(name.as_str().as_bytes())
+    {
+        return pingora_error::Error::e_explain(
+            InvalidHTTPHeader,
+            "header name spelled as another name",
+        );
+    }
+    if let Some(name_map) = name_map {
+        name_map.insert(name.clone(), case_header_name);
+    }
+    value_map.insert(name, value);
+    Ok(())
+}
+
 // Only the value map changes: the case map still holds one name for the one value, in the same
 // place, so iterating both together stays in step.
 #[inline]
@@ -1107,6 +1176,32 @@ mod tests {
         assert_eq!(8, http_header_map_upper_bound(None));
         assert_eq!(16, http_header_map_upper_bound(Some(16)));
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
+    }
+
+    #[test]
+    fn test_insert_parsed_header() {
+        const X_ID: HeaderName = HeaderName::from_static("x-id");
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("X-Id", "1").unwrap();
+        req.append_header("x-id", "2").unwrap();
+        req.append_header("Other", "o").unwrap();
+        // every value under the name replaced by one, as insert_header does
+        req.insert_parsed_header(X_ID, "x-ID", "3").unwrap();
+        req.insert_parsed_header(http::header::HOST, "Host", "h")
+            .unwrap();
+        // a spelling of another name: refused, nothing changed
+        assert!(req.insert_parsed_header(X_ID, "x-other", "4").is_err());
+        assert!(req.insert_parsed_header(X_ID, "x-i", "4").is_err());
+        let mut buf: Vec<u8> = vec![];
+        req.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"x-ID: 3\r\nOther: o\r\nHost: h\r\n");
+        assert_eq!(req.headers.get_all("x-id").iter().count(), 1);
+
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_parsed_header(X_ID, "x-id", "r").unwrap();
+        let mut buf: Vec<u8> = vec![];
+        resp.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"x-id: r\r\n");
     }
 
     #[test]

@@ -12,19 +12,31 @@
 //! matters: handing it to another runtime and back cost the proxy thread
 //! two wake-ups and, on a busy machine, milliseconds of tail latency.
 //!
+//! A lookup queries only when it holds a turn, and there are at most as
+//! many turns as lookup connections (see [`turns`]). A lookup that finds
+//! every turn taken waits in line. When a lookup is done with its turn it
+//! hands it to the first in line, which then answers itself and up to
+//! [`BATCH`]` - 1` of those behind it with one query
+//! (`WHERE t.hash = ANY($1)`), and tells each of them its row. A waiting
+//! lookup wakes once, for its answer or for its turn; nothing waits to
+//! fill a batch, so a lookup that finds a turn free runs alone at once. A
+//! lookup abandoned while it answers for others passes its turn on, and
+//! those it was answering for line up again.
+//!
 //! When the server refuses a new connection because it has too many
 //! (its own `max_connections`, or a role's connection limit) while this
 //! instance has lookup connections open, the lookup waits for one of them
 //! to come back, up to [`WAIT_FOR_OWN`], instead of failing: a burst then
 //! runs on the connections the server allows.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
 use sqlx::{ConnectOptions, Row};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{oneshot, Notify};
 
 use super::postgres::{corrupt, grant_from_row, unavailable};
 use super::rows::{grant_columns, TokenRow};
@@ -40,12 +52,62 @@ const WAIT_FOR_OWN: Duration = Duration::from_secs(3);
 /// the role's or the database's connection limit.
 const TOO_MANY_CONNECTIONS: &str = "53300";
 
+/// At most this many tokens read by one query.
+const BATCH: usize = 32;
+
+/// A token with its grant, as a lookup answers.
+type Found = (TokenRecord, GrantRecord);
+type Answer = Result<Option<Found>, StoreError>;
+/// One row as read: its token with its grant, or why it cannot be read.
+type Read = Result<Found, StoreError>;
+
 pub(super) struct Lookups {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     options: PgConnectOptions,
-    /// At most this many lookups at a time, hence connections.
-    permits: Semaphore,
+    line: Mutex<Line>,
     idle: Mutex<Vec<Counted>>,
     count: Arc<Count>,
+}
+
+/// The turns and who waits for one.
+struct Line {
+    /// Turns nobody holds. Nobody waits while one is free.
+    free: usize,
+    waiting: VecDeque<Waiter>,
+}
+
+/// A lookup in line: its token, and where to tell it its answer or its
+/// turn.
+struct Waiter {
+    hash: TokenHash,
+    tell: oneshot::Sender<Told>,
+}
+
+enum Told {
+    /// Another lookup's query answered this one.
+    Answer(Box<Answer>),
+    /// This one is to query, for itself and those behind it.
+    Turn(Turn),
+}
+
+/// The right to run a query on one lookup connection. Dropped, wherever
+/// that happens (its lookup done or abandoned, or never received), it goes
+/// to the first lookup in line, or back among the free ones.
+struct Turn {
+    shared: Arc<Shared>,
+    /// False once it has been handed on.
+    held: bool,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.shared.pass_turn();
+        }
+    }
 }
 
 /// The lookup connections open now, idle or in use.
@@ -71,29 +133,147 @@ impl Drop for Counted {
 }
 
 impl Lookups {
-    /// At most `count` connections (made when first needed) to the server
-    /// of `options`.
-    pub fn new(options: PgConnectOptions, count: usize) -> Self {
+    /// At most `turns` queries at a time, each on a connection of its own
+    /// (made when first needed), to the server of `options`.
+    pub fn new(options: PgConnectOptions, turns: usize) -> Self {
+        // sqlx would otherwise format a summary of every lookup's SQL and
+        // build a `debug` event the log filter then drops. Slow lookups
+        // are still logged (at `warn`, after a second).
+        let options = options.log_statements(log::LevelFilter::Off);
         Lookups {
-            options,
-            permits: Semaphore::new(count.max(1)),
-            idle: Mutex::new(Vec::new()),
-            count: Arc::default(),
+            shared: Arc::new(Shared {
+                options,
+                line: Mutex::new(Line {
+                    free: turns.max(1),
+                    waiting: VecDeque::new(),
+                }),
+                idle: Mutex::new(Vec::new()),
+                count: Arc::default(),
+            }),
         }
     }
 
     /// A token with its grant.
-    pub async fn find_token(
-        &self,
-        hash: TokenHash,
-    ) -> Result<Option<(TokenRecord, GrantRecord)>, StoreError> {
-        let _turn = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Unavailable("token lookups are closed".into()))?;
+    pub async fn find_token(&self, hash: TokenHash) -> Answer {
+        loop {
+            let turn = match self.shared.turn_or_place(hash) {
+                Ok(turn) => turn,
+                Err(told) => match told.await {
+                    Ok(Told::Answer(answer)) => return *answer,
+                    Ok(Told::Turn(turn)) => turn,
+                    // The lookup answering for this one was abandoned.
+                    Err(_) => continue,
+                },
+            };
+            return self.shared.answer(turn, hash).await;
+        }
+    }
+}
+
+impl Shared {
+    fn line(&self) -> MutexGuard<'_, Line> {
+        self.line.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A free turn, or a place at the end of the line.
+    fn turn_or_place(self: &Arc<Self>, hash: TokenHash) -> Result<Turn, oneshot::Receiver<Told>> {
+        let mut line = self.line();
+        if line.free > 0 {
+            line.free -= 1;
+            return Ok(Turn {
+                shared: self.clone(),
+                held: true,
+            });
+        }
+        let (tell, told) = oneshot::channel();
+        line.waiting.push_back(Waiter { hash, tell });
+        Err(told)
+    }
+
+    /// Gives a turn that was let go to the first lookup in line still
+    /// waiting, or makes it free.
+    fn pass_turn(self: &Arc<Self>) {
+        loop {
+            let Some(next) = ({
+                let mut line = self.line();
+                let next = line.waiting.pop_front();
+                if next.is_none() {
+                    line.free += 1;
+                }
+                next
+            }) else {
+                return;
+            };
+            let turn = Turn {
+                shared: self.clone(),
+                held: true,
+            };
+            match next.tell.send(Told::Turn(turn)) {
+                Ok(()) => return,
+                // That one was abandoned: the next one.
+                Err(Told::Turn(mut turn)) => turn.held = false,
+                Err(Told::Answer(_)) => unreachable!("a turn was sent"),
+            }
+        }
+    }
+
+    /// Answers the lookup of `hash`, holding `turn`, and up to `BATCH - 1`
+    /// of those waiting in line, with one query.
+    async fn answer(self: &Arc<Self>, turn: Turn, hash: TokenHash) -> Answer {
+        let riders: Vec<Waiter> = {
+            let mut line = self.line();
+            let mut riders = Vec::new();
+            while riders.len() < BATCH - 1 {
+                let Some(waiter) = line.waiting.pop_front() else {
+                    break;
+                };
+                if !waiter.tell.is_closed() {
+                    riders.push(waiter);
+                }
+            }
+            riders
+        };
+        if riders.is_empty() {
+            let answer = self
+                .query(&[hash])
+                .await
+                .and_then(|mut rows| match rows.pop() {
+                    Some((_, row)) => row.map(Some),
+                    None => Ok(None),
+                });
+            drop(turn);
+            return answer;
+        }
+        let mut hashes = Vec::with_capacity(riders.len() + 1);
+        hashes.push(hash);
+        hashes.extend(riders.iter().map(|r| r.hash));
+        let rows = self.query(&hashes).await;
+        // The turn goes on before the answers: the next batch's query can
+        // be under way while these lookups resume.
+        drop(turn);
+        let answer_for = |hash: &TokenHash| -> Answer {
+            match &rows {
+                Ok(rows) => match rows.iter().find(|(h, _)| h == hash) {
+                    Some((_, Ok(found))) => Ok(Some(found.clone())),
+                    Some((_, Err(e))) => Err(again(e)),
+                    None => Ok(None),
+                },
+                Err(e) => Err(again(e)),
+            }
+        };
+        for rider in riders {
+            let _ = rider
+                .tell
+                .send(Told::Answer(Box::new(answer_for(&rider.hash))));
+        }
+        answer_for(&hash)
+    }
+
+    /// The rows of `hashes` (one query), each with its hash; a row that
+    /// cannot be read is an error for its token alone.
+    async fn query(&self, hashes: &[TokenHash]) -> Result<Vec<(TokenHash, Read)>, StoreError> {
         if let Some(mut idle) = self.take_idle() {
-            match find_token(&mut idle.connection, &hash).await {
+            match find_tokens(&mut idle.connection, hashes).await {
                 // The connection may have died while it sat idle (the
                 // server restarted, say): one more try on a new one; a
                 // lookup is a read, so trying again is safe.
@@ -102,7 +282,7 @@ impl Lookups {
             }
         }
         let mut open = self.connect().await?;
-        let answer = find_token(&mut open.connection, &hash).await;
+        let answer = find_tokens(&mut open.connection, hashes).await;
         self.kept(open, answer)
     }
 
@@ -178,37 +358,60 @@ fn cannot_connect(e: sqlx::Error) -> StoreError {
     unavailable(format!("cannot connect: {e}"))
 }
 
-/// Reads a token with its grant on `executor`.
-pub(super) async fn find_token<'e, E>(
-    executor: E,
-    hash: &TokenHash,
-) -> Result<Option<(TokenRecord, GrantRecord)>, StoreError>
-where
-    E: sqlx::PgExecutor<'e>,
-{
-    let sql = concat!(
-        "SELECT t.grant_id, t.kind, t.scopes, t.issued_at, t.expires_at, t.revoked, \
-         t.consumed_at, ",
-        grant_columns!(),
-        " FROM tokens t JOIN grants g ON g.id = t.grant_id WHERE t.hash = $1"
-    );
-    let row = sqlx::query(sql)
-        .bind(&hash.0[..])
-        .fetch_optional(executor)
-        .await
-        .map_err(unavailable)?;
-    let Some(row) = row else { return Ok(None) };
-    let token = TokenRow {
-        hash: *hash,
-        grant_id: row.try_get(0).map_err(corrupt)?,
-        kind: i64::from(row.try_get::<i16, _>(1).map_err(corrupt)?),
-        scopes: row.try_get(2).map_err(corrupt)?,
-        issued_at: row.try_get(3).map_err(corrupt)?,
-        expires_at: row.try_get(4).map_err(corrupt)?,
-        revoked: row.try_get(5).map_err(corrupt)?,
-        consumed_at: row.try_get(6).map_err(corrupt)?,
+/// The same error again, for another lookup answered by the same query.
+fn again(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
     }
-    .into_record()
-    .map_err(corrupt)?;
-    Ok(Some((token, grant_from_row(&row, 7)?)))
+}
+
+/// Reads the tokens of `hashes` with their grants on `connection`.
+async fn find_tokens(
+    connection: &mut PgConnection,
+    hashes: &[TokenHash],
+) -> Result<Vec<(TokenHash, Read)>, StoreError> {
+    macro_rules! select {
+        ($condition:literal) => {
+            concat!(
+                "SELECT t.hash, t.grant_id, t.kind, t.scopes, t.issued_at, t.expires_at, \
+                 t.revoked, t.consumed_at, ",
+                grant_columns!(),
+                " FROM tokens t JOIN grants g ON g.id = t.grant_id WHERE ",
+                $condition
+            )
+        };
+    }
+    let query = match hashes {
+        [hash] => sqlx::query(select!("t.hash = $1")).bind(&hash.0[..]),
+        _ => sqlx::query(select!("t.hash = ANY($1)"))
+            .bind(hashes.iter().map(|h| &h.0[..]).collect::<Vec<&[u8]>>()),
+    };
+    let rows = query.fetch_all(connection).await.map_err(unavailable)?;
+    rows.iter().map(read_row).collect()
+}
+
+/// A row of [`find_tokens`]: its token's hash, and the token with its grant.
+fn read_row(row: &PgRow) -> Result<(TokenHash, Read), StoreError> {
+    let hash: &[u8] = row.try_get(0).map_err(corrupt)?;
+    let hash = TokenHash(
+        hash.try_into()
+            .map_err(|_| corrupt("a token hash is not 32 bytes"))?,
+    );
+    let token = (|| {
+        Ok::<_, sqlx::Error>(TokenRow {
+            hash,
+            grant_id: row.try_get_unchecked(1)?,
+            kind: i64::from(row.try_get_unchecked::<i16, _>(2)?),
+            scopes: row.try_get_unchecked(3)?,
+            issued_at: row.try_get_unchecked(4)?,
+            expires_at: row.try_get_unchecked(5)?,
+            revoked: row.try_get_unchecked(6)?,
+            consumed_at: row.try_get_unchecked(7)?,
+        })
+    })()
+    .map_err(corrupt)
+    .and_then(|token| token.into_record().map_err(corrupt))
+    .and_then(|token| Ok((token, grant_from_row(row, 8)?)));
+    Ok((hash, token))
 }

@@ -2,13 +2,14 @@
 //! the `Store` trait, on a real database: more lookups at once than the
 //! store has lookup connections, so that they wait for a turn, some of them
 //! abandoned midway (a lookup abandoned during its query drops its
-//! connection with it).
+//! connection with it), some tokens asked for by several at once, one
+//! whose row cannot be read.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use refgate::crypto::{hash_token, TokenKind};
-use refgate::store::{GrantRecord, NewToken, PostgresStore, Store};
+use refgate::store::{GrantRecord, NewToken, PostgresStore, Store, StoreError};
 
 use crate::common::PgDatabase;
 
@@ -127,4 +128,37 @@ async fn lookups_abandoned_midway_leave_the_others_answered() {
     tokio::time::timeout(Duration::from_secs(5), look_up_and_check(&store, 7))
         .await
         .expect("the connection's turn came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_that_cannot_be_read_fails_its_own_lookups_only() {
+    let db = PgDatabase::create();
+    let store = store_with_tokens(&db).await;
+    // Token 3's row says a kind no token has.
+    crate::common::psql_in(&db.url, "UPDATE tokens SET kind = 99 WHERE grant_id = 'g3'");
+    // Lookups waiting in line are answered together, several tokens by
+    // one query: token 3's error goes to token 3's lookups alone.
+    let lookups: Vec<_> = (0..600)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let i = n % ASKED;
+                if i == 3 {
+                    let hash = hash_token("", "access-3");
+                    match store.find_token(&hash).await {
+                        Err(StoreError::Corrupt(why)) => assert!(why.contains("kind"), "{why}"),
+                        other => panic!("token 3's unreadable row: {other:?}"),
+                    }
+                } else {
+                    look_up_and_check(&store, i).await
+                }
+            })
+        })
+        .collect();
+    for lookup in lookups {
+        tokio::time::timeout(Duration::from_secs(30), lookup)
+            .await
+            .expect("every lookup is answered")
+            .expect("with its own token's row");
+    }
 }

@@ -105,7 +105,7 @@ impl PostgresStore {
 /// fewer turns mean fewer of those costs for each miss, while each turn
 /// still reads up to 32 tokens at a time. Measured with the gateway on one
 /// CPU, every request a miss (`docs/benchmarks.md`): two turns took less
-/// CPU per miss than one or four.
+/// CPU per miss than one or eight (one a connection by default).
 fn turns(connections: usize) -> usize {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     connections.min(2 * threads).max(1)
@@ -198,9 +198,10 @@ pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
 
 /// Reads a grant from columns starting at `at` (those of `grant_columns!`,
 /// in that order). Each column is decoded as the type refgate's schema
-/// gives it without sqlx's check of the declared type first: the query is
-/// refgate's own, and a column that is not what it should be still fails
-/// to decode (a wrong length, say) and is reported as corrupt.
+/// gives it, without sqlx's check of the declared type first: the query
+/// and the schema (its migrations) are refgate's own. A column of another
+/// type mostly fails to decode all the same (a wrong length, say) and is
+/// then reported as corrupt.
 pub(super) fn grant_from_row(row: &PgRow, at: usize) -> Result<GrantRecord, StoreError> {
     GrantRow {
         id: row.try_get_unchecked(at).map_err(corrupt)?,

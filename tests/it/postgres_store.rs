@@ -73,6 +73,16 @@ async fn look_up_and_check(store: &PostgresStore, i: usize) {
     }
 }
 
+/// Waits for every one of `lookups`, each of which checks its own answer.
+async fn all_answered(lookups: Vec<tokio::task::JoinHandle<()>>) {
+    for lookup in lookups {
+        tokio::time::timeout(Duration::from_secs(30), lookup)
+            .await
+            .expect("every lookup is answered")
+            .expect("and gets its own token's row");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lookups_waiting_for_a_connection_each_get_their_own_token() {
     let db = PgDatabase::create();
@@ -85,12 +95,7 @@ async fn lookups_waiting_for_a_connection_each_get_their_own_token() {
             tokio::spawn(async move { look_up_and_check(&store, n % ASKED).await })
         })
         .collect();
-    for lookup in lookups {
-        tokio::time::timeout(Duration::from_secs(30), lookup)
-            .await
-            .expect("every lookup is answered")
-            .expect("and gets its own token");
-    }
+    all_answered(lookups).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -155,10 +160,5 @@ async fn a_row_that_cannot_be_read_fails_its_own_lookups_only() {
             })
         })
         .collect();
-    for lookup in lookups {
-        tokio::time::timeout(Duration::from_secs(30), lookup)
-            .await
-            .expect("every lookup is answered")
-            .expect("with its own token's row");
-    }
+    all_answered(lookups).await;
 }

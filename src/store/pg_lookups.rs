@@ -13,10 +13,10 @@
 //! two wake-ups and, on a busy machine, milliseconds of tail latency.
 //!
 //! A lookup queries only when it holds a turn, and there are at most as
-//! many turns as lookup connections (see [`turns`]). A lookup that finds
-//! every turn taken waits in line. When a lookup is done with its turn it
+//! many turns as lookup connections (`turns` in `postgres.rs` says how
+//! many). A lookup that finds every turn taken waits in line. When a lookup is done with its turn it
 //! hands it to the first in line, which then answers itself and up to
-//! [`BATCH`]` - 1` of those behind it with one query
+//! `BATCH - 1` of those behind it with one query
 //! (`WHERE t.hash = ANY($1)`), and tells each of them its row. A waiting
 //! lookup wakes once, for its answer or for its turn; nothing waits to
 //! fill a batch, so a lookup that finds a turn free runs alone at once. A

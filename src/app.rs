@@ -354,6 +354,11 @@ fn run_proxy(
     Ok(())
 }
 
+/// How many threads the gateway proxies on: one per available CPU.
+pub fn proxy_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// pingora's settings for the proxy (also used by the benchmark's bare
 /// pingora proxy, so that it measures pingora as refgate runs it).
 ///
@@ -362,7 +367,7 @@ fn run_proxy(
 /// on one core), and a connection stays on the thread that accepted it.
 pub fn proxy_server_conf() -> ServerConf {
     ServerConf {
-        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        threads: proxy_threads(),
         work_stealing: false,
         // Idle upstream connections are checked when taken out for reuse,
         // not watched by a task each (vendor/README.md).

@@ -14,10 +14,10 @@
 //!
 //! A lookup queries only when it holds a turn, and there are at most as
 //! many turns as lookup connections (`turns` in `postgres.rs` says how
-//! many). A lookup that finds every turn taken waits in line. When a lookup is done with its turn it
-//! hands it to the first in line, which then answers itself and up to
-//! `BATCH - 1` of those behind it with one query
-//! (`WHERE t.hash = ANY($1)`), and tells each of them its row. A waiting
+//! many). A lookup that finds every turn taken waits in line. When a
+//! lookup is done with its turn it hands it to the first in line, which
+//! then answers itself and up to `BATCH - 1` of those behind it with one
+//! query (`WHERE t.hash = ANY($1)`), and tells each of them its row. A waiting
 //! lookup wakes once, for its answer or for its turn; nothing waits to
 //! fill a batch, so a lookup that finds a turn free runs alone at once. A
 //! lookup abandoned while it answers for others passes its turn on, and
@@ -210,9 +210,13 @@ impl Shared {
             };
             match next.tell.send(Told::Turn(turn)) {
                 Ok(()) => return,
-                // That one was abandoned: the next one.
-                Err(Told::Turn(mut turn)) => turn.held = false,
-                Err(Told::Answer(_)) => unreachable!("a turn was sent"),
+                // That one was abandoned: the turn comes back, for the
+                // next one.
+                Err(told) => {
+                    if let Told::Turn(mut turn) = told {
+                        turn.held = false;
+                    }
+                }
             }
         }
     }
@@ -233,17 +237,6 @@ impl Shared {
             }
             riders
         };
-        if riders.is_empty() {
-            let answer = self
-                .query(&[hash])
-                .await
-                .and_then(|mut rows| match rows.pop() {
-                    Some((_, row)) => row.map(Some),
-                    None => Ok(None),
-                });
-            drop(turn);
-            return answer;
-        }
         let mut hashes = Vec::with_capacity(riders.len() + 1);
         hashes.push(hash);
         hashes.extend(riders.iter().map(|r| r.hash));
@@ -251,22 +244,22 @@ impl Shared {
         // The turn goes on before the answers: the next batch's query can
         // be under way while these lookups resume.
         drop(turn);
-        let answer_for = |hash: &TokenHash| -> Answer {
-            match &rows {
-                Ok(rows) => match rows.iter().find(|(h, _)| h == hash) {
-                    Some((_, Ok(found))) => Ok(Some(found.clone())),
-                    Some((_, Err(e))) => Err(again(e)),
+        for rider in riders {
+            let answer = match &rows {
+                Ok(rows) => match rows.iter().find(|(h, _)| *h == rider.hash) {
+                    Some((_, read)) => read.clone().map(Some),
                     None => Ok(None),
                 },
-                Err(e) => Err(again(e)),
-            }
-        };
-        for rider in riders {
-            let _ = rider
-                .tell
-                .send(Told::Answer(Box::new(answer_for(&rider.hash))));
+                Err(e) => Err(e.clone()),
+            };
+            let _ = rider.tell.send(Told::Answer(Box::new(answer)));
         }
-        answer_for(&hash)
+        // This lookup's own row is moved out, not copied.
+        let mut rows = rows?;
+        match rows.iter().position(|(h, _)| *h == hash) {
+            Some(at) => rows.swap_remove(at).1.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The rows of `hashes` (one query), each with its hash; a row that
@@ -358,14 +351,6 @@ fn cannot_connect(e: sqlx::Error) -> StoreError {
     unavailable(format!("cannot connect: {e}"))
 }
 
-/// The same error again, for another lookup answered by the same query.
-fn again(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
-    }
-}
-
 /// Reads the tokens of `hashes` with their grants on `connection`.
 async fn find_tokens(
     connection: &mut PgConnection,
@@ -398,20 +383,23 @@ fn read_row(row: &PgRow) -> Result<(TokenHash, Read), StoreError> {
         hash.try_into()
             .map_err(|_| corrupt("a token hash is not 32 bytes"))?,
     );
-    let token = (|| {
-        Ok::<_, sqlx::Error>(TokenRow {
-            hash,
-            grant_id: row.try_get_unchecked(1)?,
-            kind: i64::from(row.try_get_unchecked::<i16, _>(2)?),
-            scopes: row.try_get_unchecked(3)?,
-            issued_at: row.try_get_unchecked(4)?,
-            expires_at: row.try_get_unchecked(5)?,
-            revoked: row.try_get_unchecked(6)?,
-            consumed_at: row.try_get_unchecked(7)?,
-        })
-    })()
+    let read = token_from_row(row, hash).and_then(|token| Ok((token, grant_from_row(row, 8)?)));
+    Ok((hash, read))
+}
+
+/// Reads the token of `hash` from columns 1 to 7 of a [`find_tokens`] row
+/// (decoded as `grant_from_row` decodes a grant's).
+fn token_from_row(row: &PgRow, hash: TokenHash) -> Result<TokenRecord, StoreError> {
+    TokenRow {
+        hash,
+        grant_id: row.try_get_unchecked(1).map_err(corrupt)?,
+        kind: i64::from(row.try_get_unchecked::<i16, _>(2).map_err(corrupt)?),
+        scopes: row.try_get_unchecked(3).map_err(corrupt)?,
+        issued_at: row.try_get_unchecked(4).map_err(corrupt)?,
+        expires_at: row.try_get_unchecked(5).map_err(corrupt)?,
+        revoked: row.try_get_unchecked(6).map_err(corrupt)?,
+        consumed_at: row.try_get_unchecked(7).map_err(corrupt)?,
+    }
+    .into_record()
     .map_err(corrupt)
-    .and_then(|token| token.into_record().map_err(corrupt))
-    .and_then(|token| Ok((token, grant_from_row(row, 8)?)));
-    Ok((hash, token))
 }

@@ -96,8 +96,8 @@ impl PostgresStore {
 }
 
 /// How many token lookups may query at once, given `connections` for
-/// them: two for each thread the gateway proxies on (one a CPU), at most
-/// one a connection.
+/// them: two for each thread the gateway proxies on
+/// ([`crate::app::proxy_threads`]), at most one a connection.
 ///
 /// Every query in flight costs the proxy thread that sent it a write, a
 /// read and a wake-up, however many tokens it reads. Lookups that find
@@ -107,8 +107,7 @@ impl PostgresStore {
 /// CPU, every request a miss (`docs/benchmarks.md`): two turns took less
 /// CPU per miss than one or eight (one a connection by default).
 fn turns(connections: usize) -> usize {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    connections.min(2 * threads).max(1)
+    connections.min(2 * crate::app::proxy_threads()).max(1)
 }
 
 async fn migrate(pool: &PgPool) -> Result<(), StoreError> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use refgate::crypto::{hash_token, TokenKind};
 use refgate::store::{GrantRecord, NewToken, PostgresStore, Store, StoreError};
 
-use crate::common::PgDatabase;
+use crate::common::{psql_in, PgDatabase};
 
 const NOW: i64 = 1_900_000_000;
 
@@ -140,7 +140,7 @@ async fn a_row_that_cannot_be_read_fails_its_own_lookups_only() {
     let db = PgDatabase::create();
     let store = store_with_tokens(&db).await;
     // Token 3's row says a kind no token has.
-    crate::common::psql_in(&db.url, "UPDATE tokens SET kind = 99 WHERE grant_id = 'g3'");
+    psql_in(&db.url, "UPDATE tokens SET kind = 99 WHERE grant_id = 'g3'");
     // Lookups waiting in line are answered together, several tokens by
     // one query: token 3's error goes to token 3's lookups alone.
     let lookups: Vec<_> = (0..600)

@@ -272,26 +272,6 @@ async fn concurrent_refreshes_across_instances_exactly_one_succeeds() {
     }
 }
 
-/// Closes the database to new connections and ends the existing ones: an
-/// outage of this test's database only, leaving other tests' alone.
-fn block_database(db: &PgDatabase) {
-    psql(&format!(
-        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
-        db.name
-    ));
-    psql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
-        db.name
-    ));
-}
-
-fn unblock_database(db: &PgDatabase) {
-    psql(&format!(
-        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
-        db.name
-    ));
-}
-
 #[tokio::test]
 async fn store_outage_fails_closed_and_recovers_without_restart() {
     let upstream = Upstream::start().await;
@@ -307,7 +287,7 @@ async fn store_outage_fails_closed_and_recovers_without_restart() {
     let survivor = cluster.b.client_token("other", None).await;
     let survivor = str_of(&survivor, "access_token").to_string();
 
-    block_database(&cluster._db);
+    cluster._db.block();
     let outage = Instant::now();
     // Once the instances notice, nothing is forwarded on an unverified token.
     let mut saw_503 = false;
@@ -361,7 +341,7 @@ async fn store_outage_fails_closed_and_recovers_without_restart() {
     assert_eq!(body["error"], "temporarily_unavailable", "{body}");
     assert!(!raw_get_ok(cluster.a.token_port, "/readyz"));
 
-    unblock_database(&cluster._db);
+    cluster._db.unblock();
     let recovery = Instant::now();
     loop {
         if call(&cluster.b.proxy, &at).await.status() == StatusCode::OK

@@ -3,7 +3,7 @@
 //! store has lookup connections, so that they wait for a turn, some of them
 //! abandoned midway (a lookup abandoned during its query drops its
 //! connection with it), some tokens asked for by several at once, one
-//! whose row cannot be read.
+//! whose row cannot be read, and an outage of the database.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,6 +158,42 @@ async fn a_row_that_cannot_be_read_fails_its_own_lookups_only() {
                     look_up_and_check(&store, i).await
                 }
             })
+        })
+        .collect();
+    all_answered(lookups).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lookups_in_line_during_an_outage_fail_at_once_and_all_succeed_after() {
+    let db = PgDatabase::create();
+    let store = store_with_tokens(&db).await;
+    // The lookup connection is open and idle when the database goes away.
+    look_up_and_check(&store, 1).await;
+    db.block();
+    // Each lookup, whether it queried or waited in line for another's
+    // query, is told the store is unavailable; none waits for long.
+    let lookups: Vec<_> = (0..200)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let hash = hash_token("", &format!("access-{}", n % ASKED));
+                match store.find_token(&hash).await {
+                    Err(StoreError::Unavailable(_)) => {}
+                    other => panic!("lookup {n} during the outage: {other:?}"),
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(10), all_answered(lookups))
+        .await
+        .expect("lookups during an outage fail at once");
+    // No turn was lost with the failed queries: once the database is back,
+    // every lookup is answered with its own token.
+    db.unblock();
+    let lookups: Vec<_> = (0..200)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { look_up_and_check(&store, n % ASKED).await })
         })
         .collect();
     all_answered(lookups).await;

@@ -677,6 +677,27 @@ impl PgDatabase {
             name,
         }
     }
+
+    /// Closes the database to new connections and ends the existing ones:
+    /// an outage of this test's database only, leaving other tests' alone.
+    pub fn block(&self) {
+        psql(&format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
+            self.name
+        ));
+        psql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            self.name
+        ));
+    }
+
+    /// Ends the outage of [`PgDatabase::block`].
+    pub fn unblock(&self) {
+        psql(&format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+            self.name
+        ));
+    }
 }
 
 /// Names of test databases: the prefix, the test process (see

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use refgate::crypto::{hash_token, TokenKind};
 use refgate::store::{GrantRecord, NewToken, PostgresStore, Store, StoreError};
+use tokio::task::JoinHandle;
 
 use crate::common::{psql_in, PgDatabase};
 
@@ -73,8 +74,19 @@ async fn look_up_and_check(store: &PostgresStore, i: usize) {
     }
 }
 
+/// `count` lookups at once, each of token `n % ASKED` and checking its
+/// answer (see `look_up_and_check`).
+fn checked_lookups(store: &Arc<PostgresStore>, count: usize) -> Vec<JoinHandle<()>> {
+    (0..count)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { look_up_and_check(&store, n % ASKED).await })
+        })
+        .collect()
+}
+
 /// Waits for every one of `lookups`, each of which checks its own answer.
-async fn all_answered(lookups: Vec<tokio::task::JoinHandle<()>>) {
+async fn all_answered(lookups: Vec<JoinHandle<()>>) {
     for lookup in lookups {
         tokio::time::timeout(Duration::from_secs(30), lookup)
             .await
@@ -89,12 +101,7 @@ async fn lookups_waiting_for_a_connection_each_get_their_own_token() {
     let store = store_with_tokens(&db).await;
     // 600 at once on one lookup connection: nearly all of them wait for
     // it, each token asked for ten times.
-    let lookups: Vec<_> = (0..600)
-        .map(|n| {
-            let store = store.clone();
-            tokio::spawn(async move { look_up_and_check(&store, n % ASKED).await })
-        })
-        .collect();
+    let lookups = checked_lookups(&store, 600);
     all_answered(lookups).await;
 }
 
@@ -103,12 +110,7 @@ async fn lookups_abandoned_midway_leave_the_others_answered() {
     let db = PgDatabase::create();
     let store = store_with_tokens(&db).await;
     for round in 0..10u64 {
-        let lookups: Vec<_> = (0..200)
-            .map(|n| {
-                let store = store.clone();
-                tokio::spawn(async move { look_up_and_check(&store, n % ASKED).await })
-            })
-            .collect();
+        let lookups = checked_lookups(&store, 200);
         // Every third one abandoned, at moments spread over the time the
         // others take: waiting for a turn, or in the middle of its query.
         let mut kept = Vec::new();
@@ -190,11 +192,6 @@ async fn lookups_in_line_during_an_outage_fail_at_once_and_all_succeed_after() {
     // No turn was lost with the failed queries: once the database is back,
     // every lookup is answered with its own token.
     db.unblock();
-    let lookups: Vec<_> = (0..200)
-        .map(|n| {
-            let store = store.clone();
-            tokio::spawn(async move { look_up_and_check(&store, n % ASKED).await })
-        })
-        .collect();
+    let lookups = checked_lookups(&store, 200);
     all_answered(lookups).await;
 }

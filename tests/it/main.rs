@@ -49,4 +49,5 @@ mod tenants;
 mod token_grants;
 mod tracing;
 mod trust_boundaries;
+mod upstream_answers;
 mod upstream_pool;

@@ -139,6 +139,27 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
+        if downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+            && !session.downstream_session.is_custom()
+            && !session.cache.enabled()
+            && !session.cache.bypassing()
+            && !session.was_upgraded()
+            && session.h1_upgrade_request_status.upstream == Some(false)
+            && !session.downstream_session.is_upgrade_req()
+            && session.as_ref().get_retry_buffer().is_none()
+            && session.as_mut().is_body_empty()
+            && session.as_mut().is_body_done()
+        {
+            session.as_mut().enable_retry_buffering();
+            return match self.proxy_1to1_bodiless(session, client_session, ctx).await {
+                Ok((downstream_can_reuse, upstream_can_reuse)) => {
+                    (downstream_can_reuse, upstream_can_reuse, None)
+                }
+                Err(e) => (false, false, Some(e)),
+            };
+        }
+
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
 
@@ -436,6 +457,150 @@ where
         let response_done = session.write_response_tasks(filtered_tasks).await?;
 
         Ok(Some(response_done))
+    }
+
+    /// The request without a body, h1 to h1, with no cache, no custom
+    /// session and no upgrade: the same filters and the same answers as
+    /// the duplex loop of `proxy_1to1`, in one sequence on this task,
+    /// without its two task pipes and the second future: the (empty) body
+    /// goes upstream, then each response task is filtered and written
+    /// downstream as it is read, while the downstream is watched for
+    /// closing as the duplex loop watches it.
+    ///
+    /// Returns whether the downstream and the upstream can be reused.
+    async fn proxy_1to1_bodiless(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> Result<(bool, bool)>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // The request body: empty, through the request body filters, as
+        // the downstream half of the duplex loop sends it to the pipe.
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        let body = self.bodiless_body_filters(session, None, ctx).await?;
+        if let Err(e) = send_body_to1(client_session, Some(body)).await {
+            warn!("send error, draining read buf: {e}");
+            upstream_can_reuse = false;
+            send_error = Some(e);
+        }
+
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        // Whether the upstream's response was read to its end: only then can
+        // its connection be reused (as in the duplex loop's upstream half).
+        let mut read_done = false;
+        loop {
+            let read = tokio::select! {
+                res = client_session.read_response_task() => res,
+                body = session.downstream_session.read_body_or_idle(true) => {
+                    // The client closed (or sent the next request): as in the
+                    // duplex loop, an error ends the request, anything else
+                    // goes through the body filters and no further.
+                    match body {
+                        Ok(body) => {
+                            self.bodiless_body_filters(session, body, ctx).await?;
+                            continue;
+                        }
+                        Err(e) => return Err(e.into_down()),
+                    }
+                }
+            };
+            let mut tasks = Vec::with_capacity(2);
+            match read {
+                Ok(task) => {
+                    read_done = task.is_end();
+                    tasks.push(task);
+                    // What arrived with the header goes out with it.
+                    while !read_done {
+                        match tokio::task::unconstrained(client_session.read_response_task())
+                            .now_or_never()
+                        {
+                            Some(Ok(task)) => {
+                                read_done = task.is_end();
+                                tasks.push(task);
+                            }
+                            Some(Err(e)) => {
+                                tasks.push(HttpTask::Failed(
+                                    send_error.take().unwrap_or(e).into_up(),
+                                ));
+                                upstream_can_reuse = false;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                Err(e) => {
+                    // A response read error: the connection cannot be reused.
+                    tasks.push(HttpTask::Failed(send_error.take().unwrap_or(e).into_up()));
+                    upstream_can_reuse = false;
+                }
+            }
+            let mut filtered = Vec::with_capacity(tasks.len());
+            for mut t in tasks {
+                #[cfg(feature = "upstream_modules")]
+                if let HttpTask::Header(header, end_of_stream) = &t {
+                    self.inner
+                        .adjust_upstream_modules(session, header, *end_of_stream, ctx)
+                        .await?;
+                }
+                #[cfg(feature = "upstream_modules")]
+                session.upstream_modules_filter_task(&mut t).await?;
+                session.upstream_compression.response_filter(&mut t);
+                let task = self
+                    .h1_response_filter(
+                        session,
+                        t,
+                        ctx,
+                        &mut serve_from_cache,
+                        &mut range_body_filter,
+                        false,
+                    )
+                    .await?;
+                filtered.push(task);
+            }
+            // Done when the downstream's answer is complete or nothing more
+            // comes from the upstream (the duplex loop's two ways out).
+            if session.write_response_tasks(filtered).await? || read_done {
+                break;
+            }
+        }
+        if !read_done {
+            upstream_can_reuse = false;
+        }
+        let mut reuse_downstream = true;
+        if let Err(e) = session.as_mut().finish_body().await {
+            error!("Error finish sending body to downstream: {}", e);
+            reuse_downstream = false;
+        }
+        Ok((reuse_downstream, upstream_can_reuse))
+    }
+
+    /// The request body filters of `send_body_to_pipe`, for a request
+    /// whose body is already complete: what would go to the pipe.
+    async fn bodiless_body_filters(
+        &self,
+        session: &mut Session,
+        mut data: Option<Bytes>,
+        ctx: &mut SV::CTX,
+    ) -> Result<HttpTask>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await?;
+        self.inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await?;
+        Ok(HttpTask::Body(data, true))
     }
 
     // todo use this function to replace bidirection_1to2()

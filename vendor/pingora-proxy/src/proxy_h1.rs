@@ -141,7 +141,7 @@ where
 
         if downstream_custom_message_writer.is_none()
             && downstream_custom_message_reader.is_none()
-            && !session.downstream_session.is_custom()
+            && session.downstream_session.as_http1().is_some()
             && !session.cache.enabled()
             && !session.cache.bypassing()
             && !session.was_upgraded()
@@ -459,8 +459,8 @@ where
         Ok(Some(response_done))
     }
 
-    /// The request without a body, h1 to h1, with no cache, no custom
-    /// session and no upgrade: the same filters and the same answers as
+    /// A request without a body from an HTTP/1 client, with no cache and
+    /// no upgrade: the same filters and the same answers as
     /// the duplex loop of `proxy_1to1`, in one sequence on this task,
     /// without its two task pipes and the second future: the (empty) body
     /// goes upstream, then each response task is filtered and written

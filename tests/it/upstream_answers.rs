@@ -232,20 +232,30 @@ async fn answer(
     written
 }
 
-fn start(upstream: &ScriptedUpstream) -> Refgate {
-    Refgate::start_with(Options {
+/// The scripted upstream, refgate with one open route to it (`/open/`),
+/// and a client connection to the gateway.
+async fn setup() -> (ScriptedUpstream, Refgate, TcpStream) {
+    let upstream = ScriptedUpstream::start().await;
+    let server = Refgate::start_with(Options {
         extra: public_route("open", "/open/", &upstream.url, ""),
         ..Options::default()
-    })
+    });
+    let client = connect(server.proxy_port).await.expect("connect");
+    (upstream, server, client)
 }
 
-/// Sends one request on `stream` and reads its answer (`head`: the request
-/// is a `HEAD`, whose answer has no body whatever its headers say).
-async fn exchange(stream: &mut TcpStream, request: &str, head: bool) -> Reply {
+/// Writes `request` on `stream` as it is.
+async fn send(stream: &mut TcpStream, request: &str) {
     stream
         .write_all(request.as_bytes())
         .await
         .expect("the gateway takes the request");
+}
+
+/// Reads one complete answer off `stream` (`head`: the request was a
+/// `HEAD`, whose answer has no body whatever its headers say), and checks
+/// nothing follows it: the answer and the bytes it came in.
+async fn read_answer(stream: &mut TcpStream, head: bool, what: &str) -> (Reply, Vec<u8>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
     let deadline = tokio::time::Instant::now() + RAW_TIMEOUT;
@@ -254,19 +264,25 @@ async fn exchange(stream: &mut TcpStream, request: &str, head: bool) -> Reply {
             assert_eq!(
                 used,
                 buf.len(),
-                "{request:?}: bytes after the answer: {:?}",
+                "{what}: bytes after the answer: {:?}",
                 lossy(&buf[used..])
             );
-            return reply;
+            return (reply, buf);
         }
         match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
             Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
             other => panic!(
-                "{request:?}: no complete answer ({other:?}); got {:?}",
+                "{what}: no complete answer ({other:?}); got {:?}",
                 lossy(&buf)
             ),
         }
     }
+}
+
+/// Sends one request on `stream` and reads its answer.
+async fn exchange(stream: &mut TcpStream, request: &str, head: bool) -> Reply {
+    send(stream, request).await;
+    read_answer(stream, head, request).await.0
 }
 
 fn get(path: &str) -> String {
@@ -275,9 +291,7 @@ fn get(path: &str) -> String {
 
 #[tokio::test]
 async fn every_framing_reaches_the_client_whole_on_one_connection() {
-    let upstream = ScriptedUpstream::start().await;
-    let server = start(&upstream);
-    let mut client = connect(server.proxy_port).await.expect("connect");
+    let (_upstream, _server, mut client) = setup().await;
 
     let reply = exchange(&mut client, &get("/open/length"), false).await;
     assert_eq!((reply.status, reply.body.as_slice()), (200, &b"hello"[..]));
@@ -324,23 +338,10 @@ async fn every_framing_reaches_the_client_whole_on_one_connection() {
 
 #[tokio::test]
 async fn an_interim_answer_is_passed_on_before_the_final_one() {
-    let upstream = ScriptedUpstream::start().await;
-    let server = start(&upstream);
-    let mut client = connect(server.proxy_port).await.expect("connect");
-    client
-        .write_all(get("/open/hints").as_bytes())
-        .await
-        .expect("send");
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + RAW_TIMEOUT;
-    while parse_reply(&buf, false, false).is_none() {
-        match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            other => panic!("no complete answer ({other:?}); got {:?}", lossy(&buf)),
-        }
-    }
-    let text = lossy(&buf);
+    let (_upstream, _server, mut client) = setup().await;
+    send(&mut client, &get("/open/hints")).await;
+    let (reply, bytes) = read_answer(&mut client, false, "/open/hints").await;
+    let text = lossy(&bytes);
     assert!(
         text.starts_with("HTTP/1.1 103 "),
         "the interim answer comes first: {text:?}"
@@ -349,20 +350,13 @@ async fn an_interim_answer_is_passed_on_before_the_final_one() {
         text.contains("</style.css>; rel=preload"),
         "with its Link: {text:?}"
     );
-    let (reply, _) = parse_reply(&buf, false, false).expect("the final answer");
     assert_eq!((reply.status, reply.body.as_slice()), (200, &b"final"[..]));
 }
 
 #[tokio::test]
 async fn an_upstream_that_breaks_off_mid_body_cuts_the_client_off_and_is_not_used_again() {
-    let upstream = ScriptedUpstream::start().await;
-    let server = start(&upstream);
-
-    let mut client = connect(server.proxy_port).await.expect("connect");
-    client
-        .write_all(get("/open/cut").as_bytes())
-        .await
-        .expect("send");
+    let (upstream, server, mut client) = setup().await;
+    send(&mut client, &get("/open/cut")).await;
     let (answers, rest, closed) = read_replies(&mut client, 1).await;
     assert!(
         answers.is_empty() && closed,
@@ -383,14 +377,8 @@ async fn an_upstream_that_breaks_off_mid_body_cuts_the_client_off_and_is_not_use
 
 #[tokio::test]
 async fn a_client_that_hangs_up_ends_its_request_at_the_upstream() {
-    let mut upstream = ScriptedUpstream::start().await;
-    let server = start(&upstream);
-
-    let mut client = connect(server.proxy_port).await.expect("connect");
-    client
-        .write_all(get("/open/slow").as_bytes())
-        .await
-        .expect("send");
+    let (mut upstream, server, mut client) = setup().await;
+    send(&mut client, &get("/open/slow")).await;
     assert_eq!(
         upstream.next_slow_event(RAW_TIMEOUT).await,
         Some(SlowEvent::Arrived)
@@ -410,9 +398,7 @@ async fn a_client_that_hangs_up_ends_its_request_at_the_upstream() {
 
 #[tokio::test]
 async fn requests_with_and_without_a_body_share_a_connection() {
-    let upstream = ScriptedUpstream::start().await;
-    let server = start(&upstream);
-    let mut client = connect(server.proxy_port).await.expect("connect");
+    let (_upstream, _server, mut client) = setup().await;
     for round in 0..3 {
         let body = format!("payload-{round}");
         let post = format!(

@@ -175,15 +175,20 @@ impl Shared {
         self.line.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A turn, taken from the free ones or from a lookup that let go of it.
+    fn turn(self: &Arc<Self>) -> Turn {
+        Turn {
+            shared: self.clone(),
+            held: true,
+        }
+    }
+
     /// A free turn, or a place at the end of the line.
     fn turn_or_place(self: &Arc<Self>, hash: TokenHash) -> Result<Turn, oneshot::Receiver<Told>> {
         let mut line = self.line();
         if line.free > 0 {
             line.free -= 1;
-            return Ok(Turn {
-                shared: self.clone(),
-                held: true,
-            });
+            return Ok(self.turn());
         }
         let (tell, told) = oneshot::channel();
         line.waiting.push_back(Waiter { hash, tell });
@@ -194,21 +199,17 @@ impl Shared {
     /// waiting, or makes it free.
     fn pass_turn(self: &Arc<Self>) {
         loop {
-            let Some(next) = ({
+            let next = {
                 let mut line = self.line();
-                let next = line.waiting.pop_front();
-                if next.is_none() {
-                    line.free += 1;
+                match line.waiting.pop_front() {
+                    Some(next) => next,
+                    None => {
+                        line.free += 1;
+                        return;
+                    }
                 }
-                next
-            }) else {
-                return;
             };
-            let turn = Turn {
-                shared: self.clone(),
-                held: true,
-            };
-            match next.tell.send(Told::Turn(turn)) {
+            match next.tell.send(Told::Turn(self.turn())) {
                 Ok(()) => return,
                 // That one was abandoned: the turn comes back, for the
                 // next one.

@@ -144,12 +144,11 @@ where
             && session.downstream_session.as_http1().is_some()
             && !session.cache.enabled()
             && !session.cache.bypassing()
-            && !session.was_upgraded()
             && session.h1_upgrade_request_status.upstream == Some(false)
             && !session.downstream_session.is_upgrade_req()
             && session.as_ref().get_retry_buffer().is_none()
+            // On HTTP/1 an empty body is also a finished one.
             && session.as_mut().is_body_empty()
-            && session.as_mut().is_body_done()
         {
             session.as_mut().enable_retry_buffering();
             return match self.proxy_1to1_bodiless(session, client_session, ctx).await {
